@@ -1,0 +1,3 @@
+from spatialkit.cli import main
+
+raise SystemExit(main())
