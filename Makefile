@@ -1,0 +1,42 @@
+# The whole set-up is these two commands:
+#   make book   create .venv, install, execute every notebook (quick profile, CPU), build _build/html
+#   make test   same set-up, then the test suite (also what .ci/run calls)
+#
+# torch is installed FIRST and pinned, so pip never resolves a CUDA build for it. On a machine whose
+# pip cannot see a local CPU wheel, pass the CPU index:
+#   make book TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TORCH := torch==2.13.0
+TORCH_PIP_ARGS ?=
+PYTEST_ARGS ?=
+# Re-running pip is skipped until pyproject.toml changes.
+STAMP := $(VENV)/.spatialkit-installed
+
+.PHONY: setup book run test clean
+
+setup: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install $(TORCH_PIP_ARGS) "$(TORCH)"
+	$(PY) -m pip install -e ".[test]"
+	# papermill runs kernel "python3": register this venv's one, inside the venv (works in CI too)
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (spatialkit)"
+	touch $(STAMP)
+
+book: $(STAMP)
+	$(VENV)/bin/spatialkit book
+
+run: $(STAMP)
+	$(VENV)/bin/spatialkit run
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf _build book/executed

@@ -1,0 +1,98 @@
+"""The ``spatialkit`` command (also ``python -m spatialkit``).
+
+    spatialkit run  [--profile quick|full|smoke] [--only NAME ...] [-p NAME VALUE ...] [--force]
+    spatialkit book [same options]      # run, then build the HTML book into _build/html
+
+This module imports neither torch nor papermill at import time, so a bad parameter is reported in
+well under a second. To add a subcommand, call :func:`command` (see ``run`` and ``book`` below).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from spatialkit.params import ParameterError
+
+# name -> (help, add_arguments(parser), handler(args) -> exit code)
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+
+
+def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None]):
+    """Decorator registering ``handler(args) -> int`` as ``spatialkit NAME``."""
+    def register(handler):
+        COMMANDS[name] = (help, add_arguments, handler)
+        return handler
+    return register
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", default="quick", choices=("quick", "full", "smoke"),
+                        help="parameter profile from spatialkit/profiles.yml (quick = notebook defaults, CPU; "
+                             "full = GPU)")
+    parser.add_argument("--only", nargs="+", default=None, metavar="NAME", help="run only these notebooks")
+    parser.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="override a parameter in every selected notebook that declares it "
+                             "(VALUE is read as YAML: 5, 0.1, true, [1, 2], text)")
+    parser.add_argument("--force", action="store_true", help="re-execute even if the cached copy is up to date")
+
+
+def _plan(args: argparse.Namespace):
+    from spatialkit import runner
+
+    overrides = {}
+    for name, value in args.param:
+        overrides[name] = runner.parse_value(value)
+    return runner.plan(args.profile, args.only, overrides)
+
+
+def _run(args: argparse.Namespace):
+    from spatialkit import runner
+
+    jobs = _plan(args)  # validation first: a bad value never starts a kernel
+    return jobs, runner.run(jobs, runner.executed_dir(), force=args.force)
+
+
+@command("run", "execute the notebooks with papermill into book/executed/", add_run_arguments)
+def cmd_run(args: argparse.Namespace) -> int:
+    _run(args)
+    return 0
+
+
+@command("book", "run the notebooks, then build the HTML book into _build/html", add_run_arguments)
+def cmd_book(args: argparse.Namespace) -> int:
+    from spatialkit import book, catalog
+
+    _run(args)
+    book.build(list(catalog.NOTEBOOKS))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spatialkit", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help, add_arguments, handler) in COMMANDS.items():
+        p = sub.add_parser(name, help=help, description=help)
+        add_arguments(p)
+        p.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from spatialkit.book import BookError
+    from spatialkit.runner import RunError
+
+    try:
+        return args.handler(args)
+    except ParameterError as err:
+        print(f"spatialkit: error: {err}", file=sys.stderr)
+        return 2
+    except (RunError, BookError) as err:
+        print(f"spatialkit: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
