@@ -1,0 +1,31 @@
+"""Smoke run: every catalog notebook that has a file executes under the `smoke` profile.
+
+Runs through the runner's Python API (papermill into tmp_path), so it exercises exactly what
+`spatialkit run --profile smoke` does. Slow, but part of the default run: a notebook that does not
+execute is a broken notebook.
+"""
+
+from pathlib import Path
+
+import pytest
+
+from spatialkit import book, catalog, runner
+
+REPO = Path(__file__).resolve().parents[1]
+WITH_FILES = [name for name in catalog.NOTEBOOKS if (REPO / "notebooks" / f"{name}.ipynb").exists()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", WITH_FILES)
+def test_notebook_smoke_run(name, tmp_path):
+    [job] = runner.plan("smoke", [name], root=REPO)
+    result = runner.execute(job, tmp_path)
+    assert result.status == "ok", result.error
+    assert book.error_outputs(tmp_path / f"{name}.ipynb") == []
+
+
+def test_every_catalog_notebook_has_a_smoke_profile_entry():
+    """A notebook without smoke overrides would run its full quick defaults inside the test suite."""
+    smoke = runner.load_profiles()["smoke"]
+    missing = [name for name in WITH_FILES if name not in smoke and catalog.get(name).params]
+    assert missing == [], f"add these notebooks to the smoke: section of spatialkit/profiles.yml: {missing}"
