@@ -1,0 +1,325 @@
+"""spatialkit.hf adapters on tiny random models of all four families (offline, CPU)."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from spatialkit import hf, hf_tiny
+from spatialkit.vlm import TokenKind, VisualTokens
+
+FAMILIES = hf_tiny.FAMILIES
+PROMPTS = ["Where is the red square in relation to the blue circle?", "What colour?"]  # different lengths
+
+
+def images_for(family, n=2, seed=0):
+    h, w = hf_tiny.image_size(family)
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def sharpen(model, factor=6.0):
+    """Scale q/k so random-weight attention is far from uniform (Qwen3-VL: the norms, since q_norm undoes q_proj)."""
+    with torch.no_grad():
+        for layer in model.model.language_model.layers:
+            attn = layer.self_attn
+            parts = (attn.q_norm, attn.k_norm) if hasattr(attn, "q_norm") else (attn.q_proj, attn.k_proj)
+            for part in parts:
+                for p in part.parameters():
+                    p.mul_(factor)
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def vlm(family):
+    vlm = hf_tiny.tiny_vlm(family, seed=0)
+    sharpen(vlm.model)
+    return vlm
+
+
+@pytest.fixture(scope="module")
+def batch(vlm, family):
+    return vlm.prepare(images_for(family), PROMPTS)
+
+
+def test_prepare_token_kinds_and_grids(vlm, batch, family):
+    kinds = batch.token_kind
+    assert kinds.shape == batch.inputs["input_ids"].shape
+    expected_grid = (4, 4) if family == "llava" else (2, 3)
+    assert batch.grids == [expected_grid, expected_grid]
+    for row in kinds.tolist():
+        # left padding, then SYSTEM scaffolding, then the image, then TEXT; nothing interleaved
+        runs = [k for i, k in enumerate(row) if i == 0 or row[i - 1] != k]
+        assert runs[-3:] == [TokenKind.SYSTEM, TokenKind.IMAGE, TokenKind.TEXT]
+        assert runs[0] in (TokenKind.PAD, TokenKind.SYSTEM) and TokenKind.PAD not in runs[1:]
+        assert row.count(TokenKind.IMAGE) == expected_grid[0] * expected_grid[1]
+    assert (kinds[0] == TokenKind.PAD).sum() == 0 and (kinds[1] == TokenKind.PAD).sum() > 0  # prompt 2 is shorter
+    image_ids = batch.inputs["input_ids"][batch.image_mask]
+    assert (image_ids == vlm.image_token_id).all()
+
+
+def test_logits_shape_and_batch_invariance(vlm, batch, family):
+    logits = vlm.logits(batch)
+    assert logits.shape[:2] == batch.inputs["input_ids"].shape and torch.isfinite(logits).all()
+    # Left padding must not change the last-token prediction of the shorter prompt.
+    alone = vlm.logits(vlm.prepare(images_for(family)[1:], PROMPTS[1:]))
+    torch.testing.assert_close(logits[1, -1], alone[0, -1], atol=1e-4, rtol=1e-4)
+
+
+def test_score_options(vlm, family):
+    images, options = images_for(family), [["left", "right", "above"], ["red", "blue", "green"]]
+    scores = vlm.score_options(images, PROMPTS, options)
+    assert scores.shape == (2, 3) and torch.isfinite(scores).all() and (scores < 0).all()
+    # One prompt at a time gives the same scores (padding and option alignment are right).
+    for b in range(2):
+        torch.testing.assert_close(scores[b], vlm.score_options(images[b : b + 1], PROMPTS[b : b + 1], options[b : b + 1])[0], atol=1e-4, rtol=1e-4)
+    # A one-token option's score is the log-softmax of the prompt's last-position logits at that token.
+    texts = vlm.prompt_texts(PROMPTS[:1])
+    token = vlm.option_ids(texts[0], "left")
+    if len(token) == 1:
+        last = vlm.logits(vlm.prepare(images[:1], PROMPTS[:1]))[0, -1].float().log_softmax(-1)
+        torch.testing.assert_close(scores[0, 0], last[token[0]], atol=1e-4, rtol=1e-4)
+    # Multi-token options: the score is the sum over tokens, so it equals the chain of single-token steps.
+    ids = vlm.option_ids(texts[0], "above")
+    prefix = vlm.prepare(images[:1], PROMPTS[:1])
+    total = 0.0
+    for i, t in enumerate(ids):
+        step = vlm._with_suffix(prefix, [ids[:i]])
+        total += float(vlm.logits(step)[0, -1].float().log_softmax(-1)[t])
+    assert abs(total - float(scores[0, 2])) < 1e-3
+
+
+def test_generate_greedy(vlm, family):
+    images = images_for(family)
+    gens = vlm.generate(images, PROMPTS, max_new_tokens=3)
+    assert len(gens) == 2
+    logits = vlm.logits(vlm.prepare(images, PROMPTS))[:, -1].float()
+    for b, gen in enumerate(gens):
+        assert 1 <= len(gen.token_ids) <= 3
+        assert gen.token_ids[0] == int(logits[b].argmax())  # greedy
+        assert abs(gen.first_token_prob - float(logits[b].softmax(-1).max())) < 1e-4
+        assert gen.text == vlm.tokenizer.decode(gen.token_ids, skip_special_tokens=True)
+    # Batched (left padded) greedy decoding equals one prompt at a time.
+    assert vlm.generate(images[1:], PROMPTS[1:], max_new_tokens=3)[0].token_ids == gens[1].token_ids
+
+
+def test_save_load_round_trip(family, tmp_path):
+    hf_tiny.save_tiny(family, tmp_path, seed=3)
+    loaded = hf.load(tmp_path)
+    fresh = hf_tiny.tiny_vlm(family, seed=3)
+    assert loaded.family == family and loaded.num_layers == fresh.num_layers
+    images = images_for(family)
+    a, b = loaded.prepare(images, PROMPTS), fresh.prepare(images, PROMPTS)
+    assert torch.equal(a.inputs["input_ids"], b.inputs["input_ids"]) and torch.equal(a.token_kind, b.token_kind)
+    assert torch.equal(loaded.logits(a), fresh.logits(b))
+
+
+def _lm_inputs(vlm, batch):
+    """What the LM actually receives: its inputs_embeds (and Qwen3-VL deepstack embeds)."""
+    seen = {}
+
+    def pre(module, args, kwargs):
+        seen["embeds"] = kwargs["inputs_embeds"].detach().clone()
+        seen["deepstack"] = [d.detach().clone() for d in (kwargs.get("deepstack_visual_embeds") or [])]
+
+    handle = vlm.model.model.language_model.register_forward_pre_hook(pre, with_kwargs=True)
+    try:
+        logits = vlm.logits(batch)
+    finally:
+        handle.remove()
+    return logits, seen
+
+
+def test_visual_hook_sees_exactly_what_the_lm_receives(vlm, batch, family):
+    base_logits, base = _lm_inputs(vlm, batch)
+    tokens = vlm.visual_tokens(batch)
+    assert tokens.grids == batch.grids and tokens.tokens.shape[0] == int(batch.image_mask.sum())
+    torch.testing.assert_close(base["embeds"][batch.image_mask], tokens.tokens.to(base["embeds"].dtype), atol=0, rtol=0)
+    if family == "qwen3_vl":
+        assert len(tokens.extras) == len(base["deepstack"]) == 2
+        for extra, used in zip(tokens.extras, base["deepstack"]):
+            assert torch.equal(extra, used)
+    else:
+        assert tokens.extras == []
+
+    # Identity hook: bit-identical logits.
+    with vlm.visual_hook(lambda v: v):
+        assert torch.equal(vlm.logits(batch), base_logits)
+
+    # Permute within each image; the LM must receive exactly the permuted tokens (and extras).
+    gen = torch.Generator().manual_seed(0)
+
+    def permute(v: VisualTokens) -> VisualTokens:
+        order = torch.cat([o + torch.randperm(h * w, generator=gen) for o, (h, w) in zip(v.offsets(), v.grids)])
+        permute.order = order
+        return v.replace(tokens=v.tokens[order], extras=[e[order] for e in v.extras])
+
+    with vlm.visual_hook(permute):
+        logits, seen = _lm_inputs(vlm, batch)
+    assert torch.equal(seen["embeds"][batch.image_mask], tokens.tokens[permute.order])
+    assert torch.equal(seen["embeds"][~batch.image_mask], base["embeds"][~batch.image_mask])  # text untouched
+    for extra, used in zip(tokens.extras, seen["deepstack"]):
+        assert torch.equal(used, extra[permute.order])
+    assert not torch.allclose(logits, base_logits)
+
+    # Zeroing the tokens changes the logits; the LM receives zeros at image positions.
+    with vlm.visual_hook(lambda v: v.replace(tokens=torch.zeros_like(v.tokens))):
+        zero_logits, seen = _lm_inputs(vlm, batch)
+        assert torch.equal(vlm.visual_tokens(batch).tokens, torch.zeros_like(tokens.tokens))
+    assert (seen["embeds"][batch.image_mask] == 0).all()
+    assert (zero_logits - base_logits).abs().max() > 1e-3
+
+    if family == "qwen3_vl":  # DeepStack features are really used by the LM
+        with vlm.visual_hook(lambda v: v.replace(extras=[torch.zeros_like(e) for e in v.extras])):
+            no_deepstack = vlm.logits(batch)
+        assert (no_deepstack - base_logits).abs().max() > 1e-4
+
+
+def test_visual_hook_rejects_shape_changes(vlm, batch):
+    with vlm.visual_hook(lambda v: v.replace(tokens=v.tokens[:-1])):
+        with pytest.raises(ValueError, match="keep the shapes"):
+            vlm.logits(batch)
+
+
+def test_attention_hook_default_equals_stock_sdpa(vlm, batch):
+    base = vlm.logits(batch)
+    calls = []
+
+    def fn(call):
+        calls.append((call.layer, call.query.shape, call.key.shape, call.is_causal, call.mask is None))
+        assert torch.equal(call.token_kind, batch.token_kind)
+        return call.sdpa()
+
+    with vlm.attention_hook(fn):
+        hooked = vlm.logits(batch)
+    assert [c[0] for c in calls] == list(range(vlm.num_layers))  # every LM layer, vision tower untouched
+    assert all(not causal and not no_mask for _, _, _, causal, no_mask in calls)  # left padded: explicit mask
+    assert (hooked - base).abs().max() <= 1e-5
+
+    # A row without padding gets no explicit mask, is_causal=True; still equal.
+    single = vlm.prepare([np.zeros((*hf_tiny.image_size(vlm.family), 3), np.uint8)], PROMPTS[:1])
+    causal_flags = []
+    with vlm.attention_hook(lambda call: causal_flags.append((call.is_causal, call.mask is None)) or call.sdpa()):
+        hooked = vlm.logits(single)
+    assert (hooked - vlm.logits(single)).abs().max() <= 1e-5
+    assert all(c or not no_mask for c, no_mask in causal_flags)
+
+
+def test_attention_hook_changes_logits_when_fn_does(vlm, batch):
+    base = vlm.logits(batch)
+
+    def scale_image_keys(call):  # ScalingVis-like: sharpen image-key logits of every row
+        image = (call.token_kind == TokenKind.IMAGE)[:, None, :, None].to(call.key.dtype)
+        return call.sdpa(key=call.key * (1 + 3 * image))
+
+    with vlm.attention_hook(scale_image_keys):
+        scaled = vlm.logits(batch)
+    assert (scaled - base).abs().max() > 1e-3
+
+
+def test_last_row_probs_equal_eager_attentions(family, tmp_path):
+    hf_tiny.save_tiny(family, tmp_path, seed=1)
+    vlm = hf.load(tmp_path)
+    eager = hf.model_class(family).from_pretrained(tmp_path, attn_implementation="eager").eval()
+    sharpen(vlm.model)
+    sharpen(eager)
+    batch = vlm.prepare(images_for(family), PROMPTS)  # two prompts of different lengths: left padded
+    probs = {}
+    with vlm.attention_hook(lambda call: probs.__setitem__(call.layer, call.probs()) or call.sdpa()):
+        logits = vlm.logits(batch)
+    with torch.no_grad():
+        out = eager(**batch.inputs, output_attentions=True, use_cache=False)
+    assert len(out.attentions) == vlm.num_layers == len(probs)
+    for layer, reference in enumerate(out.attentions):
+        last = reference[:, :, -1:]
+        torch.testing.assert_close(probs[layer], last, atol=1e-5, rtol=0)
+        assert float(last.max()) > 3.0 / last.shape[-1]  # sharpened: far from uniform, so the check bites
+        assert float(last[1, :, 0, ~batch.attention_mask[1]].abs().max()) == 0.0  # pads get nothing
+    real = batch.attention_mask  # pad query rows are fully masked: eager and SDPA legitimately differ there
+    torch.testing.assert_close(logits[real], out.logits[real], atol=1e-4, rtol=1e-4)
+
+
+def test_attention_hook_during_generation(vlm, family):
+    images = images_for(family)
+    seen = []
+    with vlm.attention_hook(lambda call: seen.append((call.layer, call.query.shape[-2], call.key.shape[-2], call.token_kind)) or call.sdpa()):
+        hooked = vlm.generate(images, PROMPTS, max_new_tokens=3)
+    plain = vlm.generate(images, PROMPTS, max_new_tokens=3)
+    assert [g.token_ids for g in hooked] == [g.token_ids for g in plain]
+    prompt_len = vlm.prepare(images, PROMPTS).inputs["input_ids"].shape[1]
+    prefill = [s for s in seen if s[1] == prompt_len]
+    decode = [s for s in seen if s[1] == 1]
+    assert len(prefill) == vlm.num_layers and len(decode) >= vlm.num_layers
+    for _, _, keys, kinds in decode:  # generated tokens count as TEXT keys
+        assert kinds.shape[1] == keys and (kinds[:, prompt_len:] == TokenKind.TEXT).all()
+
+
+def _is_restored(vlm):
+    return (
+        vlm.lm_config._attn_implementation == "sdpa"
+        and not any(hasattr(layer.self_attn, "_spatialkit_hook") for layer in vlm.lm_layers)
+        and not vlm._visual_module._forward_hooks
+    )
+
+
+def test_hooks_restore_on_exit_and_on_error(vlm, batch):
+    base = vlm.logits(batch)
+    with vlm.attention_hook(lambda call: call.sdpa() * 0), vlm.visual_hook(lambda v: v.replace(tokens=v.tokens * 0)):
+        assert vlm.lm_config._attn_implementation == hf.ATTN_NAME
+        vlm.logits(batch)
+    assert _is_restored(vlm) and torch.equal(vlm.logits(batch), base)
+    for hook in (vlm.attention_hook(lambda call: call.sdpa() * 0), vlm.visual_hook(lambda v: v.replace(tokens=v.tokens * 0))):
+        with pytest.raises(RuntimeError, match="boom"):
+            with hook:
+                raise RuntimeError("boom")
+        assert _is_restored(vlm)
+
+    def failing(call):
+        raise RuntimeError("inside the forward")
+
+    with pytest.raises(RuntimeError, match="inside the forward"):
+        with vlm.attention_hook(failing):
+            vlm.logits(batch)
+    assert _is_restored(vlm) and vlm._running_kinds is None and torch.equal(vlm.logits(batch), base)
+
+
+def test_text_embeddings(vlm, batch):
+    embeds = vlm.text_embeddings(batch)
+    assert embeds.shape == (int(batch.text_mask.sum()), vlm.model.config.text_config.hidden_size)
+
+
+def test_bad_inputs_rejected(vlm, family):
+    with pytest.raises(ValueError, match="same length"):
+        vlm.prepare(images_for(family), PROMPTS[:1])
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        vlm.generate(images_for(family), PROMPTS, max_new_tokens=0)
+
+
+# -- loading errors ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["nonexistent-org/nonexistent-vlm-7b", "/nonexistent/folder/of/weights", "./relative/missing"])
+def test_missing_weights_error_is_fast_and_clear(name):
+    start = time.perf_counter()
+    with pytest.raises(hf.WeightsNotFoundError) as err:
+        hf.load(name)
+    assert time.perf_counter() - start < 2.0
+    message = str(err.value)
+    assert name.strip("./") in message and "hf download" in message and "local folder" in message
+
+
+def test_folder_without_weights(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2_vl"}))
+    with pytest.raises(hf.WeightsNotFoundError, match="no config.json or no weights"):
+        hf.load(tmp_path)
+
+
+def test_unsupported_architecture(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(hf.UnsupportedModelError, match="Unsupported architecture: model_type 'bert'"):
+        hf.load(tmp_path)
