@@ -336,6 +336,8 @@ def _palette(color: str) -> np.ndarray:
             rgb = base * 0.65
         elif role == "light":
             rgb = base * 0.5 + 127.5
+        elif role == "white" and color == "white":  # keep the ball's band / ring's gem visible
+            rgb = base * 0.72
         else:
             rgb = np.array(_FIXED_ROLE_RGB[role], dtype=np.float64)
         rows.append(np.floor(rgb + 0.5))
@@ -714,13 +716,8 @@ class Question:
         return replace(self, options=tuple(options), answer=index)
 
     def label(self) -> str:
-        """The stratum used for balancing: the relation for where questions, else the gold option
-        for presence ("yes"/"no"), else the task."""
-        if self.relation is not None:
-            return self.relation
-        if self.task == "presence":
-            return self.gold
-        return self.task
+        """The stratum used for balancing: the relation for where questions, else the gold option."""
+        return self.relation if self.relation is not None else self.gold
 
 
 def _mc(rng, text: str, gold: str, distractors: Sequence[str], task: str,
@@ -810,8 +807,14 @@ class Item:
 
 
 SPLITS = ("train", "val", "test")
-_LABELS = {"where_two": RELATIONS_2D, "where_one": RELATIONS_ONE, "depth": RELATIONS_DEPTH,
-           "presence": ("yes", "no")}
+
+
+def task_labels(task: str, config: SceneConfig) -> tuple[str, ...]:
+    """Every label (``Question.label()``) a task can have under ``config``: the balancing strata."""
+    return {"where_two": RELATIONS_2D, "where_one": RELATIONS_ONE, "depth": RELATIONS_DEPTH,
+            "presence": ("yes", "no"), "color": config.colors,
+            "identity": tuple(NAMES[k] for k in config.kinds),
+            "count": tuple(str(k) for k in range(config.min_objects, config.max_objects + 1))}[task]
 
 
 def scene_seeds(seed: int, split: str) -> Iterable[int]:
@@ -860,10 +863,11 @@ def build_wherebench(seed: int = 0, n_train: int = 2000, n_val: int = 400, n_tes
     """A fixed benchmark with disjoint train/val/test scene seeds and balanced answers.
 
     Each split gets ``n // len(tasks)`` items per task (the remainder goes to the first tasks);
-    within a task the labels (relations, yes/no) get equal quotas (filled by rejection: questions
+    within a task every label (``task_labels``: relations, yes/no, colours, kinds, counts) gets an
+    equal quota (filled by rejection: questions
     whose label quota is full are skipped); then the gold option is moved to position
-    ``(number of earlier items of the same task and label) mod n_options``, so gold indices are
-    uniform within every stratum. At most ``per_scene`` items come from one scene.
+    ``(label's index + number of earlier items of the same task and label) mod n_options``, so gold
+    indices cycle within every stratum and are uniform over each task. At most ``per_scene`` items come from one scene.
     """
     for name, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1_000_000:
@@ -885,11 +889,13 @@ def _fill_split(seed, split, n, config, tasks, per_scene) -> tuple[list[Item], i
     base, extra = divmod(n, len(tasks))
     for t_index, task in enumerate(tasks):
         n_task = base + (1 if t_index < extra else 0)
-        labels = _LABELS.get(task, (task,))
+        labels = task_labels(task, config)
         lb, lx = divmod(n_task, len(labels))
         for l_index, label in enumerate(labels):
             quota[(task, label)] = lb + (1 if l_index < lx else 0)
     filled = {key: 0 for key in quota}
+    # Label k starts its gold-index cycle at k, so small strata do not all start at index 0.
+    label_index = {(t, l): k for t in tasks for k, l in enumerate(task_labels(t, config))}
     items: list[Item] = []
     rng = np.random.default_rng([seed, SPLITS.index(split), 7])
     max_scenes = 50 * max(n, 1) + 500
@@ -905,7 +911,7 @@ def _fill_split(seed, split, n, config, tasks, per_scene) -> tuple[list[Item], i
             key = (q.task, q.label())
             if taken >= per_scene or filled.get(key, 0) >= quota.get(key, 0):
                 continue
-            q = q.with_answer_at(filled[key] % len(q.options), rng)
+            q = q.with_answer_at((filled[key] + label_index[key]) % len(q.options), rng)
             filled[key] += 1
             items.append(Item(scene_seed, q))
             taken += 1
@@ -1059,6 +1065,43 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
 
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB")).copy()
+
+
+def object_table(scenes: Sequence[Scene]) -> "pandas.DataFrame":  # noqa: F821
+    """One row per object of every scene: ground truth plus how much of it is visible."""
+    import pandas as pd
+
+    rows = []
+    for sc in scenes:
+        n_obj = len(sc.objects)
+        for i, o in enumerate(sc.objects):
+            x0, y0, x1, y1 = o.box
+            rows.append({"seed": sc.seed, "background": sc.background, "n_objects": n_obj, "object": i,
+                         "kind": o.kind, "color": o.color, "accessory": o.accessory or "none",
+                         "depth": o.depth, "width": x1 - x0, "height": y1 - y0,
+                         "center_x": o.center[0] / sc.image.shape[1], "center_y": o.center[1] / sc.image.shape[0],
+                         "visible_fraction": sc.visible_fraction(i)})
+    return pd.DataFrame(rows)
+
+
+def prior_baselines(bench: WhereBench, split: str = "test") -> dict[str, np.ndarray]:
+    """Per-item 0/1 correctness of answerers that never look at the image.
+
+    "first option": always picks option 0. "train prior": per task, the gold option text seen most
+    often in the train split (ties broken alphabetically). "chance": the expected accuracy 1/#options.
+    On a balanced benchmark all three sit at chance.
+    """
+    from collections import Counter
+
+    prior: dict[str, Counter] = {}
+    for it in bench.splits["train"]:
+        prior.setdefault(it.question.task, Counter())[it.question.gold] += 1
+    items = bench.splits[split]
+    first = np.array([it.question.answer == 0 for it in items], dtype=np.float64)
+    guess = {t: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for t, c in prior.items()}
+    train_prior = np.array([guess.get(it.question.task) == it.question.gold for it in items], dtype=np.float64)
+    chance = np.array([1.0 / len(it.question.options) for it in items])
+    return {"first option": first, "train prior": train_prior, "chance": chance}
 
 
 def scene_digest(scene: Scene) -> str:

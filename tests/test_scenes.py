@@ -274,3 +274,19 @@ def test_from_whatsup_reads_original_formats(tmp_path):
     assert a[0].caption_options[0] == "A beer bottle on a armchair" and a[0].answer == 0 and a[0].question is None
     b = S.from_whatsup(tmp_path / "b.json")
     assert b[0].caption_options == ("A man to the left of a dog", "A man to the right of a dog")
+
+
+def test_blind_baselines_sit_at_chance_on_a_balanced_bench(bench):
+    base = S.prior_baselines(bench, "test")
+    chance = base["chance"].mean()
+    assert 0.3 < chance < 0.45  # mix of 2- and 4-option tasks
+    # Every answer text and every gold index is balanced per task, so no blind answerer beats chance.
+    assert abs(base["first option"].mean() - chance) < 0.03
+    assert abs(base["train prior"].mean() - chance) < 0.05
+
+
+def test_object_table_matches_scenes():
+    scenes = [S.render_scene(s, S.PRESETS["book"]) for s in range(20)]
+    df = S.object_table(scenes)
+    assert len(df) == sum(len(sc.objects) for sc in scenes)
+    assert df["visible_fraction"].between(S.PRESETS["book"].min_visible - 1e-9, 1.0).all()
