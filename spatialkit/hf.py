@@ -180,15 +180,29 @@ def load(path_or_id: str | os.PathLike, device: str | torch.device = "cpu", dtyp
     """
     from transformers import AutoConfig
 
+    dtype = _check_dtype(dtype, device)  # bad arguments fail before any file is read
     folder = resolve_weights(path_or_id)
     family = family_of(AutoConfig.from_pretrained(folder))
-    if dtype is None:
-        dtype = torch.float32 if torch.device(device).type == "cpu" else "auto"
-    elif isinstance(dtype, str) and dtype != "auto":
-        dtype = getattr(torch, dtype)
     model = model_class(family).from_pretrained(folder, dtype=dtype, attn_implementation="sdpa")
     model.to(device).eval()
     return HFVLM(model, load_processor(folder, family), family)
+
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+def _check_dtype(dtype, device):
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', got {device!r}") from err
+    if dtype is None:
+        return torch.float32 if device.type == "cpu" else "auto"
+    if isinstance(dtype, torch.dtype):
+        dtype = str(dtype).removeprefix("torch.")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be None or one of {DTYPES} (or the torch dtype), got {dtype!r}")
+    return dtype if dtype == "auto" else getattr(torch, dtype)
 
 
 # -- the attention function ------------------------------------------------------------------------

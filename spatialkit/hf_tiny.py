@@ -128,8 +128,13 @@ def _text_kwargs(tok, hidden: int, heads: int, kv_heads: int, layers: int) -> di
     )
 
 
-def build_config(family: str, tok, *, hidden: int = 64, heads: int = 4, kv_heads: int = 2, layers: int = 2):
-    """The config of a tiny model. head_dim = hidden/heads; mrope sections sum to head_dim/2."""
+def build_config(family: str, tok, *, hidden: int = 64, heads: int = 4, kv_heads: int = 2, layers: int = 2,
+                 llava_grid: int = 4):
+    """The config of a tiny model. head_dim = hidden/heads; mrope sections sum to head_dim/2.
+
+    Qwen families take images of any size (one LM token per 28 px, Qwen3-VL 32 px, up to 4096 tokens);
+    LLaVA's grid is fixed by the config: ``llava_grid`` x ``llava_grid`` tokens from 7·llava_grid px images.
+    """
     from transformers import LlavaConfig, Qwen2_5_VLConfig, Qwen2VLConfig, Qwen3VLConfig
 
     text = _text_kwargs(tok, hidden, heads, kv_heads, layers)
@@ -165,22 +170,23 @@ def build_config(family: str, tok, *, hidden: int = 64, heads: int = 4, kv_heads
     if family == "llava":
         (img,) = _ids(tok, "<image>")
         vision = dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=2, image_size=28, patch_size=7, projection_dim=32)
+                      num_attention_heads=2, image_size=7 * llava_grid, patch_size=7, projection_dim=32)
         text = {**text, "model_type": "llama"}
         return LlavaConfig(vision_config=vision, text_config=text, image_token_id=img,
                            projector_hidden_act="gelu", vision_feature_layer=-2,
-                           vision_feature_select_strategy="default", image_seq_length=16)
+                           vision_feature_select_strategy="default", image_seq_length=llava_grid**2)
     raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
 
 
-def build_processor(family: str, tok):
+def build_processor(family: str, tok, llava_grid: int = 4):
     """The image-only processor of a tiny model (no video processor, so no torchvision)."""
     from spatialkit import hf
 
     if family == "llava":
         from transformers import CLIPImageProcessorPil
 
-        image = CLIPImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
+        side = 7 * llava_grid
+        image = CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
         return hf.processor_class(family)(
             image_processor=image, tokenizer=tok, chat_template=LLAVA_CHAT_TEMPLATE,
             patch_size=7, vision_feature_select_strategy="default", num_additional_image_tokens=1,
@@ -190,23 +196,27 @@ def build_processor(family: str, tok):
     if family == "qwen3_vl":
         image = Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, temporal_patch_size=2,
                                           image_mean=[0.5] * 3, image_std=[0.5] * 3,
-                                          size={"shortest_edge": 32 * 32, "longest_edge": 32 * 32 * 64})
+                                          size={"shortest_edge": 32 * 32, "longest_edge": 32 * 32 * 4096})
     else:
         image = Qwen2VLImageProcessorPil(patch_size=14, merge_size=2, temporal_patch_size=2,
-                                          size={"shortest_edge": 28 * 28, "longest_edge": 28 * 28 * 64})
+                                          size={"shortest_edge": 28 * 28, "longest_edge": 28 * 28 * 4096})
     return hf.processor_class(family)(image_processor=image, tokenizer=tok, chat_template=QWEN_CHAT_TEMPLATE)
 
 
 def build_tiny(family: str, seed: int = 0, **sizes):
-    """(model, processor) of a tiny random model; same seed → same weights."""
+    """(model, processor) of a tiny random model; same seed → same weights. ``sizes``: see build_config."""
     from spatialkit import hf
 
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
     tok = train_tokenizer(family)
     config = build_config(family, tok, **sizes)
-    torch.manual_seed(seed)
-    model = hf.model_class(family)._from_config(config, attn_implementation="sdpa", dtype=torch.float32)
+    # Seed only this construction; the caller's global RNG state is left as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = hf.model_class(family)._from_config(config, attn_implementation="sdpa", dtype=torch.float32)
     model.eval()
-    return model, build_processor(family, tok)
+    return model, build_processor(family, tok, llava_grid=sizes.get("llava_grid", 4))
 
 
 def tiny_vlm(family: str, seed: int = 0, **sizes):
@@ -226,9 +236,12 @@ def save_tiny(family: str, folder: str | Path, seed: int = 0, **sizes) -> Path:
     return folder
 
 
-def image_size(family: str, grid: tuple[int, int] = (2, 3)) -> tuple[int, int]:
-    """(height, width) in pixels of an image that gives a (h', w') grid of LM tokens (LLaVA: fixed 4x4)."""
+def image_size(family: str, grid: tuple[int, int] = (2, 3), llava_grid: int = 4) -> tuple[int, int]:
+    """(height, width) in pixels of an image that gives a (h', w') grid of LM tokens.
+
+    LLaVA's grid is fixed by its config (``llava_grid`` x ``llava_grid``), whatever ``grid`` says.
+    """
     if family == "llava":
-        return (28, 28)
+        return (7 * llava_grid, 7 * llava_grid)
     px = 32 if family == "qwen3_vl" else 28
     return (grid[0] * px, grid[1] * px)
