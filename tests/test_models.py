@@ -1,0 +1,186 @@
+"""The tiny VLM's pieces: vocabulary, ViT encoder, projector norms, LM positions, KV cache, config checks."""
+
+import pytest
+import torch
+
+from spatialkit.models import (
+    LM_POSENCS, SYSTEM_PROMPT, VISION_POSENCS, ModelConfig, Projector, TinyVLM, ViTEncoder, Vocab, lm_positions,
+    state_dict_sha256, to_pixels, tokenize,
+)
+from spatialkit.train import OrganismConfig, preset
+from spatialkit.vlm import TokenKind
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)  # the test machine is shared: oversubscribed threads are far slower
+    yield
+    torch.set_num_threads(old)
+
+
+def test_tokenize_and_vocab_roundtrip():
+    assert tokenize("Where is the red chick relative to the cup?") == \
+        ["where", "is", "the", "red", "chick", "relative", "to", "the", "cup", "?"]
+    v1 = Vocab.build(["b a", "c"], loc_grid=4)
+    v2 = Vocab.build(["c", "a b"], loc_grid=4)
+    assert v1.words == v2.words  # order of the texts does not matter
+    assert v1.words[:5] == ["<pad>", "<unk>", "<img>", "<ans>", "<eos>"]
+    assert v1.words[5:21] == [f"loc{i}" for i in range(16)] and "loc16" not in v1.index
+    ids = v1.encode("a b c")
+    assert v1.decode(ids) == "a b c"
+    assert v1.unknown("a zebra") == ["zebra"]
+    assert all(w in v1.index for w in tokenize(SYSTEM_PROMPT))
+
+
+def test_vocab_rejects_bad_word_lists():
+    with pytest.raises(ValueError, match="specials"):
+        Vocab(["a", "b"])
+
+
+@pytest.mark.parametrize("posenc", VISION_POSENCS)
+def test_vit_encoder_every_posenc(posenc):
+    enc = ViTEncoder(image_size=32, patch_size=8, dim=32, depth=1, n_heads=2, posenc=posenc)
+    out = enc(torch.randn(3, 3, 32, 32))
+    assert out.shape == (3, 16, 32) and enc.grid == (4, 4)
+    out.sum().backward()
+
+
+def test_vit_encoder_position_matters_only_with_posenc():
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 32, 32)
+    # swap two patches: without a position code the token set is only permuted (equivariance)
+    swapped = x.clone()
+    swapped[..., 0:8, 0:8], swapped[..., 0:8, 8:16] = x[..., 0:8, 8:16], x[..., 0:8, 0:8]
+    for posenc, equivariant in (("none", True), ("sincos2d", False)):
+        enc = ViTEncoder(image_size=32, patch_size=8, dim=32, depth=1, n_heads=2, posenc=posenc).eval()
+        a, b = enc(x)[0], enc(swapped)[0]
+        perm = torch.arange(16)
+        perm[0], perm[1] = 1, 0
+        assert torch.allclose(a[perm], b, atol=1e-5) == equivariant
+
+
+def test_vit_encoder_validates():
+    with pytest.raises(ValueError, match="multiple of patch_size"):
+        ViTEncoder(image_size=30, patch_size=8)
+    with pytest.raises(ValueError, match="vision posenc"):
+        ViTEncoder(posenc="fourier")
+
+
+def test_projector_norm_controls():
+    torch.manual_seed(0)
+    x = torch.randn(5, 7, 16) * 30
+    rms = Projector(16, 32, "rmsclip")
+    norms = rms(x).detach().norm(dim=-1)
+    assert float(norms.max()) <= 0.83 * 1.22 + 1e-4  # s = min(1.22/||y||, 1) then 0.83*s*y
+    target = Projector(16, 32, "target", scale=2.5)
+    assert torch.allclose(target(x).norm(dim=-1), torch.full((5, 7), 2.5), atol=1e-4)
+
+
+def test_lm_positions_follow_qwen_rule():
+    # [sys, sys, img x 6 (2x3 grid), text, text]
+    kind = torch.tensor([[1, 1, 2, 2, 2, 2, 2, 2, 3, 3]])
+    pos = lm_positions(kind, (2, 3), "2d")[0]
+    s = 2
+    assert pos[:2].tolist() == [[0, 0, 0], [1, 1, 1]]
+    assert pos[2:8].tolist() == [[s, s + r, s + c] for r in range(2) for c in range(3)]
+    assert pos[8].tolist() == [s + 3] * 3 and pos[9].tolist() == [s + 4] * 3  # resumes at s + max(h, w)
+    assert lm_positions(kind, (2, 3), "1d")[0, :, 0].tolist() == list(range(10))
+
+
+def _toy_batch(vocab_size, b=3, n=16, text=6, sys_rows=(0,)):
+    torch.manual_seed(1)
+    length = 2 + n + text
+    ids = torch.randint(5, vocab_size, (b, length))
+    kind = torch.full((b, length), int(TokenKind.TEXT))
+    for row in range(b):
+        offset = 2 if row in sys_rows else 0
+        kind[row, :offset] = int(TokenKind.SYSTEM)
+        kind[row, offset: offset + n] = int(TokenKind.IMAGE)
+        if not offset:
+            kind[row, -2:] = int(TokenKind.PAD)
+    ids[kind == TokenKind.IMAGE] = 2
+    return ids, kind
+
+
+@pytest.mark.parametrize("lm_posenc", LM_POSENCS)
+def test_cached_decoding_matches_full_forward(lm_posenc):
+    cfg = ModelConfig(vocab_size=40, image_size=32, patch_size=8, vision_dim=32, lm_dim=32, vision_heads=2,
+                      lm_heads=2, vision_layers=1, lm_layers=2, lm_posenc=lm_posenc)
+    torch.manual_seed(0)
+    model = TinyVLM(cfg).eval()
+    ids, kind = _toy_batch(40, sys_rows=(0, 1, 2))
+    pixels = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        full = model(pixels, ids, kind)
+        cache = model.new_cache()
+        prefix = model(pixels, ids[:, :-3], kind[:, :-3], cache=cache)
+        steps = []
+        for t in range(ids.shape[1] - 3, ids.shape[1]):
+            pos = model.positions(kind[:, : t + 1])[:, -1:]
+            steps.append(model(None, ids[:, t: t + 1], kind[:, t: t + 1], cache=cache, positions=pos))
+    assert torch.allclose(prefix, full[:, :-3], atol=1e-5)
+    assert torch.allclose(torch.cat(steps, 1), full[:, -3:], atol=1e-5)
+
+
+def test_causality_and_visual_scatter():
+    cfg = ModelConfig(vocab_size=40, image_size=32, patch_size=8, vision_dim=32, lm_dim=32, vision_heads=2,
+                      lm_heads=2, vision_layers=1, lm_layers=1)
+    torch.manual_seed(0)
+    model = TinyVLM(cfg).eval()
+    ids, kind = _toy_batch(40)
+    pixels = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        base = model(pixels, ids, kind)
+        changed = ids.clone()
+        changed[:, -1] = 7  # a later token cannot change earlier logits
+        assert torch.allclose(model(pixels, changed, kind)[:, :-1], base[:, :-1], atol=1e-6)
+        # the image matters
+        assert not torch.allclose(model(pixels + 1, ids, kind)[:, -1], base[:, -1])
+
+
+def test_state_dict_hash_is_stable_and_sensitive():
+    cfg = ModelConfig(vocab_size=20, image_size=16, patch_size=8, vision_dim=16, lm_dim=16, vision_heads=1,
+                      lm_heads=1, vision_layers=1, lm_layers=1)
+    torch.manual_seed(3)
+    a = TinyVLM(cfg)
+    torch.manual_seed(3)
+    b = TinyVLM(cfg)
+    assert state_dict_sha256(a) == state_dict_sha256(b)
+    with torch.no_grad():
+        b.lm_head.weight[0, 0] += 1e-3
+    assert state_dict_sha256(a) != state_dict_sha256(b)
+
+
+def test_to_pixels_checks_input():
+    import numpy as np
+
+    x = to_pixels(np.full((2, 8, 8, 3), 255, np.uint8))
+    assert x.shape == (2, 3, 8, 8) and float(x.max()) == 1.0
+    with pytest.raises(ValueError, match="uint8"):
+        to_pixels(np.zeros((2, 8, 8, 3), np.float32))
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("steps", 0, r"steps must be an int in \[1,"),
+    ("spatial_fraction", 1.5, r"spatial_fraction must be a number in \[0.0, 1.0\]"),
+    ("vision_posenc", "fourier", "vision_posenc must be one of"),
+    ("lm_posenc", "sincos2d", "lm_posenc must be one of"),
+    ("visual_norm", "layer", "visual_norm must be one of"),
+    ("scene_preset", "mars", "scene_preset must be one of"),
+    ("patch_size", 7, "multiple of patch_size"),
+    ("lm_heads", 3, "lm_dim"),
+])
+def test_config_validation_names_the_field(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        preset("smoke", **{field: value})
+
+
+def test_fractions_must_fit_and_presets_exist():
+    with pytest.raises(ValueError, match="spatial_fraction \\+ caption_fraction"):
+        OrganismConfig(spatial_fraction=0.8, caption_fraction=0.3)
+    with pytest.raises(ValueError, match="preset must be one of"):
+        preset("huge")
+    for name in ("default", "quick", "smoke"):
+        cfg = preset(name)
+        assert OrganismConfig.from_dict(cfg.to_dict()) == cfg
