@@ -146,10 +146,16 @@ def _warn(message: str) -> None:
 # --- cache ----------------------------------------------------------------------------------------
 
 def package_hash() -> str:
-    """sha256 over the spatialkit package sources, so a code change re-executes the notebooks."""
+    """sha256 over the spatialkit package sources, so a code change re-executes the notebooks.
+
+    profiles.yml is left out: the parameters it sets are in the key already, and a teammate adding
+    an entry for one notebook must not invalidate every other notebook's cache.
+    """
     h = hashlib.sha256()
     for path in sorted(PACKAGE_DIR.rglob("*")):
-        if path.suffix in (".py", ".yml", ".yaml", ".json") and "__pycache__" not in path.parts:
+        if path == PROFILES_FILE or "__pycache__" in path.parts:
+            continue
+        if path.suffix in (".py", ".yml", ".yaml", ".json"):
             h.update(str(path.relative_to(PACKAGE_DIR)).encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
 
@@ -275,6 +281,9 @@ def run(
             echo(f"[{i}/{len(jobs)}] {job.name} {label}")
         results.append(result)
     failed = [r for r in results if r.status == "failed"]
+    counts = {status: sum(r.status == status for r in results) for status in ("ok", "cached", "failed")}
+    echo(f"{len(results)} notebook(s): {counts['ok']} executed, {counts['cached']} up to date, "
+         f"{counts['failed']} failed, {sum(r.seconds for r in results):.1f}s executing")
     if failed:
         raise RunError("; ".join(r.error for r in failed))
     return results

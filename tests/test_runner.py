@@ -65,14 +65,15 @@ def test_run_executes_with_parameters_and_png_figures_then_skips_when_unchanged(
     lines = []
     [first] = runner.run(plan(root, "smoke"), out, echo=lines.append)
     assert first.status == "ok" and (out / "tiny.ipynb").exists() and (out / "tiny.key").exists()
-    assert lines[-1].startswith("[1/1] tiny ok in ") and lines[-1].endswith("s")
+    assert lines[1].startswith("[1/1] tiny ok in ") and lines[1].endswith("s")
+    assert lines[2].startswith("1 notebook(s): 1 executed, 0 up to date, 0 failed")
     outs = outputs(out / "tiny.ipynb")
     assert any("image/png" in o.get("data", {}) for o in outs), "figure must be saved as PNG"
     assert any("n = 2" in "".join(o.get("text", "")) for o in outs), "smoke profile value must reach the kernel"
 
     mtime = (out / "tiny.ipynb").stat().st_mtime_ns
     [second] = runner.run(plan(root, "smoke"), out, echo=lines.append)
-    assert second.status == "cached" and "up to date, skipped" in lines[-1]
+    assert second.status == "cached" and lines[-2] == "[1/1] tiny up to date, skipped"
     assert (out / "tiny.ipynb").stat().st_mtime_ns == mtime
 
 
@@ -104,7 +105,7 @@ def test_failing_notebook_names_notebook_and_cell_and_keeps_partial_copy_aside(r
     message = str(info.value)
     # papermill's injected-parameters cell shifts the failing cell from index 3 to 4
     assert message == "tiny: cell 4 failed: ValueError: asked to fail with n=3"
-    assert "FAILED" in lines[-1] and "failed/tiny.ipynb" in lines[-1]
+    assert "FAILED" in lines[1] and "failed/tiny.ipynb" in lines[1] and "1 failed" in lines[2]
     partial = out / "failed" / "tiny.ipynb"
     assert partial.exists() and any(o["output_type"] == "error" for o in outputs(partial))
     # the stale good copy and its key are gone: the book can never show an outdated result
