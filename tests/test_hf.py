@@ -367,3 +367,20 @@ def test_bigger_grids_for_long_sequences(family):
     batch = vlm.prepare([np.zeros((h, w, 3), np.uint8)], ["Where?"])
     assert batch.grids == [grid] and int(batch.image_mask.sum()) == grid[0] * grid[1]
     assert vlm.visual_tokens(batch).tokens.shape[0] == grid[0] * grid[1]
+
+
+def test_qwen_grids_are_raster_order_of_mrope_positions(vlm, batch, family):
+    """Visual token r of an (h', w') grid sits at M-RoPE (t, h, w) = (s, s + r // w', s + r % w')."""
+    if family == "llava":
+        pytest.skip("LLaVA uses plain 1D RoPE")
+    inputs = batch.inputs
+    positions, _ = vlm.model.model.get_rope_index(
+        inputs["input_ids"], inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"],
+        attention_mask=inputs["attention_mask"],
+    )
+    for b, (gh, gw) in enumerate(batch.grids):
+        pos = positions[:, b, batch.image_mask[b]]  # (3, N)
+        start = int(pos[0, 0])
+        r = torch.arange(gh * gw)
+        assert torch.equal(pos[0].cpu(), torch.full_like(r, start))
+        assert torch.equal(pos[1].cpu(), start + r // gw) and torch.equal(pos[2].cpu(), start + r % gw)
