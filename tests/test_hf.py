@@ -384,3 +384,12 @@ def test_qwen_grids_are_raster_order_of_mrope_positions(vlm, batch, family):
         r = torch.arange(gh * gw)
         assert torch.equal(pos[0].cpu(), torch.full_like(r, start))
         assert torch.equal(pos[1].cpu(), start + r // gw) and torch.equal(pos[2].cpu(), start + r % gw)
+
+
+def test_system_prompt_is_system_kind(vlm, family):
+    batch = vlm.prepare(images_for(family, 1), PROMPTS[:1], system_prompt="Answer with one word.")
+    ids = batch.inputs["input_ids"][0]
+    system_text = vlm.tokenizer.decode(ids[batch.token_kind[0] == TokenKind.SYSTEM])
+    text_text = vlm.tokenizer.decode(ids[batch.token_kind[0] == TokenKind.TEXT])
+    assert "Answer with one word." in system_text and "helpful assistant" not in system_text
+    assert PROMPTS[0] in text_text and "Answer with one word." not in text_text
