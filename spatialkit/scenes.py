@@ -356,7 +356,21 @@ def _lerp_rows(top: tuple, bottom: tuple, n: int) -> np.ndarray:
 
 
 def _background(name: str, n: int, rng: np.random.Generator) -> np.ndarray:
-    """(n, n, 3) uint8 background. Textured ones draw from ``rng``; plain ones do not."""
+    """(n, n, 3) uint8 background (a fresh array). Textured ones draw from ``rng``; the others do not
+    and are cached."""
+    if name in ("wood", "speckle"):
+        return _draw_background(name, n, rng)
+    return _fixed_background(name, n).copy()
+
+
+@functools.lru_cache(maxsize=64)
+def _fixed_background(name: str, n: int) -> np.ndarray:
+    img = _draw_background(name, n, None)
+    img.setflags(write=False)
+    return img
+
+
+def _draw_background(name: str, n: int, rng: np.random.Generator | None) -> np.ndarray:
     img = np.empty((n, n, 3), dtype=np.uint8)
     if name in ("gray", "cream", "slate"):
         img[:] = {"gray": (160, 160, 160), "cream": (225, 215, 190), "slate": (85, 95, 110)}[name]
@@ -514,7 +528,7 @@ def _place(rng, cfg: SceneConfig, w: int, h: int, z: float, n: int) -> tuple[int
     if cfg.ground:
         # The bottom edge stands on a ground plane seen from above: z=0 at the image bottom, z=1 at 35 %.
         bottom = n * (1.0 - 0.65 * z) - rng.uniform(0.0, 0.06) * n
-        y0 = int(np.clip(round(bottom) - h, 0, n - h))
+        y0 = min(max(int(round(bottom)) - h, 0), n - h)
     else:
         y0 = int(rng.integers(0, n - h + 1))
     return x0, y0
@@ -857,6 +871,19 @@ class WhereBench:
                 if len(df) else df.assign(count=[]))
 
 
+def task_problem(task: str, config: SceneConfig) -> str | None:
+    """Why ``config`` can never produce questions of ``task`` (None when it can)."""
+    if task in ("where_two", "depth") and config.max_objects < 2:
+        return "needs max_objects >= 2"
+    if task == "depth" and not (config.occlusion or config.ground):
+        return "needs occlusion=True or ground=True (otherwise depth is invisible)"
+    if task == "identity" and len(config.kinds) - config.min_objects < 3:
+        return "needs at least 3 kinds absent from a scene (len(kinds) - min_objects >= 3)"
+    if task == "color" and len(config.colors) < 2:
+        return "needs at least 2 colors"
+    return None
+
+
 def build_wherebench(seed: int = 0, n_train: int = 2000, n_val: int = 400, n_test: int = 400,
                      config: SceneConfig = PRESETS["book"], tasks: Sequence[str] = TASKS,
                      per_scene: int = 2) -> WhereBench:
@@ -876,6 +903,10 @@ def build_wherebench(seed: int = 0, n_train: int = 2000, n_val: int = 400, n_tes
         raise ValueError(f"build_wherebench: seed = {seed!r} is invalid; allowed: int >= 0")
     if not tasks or any(t not in TASKS for t in tasks) or len(set(tasks)) != len(tasks):
         raise ValueError(f"build_wherebench: tasks = {tasks!r} is invalid; allowed: distinct items from {list(TASKS)}")
+    unsupported = [t for t in tasks if task_problem(t, config)]
+    if unsupported:
+        raise ValueError("build_wherebench: tasks = " + repr(tuple(tasks)) + " is invalid for this config: "
+                         + "; ".join(f"{t} {task_problem(t, config)}" for t in unsupported))
     if not isinstance(per_scene, int) or per_scene < 1:
         raise ValueError(f"build_wherebench: per_scene = {per_scene!r} is invalid; allowed: int >= 1")
     splits, tried = {}, {}

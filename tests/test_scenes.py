@@ -296,3 +296,10 @@ def test_object_table_matches_scenes():
     df = S.object_table(scenes)
     assert len(df) == sum(len(sc.objects) for sc in scenes)
     assert df["visible_fraction"].between(S.PRESETS["book"].min_visible - 1e-9, 1.0).all()
+
+
+def test_impossible_task_for_config_fails_before_any_work():
+    with pytest.raises(ValueError, match="depth needs occlusion=True or ground=True"):
+        S.build_wherebench(n_train=10, config=S.PRESETS["organism"], tasks=("where_two", "depth"))
+    with pytest.raises(ValueError, match="identity needs"):
+        S.build_wherebench(n_train=10, config=S.SceneConfig(kinds=("cup", "ball", "tree")), tasks=("identity",))
