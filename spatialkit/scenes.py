@@ -65,7 +65,7 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -616,8 +616,8 @@ def render_batch(seeds: Iterable[int], config: SceneConfig = SceneConfig()) -> t
 
 def chick_and_cup(image_size: int = 128, background: str = "wood", hidden: float = 0.35) -> Scene:
     """The blog's scene: a cup on a wooden table, a chick with a purple ribbon in front of it and a
-    chick with a blue bonnet behind it, partly hidden by the cup (``hidden`` ≈ fraction of the
-    bonnet chick's width covered by the cup, 0 = side by side).
+    chick with a blue bonnet behind it, partly hidden by the cup. ``hidden`` slides the bonnet chick
+    behind the cup, in chick widths (0 = it only touches the cup's edge; more = more of it hidden).
     """
     if not 32 <= image_size <= 1024:
         raise ValueError(f"chick_and_cup: image_size = {image_size!r} is invalid; allowed: int in [32, 1024]")
@@ -1143,6 +1143,3 @@ def scene_digest(scene: Scene) -> str:
     h.update(repr((scene.objects, scene.background, scene.seed)).encode())
     return h.hexdigest()
 
-
-def config_fields() -> list[str]:
-    return [f.name for f in fields(SceneConfig)]
