@@ -1,0 +1,116 @@
+"""The permutation test of Qi et al. 2025 ("Beyond Semantics"): shuffle the visual tokens, keep the positions.
+
+    with shuffle_visual_tokens(vlm, fraction=1.0, seed=0):
+        scores = vlm.score_options(images, prompts, options)      # the LM sees shuffled image contents
+
+The shuffle happens at ``vlm.visual_hook``: after the vision encoder and projector, before the LM. Only the
+*contents* of the visual slots move; the LM's position ids stay attached to the slots (the LM still sees
+"token at row i, column j", it just holds another patch). Each image is shuffled within its own h'×w' block
+(Qwen's merged grid, LLaVA's 24×24 in the paper), so no content crosses an image boundary, and per-token
+extras (Qwen3-VL's DeepStack levels) move exactly like the tokens they belong to.
+
+``fraction`` is the share of an image's tokens that are displaced: ``k = round(fraction * n)`` slots are
+drawn, and their contents are rotated along a random cycle through them, so every drawn token really leaves
+its slot (a uniform random permutation would leave ~1 token in place on average; for the paper's n = 576
+the two are the same experiment). fraction 0 is the identity (bit-identical outputs), fraction 1 moves
+every token. The permutation is a pure function of ``(seed, h', w', fraction)``: every image of a given grid
+gets the same one, in every forward call, whatever the batching (the paper also used one fixed permutation).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from spatialkit.vlm import VLM, VisualTokens
+
+
+def _check_fraction(fraction) -> float:
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= float(fraction) <= 1.0:
+        raise ValueError(f"fraction must be a number in [0, 1] (share of visual tokens to displace), got {fraction!r}")
+    return float(fraction)
+
+
+def _check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
+    return seed
+
+
+def slot_permutation(h: int, w: int, fraction: float, seed: int) -> torch.Tensor:
+    """(h*w,) long tensor ``perm``: slot s receives the content of slot ``perm[s]`` (raster order).
+
+    ``round(fraction * h*w)`` slots (at least 2 to move anything) are rotated along a random cycle; the
+    others keep their own content.
+    """
+    fraction, seed = _check_fraction(fraction), _check_seed(seed)
+    if h < 1 or w < 1:
+        raise ValueError(f"grid must be at least 1x1, got {h}x{w}")
+    n = h * w
+    perm = torch.arange(n)
+    k = int(math.floor(fraction * n + 0.5))
+    if k < 2:
+        return perm
+    # One generator per (seed, grid, fraction): independent of batch composition and call order.
+    g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, h, w, k]).generate_state(2, np.uint64)[0]) >> 1)
+    chosen = torch.randperm(n, generator=g)[:k]  # random slots, in random order
+    perm[chosen] = chosen.roll(1)  # slot chosen[i] takes the content of chosen[i-1]
+    return perm
+
+
+def batch_index(grids: list[tuple[int, int]], fraction: float, seed: int, device=None) -> torch.Tensor:
+    """(N_total,) gather index over a :class:`VisualTokens` batch: each image permuted within its own block."""
+    parts, offset, cache = [], 0, {}
+    for h, w in grids:
+        if (h, w) not in cache:
+            cache[(h, w)] = slot_permutation(h, w, fraction, seed)
+        parts.append(cache[(h, w)] + offset)
+        offset += h * w
+    index = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+    return index.to(device) if device is not None else index
+
+
+def permute_visual_tokens(vt: VisualTokens, fraction: float, seed: int) -> VisualTokens:
+    """The visual tokens with each image's contents permuted among its slots (extras moved identically)."""
+    index = batch_index(vt.grids, fraction, seed, device=vt.tokens.device)
+    if index.numel() != vt.tokens.shape[0]:
+        raise ValueError(f"grids {vt.grids} cover {index.numel()} tokens but the batch holds {vt.tokens.shape[0]}")
+    if bool((index == torch.arange(index.numel(), device=index.device)).all()):
+        return vt  # nothing moves: hand back the very same tensors (bit-identical outputs)
+    return vt.replace(tokens=vt.tokens[index], extras=[e[index] for e in vt.extras])
+
+
+class ShuffleRecord:
+    """What an active shuffle did: its settings and the gather index of every forward it touched."""
+
+    def __init__(self, fraction: float, seed: int):
+        self.fraction, self.seed = fraction, seed
+        self.calls: list[torch.Tensor] = []  # one (N_total,) index per visual-hook call
+
+    def permutation(self, h: int, w: int) -> torch.Tensor:
+        return slot_permutation(h, w, self.fraction, self.seed)
+
+
+@contextlib.contextmanager
+def shuffle_visual_tokens(vlm: VLM, fraction: float = 1.0, seed: int = 0, *, record: bool = False) -> Iterator[ShuffleRecord]:
+    """Context manager: inside it, every forward of ``vlm`` sees its visual tokens shuffled (see module doc).
+
+    Yields a :class:`ShuffleRecord`; with ``record=True`` it also keeps each call's gather index (tests).
+    Arguments are validated before the model is touched; the hook is removed on exit, also on error.
+    """
+    fraction, seed = _check_fraction(fraction), _check_seed(seed)
+    if not isinstance(vlm, VLM):
+        raise TypeError(f"vlm must be a spatialkit.vlm.VLM, got {type(vlm).__name__}")
+    rec = ShuffleRecord(fraction, seed)
+
+    def shuffle(vt: VisualTokens) -> VisualTokens:
+        if record:
+            rec.calls.append(batch_index(vt.grids, fraction, seed))
+        return permute_visual_tokens(vt, fraction, seed)
+
+    with vlm.visual_hook(shuffle):
+        yield rec

@@ -1,0 +1,171 @@
+"""shuffle_visual_tokens on all five model kinds: identity at fraction 0, a real change at fraction 1, the LM
+receives exactly the permuted tokens (DeepStack levels included), and the model is restored afterwards."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from spatialkit.interventions import shuffle_visual_tokens, slot_permutation
+from spatialkit.interventions.norms import hidden_states
+from spatialkit.interventions.shuffle import batch_index
+
+KINDS = ("organism", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # tiny models run several times faster on one thread on a shared machine
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _organism():
+    from spatialkit.organism import load_or_train, preset
+
+    return load_or_train(preset("smoke"), progress=False)
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def case(request):
+    """(vlm, batch) with position-dependent images (random pixels: every patch differs)."""
+    kind = request.param
+    rng = np.random.default_rng(0)
+    if kind == "organism":
+        vlm = _organism()
+        size = vlm.model.cfg.image_size
+        images = rng.integers(0, 256, (2, size, size, 3), dtype=np.uint8)
+        prompts = ["where is the chick ?", "what color is the cup ?"]
+    else:
+        from spatialkit import hf_tiny
+
+        vlm = hf_tiny.tiny_vlm(kind, seed=0)
+        h, w = hf_tiny.image_size(kind, grid=(2, 3))
+        images = list(rng.integers(0, 256, (2, h, w, 3), dtype=np.uint8))
+        prompts = ["where is the red cup", "what colour is the dog"]
+    return kind, vlm, vlm.prepare(images, prompts)
+
+
+def _visual_hooks_idle(vlm) -> bool:
+    if vlm.family == "organism":
+        return vlm._visual_fns == []
+    return len(vlm._visual_module._forward_hooks) == 0
+
+
+def test_fraction_zero_is_bit_identical(case):
+    _, vlm, batch = case
+    base = vlm.logits(batch)
+    with shuffle_visual_tokens(vlm, fraction=0.0, seed=3):
+        same = vlm.logits(batch)
+    assert torch.equal(base, same)
+
+
+def test_fraction_one_changes_outputs(case):
+    _, vlm, batch = case
+    base = vlm.logits(batch)
+    with shuffle_visual_tokens(vlm, fraction=1.0, seed=0):
+        shuffled = vlm.logits(batch)
+    last = batch.last_index()
+    rows = torch.arange(len(last))
+    diff = (base[rows, last] - shuffled[rows, last]).abs().max()
+    assert diff > 1e-4, f"fraction 1 left the answer logits unchanged (max diff {diff:.2e})"
+
+
+def test_lm_receives_exactly_the_permuted_tokens(case):
+    kind, vlm, batch = case
+    original = vlm.visual_tokens(batch)
+    deepstack: list = []
+
+    def grab_deepstack(module, args, kwargs):
+        deepstack.append(kwargs.get("deepstack_visual_embeds"))
+
+    handle = None
+    if kind == "qwen3_vl":
+        handle = vlm.model.model.language_model.register_forward_pre_hook(grab_deepstack, with_kwargs=True)
+    try:
+        with shuffle_visual_tokens(vlm, fraction=1.0, seed=7, record=True) as rec:
+            lm_input = hidden_states(vlm, batch)[0]
+    finally:
+        if handle is not None:
+            handle.remove()
+    index = batch_index(original.grids, 1.0, 7)
+    assert len(rec.calls) == 1 and torch.equal(rec.calls[0], index)
+    moved = (index != torch.arange(len(index))).float().mean()
+    assert moved == 1.0, "fraction 1 must displace every visual token"
+    received = lm_input[batch.image_mask]  # image positions in batch order, raster order within an image
+    assert torch.equal(received, original.tokens[index].to(received.dtype))
+    if kind == "qwen3_vl":
+        assert original.extras, "Qwen3-VL must expose its DeepStack levels as extras"
+        (levels,) = deepstack
+        assert len(levels) == len(original.extras)
+        for got, level in zip(levels, original.extras):
+            assert torch.equal(got, level[index])
+
+
+@pytest.mark.parametrize("raise_inside", [False, True])
+def test_model_restored_after_exit(case, raise_inside):
+    _, vlm, batch = case
+    base = vlm.logits(batch)
+    if raise_inside:
+        with pytest.raises(RuntimeError, match="boom"):
+            with shuffle_visual_tokens(vlm, fraction=1.0, seed=1):
+                raise RuntimeError("boom")
+    else:
+        with shuffle_visual_tokens(vlm, fraction=1.0, seed=1):
+            vlm.logits(batch)
+    assert _visual_hooks_idle(vlm)
+    assert torch.equal(vlm.logits(batch), base)
+
+
+def test_shuffle_applies_during_generation_and_scoring():
+    vlm = _organism()
+    size = vlm.model.cfg.image_size
+    images = np.random.default_rng(1).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
+    options = [["left", "right", "above", "below"]]
+    with shuffle_visual_tokens(vlm, 1.0, seed=0, record=True) as rec:
+        vlm.score_options(images, ["where is the chick ?"], options)
+        vlm.generate(images, ["describe the image ."], max_new_tokens=3)
+    assert len(rec.calls) == 2
+
+
+def test_multi_image_batch_permutes_within_each_block():
+    grids = [(2, 3), (4, 4), (2, 3)]
+    index = batch_index(grids, 1.0, seed=5)
+    start = 0
+    for h, w in grids:
+        block = index[start: start + h * w]
+        assert sorted(block.tolist()) == list(range(start, start + h * w))
+        start += h * w
+    assert torch.equal(index[:6], index[-6:] - 22)  # same grid -> same permutation
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.1, 0.25, 0.5, 0.9, 1.0])
+def test_fraction_is_the_share_of_displaced_tokens(fraction):
+    perm = slot_permutation(24, 24, fraction, seed=0)
+    assert sorted(perm.tolist()) == list(range(576))
+    k = int(np.floor(fraction * 576 + 0.5))
+    assert int((perm != torch.arange(576)).sum()) == (k if k >= 2 else 0)
+    assert torch.equal(perm, slot_permutation(24, 24, fraction, seed=0))  # deterministic
+    if k >= 2:
+        assert not torch.equal(perm, slot_permutation(24, 24, fraction, seed=1))
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, "half", None, True, float("nan")])
+def test_bad_fraction_fails_before_touching_the_model(bad):
+    class Untouchable:  # any attribute access would mean work started
+        def __getattr__(self, name):
+            raise AssertionError(f"touched the model ({name})")
+
+    with pytest.raises(ValueError, match=r"fraction must be a number in \[0, 1\]"):
+        with shuffle_visual_tokens(Untouchable(), fraction=bad, seed=0):
+            pass
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "0"])
+def test_bad_seed_is_named(bad):
+    with pytest.raises(ValueError, match="seed must be an int"):
+        with shuffle_visual_tokens(None, fraction=1.0, seed=bad):
+            pass
