@@ -64,7 +64,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_book(args: argparse.Namespace) -> int:
     from spatialkit import book, catalog
 
-    _run(args)
+    jobs, _ = _run(args)
+    ran = {job.name for job in jobs}
+    older = [p.stem for p in book.chapters(list(catalog.NOTEBOOKS), book.default_root()) if p.stem not in ran]
+    if older:  # e.g. after --only: say which pages come from earlier runs (maybe another profile)
+        print(f"note: the book also includes earlier executed copies of: {', '.join(older)}")
     book.build(list(catalog.NOTEBOOKS))
     return 0
 
