@@ -106,11 +106,22 @@ def shuffle_visual_tokens(vlm: VLM, fraction: float = 1.0, seed: int = 0, *, rec
     if not isinstance(vlm, VLM):
         raise TypeError(f"vlm must be a spatialkit.vlm.VLM, got {type(vlm).__name__}")
     rec = ShuffleRecord(fraction, seed)
+    indices: dict = {}  # (grids, device) -> gather index, or None when nothing moves; built once per layout
 
     def shuffle(vt: VisualTokens) -> VisualTokens:
+        key = (tuple(vt.grids), vt.tokens.device)
+        if key not in indices:
+            index = batch_index(vt.grids, fraction, seed, device=vt.tokens.device)
+            if index.numel() != vt.tokens.shape[0]:
+                raise ValueError(f"grids {vt.grids} cover {index.numel()} tokens but the batch holds {vt.tokens.shape[0]}")
+            moves = not bool((index == torch.arange(index.numel(), device=index.device)).all())
+            indices[key] = (index, moves)
+        index, moves = indices[key]
         if record:
-            rec.calls.append(batch_index(vt.grids, fraction, seed))
-        return permute_visual_tokens(vt, fraction, seed)
+            rec.calls.append(index.cpu())
+        if not moves:
+            return vt  # fraction 0 (or a 1-token grid): the very same tensors, bit-identical outputs
+        return vt.replace(tokens=vt.tokens[index], extras=[e[index] for e in vt.extras])
 
     with vlm.visual_hook(shuffle):
         yield rec
