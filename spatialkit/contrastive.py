@@ -244,17 +244,30 @@ class TextEncoder(nn.Module):
 
 
 class Prompter(nn.Module):
-    """CLOC's Prompter: one single-head encoder layer over [prompt; patch tokens], read at the prompt."""
+    """CLOC's Prompter: one single-head encoder layer over [prompt; patch tokens], read at the prompt.
+
+    Only the prompt position's output is used, so only its query is computed: the result equals running
+    the whole layer on [prompt; patches] and reading position 0 (tests check this), at a fraction of the
+    cost. The patches' keys and values depend only on the image, so they are computed once per image and
+    shared by all of that image's regions.
+    """
 
     def __init__(self, width: int):
         super().__init__()
         self.layer = Block(width, heads=1)
         self.ln = nn.LayerNorm(width)
 
-    def forward(self, prompt: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
-        """prompt (R, width), patches (R, P, width) -> (R, width)."""
-        x = torch.cat([prompt[:, None], patches], dim=1)
-        return self.ln(self.layer(x)[:, 0])
+    def forward(self, prompt: torch.Tensor, patches: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+        """prompt (R, width); patches (B, P, width); owner (R,) = the image of each prompt -> (R, width)."""
+        layer, width = self.layer, prompt.shape[-1]
+        q, k_prompt, v_prompt = layer.qkv(layer.ln1(prompt)).split(width, dim=-1)
+        k_patch, v_patch = layer.qkv(layer.ln1(patches))[..., width:].split(width, dim=-1)
+        k = torch.cat([k_prompt[:, None], k_patch[owner]], dim=1)  # (R, 1 + P, width)
+        v = torch.cat([v_prompt[:, None], v_patch[owner]], dim=1)
+        y = F.scaled_dot_product_attention(q[:, None, None], k[:, None], v[:, None])  # one head, one query
+        x = prompt + layer.proj(y.reshape(-1, width))
+        x = x + layer.mlp(layer.ln2(x))
+        return self.ln(x)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -321,25 +334,26 @@ class TinyCLIP(nn.Module):
         return F.normalize(self.image_proj(patches.mean(1)), dim=-1)
 
     def embed_text(self, ids: torch.Tensor) -> torch.Tensor:
+        ids = ids[:, : max(1, int((ids != 0).sum(1).max()))]  # drop all-padding columns: same result, less work
         return F.normalize(self.text_proj(self.text(ids)), dim=-1)
 
-    def embed_regions(self, patches: torch.Tensor, boxes: torch.Tensor, how: str | None = None) -> torch.Tensor:
-        """Region embeddings for boxes (R, 4) on images ``patches`` (R, P, width), one image per box.
+    def embed_regions(self, patches: torch.Tensor, boxes: torch.Tensor, owner: torch.Tensor, how: str | None = None) -> torch.Tensor:
+        """Region embeddings for boxes (R, 4) on images ``patches`` (B, P, width); ``owner`` (R,) = image of each box.
 
         ``how``: "prompter" or "roi"; default = the model's own region head. CLIP uses "roi".
         """
         how = how or (self.cfg.region_head if self.has_regions else "roi")
         if how == "prompter":
             prompt = self.box_prompt(box_encoding(boxes, self.cfg.width))
-            return F.normalize(self.region_proj(self.prompter(prompt, patches)), dim=-1)
+            return F.normalize(self.region_proj(self.prompter(prompt, patches, owner)), dim=-1)
         if how == "roi":
-            pooled = torch.einsum("rp,rpc->rc", roi_weights(boxes, self.image.grid), patches)
+            pooled = torch.einsum("rp,rpc->rc", roi_weights(boxes, self.image.grid), patches[owner])
             return F.normalize(self.image_proj(pooled), dim=-1)
         raise ValueError(f"unknown region embedding {how!r}; use 'prompter' or 'roi'")
 
-    def ground(self, patches: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+    def ground(self, patches: torch.Tensor, text_emb: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
         """Caption-prompted Prompter -> 2-layer GELU MLP -> box (R, 4) in [0, 1]."""
-        hidden = self.prompter(self.text_prompt(text_emb), patches)
+        hidden = self.prompter(self.text_prompt(text_emb), patches, owner)
         return torch.sigmoid(self.box_head(hidden))
 
     # -- the training objective --
@@ -352,14 +366,14 @@ class TinyCLIP(nn.Module):
         if self.has_regions:
             owner, slot = batch["region_valid"].nonzero(as_tuple=True)  # flatten the regions of the batch
             boxes, ids = batch["region_boxes"][owner, slot], batch["region_ids"][owner, slot]
-            region_patches = patches[owner]
-            reg = self.embed_regions(region_patches, boxes)
+            reg = self.embed_regions(patches, boxes, owner)
             reg_txt = self.embed_text(ids)
             drop = duplicate_mask(bag_of_words(ids, self.cfg.vocab_size), dup_threshold)
             out["cloc"] = info_nce(reg, reg_txt, self.scale(), drop)
             extra = out["cloc"]
             if self.has_grounding:
-                out["grounding"] = F.mse_loss(self.ground(region_patches, reg_txt), boxes)
+                # L2 loss: squared Euclidean distance between the 4 predicted and true corner coordinates
+                out["grounding"] = (self.ground(patches, reg_txt, owner) - boxes).pow(2).sum(-1).mean()
                 extra = extra + out["grounding"]
             total = total + lam * extra
         out["total"] = total
@@ -538,15 +552,17 @@ def encode_data(model: TinyCLIP, data: SceneTextData, device: str = "cpu", chunk
 
 @torch.no_grad()
 def evaluate(model: TinyCLIP, data: SceneTextData, tokenizer: WordTokenizer, *, kinds: Sequence[str], colors: Sequence[str],
-             region_how: str | None = None, device: str = "cpu") -> dict[str, np.ndarray]:
+             names: dict[str, str] | None = None, region_how: str | None = None, device: str = "cpu") -> dict[str, np.ndarray]:
     """Per-item scores on held-out scenes.
 
     Image level (per image / per caption): i2t_r1, i2t_r5, t2i_r1, t2i_r5 and ``image_score`` (their mean).
     Region level (per ground-truth region): r2t_r10, t2r_r10 (region <-> region-caption retrieval over all
     test regions), cls_kind (zero-shot "a {kind}" classification, COCO-like), cls_color_kind ("a {color}
     {kind}", finer, LVIS-like) and ``region_score`` (mean of the four). Grounding: iou (if the model has a
-    grounding head). ``region_how`` overrides how region embeddings are made ("prompter"/"roi").
+    grounding head). ``names`` maps a kind to how captions write it (scenes.NAMES: "dog house");
+    ``region_how`` overrides how region embeddings are made ("prompter"/"roi").
     """
+    names = names or {}
     enc = encode_data(model, data, device)
     out: dict[str, np.ndarray] = {}
     sim = enc["image"] @ enc["text"].T
@@ -559,7 +575,8 @@ def evaluate(model: TinyCLIP, data: SceneTextData, tokenizer: WordTokenizer, *, 
     boxes = data.region_boxes[owner, slot]
     caps = [data.region_captions[o][s] for o, s in zip(owner.tolist(), slot.tolist())]
     reg = torch.cat([
-        model.embed_regions(enc["patches"][owner[lo:lo + 256]].to(device), boxes[lo:lo + 256].to(device), region_how).cpu()
+        model.embed_regions(enc["patches"][owner[lo:lo + 256]].to(device), boxes[lo:lo + 256].to(device),
+                            torch.arange(len(owner[lo:lo + 256]), device=device), region_how).cpu()
         for lo in range(0, len(owner), 256)
     ])
     reg_txt = model.embed_text(data.region_ids[owner, slot].to(device)).cpu()
@@ -568,20 +585,27 @@ def evaluate(model: TinyCLIP, data: SceneTextData, tokenizer: WordTokenizer, *, 
     out["r2t_r10"], out["t2r_r10"] = hits_at_k(rsim, rcorrect, 10), hits_at_k(rsim.T, rcorrect.T, 10)
     kind_of = [data.region_kinds[o][s] for o, s in zip(owner.tolist(), slot.tolist())]
     color_of = [data.region_colors[o][s] for o, s in zip(owner.tolist(), slot.tolist())]
-    out["cls_kind"] = zero_shot(model, reg, [f"a {k}" for k in kinds], [list(kinds).index(k) for k in kind_of], tokenizer, device)
+    out["cls_kind"] = zero_shot(model, reg, [phrase(names.get(k, k)) for k in kinds],
+                                [list(kinds).index(k) for k in kind_of], tokenizer, device)
     pairs = [(c, k) for c in colors for k in kinds]
-    out["cls_color_kind"] = zero_shot(model, reg, [f"a {c} {k}" for c, k in pairs],
+    out["cls_color_kind"] = zero_shot(model, reg, [phrase(f"{c} {names.get(k, k)}") for c, k in pairs],
                                       [pairs.index((c, k)) for c, k in zip(color_of, kind_of)], tokenizer, device)
     out["region_score"] = (out["r2t_r10"] + out["t2r_r10"] + out["cls_kind"] + out["cls_color_kind"]) / 4
     if model.has_grounding:
         pred = torch.cat([
-            model.ground(enc["patches"][owner[lo:lo + 256]].to(device), reg_txt[lo:lo + 256].to(device)).cpu()
+            model.ground(enc["patches"][owner[lo:lo + 256]].to(device), reg_txt[lo:lo + 256].to(device),
+                         torch.arange(len(owner[lo:lo + 256]), device=device)).cpu()
             for lo in range(0, len(owner), 256)
         ])
         out["iou"] = box_iou(pred, boxes).numpy()
         out["pred_boxes"] = pred.numpy()
     out["gt_boxes"] = boxes.numpy()
     return out
+
+
+def phrase(noun: str) -> str:
+    """"a red chick", "an orange cup": the article the scene captions use."""
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
 
 
 @torch.no_grad()
@@ -596,3 +620,116 @@ def mean_box_iou(train_boxes: torch.Tensor, test_boxes: np.ndarray) -> np.ndarra
     """Per test region: IoU of the mean training box (a "no looking" grounding baseline)."""
     mean = train_boxes.mean(0, keepdim=True).expand(len(test_boxes), 4)
     return box_iou(mean, torch.as_tensor(test_boxes)).numpy()
+
+
+# --------------------------------------------------------------------------------------------------
+# The experiment of notebook 05: same data, steps and seeds for CLIP, CLOC and the RoI ablation
+# --------------------------------------------------------------------------------------------------
+
+VARIANTS = {"CLIP": "none", "CLOC": "prompter", "CLOC-RoI": "roi"}  # name -> region head
+
+
+def split_seeds(seed: int, n_train: int, n_test: int) -> tuple[list[int], list[int]]:
+    """Distinct scene seeds for the training and test scenes, drawn from ``seed``."""
+    drawn = np.random.default_rng(seed).choice(2**31 - 1, size=n_train + n_test, replace=False)
+    return [int(s) for s in drawn[:n_train]], [int(s) for s in drawn[n_train:]]
+
+
+def prepare_data(seed: int, scene_config, *, n_train: int, n_test: int, regions: int, max_text_len: int = 24):
+    """Render the training and test scenes once; returns (tokenizer, train data, test data, test scenes).
+
+    The vocabulary comes from the training captions only (a test word never seen becomes <unk>).
+    """
+    from spatialkit import scenes as S
+
+    train_seeds, test_seeds = split_seeds(seed, n_train, n_test)
+    train_images, train_scenes = S.render_batch(train_seeds, scene_config)
+    test_images, test_scenes = S.render_batch(test_seeds, scene_config)
+    tok = WordTokenizer.from_texts(scene_texts(train_scenes))
+    train = scenes_to_data(train_images, train_scenes, tok, max_regions=regions, max_text_len=max_text_len, seed=seed)
+    test = scenes_to_data(test_images, test_scenes, tok, max_regions=regions, max_text_len=max_text_len, seed=seed + 1)
+    return tok, train, test, test_scenes
+
+
+def code_version() -> str:
+    """Hash of this module's source: a code change retrains instead of loading stale checkpoints."""
+    import hashlib
+    from pathlib import Path
+
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+
+
+def data_fingerprint(data: SceneTextData) -> str:
+    import hashlib
+
+    h = hashlib.sha256(data.images.numpy().tobytes())
+    for t in (data.caption_ids, data.region_boxes, data.region_ids, data.region_valid):
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def train_or_load(model_cfg: ModelConfig, data: SceneTextData, tc: TrainConfig, *, seed: int, device: str = "cpu",
+                  progress: bool = False, use_cache: bool = True) -> tuple[TinyCLIP, dict]:
+    """A trained model and its metrics ({"history": per-step losses, "cpu_s": training CPU seconds}).
+
+    Goes through the checkpoint store (spatialkit.checkpoints): the key covers the model and training
+    configs, the seed, a fingerprint of the training tensors and this module's source.
+    """
+    import time
+    from dataclasses import asdict
+
+    def fit():
+        model = build_model(model_cfg, seed)
+        start = time.process_time()
+        history = train(model, data, tc, seed=seed, device=device, progress=progress)
+        return model.state_dict(), {"history": history, "cpu_s": time.process_time() - start}
+
+    if not use_cache:
+        state, metrics = fit()
+    else:
+        from spatialkit import checkpoints
+
+        config = {"model": asdict(model_cfg), "train": asdict(tc), "seed": seed, "data": data_fingerprint(data)}
+        state, metrics, _ = checkpoints.load_or_train("cloc05", config, code_version(), fit)
+    model = TinyCLIP(model_cfg)
+    model.load_state_dict(state)
+    return model.to(device).eval(), metrics
+
+
+def summarize(scores: dict[str, list[dict]], metrics: Sequence[str], *, seed: int, n_boot: int) -> "pd.DataFrame":
+    """Mean and bootstrap CI per (variant, metric). Per-item scores are first averaged over training
+    seeds (the same test items for every seed), then items are resampled."""
+    import pandas as pd
+
+    from spatialkit.stats import bootstrap_ci
+
+    rows = []
+    for variant, runs in scores.items():
+        for m in metrics:
+            if m not in runs[0]:
+                continue
+            per_item = np.mean([r[m] for r in runs], axis=0)
+            est = bootstrap_ci(per_item, seed=seed, n_boot=n_boot)
+            per_seed = [float(np.mean(r[m])) for r in runs]
+            rows.append({"variant": variant, "metric": m, "mean": est.mean, "low": est.low, "high": est.high,
+                         "seed_min": min(per_seed), "seed_max": max(per_seed), "n_items": est.n})
+    return pd.DataFrame(rows)
+
+
+def paired_difference(scores: dict[str, list[dict]], a: str, b: str, metric: str, *, seed: int, n_boot: int):
+    """Bootstrap CI of mean(a) - mean(b) on ``metric`` (paired over the same test items, seed-averaged)."""
+    from spatialkit.stats import bootstrap_diff_ci
+
+    xa = np.mean([r[metric] for r in scores[a]], axis=0)
+    xb = np.mean([r[metric] for r in scores[b]], axis=0)
+    return bootstrap_diff_ci(xa, xb, seed=seed, n_boot=n_boot)
+
+
+def dropped_negative_fraction(data: SceneTextData, index: torch.Tensor, vocab_size: int, threshold: float) -> float:
+    """Fraction of region negative pairs (i != j) in the batch ``index`` that the duplicate filter drops."""
+    owner, slot = data.region_valid[index].nonzero(as_tuple=True)
+    ids = data.region_ids[index][owner, slot]
+    n = len(ids)
+    if n < 2:
+        return 0.0
+    return float(duplicate_mask(bag_of_words(ids, vocab_size), threshold).sum()) / (n * (n - 1))

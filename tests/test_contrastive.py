@@ -10,6 +10,15 @@ import torch
 from spatialkit import contrastive as C
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models: one thread is faster than two fighting over a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # -- InfoNCE ----------------------------------------------------------------------------------------
 
 def test_info_nce_matches_hand_computation():
@@ -130,18 +139,35 @@ def test_prompter_shapes_and_region_embeddings():
     model = C.build_model(small_cfg(), seed=0)
     patches = model.patches(torch.rand(3, 3, 16, 16))
     assert patches.shape == (3, 16, 32)
-    p = C.Prompter(32)(torch.randn(5, 32), patches[[0, 0, 1, 2, 2]])
+    owner = torch.tensor([0, 0, 1, 2, 2])
+    p = C.Prompter(32)(torch.randn(5, 32), patches, owner)
     assert p.shape == (5, 32)
     boxes = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0], [0.1, 0.2, 0.3, 0.9]])
     for how in ("prompter", "roi"):
-        r = model.embed_regions(patches, boxes, how)
+        r = model.embed_regions(patches, boxes, torch.arange(3), how)
         assert r.shape == (3, 16)
         assert torch.allclose(r.norm(dim=-1), torch.ones(3), atol=1e-5)
     # the region embedding depends on the box: same image, two boxes, two embeddings
-    two = model.embed_regions(patches[[0, 0]], boxes[:2])
+    two = model.embed_regions(patches, boxes[:2], torch.tensor([0, 0]))
     assert not torch.allclose(two[0], two[1])
-    pred = model.ground(patches, model.embed_text(torch.randint(3, 20, (3, 8))))
+    pred = model.ground(patches, model.embed_text(torch.randint(3, 20, (3, 8))), torch.arange(3))
     assert pred.shape == (3, 4) and ((pred >= 0) & (pred <= 1)).all()
+
+
+def test_prompter_equals_full_encoder_layer_read_at_the_prompt():
+    torch.manual_seed(0)
+    prompter = C.Prompter(32)
+    patches, prompt = torch.randn(2, 9, 32), torch.randn(4, 32)
+    owner = torch.tensor([1, 0, 1, 1])
+    full = prompter.ln(prompter.layer(torch.cat([prompt[:, None], patches[owner]], dim=1))[:, 0])
+    assert torch.allclose(prompter(prompt, patches, owner), full, atol=1e-5)
+
+
+def test_roi_region_embedding_of_whole_image_is_the_image_embedding():
+    model = C.build_model(small_cfg("none"), seed=0)
+    patches = model.patches(torch.rand(2, 3, 16, 16))
+    whole = model.embed_regions(patches, torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 2), torch.arange(2))
+    assert torch.allclose(whole, model.embed_image(patches), atol=1e-5)
 
 
 def test_cloc_starts_from_clip_weights_under_same_seed():
