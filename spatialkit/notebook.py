@@ -77,4 +77,4 @@ def setup(name: str, namespace: dict[str, Any], *, quiet: bool = False) -> Simpl
     if not quiet:
         width = max(len(k) for k in env)
         print(f"{spec.title}\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in env.items()))
-    return SimpleNamespace(**params, env=env, device=device, spec=spec)
+    return SimpleNamespace(**{**params, "device": device}, env=env, spec=spec)  # device: the resolved one
