@@ -181,3 +181,23 @@ def position_content_norms(vt: VisualTokens) -> pd.DataFrame:
                           "norm": x.norm(dim=-1).reshape(-1).numpy()}),
             pd.DataFrame({"slot": np.arange(n), "part": "position", "norm": position.norm(dim=-1).numpy()})]
     return pd.concat(rows, ignore_index=True)
+
+
+def loudness_profile(vlm: VLM, batch: Batch) -> pd.DataFrame:
+    """Mean per-token L2 norm through the LM (layer 0 = LM input) of four components, one row per
+    (layer, component): "image" (visual tokens as they are), "image: position" and "image: content" (the
+    :func:`position_content_norms` split of the image positions' hidden states, over the batch's images),
+    and "text" (the prompt's text tokens). Every row of ``batch`` must hold one image of the same grid."""
+    if len(set(batch.grids)) != 1 or len(batch.grids) < 2:
+        raise ValueError(f"loudness_profile needs >= 2 images of one grid, got grids {batch.grids}")
+    states = hidden_states(vlm, batch)
+    image, text = batch.image_mask, batch.token_kind == TokenKind.TEXT
+    rows = []
+    for layer, h in enumerate(states):
+        h = h.detach().float().cpu()
+        split = position_content_norms(VisualTokens(tokens=h[image.cpu()], grids=list(batch.grids)))
+        means = split.groupby("part")["norm"].mean()
+        rows += [(layer, "image", means["total"]), (layer, "image: position", means["position"]),
+                 (layer, "image: content", means["content"]),
+                 (layer, "text", float(h[text.cpu()].norm(dim=-1).mean()))]
+    return pd.DataFrame(rows, columns=["layer", "component", "norm"])

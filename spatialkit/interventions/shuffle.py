@@ -125,3 +125,88 @@ def shuffle_visual_tokens(vlm: VLM, fraction: float = 1.0, seed: int = 0, *, rec
 
     with vlm.visual_hook(shuffle):
         yield rec
+
+
+# -- the permutation test on a benchmark ---------------------------------------------------------------
+def permutation_test(vlm: VLM, bench, split: str = "test", *, fractions=(1.0,), seeds=(0,), limit: int | None = None,
+                     batch_size: int = 256, progress: bool = False):
+    """Multiple-choice accuracy of ``vlm`` on a WhereBench split, unshuffled and shuffled.
+
+    Returns a DataFrame with one row per (fraction, item): family ("what"/"where"), task, ``correct`` (0/1,
+    unshuffled) and ``correct_perm`` (mean over the permutation ``seeds`` of the shuffled correctness), ready
+    for :func:`psi_summary`. The unshuffled pass runs once and is shared by every fraction.
+    """
+    from spatialkit.organism import evaluate
+
+    fractions = [_check_fraction(f) for f in fractions]
+    seeds = [_check_seed(s) for s in seeds]
+    if not fractions or not seeds:
+        raise ValueError("permutation_test needs at least one fraction and one seed")
+    base = evaluate(vlm, bench, split, batch_size=batch_size, limit=limit)
+    runs = [(f, s) for f in fractions for s in seeds]
+    if progress:
+        from tqdm.auto import tqdm
+
+        runs = tqdm(runs, desc="shuffled evaluations", leave=False)
+    perm: dict[float, list] = {f: [] for f in fractions}
+    for fraction, seed in runs:
+        if fraction == 0.0:  # identity: no need to run (bit-identical, tested)
+            perm[fraction].append(base["correct"].to_numpy(dtype=float))
+            continue
+        with shuffle_visual_tokens(vlm, fraction, seed):
+            perm[fraction].append(evaluate(vlm, bench, split, batch_size=batch_size, limit=limit)["correct"].to_numpy(dtype=float))
+    import pandas as pd
+
+    frames = []
+    for fraction in fractions:
+        frame = base[["item", "family", "task"]].copy()
+        frame["correct"] = base["correct"].to_numpy(dtype=float)
+        frame["correct_perm"] = np.mean(perm[fraction], axis=0)
+        frame.insert(0, "fraction", fraction)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def psi_summary(df, by=("family",), *, seed: int = 0, n_boot: int = 1000):
+    """Accuracy, shuffled accuracy and PSI (with paired bootstrap CIs, in %) per group of a
+    :func:`permutation_test` frame. Groups whose unshuffled accuracy is 0 get PSI NaN."""
+    import pandas as pd
+
+    from spatialkit.stats import bootstrap_ci, psi_ci
+
+    by = [by] if isinstance(by, str) else list(by)
+    rows = []
+    for key, g in df.groupby(by, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        acc = bootstrap_ci(g["correct"], seed=seed, n_boot=n_boot)
+        acc_perm = bootstrap_ci(g["correct_perm"], seed=seed, n_boot=n_boot)
+        if acc.mean > 0:
+            p = psi_ci(g["correct"], g["correct_perm"], seed=seed, n_boot=n_boot)
+            psi, low, high = p.mean, p.low, p.high
+        else:
+            psi = low = high = float("nan")
+        rows.append({**dict(zip(by, key)), "n": len(g), "acc": acc.mean, "acc_low": acc.low, "acc_high": acc.high,
+                     "acc_perm": acc_perm.mean, "psi": psi, "psi_low": low, "psi_high": high})
+    return pd.DataFrame(rows)
+
+
+def psi_difference(a, b, *, seed: int = 0, n_boot: int = 1000):
+    """PSI(a) − PSI(b) in percentage points with a paired bootstrap CI, for two :func:`permutation_test`
+    frames over the same items in the same order (e.g. two training arms). Returns a ``stats.Estimate``."""
+    from spatialkit.stats import Estimate
+
+    ca, pa = a["correct"].to_numpy(float), a["correct_perm"].to_numpy(float)
+    cb, pb = b["correct"].to_numpy(float), b["correct_perm"].to_numpy(float)
+    if ca.shape != cb.shape or ca.size == 0:
+        raise ValueError(f"psi_difference needs two equal-length, non-empty frames, got {ca.size} and {cb.size} rows")
+
+    def psi(c, p):
+        m = c.mean(-1)
+        return np.where(m > 0, 100.0 * (m - p.mean(-1)) / np.where(m > 0, m, 1.0), np.nan)
+
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, ca.size, size=(n_boot, ca.size))
+    boots = psi(ca[idx], pa[idx]) - psi(cb[idx], pb[idx])
+    boots = boots[np.isfinite(boots)]
+    low, high = np.quantile(boots, [0.025, 0.975]) if boots.size else (np.nan, np.nan)
+    return Estimate(float(psi(ca, pa) - psi(cb, pb)), float(low), float(high), int(ca.size))
