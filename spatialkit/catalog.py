@@ -46,3 +46,36 @@ register(NotebookSpec(
 ))
 
 # --- further notebooks register below, in order (01 ... 06) ---------------------------------------
+
+# --- 02 -----------------------------------------------------------------------------------------
+register(NotebookSpec(
+    name="02_semantic_loudness",
+    title="Semantic loudness: the permutation test, embedding norms and norm normalization",
+    params=(
+        SEED,
+        DEVICE,
+        MODEL,
+        Param("organism", str, "quick", "organism preset family (spatialkit.organism.PRESETS); every organism of the "
+              "notebook is this preset with one setting changed, loaded from the checkpoint store or trained",
+              choices=("default", "quick", "smoke")),
+        Param("steps", int, 0, "training steps of every organism (0 = the preset's own); all arms get the same budget",
+              low=0, high=1_000_000),
+        Param("n_items", int, 400, "WhereBench test items per evaluation (what and where questions)", low=20, high=100_000),
+        Param("fractions", list, [0.0, 0.25, 0.5, 0.75, 1.0], "shuffled fractions of the visual tokens (PSI curve)",
+              item_kind=float, low=0.0, high=1.0, min_len=2, max_len=21),
+        Param("shuffle_seeds", int, 2, "random permutations averaged per shuffled evaluation", low=1, high=50),
+        Param("spatial_fractions", list, [0.0, 0.15, 0.5], "training-objective dial: share of where-questions in "
+              "training (0.5 = the preset's default)", item_kind=float, low=0.0, high=0.9, min_len=1, max_len=9),
+        Param("n_seeds", int, 3, "training seeds per arm of the norm-normalization comparison", low=1, high=10),
+        Param("norm_mode", str, "rmsclip", "visual-norm rule for the trained arm: the paper's rmsclip, or target",
+              choices=("rmsclip", "target")),
+        Param("norm_scales", list, [0.25, 1.0, 4.0], "dose-response sweep of OrganismConfig.visual_norm_scale",
+              item_kind=float, low=0.01, high=100.0, min_len=1, max_len=12),
+        Param("n_norm_images", int, 32, "test images for the per-layer norm measurements", low=2, high=4096),
+        Param("image_size", int, 224, "scene size in pixels for an HF model (the organism uses its own)",
+              low=56, high=1024),
+        Param("n_boot", int, 1000, "bootstrap resamples for the CIs", low=100, high=100_000),
+        Param("threads", int, 1, "torch CPU threads (0 = torch's default); 1 is fastest on a shared 2-core machine",
+              low=0, high=256),
+    ),
+))
