@@ -79,3 +79,31 @@ register(NotebookSpec(
               low=0, high=256),
     ),
 ))
+
+# --- 05 -----------------------------------------------------------------------------------------
+register(NotebookSpec(
+    name="05_clip_vs_cloc",
+    title="From a global glance to localized training: tiny CLIP vs tiny CLOC",
+    params=(
+        SEED,
+        DEVICE,
+        Param("image_size", int, 64, "scene size in pixels (ViT patches are 8 px)", choices=(32, 48, 64, 96, 128)),
+        Param("max_objects", int, 3, "objects per scene (1 .. max_objects)", low=1, high=9),
+        Param("n_train", int, 2000, "training scenes (rendered once, shared by every model)", low=64, high=1_000_000),
+        Param("n_test", int, 300, "held-out test scenes", low=20, high=100_000),
+        Param("steps", int, 300, "optimizer steps per model (same for CLIP, CLOC and the RoI ablation)", low=1, high=1_000_000),
+        Param("batch_size", int, 64, "images per step", low=4, high=8192),
+        Param("regions", int, 3, "M: ground-truth boxes per image used by the region losses", low=1, high=9),
+        Param("lam", float, 1.0, "lambda in L = L_CLIP + lambda (L_CLOC + L_grounding)", low=0.0, high=100.0),
+        Param("dup_threshold", float, 0.9, "drop region negatives whose caption word-count cosine exceeds this (1 = keep all)",
+              low=0.0, high=1.0),
+        Param("width", int, 64, "transformer width (image, text, Prompter)", choices=(32, 48, 64, 96, 128, 192, 256, 384, 512, 768)),
+        Param("depth", int, 2, "ViT and text transformer layers", low=1, high=24),
+        Param("embed_dim", int, 64, "dimension of the shared CLIP space", low=8, high=2048),
+        Param("lr", float, 1e-3, "AdamW peak learning rate", low=1e-6, high=1.0),
+        Param("n_seeds", int, 1, "training seeds per model (seed, seed+1, ...)", low=1, high=10),
+        Param("n_boot", int, 1000, "bootstrap resamples for the CIs", low=100, high=100_000),
+        Param("threads", int, 1, "torch CPU threads (0 = torch's default); 1 is fastest on a shared 2-core machine",
+              low=0, high=256),
+    ),
+))
