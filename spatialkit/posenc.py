@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -423,11 +424,16 @@ class MRope(_Rotary):
 _CLASSES = {c.name: c for c in (NoPosition, LearnedAPE, SinCos2dAPE, RelativeBias2d, Rope1d, Rope2d, MRope)}
 
 
+_OPTIONS = {"theta": ("sincos2d", "rope1d", "rope2d", "mrope"), "max_distance": ("rpe2d",),
+            "section": ("mrope",), "interleaved": ("mrope",)}
+
+
 def build(name: str, *, dim: int, head_dim: int, n_heads: int, grid: tuple[int, int], **options) -> PositionalEncoding:
     """Make the encoding called ``name`` (one of ENCODINGS) for a model of width ``dim``.
 
-    ``options`` go to the class: ``theta`` (rotary, sincos2d), ``max_distance`` (rpe2d), ``section`` and
-    ``interleaved`` (mrope).
+    ``options`` go to the class: ``theta`` (rotary, sincos2d; ignored by the other kinds, so one call can
+    build every kind), ``max_distance`` (rpe2d), ``section`` and ``interleaved`` (mrope). Any other option
+    raises ValueError.
     """
     if name not in _CLASSES:
         raise ValueError(f"unknown positional encoding name={name!r}; allowed: {list(ENCODINGS)}")
@@ -435,4 +441,94 @@ def build(name: str, *, dim: int, head_dim: int, n_heads: int, grid: tuple[int, 
     _check_even(head_dim, 2, "head_dim")
     if not isinstance(n_heads, int) or n_heads <= 0:
         raise ValueError(f"n_heads must be a positive int, got {n_heads!r}")
+    options = dict(options)
+    if name not in _OPTIONS["theta"]:
+        options.pop("theta", None)  # one call site can build every kind with its theta
+    bad = [k for k in options if name not in _OPTIONS.get(k, ())]
+    if bad:
+        raise ValueError(f"options {bad} are not accepted by positional encoding {name!r}")
     return _CLASSES[name](dim=dim, head_dim=head_dim, n_heads=n_heads, grid=grid, **options)
+
+
+# --- looking at encodings: position kernels on a grid ---------------------------------------------
+
+def cosine_kernel(table: Tensor) -> Tensor:
+    """(N, N) cosine similarity of per-position vectors (absolute encodings)."""
+    unit = F.normalize(table.float(), dim=-1)
+    return unit @ unit.T
+
+
+def rotary_kernel(angles: Tensor) -> Tensor:
+    """(N, N) positional kernel of a rotary encoding: mean over frequencies of cos(angle_i - angle_j).
+
+    It is q_i . k_j / |q|^2 for a query and key with the same content spread evenly over the rotary
+    pairs, i.e. what position alone does to an attention logit.
+    """
+    diff = angles.float()[:, None, :] - angles.float()[None, :, :]
+    return diff.cos().mean(dim=-1)
+
+
+def encoding_kernel(enc: PositionalEncoding, grid: tuple[int, int]) -> Tensor:
+    """(N, N) how similar positions i and j look to ``enc`` on an h x w grid (raster order).
+
+    Absolute kinds: cosine of their table rows. Rotary kinds: ``rotary_kernel`` of their angles. RPE:
+    cosine between the relative embedding of offset (i -> j) and that of offset 0. "none": all ones.
+    """
+    h, w = _check_grid(grid)
+    pos = grid_positions(h, w)
+    if enc.name in ABSOLUTE:
+        return cosine_kernel(enc.table_for((h, w)).detach())
+    if enc.name in ROTARY:
+        return rotary_kernel(enc.angles(pos))
+    if enc.name == "rpe2d":
+        rows = clipped_offsets(pos[:, 1], enc.max_distance)
+        cols = clipped_offsets(pos[:, 2], enc.max_distance)
+        rel = (enc.row_table[rows] + enc.col_table[cols]).detach()  # (N, N, Dh)
+        zero = enc.row_table[enc.max_distance] + enc.col_table[enc.max_distance]
+        return F.cosine_similarity(rel, zero.detach()[None, None], dim=-1)
+    return torch.ones(h * w, h * w)
+
+
+def grid_distances(grid: tuple[int, int]) -> Tensor:
+    """(N, N) Euclidean distance between the cells of an h x w grid, raster order."""
+    pos = grid_positions(*_check_grid(grid))[:, 1:].float()
+    return torch.cdist(pos, pos)
+
+
+def distance_rank_correlation(kernel: Tensor, grid: tuple[int, int]) -> float:
+    """Spearman correlation between similarity and *closeness* (minus 2D distance) over pairs i < j.
+
+    1 means similarity falls off monotonically with true 2D distance. A constant kernel (no position)
+    has no ranking at all and gets 0.
+    """
+    from scipy.stats import spearmanr
+
+    dist = grid_distances(grid)
+    if kernel.shape != dist.shape:
+        raise ValueError(f"kernel shape {tuple(kernel.shape)} does not match grid {grid}")
+    iu = torch.triu_indices(*dist.shape, offset=1)
+    sim, closeness = kernel[iu[0], iu[1]].numpy(), -dist[iu[0], iu[1]].numpy()
+    if np.ptp(sim) < 1e-9:
+        return 0.0
+    return float(spearmanr(sim, closeness).statistic)
+
+
+def neighbour_locality(kernel: Tensor, grid: tuple[int, int]) -> dict[str, float]:
+    """How near the horizontal / vertical neighbour looks, as a percentile among all other cells.
+
+    For each cell with a right (down) neighbour: the fraction of the other cells that are strictly less
+    similar to it than that neighbour, averaged over cells. 1.0: the neighbour is always the most similar
+    cell; 1D flattening sends the vertical neighbour w slots away, which lowers its percentile.
+    """
+    h, w = _check_grid(grid)
+    n = h * w
+    out = {}
+    for name, step, ok in (("horizontal", 1, lambda r: r % w < w - 1), ("vertical", w, lambda r: r < n - w)):
+        scores = []
+        for r in range(n):
+            if not ok(r):
+                continue
+            others = torch.cat([kernel[r, :r], kernel[r, r + 1:]])
+            scores.append(float((others < kernel[r, r + step] - 1e-9).float().sum()) / (n - 2))
+        out[name] = float(np.mean(scores)) if scores else float("nan")
+    return out

@@ -285,3 +285,31 @@ def test_bad_call_arguments():
         rope.rotate(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4), torch.zeros(4, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="grid"):
         posenc.grid_positions(0, 3)
+
+
+# --- position kernels (notebook 01's similarity analysis) -------------------------------------------
+
+def test_kernels_show_1d_flattening_and_2d_recovery():
+    g = (6, 6)
+    kw = dict(dim=64, head_dim=32, n_heads=2, grid=g, theta=100.0)
+    k1 = posenc.encoding_kernel(posenc.build("rope1d", **kw), g)
+    k2 = posenc.encoding_kernel(posenc.build("rope2d", **kw), g)
+    loc1, loc2 = posenc.neighbour_locality(k1, g), posenc.neighbour_locality(k2, g)
+    assert loc1["horizontal"] - loc1["vertical"] > 0.1  # the vertical neighbour is w slots away
+    assert abs(loc2["horizontal"] - loc2["vertical"]) < 1e-6  # axial 2D RoPE is symmetric in h and w
+    assert posenc.distance_rank_correlation(k2, g) > posenc.distance_rank_correlation(k1, g)
+    assert posenc.distance_rank_correlation(posenc.encoding_kernel(posenc.build("none", **kw), g), g) == 0.0
+    assert torch.allclose(torch.diagonal(k1), torch.ones(36))
+
+
+def test_distance_rank_correlation_of_distance_itself_is_one():
+    g = (4, 5)
+    assert posenc.distance_rank_correlation(-posenc.grid_distances(g), g) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="grid"):
+        posenc.distance_rank_correlation(torch.zeros(3, 3), g)
+
+
+def test_build_options():
+    assert posenc.build("none", dim=8, head_dim=4, n_heads=2, grid=(2, 2), theta=5.0).name == "none"
+    with pytest.raises(ValueError, match="max_distance"):
+        posenc.build("rope1d", dim=8, head_dim=4, n_heads=2, grid=(2, 2), max_distance=3)

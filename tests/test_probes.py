@@ -1,0 +1,74 @@
+"""spatialkit.probes: the where-task data, the classifier at two resolutions, the bag-of-patches property."""
+
+import numpy as np
+import pytest
+import torch
+
+from spatialkit import probes
+
+
+@pytest.fixture(scope="module")
+def data():
+    return probes.where_splits(0, 64, 32, 48, 72, jitter=8)
+
+
+def test_where_data_is_deterministic_and_labelled(data):
+    again = probes.where_splits(0, 64, 32, 48, 72, jitter=8)
+    for split in data:
+        assert torch.equal(data[split].images, again[split].images)
+        assert torch.equal(data[split].relative, again[split].relative)
+    assert data["train"].images.shape == (64, 3, 48, 48) and data["test_unseen"].images.shape[-1] == 72
+    assert set(data["train"].relative.tolist()) <= {-1, 0, 1, 2, 3}
+    assert (data["train"].relative >= 0).float().mean() > 0.5
+
+
+def test_where_labels_follow_the_pixels(data):
+    """The red chick's pixel centre is left of the blue cup's when the label says 'left of'."""
+    ws = data["train"]
+    for i in range(len(ws)):
+        img = ws.images[i]
+        red = (img[0] > 0.5) & (img[2] < 0)
+        blue = (img[2] > 0.5) & (img[0] < 0)
+        (ry, rx), (by, bx) = [torch.nonzero(m).float().mean(0) for m in (red, blue)]
+        label = int(ws.relative[i])
+        if label == 0:
+            assert rx < bx
+        elif label == 1:
+            assert rx > bx
+        elif label == 2:
+            assert ry < by
+        elif label == 3:
+            assert ry > by
+
+
+def test_none_is_permutation_invariant_and_rope_is_not(data):
+    gen = torch.Generator().manual_seed(0)
+    x = data["test"].images[:8]
+    shuffled = probes.shuffle_patches(x, 8, gen)
+    assert not torch.equal(x, shuffled)
+    torch.manual_seed(0)
+    none = probes.WhereClassifier("none", image_size=48).eval()
+    rope = probes.WhereClassifier("rope2d", image_size=48).eval()
+    with torch.no_grad():
+        assert torch.allclose(none(x)[0], none(shuffled)[0], atol=1e-5)
+        assert not torch.allclose(rope(x)[0], rope(shuffled)[0], atol=1e-4)
+
+
+def test_training_is_seeded_and_runs_at_an_unseen_grid(data):
+    m1, l1 = probes.train_where("learned", data["train"], seed=3, steps=3, batch_size=8)
+    m2, l2 = probes.train_where("learned", data["train"], seed=3, steps=3, batch_size=8)
+    assert l1 == l2
+    res = probes.evaluate_where(m1, data["test_unseen"])  # 9 x 9 grid: learned table interpolated
+    assert set(res) == {"relative", "absolute"} and res["relative"].size == int((data["test_unseen"].relative >= 0).sum())
+
+
+def test_compare_and_bootstrap(data):
+    results, models = probes.compare_encodings(["none", "rope2d"], data, seeds=[0, 1], steps=2, batch_size=8,
+                                               progress=False)
+    assert set(models) == {("none", 0), ("none", 1), ("rope2d", 0), ("rope2d", 1)}
+    acc = probes.accuracy_table(results, n_boot=200)
+    assert len(acc) == 2 * 2 * 2 and ((acc.low <= acc.accuracy) & (acc.accuracy <= acc.high)).all()
+    est = probes.seed_item_bootstrap(np.array([[1, 0, 1, 1], [1, 1, 0, 1]]), seed=0, n_boot=500)
+    assert est.mean == pytest.approx(0.75) and 0 <= est.low <= est.high <= 1
+    with pytest.raises(ValueError, match="encodings"):
+        probes.compare_encodings(["alibi"], data, seeds=[0], steps=1)
