@@ -2,6 +2,7 @@
 
     spatialkit run  [--profile quick|full|smoke] [--only NAME ...] [-p NAME VALUE ...] [--force]
     spatialkit book [same options]      # run, then build the HTML book into _build/html
+    spatialkit assignments build|grade  # student notebooks / autograding (spatialkit/assignments.py)
 
 This module imports neither torch nor papermill at import time, so a bad parameter is reported in
 well under a second. To add a subcommand, call :func:`command` (see ``run`` and ``book`` below).
@@ -71,6 +72,19 @@ def cmd_book(args: argparse.Namespace) -> int:
         print(f"note: the book also includes earlier executed copies of: {', '.join(older)}")
     book.build(list(catalog.NOTEBOOKS))
     return 0
+
+
+def _add_assignments_arguments(parser: argparse.ArgumentParser) -> None:
+    from spatialkit.assignments import add_arguments  # the details live in spatialkit/assignments.py
+
+    add_arguments(parser)
+
+
+@command("assignments", "build student notebooks into release/, or grade a submission", _add_assignments_arguments)
+def cmd_assignments(args: argparse.Namespace) -> int:
+    from spatialkit.assignments import cmd_assignments as assignments
+
+    return assignments(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
