@@ -107,3 +107,27 @@ register(NotebookSpec(
               low=0, high=256),
     ),
 ))
+
+# --- 03 -----------------------------------------------------------------------------------------
+register(NotebookSpec(
+    name="03_attention_allocation",
+    title="Text dominates, vision follows: where the answer token's attention goes",
+    params=(
+        SEED,
+        DEVICE,
+        MODEL,
+        Param("organism", str, "quick", "organism preset (spatialkit.organism.PRESETS), loaded from the checkpoint "
+              "store or trained", choices=("default", "quick", "smoke")),
+        Param("n_items", int, 400, "test-split items scanned; their where-questions feed the gaze analysis",
+              low=10, high=100_000),
+        Param("layer", int, -1, "LM layer shown in the heatmap; -1 = the middle layer (checked against the model)",
+              low=-1, high=255),
+        Param("with_system_prompt", bool, False, "prompt the heatmap and gaze sections with the system prompt"),
+        Param("image_size", int, 224, "scene size in pixels for an HF model (the organism uses its own)",
+              low=56, high=1024),
+        Param("batch_size", int, 64, "prompts per forward pass", low=1, high=4096),
+        Param("n_boot", int, 1000, "bootstrap resamples for the CIs", low=100, high=100_000),
+        Param("threads", int, 1, "torch CPU threads (0 = torch's default); 1 is fastest on a shared 2-core machine",
+              low=0, high=256),
+    ),
+))
