@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-BOOK_SOURCES = ("notebooks", "book/intro.md", "book/references.bib", "_config.yml", "_toc.yml")
+BOOK_SOURCES = ("notebooks", "book", "_vendor", "_config.yml", "_toc.yml")  # what `spatialkit book` reads
 
 
 def timed_book(root: Path, profile: str) -> float:
@@ -46,7 +46,7 @@ def bench_book(profile: str) -> None:
             src, dst = REPO / rel, root / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
             if src.is_dir():
-                shutil.copytree(src, dst)
+                shutil.copytree(src, dst, ignore=shutil.ignore_patterns("executed", ".ipynb_checkpoints"))
             elif src.exists():
                 shutil.copy(src, dst)
         n = len(list((root / "notebooks").glob("*.ipynb")))
