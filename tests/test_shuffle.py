@@ -169,3 +169,46 @@ def test_bad_seed_is_named(bad):
     with pytest.raises(ValueError, match="seed must be an int"):
         with shuffle_visual_tokens(None, fraction=1.0, seed=bad):
             pass
+
+
+# -- the permutation test on a benchmark ----------------------------------------------------------------
+def test_permutation_test_frame_on_the_organism():
+    from spatialkit.interventions.shuffle import permutation_test, psi_summary
+    from spatialkit.organism import wherebench
+
+    vlm = _organism()
+    bench = wherebench(vlm.config)
+    df = permutation_test(vlm, bench, fractions=[0.0, 1.0], seeds=[0, 1], limit=20)
+    assert len(df) == 40 and set(df.fraction) == {0.0, 1.0}
+    zero = df[df.fraction == 0.0]
+    assert (zero["correct"] == zero["correct_perm"]).all()  # fraction 0 is the identity
+    assert df["correct_perm"].between(0, 1).all()
+    summary = psi_summary(df, by=("fraction", "family"), n_boot=100)
+    assert (summary[summary.fraction == 0.0]["psi"].fillna(0) == 0).all()
+
+
+def test_psi_summary_matches_the_formula():
+    import pandas as pd
+
+    from spatialkit.interventions.shuffle import psi_summary
+
+    df = pd.DataFrame({"family": ["where"] * 10 + ["what"] * 10,
+                       "correct": [1.0] * 8 + [0.0] * 2 + [1.0] * 10,
+                       "correct_perm": [1.0] * 4 + [0.0] * 6 + [1.0] * 9 + [0.0]})
+    s = psi_summary(df, by="family", n_boot=200).set_index("family")
+    assert s.loc["where", "psi"] == pytest.approx(100 * (0.8 - 0.4) / 0.8)
+    assert s.loc["what", "psi"] == pytest.approx(10.0)
+    assert s.loc["where", "psi_low"] <= s.loc["where", "psi"] <= s.loc["where", "psi_high"]
+
+
+def test_psi_difference_is_paired_and_signed():
+    import pandas as pd
+
+    from spatialkit.interventions.shuffle import psi_difference
+
+    a = pd.DataFrame({"correct": [1.0] * 20, "correct_perm": [0.0] * 10 + [1.0] * 10})  # PSI 50
+    b = pd.DataFrame({"correct": [1.0] * 20, "correct_perm": [0.0] * 2 + [1.0] * 18})  # PSI 10
+    d = psi_difference(a, b, n_boot=300)
+    assert d.mean == pytest.approx(40.0) and d.low <= 40.0 <= d.high
+    with pytest.raises(ValueError, match="equal-length"):
+        psi_difference(a, b.iloc[:5])
