@@ -47,33 +47,31 @@ register(NotebookSpec(
 
 # --- further notebooks register below, in order (01 ... 06) ---------------------------------------
 
-# --- 02 -----------------------------------------------------------------------------------------
+# --- 01 -----------------------------------------------------------------------------------------
+_POSENC_NAMES = ("none", "learned", "sincos2d", "rpe2d", "rope1d", "rope2d", "mrope")  # == posenc.ENCODINGS
 register(NotebookSpec(
-    name="02_semantic_loudness",
-    title="Semantic loudness: the permutation test, embedding norms and norm normalization",
+    name="01_positional_encodings",
+    title="Positional encodings: APE, RPE, RoPE, 2D RoPE and M-RoPE on a grid, tested by training",
     params=(
         SEED,
         DEVICE,
-        MODEL,
-        Param("organism", str, "quick", "organism preset family (spatialkit.organism.PRESETS); every organism of the "
-              "notebook is this preset with one setting changed, loaded from the checkpoint store or trained",
-              choices=("default", "quick", "smoke")),
-        Param("steps", int, 0, "training steps of every organism (0 = the preset's own); all arms get the same budget",
-              low=0, high=1_000_000),
-        Param("n_items", int, 400, "WhereBench test items per evaluation (what and where questions)", low=20, high=100_000),
-        Param("fractions", list, [0.0, 0.25, 0.5, 0.75, 1.0], "shuffled fractions of the visual tokens (PSI curve)",
-              item_kind=float, low=0.0, high=1.0, min_len=2, max_len=21),
-        Param("shuffle_seeds", int, 2, "random permutations averaged per shuffled evaluation", low=1, high=50),
-        Param("spatial_fractions", list, [0.0, 0.15, 0.5], "training-objective dial: share of where-questions in "
-              "training (0.5 = the preset's default)", item_kind=float, low=0.0, high=0.9, min_len=1, max_len=9),
-        Param("n_seeds", int, 3, "training seeds per arm of the norm-normalization comparison", low=1, high=10),
-        Param("norm_mode", str, "rmsclip", "visual-norm rule for the trained arm: the paper's rmsclip, or target",
-              choices=("rmsclip", "target")),
-        Param("norm_scales", list, [0.25, 1.0, 4.0], "dose-response sweep of OrganismConfig.visual_norm_scale",
-              item_kind=float, low=0.01, high=100.0, min_len=1, max_len=12),
-        Param("n_norm_images", int, 32, "test images for the per-layer norm measurements", low=2, high=4096),
-        Param("image_size", int, 224, "scene size in pixels for an HF model (the organism uses its own)",
-              low=56, high=1024),
+        Param("grid", int, 6, "training grid side in patches (image = grid * patch_size px; below 6 the "
+              "two objects rarely fit a patch apart)", low=6, high=64),
+        Param("unseen_grid", int, 9, "grid side of the unseen-resolution test images", low=6, high=128),
+        Param("patch_size", int, 8, "ViT patch side in pixels (also the random paste jitter)", choices=(8, 16)),
+        Param("encodings", list, list(_POSENC_NAMES), "encodings to train and compare", item_kind=str,
+              choices=_POSENC_NAMES, min_len=1, max_len=7),
+        Param("seeds", int, 3, "training seeds per encoding (seed, seed+1, ...)", low=3, high=20),
+        Param("steps", int, 300, "optimizer steps per model (same budget for every encoding)", low=1, high=1_000_000),
+        Param("batch_size", int, 64, "images per step", low=4, high=8192),
+        Param("lr", float, 5e-3, "AdamW peak learning rate (one-cycle schedule)", low=1e-6, high=1.0),
+        Param("n_train", int, 2000, "training scenes (rendered once, shared by every model)", low=64, high=1_000_000),
+        Param("n_test", int, 400, "test scenes per resolution", low=20, high=100_000),
+        Param("dim", int, 32, "ViT width", choices=(16, 32, 48, 64, 96, 128, 192, 256)),
+        Param("depth", int, 2, "ViT layers", low=1, high=24),
+        Param("theta", float, 100.0, "RoPE base: frequencies theta^(-2f/d); small grids need a small base",
+              low=1.0, high=1e7),
+        Param("kernel_grid", int, 8, "grid side for the similarity heatmaps and rank correlations", low=2, high=32),
         Param("n_boot", int, 1000, "bootstrap resamples for the CIs", low=100, high=100_000),
         Param("threads", int, 1, "torch CPU threads (0 = torch's default); 1 is fastest on a shared 2-core machine",
               low=0, high=256),
@@ -126,6 +124,39 @@ register(NotebookSpec(
         Param("image_size", int, 224, "scene size in pixels for an HF model (the organism uses its own)",
               low=56, high=1024),
         Param("batch_size", int, 64, "prompts per forward pass", low=1, high=4096),
+        Param("n_boot", int, 1000, "bootstrap resamples for the CIs", low=100, high=100_000),
+        Param("threads", int, 1, "torch CPU threads (0 = torch's default); 1 is fastest on a shared 2-core machine",
+              low=0, high=256),
+    ),
+))
+
+# --- 02 -----------------------------------------------------------------------------------------
+register(NotebookSpec(
+    name="02_semantic_loudness",
+    title="Semantic loudness: the permutation test, embedding norms and norm normalization",
+    params=(
+        SEED,
+        DEVICE,
+        MODEL,
+        Param("organism", str, "quick", "organism preset family (spatialkit.organism.PRESETS); every organism of the "
+              "notebook is this preset with one setting changed, loaded from the checkpoint store or trained",
+              choices=("default", "quick", "smoke")),
+        Param("steps", int, 0, "training steps of every organism (0 = the preset's own); all arms get the same budget",
+              low=0, high=1_000_000),
+        Param("n_items", int, 400, "WhereBench test items per evaluation (what and where questions)", low=20, high=100_000),
+        Param("fractions", list, [0.0, 0.25, 0.5, 0.75, 1.0], "shuffled fractions of the visual tokens (PSI curve)",
+              item_kind=float, low=0.0, high=1.0, min_len=2, max_len=21),
+        Param("shuffle_seeds", int, 2, "random permutations averaged per shuffled evaluation", low=1, high=50),
+        Param("spatial_fractions", list, [0.0, 0.15, 0.5], "training-objective dial: share of where-questions in "
+              "training (0.5 = the preset's default)", item_kind=float, low=0.0, high=0.9, min_len=1, max_len=9),
+        Param("n_seeds", int, 3, "training seeds per arm of the norm-normalization comparison", low=1, high=10),
+        Param("norm_mode", str, "rmsclip", "visual-norm rule for the trained arm: the paper's rmsclip, or target",
+              choices=("rmsclip", "target")),
+        Param("norm_scales", list, [0.25, 1.0, 4.0], "dose-response sweep of OrganismConfig.visual_norm_scale",
+              item_kind=float, low=0.01, high=100.0, min_len=1, max_len=12),
+        Param("n_norm_images", int, 32, "test images for the per-layer norm measurements", low=2, high=4096),
+        Param("image_size", int, 224, "scene size in pixels for an HF model (the organism uses its own)",
+              low=56, high=1024),
         Param("n_boot", int, 1000, "bootstrap resamples for the CIs", low=100, high=100_000),
         Param("threads", int, 1, "torch CPU threads (0 = torch's default); 1 is fastest on a shared 2-core machine",
               low=0, high=256),

@@ -195,8 +195,9 @@ def train_where(posenc: str, train: WhereSet, *, seed: int, steps: int = 300, ba
 
 
 @torch.no_grad()
-def evaluate_where(model: WhereClassifier, data: WhereSet, *, batch_size: int = 256, device: str = "cpu") -> dict[str, np.ndarray]:
+def evaluate_where(model: WhereClassifier, data: WhereSet, *, batch_size: int = 256) -> dict[str, np.ndarray]:
     """Per-item correctness (0/1 float arrays) for the items that have a relative / absolute question."""
+    device = next(model.parameters()).device
     rel_pred, abs_pred = [], []
     for i in range(0, len(data), batch_size):
         r, a = model(data.images[i:i + batch_size].to(device))
@@ -282,9 +283,10 @@ def shuffle_patches(images: torch.Tensor, patch_size: int, generator: torch.Gene
 @torch.no_grad()
 def predictions(model: WhereClassifier, images: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """Argmax (relative, absolute) answers for a stack of images."""
+    device = next(model.parameters()).device
     rel, ab = [], []
     for i in range(0, images.shape[0], batch_size):
-        r, a = model(images[i:i + batch_size])
-        rel.append(r.argmax(-1))
-        ab.append(a.argmax(-1))
+        r, a = model(images[i:i + batch_size].to(device))
+        rel.append(r.argmax(-1).cpu())
+        ab.append(a.argmax(-1).cpu())
     return torch.cat(rel), torch.cat(ab)
