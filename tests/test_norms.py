@@ -182,3 +182,17 @@ def test_position_content_split_recovers_a_known_mixture():
     assert df[df.part == "content"]["norm"].mean() == pytest.approx(0.5 * math.sqrt(d), rel=0.05)
     with pytest.raises(ValueError, match="one grid"):
         position_content_norms(VisualTokens(tokens=torch.zeros(12 + 6, d), grids=[(3, 4), (2, 3)]))
+
+
+def test_loudness_profile_components_per_layer(case):
+    from spatialkit.interventions import loudness_profile
+
+    _, vlm, batch = case
+    prof = loudness_profile(vlm, batch)
+    assert set(prof.component) == {"image", "image: position", "image: content", "text"}
+    assert sorted(prof.layer.unique()) == list(range(vlm.num_layers + 1))
+    assert (prof.norm > 0).all() and np.isfinite(prof.norm).all()
+    with normalize_visual_norms(vlm, "target", target=3.0):
+        quiet = loudness_profile(vlm, batch)
+    layer0 = quiet[(quiet.layer == 0) & (quiet.component == "image")]["norm"].item()
+    assert layer0 == pytest.approx(3.0, rel=1e-4)
