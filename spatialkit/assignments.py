@@ -18,7 +18,8 @@ cell with ``nbgrader.utils.determine_grade`` (an error or stderr output scores 0
     spatialkit assignments grade SUBMISSION.ipynb [--source notebooks/NAME.ipynb] [--timeout 120]
                                  [--profile quick|smoke|full] [-p NAME VALUE ...] [--report-dir DIR]
 
-This module imports neither nbgrader nor a kernel client at import time (the CLI stays fast).
+This module imports neither nbgrader nor nbformat at import time: with nbgrader installed, importing
+nbformat costs over a second of CPU (jsonschema's format checkers), and the CLI must stay fast.
 """
 
 from __future__ import annotations
@@ -34,8 +35,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
-
-import nbformat
 
 from spatialkit.params import ParameterError
 
@@ -129,6 +128,8 @@ def student_version(nb, name: str = "notebook"):
 
 def _write_notebook(nb, path: Path) -> None:
     """Atomic write: a half-written release notebook never replaces a good one."""
+    import nbformat
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -142,6 +143,8 @@ def _write_notebook(nb, path: Path) -> None:
 
 def build(sources: Sequence[Path], out_dir: Path, *, echo=print) -> list[Path]:
     """Write the student version of every source notebook that has exercises into ``out_dir``."""
+    import nbformat
+
     written = []
     for source in sources:
         source = Path(source)
@@ -281,6 +284,7 @@ def grade(
 ) -> GradeReport:
     """Execute a submission with the full tests and score it. Writes NAME.grade.json, NAME.grade.txt
     and the executed NAME.graded.ipynb into ``report_dir`` (default: beside the submission)."""
+    import nbformat
     from nbgrader.utils import determine_grade
 
     submission_path, source_path = Path(submission_path), Path(source_path)
