@@ -101,6 +101,7 @@ class Vocab:
 VISION_POSENCS = ("none", "learned", "sincos2d", "rpe2d", "rope1d", "rope2d", "mrope")
 LM_POSENCS = ("none", "learned", "rope1d", "rope2d", "mrope")  # "learned" in the LM = a 1D wpe table
 ROTARY = ("rope1d", "rope2d", "mrope")
+STEMS = ("linear", "conv")
 
 
 def lm_positions(token_kind: torch.Tensor, grid: tuple[int, int], mode: str) -> torch.Tensor:
@@ -173,14 +174,23 @@ class ViTEncoder(nn.Module):
     ``forward(pixels (B, 3, H, W) float) -> (B, N, dim)`` tokens in raster order on ``self.grid``.
     """
 
-    def __init__(self, image_size=48, patch_size=8, dim=64, depth=2, n_heads=4, posenc="sincos2d", mlp_ratio=4):
+    def __init__(self, image_size=48, patch_size=8, dim=64, depth=2, n_heads=4, posenc="sincos2d", mlp_ratio=4,
+                 stem="linear"):
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"image_size {image_size} must be a multiple of patch_size {patch_size}")
         if posenc not in VISION_POSENCS:
             raise ValueError(f"vision posenc must be one of {VISION_POSENCS}, got {posenc!r}")
+        if stem not in STEMS or (stem == "conv" and patch_size % 4):
+            raise ValueError(f"stem must be one of {STEMS} ('conv' needs patch_size % 4 == 0), got {stem!r}")
         self.patch_size, self.grid = patch_size, (image_size // patch_size, image_size // patch_size)
-        self.patch_embed = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size)
+        if stem == "linear":  # ViT: one linear map per patch
+            self.patch_embed = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size)
+        else:  # two stride-2 3x3 convs before patchifying (Xiao et al. 2021: early convolutions optimise faster)
+            self.patch_embed = nn.Sequential(
+                nn.Conv2d(3, dim // 4, 3, stride=2, padding=1), nn.GELU(),
+                nn.Conv2d(dim // 4, dim // 2, 3, stride=2, padding=1), nn.GELU(),
+                nn.Conv2d(dim // 2, dim, kernel_size=patch_size // 4, stride=patch_size // 4))
         self.pe = build_posenc(posenc, dim=dim, head_dim=dim // n_heads, n_heads=n_heads, grid=self.grid)
         self.rotary = posenc in ROTARY
         self.register_buffer("positions", grid_positions(*self.grid), persistent=False)
@@ -239,6 +249,7 @@ class ModelConfig:
     lm_layers: int = 2
     lm_heads: int = 4
     lm_posenc: str = "rope1d"
+    vision_stem: str = "linear"
     max_len: int = 128  # longest LM sequence (system + image + prompt + answer)
     visual_norm: str = "none"
     visual_norm_scale: float = 1.0
@@ -261,7 +272,7 @@ class TinyVLM(nn.Module):
             raise ValueError(f"lm_posenc must be one of {LM_POSENCS}, got {cfg.lm_posenc!r}")
         self.cfg = cfg
         self.vision = ViTEncoder(cfg.image_size, cfg.patch_size, cfg.vision_dim, cfg.vision_layers,
-                                 cfg.vision_heads, cfg.vision_posenc)
+                                 cfg.vision_heads, cfg.vision_posenc, stem=cfg.vision_stem)
         self.projector = Projector(cfg.vision_dim, cfg.lm_dim, cfg.visual_norm, cfg.visual_norm_scale)
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.lm_dim)
         head_dim = cfg.lm_dim // cfg.lm_heads

@@ -40,6 +40,7 @@ class OrganismConfig:
     vision_layers: int = 2
     vision_heads: int = 4
     vision_posenc: str = "sincos2d"
+    vision_stem: str = "conv"  # "linear" (plain ViT patchify) | "conv" (two 3x3 stride-2 convs, then patchify)
     lm_dim: int = 64
     lm_layers: int = 2
     lm_heads: int = 4
@@ -130,6 +131,7 @@ def validate(cfg: OrganismConfig) -> None:
                             ("weight_decay", 0.0, 1.0), ("grad_clip", 0.0, 1e6), ("visual_norm_scale", 1e-3, 1e3)]:
         _check_float(cfg, name, low, high)
     _check_choice(cfg, "vision_posenc", VISION_POSENCS)
+    _check_choice(cfg, "vision_stem", ("linear", "conv"))
     _check_choice(cfg, "lm_posenc", LM_POSENCS)
     _check_choice(cfg, "visual_norm", ("none", "rmsclip", "target"))
     from spatialkit import scenes
@@ -139,6 +141,8 @@ def validate(cfg: OrganismConfig) -> None:
     _check_choice(cfg, "lr_schedule", ("onecycle", "constant"))
     if cfg.image_size % cfg.patch_size:
         raise ValueError(f"OrganismConfig.image_size ({cfg.image_size}) must be a multiple of patch_size ({cfg.patch_size})")
+    if cfg.vision_stem == "conv" and cfg.patch_size % 4:
+        raise ValueError(f"OrganismConfig.patch_size ({cfg.patch_size}) must be a multiple of 4 with vision_stem='conv'")
     for dim, heads in (("vision_dim", "vision_heads"), ("lm_dim", "lm_heads")):
         d, h = getattr(cfg, dim), getattr(cfg, heads)
         if d % h or (d // h) % 4:

@@ -46,6 +46,12 @@ def test_vit_encoder_every_posenc(posenc):
     out.sum().backward()
 
 
+@pytest.mark.parametrize("stem", ["linear", "conv"])
+def test_vit_encoder_stems(stem):
+    enc = ViTEncoder(image_size=32, patch_size=8, dim=32, depth=1, n_heads=2, stem=stem)
+    assert enc(torch.randn(2, 3, 32, 32)).shape == (2, 16, 32)
+
+
 def test_vit_encoder_position_matters_only_with_posenc():
     torch.manual_seed(0)
     x = torch.randn(1, 3, 32, 32)
@@ -65,6 +71,8 @@ def test_vit_encoder_validates():
         ViTEncoder(image_size=30, patch_size=8)
     with pytest.raises(ValueError, match="vision posenc"):
         ViTEncoder(posenc="fourier")
+    with pytest.raises(ValueError, match="stem"):
+        ViTEncoder(image_size=36, patch_size=6, stem="conv")
 
 
 def test_projector_norm_controls():
