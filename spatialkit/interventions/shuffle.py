@@ -128,6 +128,27 @@ def shuffle_visual_tokens(vlm: VLM, fraction: float = 1.0, seed: int = 0, *, rec
 
 
 # -- the permutation test on a benchmark ---------------------------------------------------------------
+def _evaluate(vlm: VLM, bench, split: str, *, batch_size: int, limit: int | None):
+    """``organism.evaluate``; for HF models (whose ``score_options`` needs the same number of options in a batch)
+    item groups with equal option counts are scored separately and put back in item order."""
+    import dataclasses
+
+    import pandas as pd
+
+    from spatialkit.organism import evaluate
+
+    items = bench.splits[split][:limit]
+    counts = sorted({len(it.question.options) for it in items})
+    if vlm.family == "organism" or len(counts) <= 1:
+        return evaluate(vlm, bench, split, batch_size=batch_size, limit=limit)
+    frames = []
+    for k in counts:
+        idx = [i for i, it in enumerate(items) if len(it.question.options) == k]
+        sub = dataclasses.replace(bench, splits={split: [items[i] for i in idx]})
+        frames.append(evaluate(vlm, sub, split, batch_size=batch_size).assign(item=idx))
+    return pd.concat(frames).sort_values("item").reset_index(drop=True)
+
+
 def permutation_test(vlm: VLM, bench, split: str = "test", *, fractions=(1.0,), seeds=(0,), limit: int | None = None,
                      batch_size: int = 256, progress: bool = False):
     """Multiple-choice accuracy of ``vlm`` on a WhereBench split, unshuffled and shuffled.
@@ -136,13 +157,11 @@ def permutation_test(vlm: VLM, bench, split: str = "test", *, fractions=(1.0,), 
     unshuffled) and ``correct_perm`` (mean over the permutation ``seeds`` of the shuffled correctness), ready
     for :func:`psi_summary`. The unshuffled pass runs once and is shared by every fraction.
     """
-    from spatialkit.organism import evaluate
-
     fractions = [_check_fraction(f) for f in fractions]
     seeds = [_check_seed(s) for s in seeds]
     if not fractions or not seeds:
         raise ValueError("permutation_test needs at least one fraction and one seed")
-    base = evaluate(vlm, bench, split, batch_size=batch_size, limit=limit)
+    base = _evaluate(vlm, bench, split, batch_size=batch_size, limit=limit)
     runs = [(f, s) for f in fractions for s in seeds]
     if progress:
         from tqdm.auto import tqdm
@@ -154,7 +173,7 @@ def permutation_test(vlm: VLM, bench, split: str = "test", *, fractions=(1.0,), 
             perm[fraction].append(base["correct"].to_numpy(dtype=float))
             continue
         with shuffle_visual_tokens(vlm, fraction, seed):
-            perm[fraction].append(evaluate(vlm, bench, split, batch_size=batch_size, limit=limit)["correct"].to_numpy(dtype=float))
+            perm[fraction].append(_evaluate(vlm, bench, split, batch_size=batch_size, limit=limit)["correct"].to_numpy(dtype=float))
     import pandas as pd
 
     frames = []
