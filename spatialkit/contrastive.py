@@ -25,7 +25,11 @@ Design choices the paper leaves open, decided here (and said again in notebook 0
   projection) is the exact region analogue of the global embedding. The Prompter's "pool" reads the
   output at the prompt position (the prompt token attends to every patch).
 - **Box prompt**: each normalized corner coordinate gets sin/cos features at octave frequencies
-  (2^k * pi), then a learned linear layer maps the encoding to the model width.
+  (2^k * pi), then a learned linear layer maps the encoding to the model width. The same encoding of
+  each patch's own cell is added to the patch tokens inside the Prompter (``ModelConfig.prompter_pos``,
+  on by default; like SAM's dense positional encoding), so boxes and patches share one coordinate
+  system. The ViT's patch tokens already carry learned positions, so this is a convenience (a short
+  check at 300 steps saw no clear change in the region score); set it False for the bare design.
 - **RoI ablation**: region embeddings = projection of RoI-pooled patch tokens (no Prompter). Without a
   Prompter there is nothing to prompt with a caption, so this variant trains L_CLIP + lam * L_CLOC only.
 
@@ -146,6 +150,13 @@ def box_encoding(boxes: torch.Tensor, dim: int) -> torch.Tensor:
     return enc.flatten(-2)
 
 
+def cell_boxes(grid: int) -> torch.Tensor:
+    """(grid*grid, 4) normalized boxes of the patch cells, row-major (the ViT's patch order)."""
+    i, j = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    i, j = i.flatten().float(), j.flatten().float()
+    return torch.stack([j, i, j + 1, i + 1], dim=1) / grid
+
+
 def roi_weights(boxes: torch.Tensor, grid: int) -> torch.Tensor:
     """(R, 4) normalized boxes -> (R, grid*grid) weights: each patch's overlap area with the box, summing to 1.
 
@@ -257,9 +268,15 @@ class Prompter(nn.Module):
         self.layer = Block(width, heads=1)
         self.ln = nn.LayerNorm(width)
 
-    def forward(self, prompt: torch.Tensor, patches: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
-        """prompt (R, width); patches (B, P, width); owner (R,) = the image of each prompt -> (R, width)."""
+    def forward(self, prompt: torch.Tensor, patches: torch.Tensor, owner: torch.Tensor,
+                patch_pos: torch.Tensor | None = None) -> torch.Tensor:
+        """prompt (R, width); patches (B, P, width); owner (R,) = the image of each prompt -> (R, width).
+
+        ``patch_pos`` (P, width), if given, is added to the patch tokens (a positional encoding in the
+        prompt's coordinate system)."""
         layer, width = self.layer, prompt.shape[-1]
+        if patch_pos is not None:
+            patches = patches + patch_pos
         q, k_prompt, v_prompt = layer.qkv(layer.ln1(prompt)).split(width, dim=-1)
         k_patch, v_patch = layer.qkv(layer.ln1(patches))[..., width:].split(width, dim=-1)
         k = torch.cat([k_prompt[:, None], k_patch[owner]], dim=1)  # (R, 1 + P, width)
@@ -287,6 +304,7 @@ class ModelConfig:
     max_text_len: int = 16
     embed_dim: int = 64
     region_head: str = "none"  # "none" = CLIP, "prompter" = CLOC, "roi" = CLOC with RoI pooling (ablation)
+    prompter_pos: bool = True  # add the box encoding of each patch's cell to the patches the Prompter sees
 
     def __post_init__(self):
         if self.region_head not in REGION_HEADS:
@@ -345,15 +363,23 @@ class TinyCLIP(nn.Module):
         how = how or (self.cfg.region_head if self.has_regions else "roi")
         if how == "prompter":
             prompt = self.box_prompt(box_encoding(boxes, self.cfg.width))
-            return F.normalize(self.region_proj(self.prompter(prompt, patches, owner)), dim=-1)
+            return F.normalize(self.region_proj(self.prompter(prompt, patches, owner, self.patch_pos())), dim=-1)
         if how == "roi":
             pooled = torch.einsum("rp,rpc->rc", roi_weights(boxes, self.image.grid), patches[owner])
             return F.normalize(self.image_proj(pooled), dim=-1)
         raise ValueError(f"unknown region embedding {how!r}; use 'prompter' or 'roi'")
 
+    def patch_pos(self) -> torch.Tensor | None:
+        """Each patch cell encoded like a box prompt (same sinusoids, same linear layer), so box prompts and
+        patches share one coordinate system (as SAM's prompt encoder does for its image embedding)."""
+        if not self.cfg.prompter_pos:
+            return None
+        cells = cell_boxes(self.image.grid).to(self.box_prompt.weight.device)
+        return self.box_prompt(box_encoding(cells, self.cfg.width))
+
     def ground(self, patches: torch.Tensor, text_emb: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
         """Caption-prompted Prompter -> 2-layer GELU MLP -> box (R, 4) in [0, 1]."""
-        hidden = self.prompter(self.text_prompt(text_emb), patches, owner)
+        hidden = self.prompter(self.text_prompt(text_emb), patches, owner, self.patch_pos())
         return torch.sigmoid(self.box_head(hidden))
 
     # -- the training objective --

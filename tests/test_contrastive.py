@@ -163,6 +163,24 @@ def test_prompter_equals_full_encoder_layer_read_at_the_prompt():
     assert torch.allclose(prompter(prompt, patches, owner), full, atol=1e-5)
 
 
+def test_prompter_patch_positions_are_added_to_every_patch():
+    torch.manual_seed(1)
+    prompter = C.Prompter(32)
+    patches, prompt, pos = torch.randn(2, 4, 32), torch.randn(3, 32), torch.randn(4, 32)
+    owner = torch.tensor([0, 1, 1])
+    full = prompter.ln(prompter.layer(torch.cat([prompt[:, None], (patches + pos)[owner]], dim=1))[:, 0])
+    assert torch.allclose(prompter(prompt, patches, owner, pos), full, atol=1e-5)
+
+
+def test_cell_boxes_follow_the_patch_order():
+    cells = C.cell_boxes(3)
+    assert cells.shape == (9, 4)
+    assert cells[1].tolist() == pytest.approx([1 / 3, 0, 2 / 3, 1 / 3])  # second patch: top row, middle column
+    assert cells[3].tolist() == pytest.approx([0, 1 / 3, 1 / 3, 2 / 3])  # fourth patch: middle row, left column
+    # the RoI weights of a cell's own box select exactly that patch
+    assert torch.allclose(C.roi_weights(cells, 3), torch.eye(9), atol=1e-6)
+
+
 def test_roi_region_embedding_of_whole_image_is_the_image_embedding():
     model = C.build_model(small_cfg("none"), seed=0)
     patches = model.patches(torch.rand(2, 3, 16, 16))
