@@ -104,8 +104,9 @@ def peak_bytes(fn) -> int:
 def wall_times(fns: dict, repeats: int) -> dict:
     """Wall times per function; repeats interleaved so load spikes from other jobs hit all of them alike."""
     times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    for i in range(repeats):
+        order = list(fns.items()) if i % 2 == 0 else list(reversed(fns.items()))  # no slot is always first
+        for name, fn in order:
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
@@ -117,7 +118,7 @@ def main() -> None:
     parser.add_argument("--family", default="qwen2_vl", choices=hf_tiny.FAMILIES)
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096])
     parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--repeats", type=int, default=9, help="timing repeats at the longest length (more at shorter)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -143,7 +144,8 @@ def main() -> None:
         peaks = {name: peak_bytes(fn) for name, fn in fns.items()}
         # what output_attentions must hold at the end: every layer's (B, H, L, L) float32 matrix
         attn_bytes = args.layers * cfg.num_attention_heads * length * length * 4
-        times = wall_times({"sdpa": fns["sdpa"], "probe": fns["probe"]}, args.repeats)
+        repeats = max(args.repeats, args.repeats * max(args.lengths) // length)  # short runs are cheap: more of them
+        times = wall_times({"sdpa": fns["sdpa"], "probe": fns["probe"]}, repeats)
         med = {name: statistics.median(ts) for name, ts in times.items()}
         eager_time = statistics.median(wall_times({"eager": fns["eager"]}, max(1, args.repeats // 3))["eager"])
         print(f"{length:>6} {peaks['sdpa'] / mib:>9.1f} {peaks['probe'] / mib:>10.1f} {peaks['eager'] / mib:>10.1f} "
