@@ -3,3 +3,4 @@ from spatialkit.interventions.norms import (  # noqa: F401
     normalize_visual_norms, rms_clip, rescale_to_norm, token_norms, loudness_ratio, position_content_norms, loudness_profile,
     text_embedding_norm,
 )
+from spatialkit.interventions.adaptvis import scaling_vis, adapt_vis, AdaptVis, AdaptVisGeneration, check_alpha, check_beta, gate  # noqa: F401

@@ -1,0 +1,253 @@
+"""ScalingVis / AdaptVis: the fused fast path equals the official-style eager reference on all five model kinds."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from spatialkit import hf_tiny, scenes
+from spatialkit.interventions import adapt_vis, scaling_vis
+from spatialkit.interventions import adaptvis as av
+from spatialkit.models import TinyVLM
+from spatialkit.organism import OrganismVLM, preset
+from spatialkit.train import build_vocab, wherebench
+from spatialkit.vlm import AttnCall, TokenKind
+
+ALPHAS = (0.5, 2.0)
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models on a shared 2-core box: threads only add contention
+    yield
+    torch.set_num_threads(previous)
+
+
+# --------------------------------------------------------------------------------------------------
+# models: random weights attend uniformly, so sharpen q/k (the scaling has a visible effect)
+
+
+@pytest.fixture(scope="module")
+def vocab():
+    return build_vocab(preset("smoke"))
+
+
+def organism(vocab, lm_posenc="rope1d", seed=0):
+    cfg = preset("smoke", lm_posenc=lm_posenc, lm_layers=2, seed=seed)
+    torch.manual_seed(seed)
+    model = TinyVLM(cfg.model_config(len(vocab))).eval()
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.qkv.weight[: 2 * cfg.lm_dim].mul_(30.0)
+    return OrganismVLM(model, vocab, cfg)
+
+
+def organism_inputs(vlm, n=6):
+    bench = wherebench(vlm.config)
+    items = bench.splits["test"][:n]
+    images = np.stack([scenes.render_scene(it.scene_seed, bench.config).image for it in items])
+    prompts = [it.question.text for it in items]
+    prompts[1] = "where is the cup"  # a shorter prompt: right padding, rows end at different places
+    return images, prompts
+
+
+def hf_model(family, seed=0):
+    vlm = hf_tiny.tiny_vlm(family, seed=seed)
+    with torch.no_grad():
+        for name, p in vlm.model.named_parameters():
+            if "language_model" in name and name.endswith(("q_proj.weight", "k_proj.weight")):
+                p.mul_(6.0)
+    return vlm
+
+
+def hf_inputs(family, n=4):
+    h, w = hf_tiny.image_size(family)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for _ in range(n)]
+    prompts = ["Where is the red square in relation to the blue circle?", "What colour?", "Where is the cup?",
+               "Is the dog left of the chair? Answer with one word."][:n]
+    return images, prompts
+
+
+KINDS = ["organism-rope1d", "organism-mrope", "organism-learned", *hf_tiny.FAMILIES]
+
+
+@pytest.fixture(params=KINDS)
+def model_and_inputs(request, vocab):
+    kind = request.param
+    if kind.startswith("organism"):
+        vlm = organism(vocab, kind.split("-")[1])
+        return vlm, organism_inputs(vlm)
+    return hf_model(kind), hf_inputs(kind)
+
+
+def tokens(gens):
+    return [g.token_ids for g in gens]
+
+
+# --------------------------------------------------------------------------------------------------
+# equivalence with the reference
+
+
+def test_scaling_vis_logits_and_tokens_equal_reference(model_and_inputs):
+    vlm, (images, prompts) = model_and_inputs
+    batch = vlm.prepare(images, prompts)
+    real = batch.token_kind != TokenKind.PAD  # pad rows are garbage in both, and nobody reads them
+    base = vlm.logits(batch)
+    for alpha in ALPHAS:
+        with scaling_vis(vlm, alpha):
+            fast = vlm.logits(batch)
+        with av.reference_scaling_vis(vlm, alpha):
+            ref = vlm.logits(batch)
+        assert (fast - ref)[real].abs().max() <= TOL
+        last = batch.last_index()
+        effect = (fast - base)[torch.arange(len(prompts)), last].abs().max()
+        assert effect > 1e-3, f"alpha={alpha} did not change the last row's logits ({effect})"
+        # only the last prompt row (and nothing before it) changes: rows before never see it
+        before = real.clone()
+        before[torch.arange(len(prompts)), last] = False
+        assert (fast - base)[before].abs().max() <= TOL
+        with scaling_vis(vlm, alpha):
+            fast_gen = vlm.generate(images, prompts, max_new_tokens=5)
+        with av.reference_scaling_vis(vlm, alpha):
+            ref_gen = vlm.generate(images, prompts, max_new_tokens=5)
+        assert tokens(fast_gen) == tokens(ref_gen)
+        assert [g.first_token_prob for g in fast_gen] == pytest.approx([g.first_token_prob for g in ref_gen], abs=TOL)
+    assert torch.equal(vlm.logits(batch), base)  # hooks gone
+
+
+def sharpen_head(vlm, factor):
+    """Random weights answer with ~1/V confidence; a sharper LM head spreads confidences over [0, 1]."""
+    with torch.no_grad():
+        vlm.model.lm_head.weight.mul_(factor)
+
+
+def test_adapt_vis_equals_two_generation_reference(model_and_inputs):
+    vlm, (images, prompts) = model_and_inputs
+    sharpen_head(vlm, 40.0 if vlm.family == "organism" else 60.0)
+    plain = vlm.generate(images, prompts, max_new_tokens=5)
+    confidence = sorted(math.floor(g.first_token_prob * 100 + 0.5) / 100 for g in plain)
+    # a threshold between the confidences, so both branches of the gate are taken
+    beta = next((c for c in confidence if c > confidence[0]), None)
+    assert beta is not None, f"confidences all equal {confidence}; sharpen the LM head"
+    fast = adapt_vis(vlm, 0.5, 2.0, beta).generate(images, prompts, max_new_tokens=5)
+    ref = av.reference_adapt_vis(vlm, 0.5, 2.0, beta, images, prompts, max_new_tokens=5)
+    assert [g.confidence for g in fast] == [g.confidence for g in ref]
+    assert sorted({g.alpha for g in fast}) == [0.5, 2.0]
+    assert [g.alpha for g in fast] == [g.alpha for g in ref]
+    assert tokens(fast) == tokens(ref)
+    assert [g.first_token_prob for g in fast] == pytest.approx([g.first_token_prob for g in ref], abs=TOL)
+    assert [g.text for g in fast] == [g.text for g in ref]
+    # α1 = α2 = 1 is the baseline greedy generation
+    same = adapt_vis(vlm, 1.0, 1.0, beta).generate(images, prompts, max_new_tokens=5)
+    assert tokens(same) == tokens(plain)
+
+
+# --------------------------------------------------------------------------------------------------
+# semantics: prefill only, hooks removed, validation
+
+
+@pytest.mark.parametrize("kind", ["organism", "qwen3_vl"])
+def test_only_prefill_is_scaled(vocab, kind):
+    vlm = organism(vocab) if kind == "organism" else hf_model(kind)
+    images, prompts = organism_inputs(vlm, 2) if kind == "organism" else hf_inputs(kind, 2)
+    prompts = [prompts[0]] * 2  # one length: the organism runs a single prefill
+    with scaling_vis(vlm, 0.5) as hook:
+        gens = vlm.generate(images, prompts, max_new_tokens=4)
+    assert max(len(g.token_ids) for g in gens) > 1  # there were decode steps
+    assert hook.scaled_calls == vlm.num_layers  # one prefill, every layer; no decode step
+
+
+def test_redo_step_scales_one_pass_then_disarms():
+    torch.manual_seed(0)
+    b, h, length, d = 2, 4, 7, 8
+    kind = torch.tensor([[1, 2, 2, 2, 3, 3, 3]] * b)
+    q, k, v = (torch.randn(b, h, 1, d), torch.randn(b, 2, length, d), torch.randn(b, 2, length, d))
+    hook = av.LastRowScaling(torch.tensor([0.5, 3.0]), num_layers=2, armed_passes=1)
+    calls = [AttnCall(layer=i, query=q, key=k, value=v, mask=None, scale=d ** -0.5, is_causal=False, token_kind=kind)
+             for i in (0, 1, 0)]
+    outs = [hook(c) for c in calls]
+    assert hook.scaled_calls == 2 and hook.armed_passes == 0
+    assert torch.allclose(outs[2], calls[2].sdpa())  # the next pass is a decode step again
+    for i, alpha in enumerate((0.5, 3.0)):  # the armed pass: image logits × α, checked by hand
+        kk = k[i].repeat_interleave(2, 0)
+        logits = (q[i] @ kk.transpose(-1, -2)) * d ** -0.5
+        logits[..., 1:4] *= alpha
+        expected = logits.softmax(-1) @ v[i].repeat_interleave(2, 0)
+        assert torch.allclose(outs[0][i], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("mask_kind", ["bool", "additive", "causal"])
+def test_scaled_row_matches_eager_with_masks_and_gqa(mask_kind):
+    torch.manual_seed(1)
+    b, h, hkv, length, d = 2, 4, 2, 9, 8
+    kind = torch.tensor([[0, 0, 1, 2, 2, 2, 3, 3, 3], [1, 2, 2, 2, 2, 3, 3, 3, 3]])  # left padding on row 0
+    q, k, v = torch.randn(b, h, length, d), torch.randn(b, hkv, length, d), torch.randn(b, hkv, length, d)
+    allowed = torch.ones(length, length, dtype=torch.bool).tril()[None, None] & (kind != 0)[:, None, None, :]
+    mask = {"bool": allowed, "additive": torch.zeros(b, 1, length, length).masked_fill(~allowed, -1e9),
+            "causal": None}[mask_kind]
+    call = AttnCall(layer=0, query=q, key=k, value=v, mask=mask, scale=d ** -0.5, is_causal=mask is None,
+                    token_kind=kind)
+    fast = av.LastRowScaling(1.7)(call)
+    ref = av.reference_attention(1.7)(call)
+    real = kind != 0
+    assert (fast - ref).transpose(1, 2)[real].abs().max() <= 1e-5
+
+
+def test_hooks_removed_after_exceptions(vocab, monkeypatch):
+    vlm = organism(vocab)
+    images, prompts = organism_inputs(vlm, 3)
+    batch = vlm.prepare(images, prompts)
+    base = vlm.logits(batch)
+    with pytest.raises(RuntimeError, match="boom"):
+        with scaling_vis(vlm, 3.0):
+            vlm.logits(batch)
+            raise RuntimeError("boom")
+    assert torch.equal(vlm.logits(batch), base)
+    hf_vlm = hf_model("qwen2_vl")
+    hf_images, hf_prompts = hf_inputs("qwen2_vl", 2)
+    hf_batch = hf_vlm.prepare(hf_images, hf_prompts)
+    hf_base = hf_vlm.logits(hf_batch)
+
+    def fail(*args):
+        raise ValueError("inside the redo step")
+
+    monkeypatch.setattr(av, "scaled_last_rows", fail)
+    with pytest.raises(ValueError, match="redo step"):  # fails inside the hook, within generate()
+        adapt_vis(hf_vlm, 0.5, 2.0, 0.5).generate(hf_images, hf_prompts, 3)
+    monkeypatch.undo()
+    assert torch.equal(hf_vlm.logits(hf_batch), hf_base)
+    assert hf_vlm.lm_config._attn_implementation == "sdpa"
+
+
+class Untouchable:
+    family = "organism"
+
+    def __getattr__(self, name):
+        raise AssertionError(f"validation must happen before any work (touched vlm.{name})")
+
+
+@pytest.mark.parametrize("args, name", [
+    ((-0.1, 1.0, 0.5), "alpha1"), ((0.5, -2, 0.5), "alpha2"), ((0.5, 1.5, 1.2), "beta"), ((0.5, 1.5, -0.01), "beta"),
+    ((float("nan"), 1.5, 0.5), "alpha1"), ((0.5, float("inf"), 0.5), "alpha2"), ((True, 1.0, 0.5), "alpha1"),
+    ((0.5, 1.5, "0.3"), "beta"),
+])
+def test_bad_hyper_parameters_fail_before_any_work(args, name):
+    with pytest.raises(ValueError, match=rf"parameter '{name}'.*allowed"):
+        adapt_vis(Untouchable(), *args)
+
+
+def test_bad_alpha_for_scaling_vis_fails_before_any_work():
+    with pytest.raises(ValueError, match=r"parameter 'alpha'.*\[0, 100\]"):
+        with scaling_vis(Untouchable(), -1.0):
+            pass
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        adapt_vis(Untouchable(), 0.5, 1.5, 0.3).generate([], [], max_new_tokens=0)
+
+
+def test_gate_rule():
+    assert av.gate(0.39, 0.5, 1.5, 0.4) == 0.5
+    assert av.gate(0.4, 0.5, 1.5, 0.4) == 1.5  # C < β takes α1; C = β takes α2 (as the official code)
