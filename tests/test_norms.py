@@ -180,6 +180,7 @@ def test_position_content_split_recovers_a_known_mixture():
     pos = df[df.part == "position"].sort_values("slot")["norm"].to_numpy()
     np.testing.assert_allclose(pos, position.norm(dim=-1).numpy(), rtol=0.05)
     assert df[df.part == "content"]["norm"].mean() == pytest.approx(0.5 * math.sqrt(d), rel=0.05)
+    assert df[df.part == "shared"]["norm"].item() < 0.1  # the slot vectors were centred
     with pytest.raises(ValueError, match="one grid"):
         position_content_norms(VisualTokens(tokens=torch.zeros(12 + 6, d), grids=[(3, 4), (2, 3)]))
 
@@ -189,7 +190,7 @@ def test_loudness_profile_components_per_layer(case):
 
     _, vlm, batch = case
     prof = loudness_profile(vlm, batch)
-    assert set(prof.component) == {"image", "image: position", "image: content", "text"}
+    assert set(prof.component) == {"image", "image: shared", "image: position", "image: content", "text"}
     assert sorted(prof.layer.unique()) == list(range(vlm.num_layers + 1))
     assert (prof.norm > 0).all() and np.isfinite(prof.norm).all()
     with normalize_visual_norms(vlm, "target", target=3.0):

@@ -165,28 +165,32 @@ def position_content_norms(vt: VisualTokens) -> pd.DataFrame:
     Over a batch of images of one grid: positional part of slot s = (mean over images of the token at s)
     − (mean over all tokens); content part = token − (mean over images at its slot). The positional part is
     what every image carries at that slot whatever it shows; the content part is what varies with the image.
-    Columns: slot, part ("position", "content", "total") and norm; needs ≥ 2 images of the same grid.
+    token = shared + position + content, where "shared" (the mean of all tokens, one row with slot −1) is what
+    every visual token carries. Columns: slot, part ("shared", "position", "content", "total") and norm; needs
+    ≥ 2 images of the same grid.
     """
     if len(set(vt.grids)) != 1 or len(vt.grids) < 2:
         raise ValueError(f"position_content_norms needs >= 2 images of one grid, got grids {vt.grids}")
     h, w = vt.grids[0]
     x = vt.tokens.detach().float().cpu().reshape(len(vt.grids), h * w, -1)
     slot_mean = x.mean(0)  # (n, d)
-    position = slot_mean - x.reshape(-1, x.shape[-1]).mean(0)
+    shared = x.reshape(-1, x.shape[-1]).mean(0)  # what every visual token carries
+    position = slot_mean - shared
     content = x - slot_mean
     n = h * w
     rows = [pd.DataFrame({"slot": np.tile(np.arange(n), len(vt.grids)), "part": "content",
                           "norm": content.norm(dim=-1).reshape(-1).numpy()}),
             pd.DataFrame({"slot": np.tile(np.arange(n), len(vt.grids)), "part": "total",
                           "norm": x.norm(dim=-1).reshape(-1).numpy()}),
-            pd.DataFrame({"slot": np.arange(n), "part": "position", "norm": position.norm(dim=-1).numpy()})]
+            pd.DataFrame({"slot": np.arange(n), "part": "position", "norm": position.norm(dim=-1).numpy()}),
+            pd.DataFrame({"slot": [-1], "part": "shared", "norm": [float(shared.norm())]})]
     return pd.concat(rows, ignore_index=True)
 
 
 def loudness_profile(vlm: VLM, batch: Batch) -> pd.DataFrame:
-    """Mean per-token L2 norm through the LM (layer 0 = LM input) of four components, one row per
-    (layer, component): "image" (visual tokens as they are), "image: position" and "image: content" (the
-    :func:`position_content_norms` split of the image positions' hidden states, over the batch's images),
+    """Mean per-token L2 norm through the LM (layer 0 = LM input) of five components, one row per
+    (layer, component): "image" (visual tokens as they are), "image: shared", "image: position" and
+    "image: content" (the :func:`position_content_norms` split of the image positions' hidden states, over the batch's images),
     and "text" (the prompt's text tokens). Every row of ``batch`` must hold one image of the same grid."""
     if len(set(batch.grids)) != 1 or len(batch.grids) < 2:
         raise ValueError(f"loudness_profile needs >= 2 images of one grid, got grids {batch.grids}")
@@ -197,7 +201,7 @@ def loudness_profile(vlm: VLM, batch: Batch) -> pd.DataFrame:
         h = h.detach().float().cpu()
         split = position_content_norms(VisualTokens(tokens=h[image.cpu()], grids=list(batch.grids)))
         means = split.groupby("part")["norm"].mean()
-        rows += [(layer, "image", means["total"]), (layer, "image: position", means["position"]),
-                 (layer, "image: content", means["content"]),
+        rows += [(layer, "image", means["total"]), (layer, "image: shared", means["shared"]),
+                 (layer, "image: position", means["position"]), (layer, "image: content", means["content"]),
                  (layer, "text", float(h[text.cpu()].norm(dim=-1).mean()))]
     return pd.DataFrame(rows, columns=["layer", "component", "norm"])
