@@ -1,0 +1,248 @@
+"""The static book as a reader meets it: every page in headless chromium, over a local HTTP server.
+
+For every page: no console errors, no failed requests, no request leaving the local server (the
+book must work offline), every <img> loaded. For every explorer (spatialkit.widgets): it rendered
+from the saved widget state, and moving its control changes the shown frame. Notebook pages also
+offer Binder/Colab launch links to ``notebooks/NAME.ipynb`` and an ``.ipynb`` download. One page is
+also opened from ``file://``. Screenshots of every page go to ``test-artifacts/browser/``.
+
+The book is built by the test itself with the ``smoke`` profile into a temporary copy of the
+repository (a few minutes: it executes every notebook). To check an already built book instead,
+set ``SPATIALKIT_BOOK_HTML=_build/html``. Needs Debian's chromium (``apt-get install chromium``;
+``.ci/run`` installs it) and the ``playwright`` package (its own browser download is not used).
+"""
+
+from __future__ import annotations
+
+import functools
+import html as htmllib
+import http.server
+import json
+import os
+import re
+import shutil
+import threading
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+from spatialkit import book, catalog, runner
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts" / "browser"
+CHROMIUM = os.environ.get("SPATIALKIT_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+WIDGETS_TIMEOUT_MS = 60_000  # the 3.6 MB widget bundle on a loaded 2-core machine
+NOT_PAGES = {"_static", "_sources", "_images", "jupyter-widgets"}
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra)")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)"),
+]
+
+
+# --- the book under test --------------------------------------------------------------------------
+
+def build_smoke_book(root: Path) -> Path:
+    """Copy what the book needs into ``root``, execute every notebook (smoke) and build it."""
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy(REPO / name, root / name)
+    shutil.copytree(REPO / "_vendor", root / "_vendor")
+    shutil.copytree(REPO / "notebooks", root / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    (root / "book").mkdir()
+    for path in (REPO / "book").iterdir():
+        if path.is_file():
+            shutil.copy(path, root / "book" / path.name)
+    jobs = runner.plan("smoke", root=root)
+    try:
+        runner.run(jobs, runner.executed_dir(root), echo=print)
+    except runner.RunError as err:  # tests/test_notebooks.py owns notebook failures; build what ran
+        print(f"warning: some notebooks failed, building the book without them: {err}")
+    assert book.chapters(list(catalog.NOTEBOOKS), root), "no notebook executed: nothing to check"
+    return book.build(list(catalog.NOTEBOOKS), root, echo=print)
+
+
+@pytest.fixture(scope="module")
+def html_dir(tmp_path_factory) -> Path:
+    given = os.environ.get("SPATIALKIT_BOOK_HTML")
+    if given:
+        path = Path(given).resolve()
+        if not (path / "index.html").exists():
+            pytest.fail(f"SPATIALKIT_BOOK_HTML={given}: no index.html there (build it with `make book`)")
+        return path
+    return build_smoke_book(tmp_path_factory.mktemp("book-root"))
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def server(html_dir):
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(html_dir)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_port}/"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def pages(html_dir: Path) -> list[str]:
+    return sorted(p.relative_to(html_dir).as_posix() for p in html_dir.rglob("*.html")
+                  if not NOT_PAGES & set(p.relative_to(html_dir).parts))
+
+
+def explorer_views(page_html: str) -> int:
+    """How many explorers the saved widget state of a page displays (VBox/Tab with our CSS class)."""
+    state = re.search(r'<script type="application/vnd\.jupyter\.widget-state\+json">(.*?)</script>', page_html, re.S)
+    if not state:
+        return 0
+    models = json.loads(htmllib.unescape(state.group(1)) if "&quot;" in state.group(1) else state.group(1))["state"]
+    explorers = {mid for mid, m in models.items() if "spatialkit-explorer" in m["state"].get("_dom_classes", [])}
+    views = re.findall(r'<script type="application/vnd\.jupyter\.widget-view\+json">(.*?)</script>', page_html, re.S)
+    return sum(json.loads(v)["model_id"] in explorers for v in views)
+
+
+# --- one page -------------------------------------------------------------------------------------
+
+class PageLog:
+    """Everything a page did wrong, collected from the browser's events."""
+
+    def __init__(self, page, base: str):
+        self.problems: list[str] = []
+        page.on("console", lambda m: m.type == "error" and self.problems.append(f"console error: {m.text}"))
+        page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
+        page.on("requestfailed", lambda r: self.problems.append(f"request failed: {r.url} ({r.failure})"))
+        page.on("response", lambda r: r.status >= 400 and self.problems.append(f"HTTP {r.status}: {r.url}"))
+        page.on("request", lambda r: self._check_local(r.url, base))
+
+    def _check_local(self, url: str, base: str) -> None:
+        scheme = urlparse(url).scheme
+        if scheme in ("data", "blob", "about") or url.startswith(base):
+            return
+        self.problems.append(f"request leaves the book (must work offline): {url}")
+
+
+def shown_frame(explorer) -> str:
+    """What the explorer shows now: the visible image's source and the visible caption."""
+    return explorer.evaluate("""e => {
+        const visible = el => el.offsetParent !== null;
+        const img = [...e.querySelectorAll('img')].filter(visible).map(i => i.src).join(' ');
+        const text = [...e.querySelectorAll('.widget-html-content, .lm-TabBar-tab.lm-mod-current')]
+            .filter(visible).map(t => t.textContent).join(' ');
+        return img + ' | ' + text;
+    }""")
+
+
+def move_control(page, explorer) -> None:
+    handle = explorer.locator(".noUi-handle")
+    if handle.count():
+        handle.first.focus()
+        page.keyboard.press("ArrowRight")  # noUiSlider: one step up
+        return
+    tabs = explorer.locator(".lm-TabBar-tab")
+    if tabs.count() > 1:
+        tabs.nth(1).click()
+        return
+    raise AssertionError("explorer has neither a slider nor tabs")
+
+
+def check_page(browser, url: str, base: str, page_html: str, screenshot: Path) -> list[str]:
+    """Open one page and return its problems (empty: the page is fine)."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    log = PageLog(page, base)
+    try:
+        page.goto(url, wait_until="load")
+        expected = explorer_views(page_html)
+        if expected:
+            page.wait_for_function("n => document.querySelectorAll('.spatialkit-explorer').length >= n",
+                                   arg=expected, timeout=WIDGETS_TIMEOUT_MS)
+        page.wait_for_function("[...document.images].every(i => i.complete)", timeout=WIDGETS_TIMEOUT_MS)
+        broken = page.evaluate("[...document.images].filter(i => !(i.naturalWidth > 0)).map(i => i.src.slice(0, 120))")
+        log.problems += [f"image not loaded: {src}" for src in broken]
+        rendered = page.locator(".spatialkit-explorer")
+        if rendered.count() != expected:
+            log.problems.append(f"{expected} explorer(s) in the saved widget state, {rendered.count()} rendered")
+        for i in range(rendered.count()):
+            explorer = rendered.nth(i)
+            explorer.scroll_into_view_if_needed()
+            before = shown_frame(explorer)
+            move_control(page, explorer)
+            after = before
+            for _ in range(50):  # jslink runs client-side; give it up to 5 s on a loaded machine
+                page.wait_for_timeout(100)
+                after = shown_frame(explorer)
+                if after != before:
+                    break
+            if after == before:
+                log.problems.append(f"explorer {i}: moving its control did not change the shown frame")
+        page.wait_for_timeout(200)  # let late console messages arrive
+        screenshot.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(screenshot), full_page=True)
+    except playwright_api.Error as err:  # a timeout waiting for widgets is a finding, not a crash
+        log.problems.append(f"{type(err).__name__}: {str(err).splitlines()[0]}")
+    finally:
+        page.close()
+    return log.problems
+
+
+def screenshot_path(rel: str, suffix: str = "") -> Path:
+    return ARTIFACTS / (rel[: -len(".html")].replace("/", "__") + suffix + ".png")
+
+
+# --- the tests ------------------------------------------------------------------------------------
+
+def test_every_page_loads_cleanly_and_every_explorer_responds(html_dir, server, browser):
+    all_pages = pages(html_dir)
+    assert "index.html" in all_pages and "book/intro.html" in all_pages and "book/bibliography.html" in all_pages
+    problems = {}
+    for rel in all_pages:
+        found = check_page(browser, server + rel, server, (html_dir / rel).read_text(), screenshot_path(rel))
+        if found:
+            problems[rel] = found
+    report = "\n".join(f"{rel}:\n  " + "\n  ".join(found) for rel, found in problems.items())
+    assert not problems, f"{len(problems)} of {len(all_pages)} page(s) have problems:\n{report}"
+
+
+def test_explorers_are_there_to_check(html_dir):
+    """Not vacuous: every notebook that builds an explorer has it in its page's saved widget state."""
+    for page in (html_dir / "book" / "executed").glob("*.html"):
+        source = (REPO / "notebooks" / f"{page.stem}.ipynb").read_text()
+        if re.search(r"\b(frame|tab)_explorer\(", source):
+            assert explorer_views(page.read_text()) >= 1, f"{page.name}: explorer missing from the saved widget state"
+
+
+def test_notebook_pages_offer_launch_buttons_and_ipynb_download(html_dir):
+    chapters = sorted((html_dir / "book" / "executed").glob("*.html"))
+    assert chapters, "no notebook page in the book"
+    for page in chapters:
+        text = page.read_text()
+        source = f"notebooks/{page.stem}.ipynb"
+        assert re.search(rf'href="https://colab\.research\.google\.com/github/[^"]+/blob/[^"]+/{source}"', text), page.name
+        assert re.search(rf'href="https://mybinder\.org/v2/gh/[^"]+\?urlpath=tree/{source}"', text), page.name
+        assert "book/executed" not in " ".join(re.findall(r'href="https://[^"]*"', text)), "launch link to an unpublished copy"
+        download = re.search(r'href="([^"]*_sources/book/executed/[^"]+\.ipynb)"', text)
+        assert download and (page.parent / download.group(1)).resolve().exists(), f"{page.name}: no .ipynb download"
+
+
+def test_widgets_work_from_file_url(html_dir, browser):
+    """Offline and without a server: the vendored widget manager also loads from file://."""
+    with_explorers = [p for p in sorted((html_dir / "book" / "executed").glob("*.html")) if explorer_views(p.read_text())]
+    if not with_explorers:
+        pytest.skip("no page with an explorer")
+    page = with_explorers[0]
+    rel = page.relative_to(html_dir).as_posix()
+    problems = check_page(browser, page.as_uri(), html_dir.as_uri() + "/", page.read_text(), screenshot_path(rel, ".file"))
+    assert not problems, "\n".join(problems)
