@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 # Re-running pip is skipped until pyproject.toml changes.
 STAMP := $(VENV)/.spatialkit-installed
 
-.PHONY: setup book run test clean
+.PHONY: setup book run test clean browser-deps
 
 setup: $(STAMP)
 
@@ -40,3 +40,8 @@ test: $(STAMP)
 
 clean:
 	rm -rf _build book/executed
+
+# tests/test_browser.py drives Debian's chromium through Playwright (Playwright's own browser
+# download does not work here); without chromium that test is skipped. Needs root (CI runs as root).
+browser-deps:
+	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
