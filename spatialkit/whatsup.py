@@ -1,0 +1,281 @@
+"""WhatsUp-format evaluation as AdaptVis runs it: generative QA, gold-word scoring, individual/pair/set accuracy.
+
+    items = load_subset("/data/whatsup", "controlled_a")           # the real files, when present
+    items = from_export(scenes.to_whatsup(bench_items, bench_scenes, folder))   # WhereBench exported the same way
+    df = evaluate(vlm, items, method=Method.adaptvis(0.5, 1.5, 0.4))
+    accuracies(df)                                                  # individual / pair / set
+
+WhatsUp (Kamath et al. 2023, REFERENCE §4) ships caption lists with the correct caption first; AdaptVis (Chen et
+al. 2025, §3) turns each into a question: ``Where is the {A} in relation to the {B}? Answer with {options}.``
+(one-object sets: ``Where is the {A} in the photo?``), greedy decoding, correct if the gold word appears in the
+output. The subject/object and the gold relation are parsed from the correct caption.
+
+Options per subset (4 by default, 6 with ``n_options=6``; the paper's exact per-subset lists were not readable
+here, so these are our reading of REFERENCE §3–4, declared once in ``OPTIONS``): What'sUp A left/right/on/under,
+What'sUp B left/right/front/behind, COCO/GQA two-object left/right/above/below, one-object left/right/top/bottom.
+
+Pair and set accuracy (What'sUp): the items that show the same two objects form a set (4 images: one per
+relation); a set counts if every item in it is right, a pair (a relation and its opposite, e.g. left/right) if
+both are. On WhereBench exports sets are formed the same way, by the named object pair, across scenes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+SUBSET_FILES = {
+    "controlled_a": "controlled_images_dataset.json",  # What'sUp A: 412 images, on/under/left/right
+    "controlled_b": "controlled_clevr_dataset.json",  # What'sUp B: 408 images, left/right/front/behind
+    "coco_one": "coco_qa_one_obj.json",
+    "coco_two": "coco_qa_two_obj.json",
+    "gqa_one": "vg_qa_one_obj.json",
+    "gqa_two": "vg_qa_two_obj.json",
+}
+# "wherebench": a spatialkit.scenes.to_whatsup export mixing tasks; options follow each item's task (below)
+SUBSETS = tuple(SUBSET_FILES) + ("wherebench",)
+OPTIONS = {
+    "controlled_a": ("left", "right", "on", "under"),
+    "controlled_b": ("left", "right", "front", "behind"),
+    "two": ("left", "right", "above", "below"),
+    "one": ("left", "right", "top", "bottom"),
+}
+SIX_EXTRA = {"controlled_a": ("front", "behind"), "controlled_b": ("on", "under"), "two": ("front", "behind"),
+             "one": ("front", "behind")}
+OPPOSITE = {"left": "right", "right": "left", "on": "under", "under": "on", "above": "below", "below": "above",
+            "front": "behind", "behind": "front", "top": "bottom", "bottom": "top"}
+
+# relation phrases of WhatsUp captions and of spatialkit.scenes.caption_for, longest first; value = gold word
+_RELATIONS = {
+    "to the left of": "left", "to the right of": "right", "on the left of": "left", "on the right of": "right",
+    "on the left": "left", "on the right": "right", "at the top of": "top", "at the bottom of": "bottom",
+    "at the top": "top", "at the bottom": "bottom", "in front of": "front", "behind": "behind",
+    "on top of": "on", "above": "above", "below": "below", "under": "under", "beneath": "under", "on": "on",
+    "left of": "left", "right of": "right",
+}
+_ARTICLE = r"(?:a|an|the)\s+"
+_CAPTION = re.compile(
+    rf"^\s*(?:{_ARTICLE})?(?P<a>.+?)\s+(?:is\s+|are\s+)?(?P<rel>{'|'.join(re.escape(r) for r in _RELATIONS)})"
+    rf"(?:\s+(?:{_ARTICLE})?(?P<b>.+?))?\s*\.?\s*$", re.IGNORECASE)
+_ONE_OBJECT_TAIL = re.compile(r"^(?:the\s+)?(?:image|photo|picture)$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class QAItem:
+    """One generative question built from a WhatsUp record."""
+
+    subset: str
+    image_path: str
+    subject: str
+    object: str | None  # None for one-object questions
+    gold: str  # the gold relation word
+    options: tuple[str, ...]
+    prompt: str  # the paper's prompt (without chat template)
+    native_prompt: str | None = None  # a spatialkit question text, when the record carries one (organism prompts)
+    scene_seed: int | None = None
+
+    @property
+    def set_key(self) -> tuple[str, str, str | None]:
+        return (self.subset, self.subject, self.object)
+
+
+def parse_caption(caption: str) -> tuple[str, str, str | None]:
+    """(subject, gold word, object or None) of a caption such as "A mug to the left of a plate"."""
+    m = _CAPTION.match(caption)
+    if m is None:
+        raise ValueError(f"cannot parse a spatial relation from caption {caption!r}")
+    b = m.group("b")
+    if b is not None:
+        b = re.sub(r"\s+of\s+the\s+(?:image|photo|picture)$", "", b, flags=re.IGNORECASE).strip()
+        if _ONE_OBJECT_TAIL.match(b):
+            b = None
+    return m.group("a").strip(), _RELATIONS[m.group("rel").lower()], b
+
+
+def options_for(subset: str, one_object: bool, n_options: int = 4, gold: str | None = None) -> tuple[str, ...]:
+    """The answer options of a question. "wherebench" exports: depth questions get What'sUp B's options,
+    one-object questions the one-object list, the rest the two-object list."""
+    if n_options not in (4, 6):
+        raise ValueError(f"parameter 'n_options' = {n_options!r} is invalid; allowed: 4 or 6")
+    if one_object:
+        key = "one"
+    elif subset in ("controlled_a", "controlled_b"):
+        key = subset
+    elif subset == "wherebench" and gold in ("front", "behind"):
+        key = "controlled_b"
+    else:
+        key = "two"
+    return OPTIONS[key] + (SIX_EXTRA[key] if n_options == 6 else ())
+
+
+def paper_prompt(subject: str, obj: str | None, options: Sequence[str]) -> str:
+    """The AdaptVis question (REFERENCE §3), without the model's chat template."""
+    listed = ", ".join(options[:-1]) + " or " + options[-1]
+    if obj is None:
+        return f"Where is the {subject} in the photo? Answer with {listed}."
+    return f"Where is the {subject} in relation to the {obj}? Answer with {listed}."
+
+
+def to_qa(records, subset: str, n_options: int = 4) -> list[QAItem]:
+    """QA items from ``spatialkit.scenes.WhatsUpItem`` records (correct caption first)."""
+    if subset not in SUBSETS:
+        raise ValueError(f"parameter 'subset' = {subset!r} is invalid; allowed: one of {list(SUBSETS)}")
+    out = []
+    for rec in records:
+        subject, gold, obj = parse_caption(rec.caption_options[0])
+        options = options_for(subset, obj is None, n_options, gold)
+        if gold not in options:
+            raise ValueError(f"{rec.image_path}: gold relation {gold!r} is not among the {subset} options {options}")
+        question = getattr(rec, "question", None)
+        out.append(QAItem(subset, rec.image_path, subject, obj, gold, options, paper_prompt(subject, obj, options),
+                          question.text if question is not None else None, getattr(rec, "scene_seed", None)))
+    return out
+
+
+def load_subset(root: str | Path, subset: str, n_options: int = 4, image_root: str | Path | None = None) -> list[QAItem]:
+    """The real WhatsUp file of ``subset`` under ``root`` (``SUBSET_FILES``), as QA items."""
+    from spatialkit import scenes
+
+    if subset not in SUBSETS:
+        raise ValueError(f"parameter 'subset' = {subset!r} is invalid; allowed: one of {list(SUBSETS)}")
+    path = Path(root) / SUBSET_FILES[subset]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: download the WhatsUp data (github.com/amitakamath/whatsup_vlms, "
+                                f"data/) and pass its folder as root")
+    return to_qa(scenes.from_whatsup(path, image_root), subset, n_options)
+
+
+def from_export(path: str | Path, subset: str = "wherebench", n_options: int = 4) -> list[QAItem]:
+    """QA items from a ``spatialkit.scenes.to_whatsup`` export (sums verified)."""
+    from spatialkit import scenes
+
+    return to_qa(scenes.from_whatsup(path), subset, n_options)
+
+
+# --------------------------------------------------------------------------------------------------
+# scoring
+
+
+def is_correct(output: str, gold: str) -> bool:
+    """The official rule: the gold word appears in the (lower-cased) output, as a whole word."""
+    return re.search(rf"\b{re.escape(gold.lower())}\b", output.lower()) is not None
+
+
+@dataclass(frozen=True)
+class Method:
+    """Baseline, ScalingVis(α) or AdaptVis(α1, α2, β): how to generate an answer."""
+
+    name: str
+    alpha: float = 1.0
+    alpha1: float = 1.0
+    alpha2: float = 1.0
+    beta: float = 0.0
+
+    @classmethod
+    def baseline(cls) -> "Method":
+        return cls("baseline")
+
+    @classmethod
+    def scalingvis(cls, alpha: float) -> "Method":
+        from spatialkit.interventions.adaptvis import check_alpha
+
+        return cls("scalingvis", alpha=check_alpha(alpha))
+
+    @classmethod
+    def adaptvis(cls, alpha1: float, alpha2: float, beta: float) -> "Method":
+        from spatialkit.interventions.adaptvis import check_alpha, check_beta
+
+        return cls("adaptvis", alpha1=check_alpha(alpha1, "alpha1"), alpha2=check_alpha(alpha2, "alpha2"),
+                   beta=check_beta(beta))
+
+    def label(self) -> str:
+        if self.name == "scalingvis":
+            return f"ScalingVis α={self.alpha:g}"
+        if self.name == "adaptvis":
+            return f"AdaptVis α1={self.alpha1:g} α2={self.alpha2:g} β={self.beta:g}"
+        return "baseline"
+
+    def generate(self, vlm, images, prompts, max_new_tokens: int):
+        """Generations with ``confidence`` (rounded first-token max prob, unscaled) and ``alpha`` per item."""
+        from spatialkit.interventions.adaptvis import adapt_vis, scaling_vis
+
+        if self.name == "adaptvis":
+            return adapt_vis(vlm, self.alpha1, self.alpha2, self.beta).generate(images, prompts, max_new_tokens)
+        if self.name == "scalingvis":
+            with scaling_vis(vlm, self.alpha):
+                return vlm.generate(images, prompts, max_new_tokens=max_new_tokens)
+        return vlm.generate(images, prompts, max_new_tokens=max_new_tokens)
+
+
+def evaluate(vlm, items: Sequence[QAItem], method: Method = Method.baseline(), *, images: Sequence | None = None,
+             prompt_style: str = "paper", batch_size: int = 32, max_new_tokens: int = 4,
+             load_image: Callable | None = None, progress: bool = False) -> pd.DataFrame:
+    """One row per item: subset, set key, gold, output, correct, confidence (unscaled), alpha used.
+
+    ``images``: the items' images (H, W, 3) aligned with ``items`` (else read from ``image_path``).
+    ``prompt_style``: "paper" (the AdaptVis question) or "native" (the record's own question text, for models
+    such as the organism that only read their training templates; falls back to "paper").
+    """
+    from tqdm.auto import tqdm
+
+    from spatialkit.vlm import softmax_confidence  # noqa: F401  (documents where the rounding rule lives)
+
+    if prompt_style not in ("paper", "native"):
+        raise ValueError(f"parameter 'prompt_style' = {prompt_style!r} is invalid; allowed: 'paper' or 'native'")
+    if images is not None and len(images) != len(items):
+        raise ValueError(f"got {len(images)} images for {len(items)} items")
+    if load_image is None:
+        from spatialkit.scenes import load_image
+    rows = []
+    for start in tqdm(range(0, len(items), batch_size), desc=method.label(), disable=not progress):
+        chunk = items[start: start + batch_size]
+        imgs = images[start: start + batch_size] if images is not None else [load_image(it.image_path) for it in chunk]
+        prompts = [it.native_prompt if prompt_style == "native" and it.native_prompt else it.prompt for it in chunk]
+        gens = method.generate(vlm, np.stack(imgs) if vlm.family == "organism" else list(imgs), prompts,
+                               max_new_tokens)
+        for k, (it, g) in enumerate(zip(chunk, gens)):
+            confidence = getattr(g, "confidence", None)
+            if confidence is None:
+                confidence = float(np.floor(g.first_token_prob * 100 + 0.5) / 100)
+            rows.append({"item": start + k, "subset": it.subset, "subject": it.subject, "object": it.object,
+                         "gold": it.gold, "output": g.text, "correct": is_correct(g.text, it.gold),
+                         "confidence": confidence, "alpha": getattr(g, "alpha", method.alpha),
+                         "method": method.label()})
+    return pd.DataFrame(rows)
+
+
+def accuracies(df: pd.DataFrame) -> dict[str, float]:
+    """Individual accuracy, pair accuracy (a relation and its opposite within a set, both right) and set
+    accuracy (every item of a set right). Sets: items naming the same subject and object."""
+    if df.empty:
+        return {"individual": float("nan"), "pair": float("nan"), "set": float("nan")}
+    sets = df.groupby(["subset", "subject", df["object"].fillna("")], sort=False)
+    pair_hits = []
+    for _, g in sets:
+        by_gold = g.groupby("gold")["correct"].all()
+        for gold in sorted(by_gold.index):
+            opposite = OPPOSITE.get(gold)
+            if opposite in by_gold.index and gold < opposite:
+                pair_hits.append(bool(by_gold[gold] and by_gold[opposite]))
+    return {"individual": float(df["correct"].mean()),
+            "pair": float(np.mean(pair_hits)) if pair_hits else float("nan"),
+            "set": float(sets["correct"].all().mean())}
+
+
+def split_indices(n: int, seed: int, tune_fraction: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+    """The official protocol's random split: (tune indices, report indices), ``tune_fraction`` for tuning."""
+    if not 0.0 < tune_fraction < 1.0:
+        raise ValueError(f"parameter 'tune_fraction' = {tune_fraction!r} is invalid; allowed: a number in (0, 1)")
+    order = np.random.default_rng([seed, 20]).permutation(n)
+    k = max(1, int(round(tune_fraction * n)))
+    return np.sort(order[:k]), np.sort(order[k:])
+
+
+def best(results: pd.DataFrame, by: Sequence[str], score: str = "accuracy") -> pd.Series:
+    """The row with the highest ``score`` (ties: the first in ``by`` order, so the choice is deterministic)."""
+    return results.sort_values([score, *by], ascending=[False, *[True] * len(by)], kind="stable").iloc[0]

@@ -1,0 +1,142 @@
+"""WhatsUp-format evaluation: parsing, prompts, gold-word scoring, pair/set accuracy, the 20/80 split, and a round
+trip through a WhereBench export."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from spatialkit import scenes, whatsup
+from spatialkit.models import TinyVLM
+from spatialkit.organism import OrganismVLM, preset
+from spatialkit.train import build_vocab
+
+
+@pytest.mark.parametrize("caption, expected", [
+    ("A mug to the left of a plate", ("mug", "left", "plate")),
+    ("A mug on a table", ("mug", "on", "table")),
+    ("A mug under a table", ("mug", "under", "table")),
+    ("A book in front of a bowl", ("book", "front", "bowl")),
+    ("a cat behind the sofa.", ("cat", "behind", "sofa")),
+    ("A dog on the left", ("dog", "left", None)),
+    ("the red chick is to the right of the blue cup", ("red chick", "right", "blue cup")),
+    ("the red chick is on the left of the image", ("red chick", "left", None)),
+    ("the cup is at the bottom of the image", ("cup", "bottom", None)),
+    ("the ball is below the tree", ("ball", "below", "tree")),
+])
+def test_parse_caption(caption, expected):
+    assert whatsup.parse_caption(caption) == expected
+
+
+def test_parse_caption_rejects_non_spatial_captions():
+    with pytest.raises(ValueError, match="cannot parse"):
+        whatsup.parse_caption("there are 2 objects")
+
+
+def test_prompts_and_options():
+    assert whatsup.paper_prompt("mug", "plate", ("left", "right", "on", "under")) == \
+        "Where is the mug in relation to the plate? Answer with left, right, on or under."
+    assert whatsup.paper_prompt("dog", None, ("left", "right", "top", "bottom")) == \
+        "Where is the dog in the photo? Answer with left, right, top or bottom."
+    assert len(whatsup.options_for("controlled_b", False, 6)) == 6
+    with pytest.raises(ValueError, match="n_options"):
+        whatsup.options_for("controlled_b", False, 5)
+
+
+def test_gold_word_scoring():
+    assert whatsup.is_correct("Left.", "left")
+    assert whatsup.is_correct("the mug is in front", "front")
+    assert not whatsup.is_correct("leftover", "left")
+    assert not whatsup.is_correct("right", "left")
+
+
+def test_pair_and_set_accuracy():
+    df = pd.DataFrame({
+        "subset": ["controlled_a"] * 8,
+        "subject": ["mug"] * 4 + ["cup"] * 4,
+        "object": ["table"] * 4 + ["box"] * 4,
+        "gold": ["left", "right", "on", "under"] * 2,
+        "correct": [True, True, True, False, True, True, True, True],
+    })
+    acc = whatsup.accuracies(df)
+    assert acc["individual"] == pytest.approx(7 / 8)
+    assert acc["pair"] == pytest.approx(3 / 4)  # mug left/right, cup left/right, cup on/under; not mug on/under
+    assert acc["set"] == pytest.approx(1 / 2)
+
+
+def test_split_is_seeded_disjoint_and_twenty_percent():
+    tune, report = whatsup.split_indices(100, seed=3)
+    assert len(tune) == 20 and len(report) == 80
+    assert not set(tune) & set(report)
+    assert np.array_equal(tune, whatsup.split_indices(100, seed=3)[0])
+    assert not np.array_equal(tune, whatsup.split_indices(100, seed=4)[0])
+    with pytest.raises(ValueError, match="tune_fraction"):
+        whatsup.split_indices(10, seed=0, tune_fraction=1.5)
+
+
+def test_load_subset_missing_file_names_the_source(tmp_path):
+    with pytest.raises(FileNotFoundError, match="whatsup_vlms"):
+        whatsup.load_subset(tmp_path, "controlled_a")
+    with pytest.raises(ValueError, match="subset"):
+        whatsup.load_subset(tmp_path, "nope")
+
+
+def test_real_file_layout_is_read(tmp_path):
+    """A file shaped like the real What'sUp JSON (image_path + caption_options, correct first)."""
+    image = np.zeros((8, 8, 3), np.uint8)
+    from PIL import Image
+
+    (tmp_path / "controlled_images").mkdir()
+    Image.fromarray(image).save(tmp_path / "controlled_images" / "mug_left_of_plate.jpeg")
+    records = [{"image_path": "controlled_images/mug_left_of_plate.jpeg",
+                "caption_options": ["A mug to the left of a plate", "A mug to the right of a plate",
+                                    "A mug on a plate", "A mug under a plate"]}]
+    (tmp_path / "controlled_images_dataset.json").write_text(json.dumps(records))
+    items = whatsup.load_subset(tmp_path, "controlled_a")
+    assert items[0].gold == "left" and items[0].subject == "mug" and items[0].object == "plate"
+    assert items[0].prompt.endswith("Answer with left, right, on or under.")
+
+
+def test_wherebench_export_round_trip_and_evaluation(tmp_path):
+    cfg = preset("smoke")
+    sc = dataclass_replace(scenes.PRESETS["organism"], image_size=cfg.image_size)
+    bench = scenes.build_wherebench(seed=0, n_train=0, n_val=0, n_test=16, config=sc, tasks=("where_two", "where_one"))
+    items = bench.splits["test"]
+    path = scenes.to_whatsup(items, bench.scenes("test"), tmp_path)
+    qa = whatsup.from_export(path)
+    assert {it.options for it in qa} == {whatsup.OPTIONS["one"], whatsup.OPTIONS["two"]}
+    assert len(qa) == 16
+    for it, orig in zip(qa, items):
+        word = orig.question.gold
+        assert it.gold == word  # the gold word survives caption -> parse
+        assert it.native_prompt == orig.question.text
+        assert (it.object is None) == (orig.question.task == "where_one")
+    vocab = build_vocab(cfg)
+    torch.manual_seed(0)
+    vlm = OrganismVLM(TinyVLM(cfg.model_config(len(vocab))).eval(), vocab, cfg)
+    df = whatsup.evaluate(vlm, qa, whatsup.Method.baseline(), prompt_style="native", batch_size=5)
+    assert len(df) == 16 and set(df.columns) >= {"correct", "confidence", "alpha", "gold", "output"}
+    assert df["correct"].tolist() == [whatsup.is_correct(o, g) for o, g in zip(df.output, df.gold)]
+    ada = whatsup.evaluate(vlm, qa, whatsup.Method.adaptvis(0.5, 1.5, 0.3), prompt_style="native")
+    assert set(ada["alpha"]) <= {0.5, 1.5}
+    assert (ada["alpha"] == np.where(ada["confidence"] < 0.3, 0.5, 1.5)).all()
+    same = whatsup.evaluate(vlm, qa, whatsup.Method.adaptvis(1.0, 1.0, 0.3), prompt_style="native")
+    assert same["output"].tolist() == df["output"].tolist()
+    assert same["confidence"].tolist() == df["confidence"].tolist()
+
+
+def dataclass_replace(obj, **changes):
+    import dataclasses
+
+    return dataclasses.replace(obj, **changes)
+
+
+def test_bad_method_parameters_fail_before_any_work():
+    with pytest.raises(ValueError, match="alpha1"):
+        whatsup.Method.adaptvis(-1, 1, 0.5)
+    with pytest.raises(ValueError, match="beta"):
+        whatsup.Method.adaptvis(0.5, 1, 2)
+    with pytest.raises(ValueError, match="'alpha'"):
+        whatsup.Method.scalingvis(-0.5)
