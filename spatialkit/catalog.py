@@ -152,7 +152,7 @@ register(NotebookSpec(
         Param("n_seeds", int, 3, "training seeds per arm of the norm-normalization comparison", low=1, high=10),
         Param("norm_mode", str, "rmsclip", "visual-norm rule for the trained arm: the paper's rmsclip, or target",
               choices=("rmsclip", "target")),
-        Param("norm_scales", list, [0.25, 1.0, 4.0], "dose-response sweep of OrganismConfig.visual_norm_scale",
+        Param("norm_scales", list, [0.1, 0.3, 1.0], "dose-response sweep of OrganismConfig.visual_norm_scale",
               item_kind=float, low=0.01, high=100.0, min_len=1, max_len=12),
         Param("n_norm_images", int, 32, "test images for the per-layer norm measurements", low=2, high=4096),
         Param("image_size", int, 224, "scene size in pixels for an HF model (the organism uses its own)",
