@@ -304,14 +304,15 @@ def grade(
         submission, unreadable = None, f"submission is not a readable notebook: {type(err).__name__}: {err}"
     start = time.perf_counter()
     problems: list[str] = []
+    every_test = [c.metadata["nbgrader"]["grade_id"] for c in grade_cells(source)]
     if submission is None:
-        merged, missing = nbformat.v4.new_notebook(), [c.metadata["nbgrader"]["grade_id"] for c in grade_cells(source)]
+        merged, missing = nbformat.v4.new_notebook(), every_test
         problems.append(unreadable)
     else:
         try:
             merged, missing = merge_tests(submission, source, submission_path.stem)
         except AssignmentError as err:
-            merged, missing = nbformat.v4.new_notebook(), [c.metadata["nbgrader"]["grade_id"] for c in grade_cells(source)]
+            merged, missing = nbformat.v4.new_notebook(), every_test
             problems.append(f"submission's exercise cells are malformed: {err}")
         for cell in merged.cells:  # stale outputs must not count: only what runs now
             if cell.cell_type == "code":
