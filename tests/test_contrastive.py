@@ -286,3 +286,46 @@ def test_training_is_reproducible_and_evaluation_reports_per_item_scores():
 def test_bad_region_head_is_rejected():
     with pytest.raises(ValueError, match="region_head"):
         C.ModelConfig(vocab_size=10, region_head="roi-align")
+
+
+# -- experiment helpers -----------------------------------------------------------------------------
+
+def test_split_seeds_are_disjoint_and_reproducible():
+    train, test = C.split_seeds(7, 50, 20)
+    assert len(train) == 50 and len(test) == 20 and not set(train) & set(test)
+    assert C.split_seeds(7, 50, 20) == (train, test) and C.split_seeds(8, 50, 20) != (train, test)
+
+
+def test_prepare_data_on_the_scene_world():
+    from spatialkit import scenes as S
+
+    tok, train, test, test_scenes = C.prepare_data(0, S.SceneConfig(image_size=32), n_train=12, n_test=6, regions=2)
+    assert train.images.shape == (12, 3, 32, 32) and len(test) == 6 and len(test_scenes) == 6
+    assert (train.region_valid.sum(1) >= 1).all() and (train.region_valid.sum(1) <= 2).all()
+    assert test.captions == [s.caption() for s in test_scenes]
+    assert C.data_fingerprint(train) == C.data_fingerprint(C.prepare_data(0, S.SceneConfig(image_size=32), n_train=12,
+                                                                          n_test=6, regions=2)[1])
+
+
+def test_summaries_average_seeds_per_item_then_bootstrap():
+    scores = {"A": [{"m": np.array([1.0, 0.0, 1.0, 1.0])}, {"m": np.array([1.0, 0.0, 0.0, 1.0])}],
+              "B": [{"m": np.array([0.0, 0.0, 1.0, 0.0])}, {"m": np.array([0.0, 0.0, 1.0, 0.0])}]}
+    table = C.summarize(scores, ["m", "absent"], seed=0, n_boot=200).set_index("variant")
+    assert table.loc["A", "mean"] == pytest.approx(0.625) and table.loc["A", "seed_min"] == pytest.approx(0.5)
+    assert table.loc["A", "seed_max"] == pytest.approx(0.75) and table.loc["B", "mean"] == pytest.approx(0.25)
+    diff = C.paired_difference(scores, "A", "B", "m", seed=0, n_boot=200)
+    assert diff.mean == pytest.approx(0.375) and diff.low <= diff.mean <= diff.high
+
+
+def test_train_or_load_uses_the_checkpoint_store(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPATIALKIT_CACHE", str(tmp_path))
+    images, scenes = fake_world(16, seed=2)
+    tok = C.WordTokenizer.from_texts(C.scene_texts(scenes))
+    data = C.scenes_to_data(images, scenes, tok, max_regions=2, max_text_len=8, seed=0)
+    cfg, tc = small_cfg("prompter", vocab=len(tok)), C.TrainConfig(steps=2, batch_size=8)
+    first, m1 = C.train_or_load(cfg, data, tc, seed=0)
+    assert list(tmp_path.glob("checkpoints/cloc05-*/manifest.json"))
+    second, m2 = C.train_or_load(cfg, data, tc, seed=0)
+    assert m1["history"] == m2["history"]
+    for (name, a), b in zip(first.state_dict().items(), second.state_dict().values()):
+        assert torch.equal(a, b), name
