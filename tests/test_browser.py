@@ -9,12 +9,15 @@ also opened from ``file://``. Screenshots of every page go to ``test-artifacts/b
 The book is built by the test itself with the ``smoke`` profile into a temporary copy of the
 repository (a few minutes: it executes every notebook). To check an already built book instead,
 set ``SPATIALKIT_BOOK_HTML=_build/html``. Needs Debian's chromium (``apt-get install chromium``;
-``.ci/run`` installs it) and the ``playwright`` package (its own browser download is not used).
+``.ci/run`` installs it via ``make browser-deps``) and the ``playwright`` package (its own browser
+download is not used); without chromium the browser tests skip with that reason. One fast test
+checks, without a browser, that the widget scripts are vendored files wired into ``_config.yml``.
 """
 
 from __future__ import annotations
 
 import functools
+import posixpath
 import html as htmllib
 import http.server
 import json
@@ -26,6 +29,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+import yaml
 
 from spatialkit import book, catalog, runner
 
@@ -37,11 +41,27 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 WIDGETS_TIMEOUT_MS = 60_000  # the 3.6 MB widget bundle on a loaded 2-core machine
 NOT_PAGES = {"_static", "_sources", "_images", "jupyter-widgets"}
 
-playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra)")
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)"),
-]
+def in_browser(test):
+    """Slow, and skipped (with the reason) where chromium is missing."""
+    test = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")(test)
+    return pytest.mark.slow(test)
+
+
+def playwright():
+    return pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra)")
+
+
+def test_widget_scripts_are_vendored_not_fetched():
+    """Fast, no browser: every script the widget pages load is a vendored file that the build copies."""
+    config = yaml.safe_load((REPO / "_config.yml").read_text())["sphinx"]["config"]
+    scripts = list(config["nb_ipywidgets_js"])
+    assert scripts and not [s for s in scripts if "://" in s], "widget scripts must not come from a CDN"
+    [extra] = config["html_extra_path"]
+    for script in scripts:
+        # Sphinx resolves script paths against _static/ in the HTML root; html_extra_path fills the root
+        in_root = posixpath.normpath(posixpath.join("_static", script))
+        assert (REPO / extra / in_root).is_file(), f"{script}: not vendored as {extra}/{in_root}"
+    assert [Path(s).name for s in scripts] == ["require.js", "widgets-config.js", "embed-amd.js"]  # load order
 
 
 # --- the book under test --------------------------------------------------------------------------
@@ -93,7 +113,7 @@ def server(html_dir):
 
 @pytest.fixture(scope="module")
 def browser():
-    with playwright_api.sync_playwright() as p:
+    with playwright().sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
@@ -191,7 +211,7 @@ def check_page(browser, url: str, base: str, page_html: str, screenshot: Path) -
         page.wait_for_timeout(200)  # let late console messages arrive
         screenshot.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(screenshot), full_page=True)
-    except playwright_api.Error as err:  # a timeout waiting for widgets is a finding, not a crash
+    except playwright().Error as err:  # a timeout waiting for widgets is a finding, not a crash
         log.problems.append(f"{type(err).__name__}: {str(err).splitlines()[0]}")
     finally:
         page.close()
@@ -204,6 +224,7 @@ def screenshot_path(rel: str, suffix: str = "") -> Path:
 
 # --- the tests ------------------------------------------------------------------------------------
 
+@in_browser
 def test_every_page_loads_cleanly_and_every_explorer_responds(html_dir, server, browser):
     all_pages = pages(html_dir)
     assert "index.html" in all_pages and "book/intro.html" in all_pages and "book/bibliography.html" in all_pages
@@ -216,6 +237,7 @@ def test_every_page_loads_cleanly_and_every_explorer_responds(html_dir, server, 
     assert not problems, f"{len(problems)} of {len(all_pages)} page(s) have problems:\n{report}"
 
 
+@pytest.mark.slow  # builds the book, needs no browser
 def test_explorers_are_there_to_check(html_dir):
     """Not vacuous: every notebook that builds an explorer has it in its page's saved widget state."""
     for page in (html_dir / "book" / "executed").glob("*.html"):
@@ -224,6 +246,7 @@ def test_explorers_are_there_to_check(html_dir):
             assert explorer_views(page.read_text()) >= 1, f"{page.name}: explorer missing from the saved widget state"
 
 
+@pytest.mark.slow  # builds the book, needs no browser
 def test_notebook_pages_offer_launch_buttons_and_ipynb_download(html_dir):
     chapters = sorted((html_dir / "book" / "executed").glob("*.html"))
     assert chapters, "no notebook page in the book"
@@ -237,6 +260,7 @@ def test_notebook_pages_offer_launch_buttons_and_ipynb_download(html_dir):
         assert download and (page.parent / download.group(1)).resolve().exists(), f"{page.name}: no .ipynb download"
 
 
+@in_browser
 def test_widgets_work_from_file_url(html_dir, browser):
     """Offline and without a server: the vendored widget manager also loads from file://."""
     with_explorers = [p for p in sorted((html_dir / "book" / "executed").glob("*.html")) if explorer_views(p.read_text())]
