@@ -298,3 +298,18 @@ def test_row_probs_grouped_query_heads_match_repeated_keys():
         torch.testing.assert_close(got[b], full[b][:, rows[b]], atol=1e-6, rtol=0)
     causal = AttnCall(layer=0, query=q, key=k, value=v, mask=None, scale=0.3, is_causal=True)
     torch.testing.assert_close(attention.row_probs(causal, rows)[0], full[0][:, rows[0]], atol=1e-6, rtol=0)
+
+
+def test_plot_overlay_draws_map_and_boxes():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scene = scenes.chick_and_cup(image_size=48)
+    amap = np.arange(36, dtype=float).reshape(6, 6)
+    fig, ax = plt.subplots()
+    handle = attention.plot_overlay(ax, scene.image, amap, boxes=[o.box for o in scene.objects], title="t")
+    assert handle.get_array().shape == (6, 6) and tuple(handle.get_extent()) == (0, 48, 48, 0)
+    assert len(ax.patches) == len(scene.objects)
+    plt.close(fig)
