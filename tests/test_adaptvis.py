@@ -251,3 +251,33 @@ def test_bad_alpha_for_scaling_vis_fails_before_any_work():
 def test_gate_rule():
     assert av.gate(0.39, 0.5, 1.5, 0.4) == 0.5
     assert av.gate(0.4, 0.5, 1.5, 0.4) == 1.5  # C < β takes α1; C = β takes α2 (as the official code)
+
+
+def test_measure_scaled_matches_probe_and_eager(vocab):
+    from spatialkit import attention
+
+    vlm = organism(vocab)
+    images, prompts = organism_inputs(vlm, 3)
+    batch = vlm.prepare(images, prompts)
+    plain = attention.measure(vlm, batch)
+    same = av.measure_scaled(vlm, batch, 1.0)
+    assert torch.allclose(plain.probs, same.probs, atol=1e-6)
+    scaled = av.measure_scaled(vlm, batch, 2.0)
+    # layer 0's last row by hand: image logits doubled
+    records = {}
+
+    def grab(call):
+        if call.layer == 0 and call.query.shape[-2] > 1:
+            records["call"] = call
+        return call.sdpa()
+
+    with vlm.attention_hook(grab):
+        vlm.logits(batch)
+    call = records["call"]
+    b = 0
+    row = int(batch.last_index()[b])
+    logits = torch.einsum("hd,hkd->hk", call.query[b, :, row], call.key[b]) * call.scale  # (H, Lk)
+    logits[:, batch.token_kind[b] == TokenKind.IMAGE] *= 2.0
+    logits[:, row + 1:] = float("-inf")
+    assert torch.allclose(scaled.probs[0, b, :, 0], logits.softmax(-1), atol=1e-5)
+    assert not torch.allclose(scaled.probs, plain.probs, atol=1e-3)

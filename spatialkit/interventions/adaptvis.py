@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from spatialkit.vlm import VLM, AttnCall, Generation, TokenKind, softmax_confidence
 
 __all__ = ["scaling_vis", "adapt_vis", "AdaptVis", "AdaptVisGeneration", "LastRowScaling", "check_alpha",
-           "check_beta", "gate", "reference_attention", "reference_scaling_vis", "reference_adapt_vis"]
+           "check_beta", "gate", "measure_scaled", "reference_attention", "reference_scaling_vis", "reference_adapt_vis"]
 
 MAX_ALPHA = 100.0  # beyond this the softmax is a one-hot on the image either way; catches unit mistakes
 
@@ -374,3 +374,42 @@ def reference_adapt_vis(vlm: VLM, alpha1: float, alpha2: float, beta: float, ima
             results[i] = AdaptVisGeneration(text=g.text, token_ids=g.token_ids, first_token_prob=g.first_token_prob,
                                             confidence=confidence[i], alpha=alpha)
     return results  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------------------------
+# what the answer token looks at under scaling (for before/after heatmaps)
+
+
+class _ScaledProbe(LastRowScaling):
+    """ScalingVis that also records, on the prefill, the last prompt row's post-softmax attention as scaled."""
+
+    def __init__(self, alpha: float, rows: torch.Tensor):
+        super().__init__(alpha)
+        self.rows, self.layers = rows, {}
+
+    def __call__(self, call: AttnCall) -> torch.Tensor:
+        if call.query.shape[-2] > 1:
+            from dataclasses import replace
+
+            from spatialkit.attention import row_probs
+
+            is_image = call.token_kind[:, : call.key.shape[-2]] == TokenKind.IMAGE
+            factor = torch.where(is_image, float(self.alpha), 1.0).to(call.key.dtype)
+            scaled = replace(call, key=call.key * factor[:, None, :, None].to(call.key.device))
+            self.layers[call.layer] = row_probs(scaled, self.rows).cpu()
+        return super().__call__(call)
+
+
+def measure_scaled(vlm: VLM, batch, alpha: float):
+    """``spatialkit.attention.measure`` under ScalingVis(α): the last prompt token's attention in every layer,
+    with its image logits scaled (later layers also differ through the scaled rows' outputs). α = 1 gives the
+    unscaled probe's record."""
+    from spatialkit.attention import AttentionRecord
+
+    alpha = check_alpha(alpha)
+    rows = batch.last_index().view(-1, 1).cpu()
+    probe = _ScaledProbe(alpha, rows)
+    with vlm.attention_hook(probe):
+        vlm.logits(batch)
+    probs = torch.stack([probe.layers[i] for i in range(len(probe.layers))])
+    return AttentionRecord(probs=probs, rows=rows, token_kind=batch.token_kind.cpu(), grids=list(batch.grids))
