@@ -162,3 +162,38 @@ register(NotebookSpec(
               low=0, high=256),
     ),
 ))
+
+# --- 04 -----------------------------------------------------------------------------------------
+register(NotebookSpec(
+    name="04_adaptvis",
+    title="AdaptVis and ScalingVis: a temperature on the answer token's image attention",
+    params=(
+        SEED,
+        DEVICE,
+        MODEL,
+        Param("organism", str, "quick", "organism preset (spatialkit.organism.PRESETS), loaded from the checkpoint "
+              "store or trained", choices=("default", "quick", "smoke")),
+        Param("organism_seeds", list, [0], "training seeds of the organisms evaluated (each its own checkpoint); "
+              "CIs pool items over seeds", item_kind=int, low=0, high=2**31 - 1, min_len=1, max_len=10),
+        Param("n_items", int, 400, "WhereBench test items scanned; their where-questions are the WhatsUp-style set",
+              low=20, high=100_000),
+        Param("alphas", list, [0.5, 0.8, 1.2, 1.5, 2.0], "ScalingVis grid: α on the last row's image logits "
+              "(1 = baseline)", item_kind=float, low=0.0, high=100.0, min_len=1, max_len=30),
+        Param("alpha1s", list, [0.5, 0.8], "AdaptVis α1 grid (used when the confidence is below β)",
+              item_kind=float, low=0.0, high=100.0, min_len=1, max_len=10),
+        Param("alpha2s", list, [1.2, 1.5, 2.0], "AdaptVis α2 grid (used when the confidence is at least β)",
+              item_kind=float, low=0.0, high=100.0, min_len=1, max_len=10),
+        Param("betas", list, [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], "AdaptVis confidence thresholds β",
+              item_kind=float, low=0.0, high=1.0, min_len=1, max_len=21),
+        Param("tune_fraction", float, 0.2, "share of items used to tune α/α1/α2/β (the paper: 20%); the rest "
+              "reports", low=0.05, high=0.5),
+        Param("n_splits", int, 3, "random tune/report splits (split seeds seed..seed+n-1)", low=1, high=50),
+        Param("max_new_tokens", int, 3, "greedy tokens per answer", low=1, high=64),
+        Param("image_size", int, 224, "scene size in pixels for an HF model (the organism uses its own)",
+              low=56, high=1024),
+        Param("batch_size", int, 64, "prompts per generation call", low=1, high=4096),
+        Param("n_boot", int, 1000, "bootstrap resamples for the CIs", low=100, high=100_000),
+        Param("threads", int, 1, "torch CPU threads (0 = torch's default); 1 is fastest on a shared 2-core machine",
+              low=0, high=256),
+    ),
+))
