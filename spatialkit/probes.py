@@ -177,7 +177,9 @@ def train_where(posenc: str, train: WhereSet, *, seed: int, steps: int = 300, ba
     torch.manual_seed(seed)
     model = WhereClassifier(posenc, image_size=train.grid_size, **model_kw).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    # one-cycle: 10 % warm-up (at least 2 steps, which OneCycleLR needs), then anneal; constant for tiny runs
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=max(0.1, 2 / steps)) \
+        if steps >= 10 else None
     gen = torch.Generator().manual_seed(seed)
     losses = []
     model.train()
@@ -189,7 +191,8 @@ def train_where(posenc: str, train: WhereSet, *, seed: int, steps: int = 300, ba
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sched.step()
+        if sched is not None:
+            sched.step()
         losses.append(float(loss.detach()))
     return model.eval(), losses
 

@@ -72,3 +72,9 @@ def test_compare_and_bootstrap(data):
     assert est.mean == pytest.approx(0.75) and 0 <= est.low <= est.high <= 1
     with pytest.raises(ValueError, match="encodings"):
         probes.compare_encodings(["alibi"], data, seeds=[0], steps=1)
+
+
+@pytest.mark.parametrize("steps", [1, 10, 25])
+def test_short_budgets_train(data, steps):
+    _, losses = probes.train_where("rope2d", data["train"], seed=0, steps=steps, batch_size=4)
+    assert len(losses) == steps and all(np.isfinite(losses))
