@@ -279,3 +279,84 @@ def split_indices(n: int, seed: int, tune_fraction: float = 0.2) -> tuple[np.nda
 def best(results: pd.DataFrame, by: Sequence[str], score: str = "accuracy") -> pd.Series:
     """The row with the highest ``score`` (ties: the first in ``by`` order, so the choice is deterministic)."""
     return results.sort_values([score, *by], ascending=[False, *[True] * len(by)], kind="stable").iloc[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# the official protocol on a table of ScalingVis runs
+#
+# AdaptVis(α1, α2, β) answers item i exactly as ScalingVis(α1) does when the unscaled confidence C_i < β, else as
+# ScalingVis(α2) (the fast path is tested to equal that). So one ScalingVis run per α gives every AdaptVis
+# setting of a grid by lookup; the notebook re-runs the tuned setting for real and checks it matches.
+
+
+def group_of(item: QAItem) -> str:
+    """The WhatsUp-style subset an item mirrors: one-object, or two-object (by its relation family)."""
+    if item.object is None:
+        return "one-object"
+    if item.gold in ("front", "behind"):
+        return "two-object front/behind"
+    if item.gold in ("on", "under"):
+        return "two-object on/under"
+    return "two-object left/right/above/below"
+
+
+def scaling_table(vlm, items: Sequence[QAItem], alphas: Sequence[float], *, images: Sequence | None = None,
+                  prompt_style: str = "paper", batch_size: int = 32, max_new_tokens: int = 4,
+                  progress: bool = False) -> pd.DataFrame:
+    """Baseline (α = 1) and ScalingVis(α) for every α: one row per (item, alpha) with ``correct``, ``output``,
+    the group, and ``confidence`` = the *unscaled* pass's rounded first-token probability (the AdaptVis gate)."""
+    from spatialkit.interventions.adaptvis import check_alpha
+
+    alphas = sorted({1.0, *(check_alpha(a, "alphas") for a in alphas)})
+    frames = []
+    for alpha in alphas:
+        method = Method.baseline() if alpha == 1.0 else Method.scalingvis(alpha)
+        df = evaluate(vlm, items, method, images=images, prompt_style=prompt_style, batch_size=batch_size,
+                      max_new_tokens=max_new_tokens, progress=progress)
+        frames.append(df.assign(alpha=alpha))
+    table = pd.concat(frames, ignore_index=True)
+    unscaled = table[table.alpha == 1.0].set_index("item")["confidence"]
+    table["confidence"] = table["item"].map(unscaled)
+    table["group"] = table["item"].map({i: group_of(it) for i, it in enumerate(items)})
+    return table
+
+
+def correct_matrix(table: pd.DataFrame) -> pd.DataFrame:
+    """(items x alphas) bool: is item i right under ScalingVis(α)."""
+    return table.pivot(index="item", columns="alpha", values="correct").astype(bool)
+
+
+def adaptvis_correct(table: pd.DataFrame, alpha1: float, alpha2: float, beta: float) -> pd.Series:
+    """Per item, correctness of AdaptVis(α1, α2, β), looked up from the ScalingVis table (see above)."""
+    matrix = correct_matrix(table)
+    for a in (alpha1, alpha2):
+        if a not in matrix.columns:
+            raise ValueError(f"α = {a} is not in the ScalingVis table (alphas {list(matrix.columns)})")
+    confidence = table[table.alpha == 1.0].set_index("item")["confidence"].reindex(matrix.index)
+    return pd.Series(np.where(confidence < beta, matrix[alpha1], matrix[alpha2]), index=matrix.index, name="correct")
+
+
+def tune_and_report(table: pd.DataFrame, *, split_seed: int, alphas: Sequence[float], alpha1s: Sequence[float],
+                    alpha2s: Sequence[float], betas: Sequence[float], tune_fraction: float = 0.2) -> dict:
+    """The official protocol on one random split: pick ScalingVis' α and AdaptVis' (α1, α2, β) by accuracy on
+    the tuning share, report per-item correctness of baseline / ScalingVis / AdaptVis on the rest.
+
+    Returns ``{"alpha", "alpha1", "alpha2", "beta", "tune", "report"}``: ``tune``/``report`` item indices,
+    and ``correct``: a DataFrame (report items x methods) of booleans.
+    """
+    matrix = correct_matrix(table)
+    tune, report = split_indices(len(matrix), split_seed, tune_fraction)
+    tune_items, report_items = matrix.index[tune], matrix.index[report]
+    scaling = pd.DataFrame({"alpha": list(alphas),
+                            "accuracy": [float(matrix.loc[tune_items, a].mean()) for a in alphas]})
+    alpha = float(best(scaling, ["alpha"])["alpha"])
+    grid = [(a1, a2, b, float(adaptvis_correct(table, a1, a2, b).loc[tune_items].mean()))
+            for a1 in alpha1s for a2 in alpha2s for b in betas]
+    adaptive = pd.DataFrame(grid, columns=["alpha1", "alpha2", "beta", "accuracy"])
+    pick = best(adaptive, ["alpha1", "alpha2", "beta"])
+    a1, a2, b = float(pick.alpha1), float(pick.alpha2), float(pick.beta)
+    correct = pd.DataFrame({"baseline": matrix.loc[report_items, 1.0],
+                            "ScalingVis": matrix.loc[report_items, alpha],
+                            "AdaptVis": adaptvis_correct(table, a1, a2, b).loc[report_items]})
+    return {"alpha": alpha, "alpha1": a1, "alpha2": a2, "beta": b, "tune": tune_items.to_numpy(),
+            "report": report_items.to_numpy(), "correct": correct, "tune_scaling": scaling, "tune_adaptive": adaptive}

@@ -140,3 +140,51 @@ def test_bad_method_parameters_fail_before_any_work():
         whatsup.Method.adaptvis(0.5, 1, 2)
     with pytest.raises(ValueError, match="'alpha'"):
         whatsup.Method.scalingvis(-0.5)
+
+
+def test_adaptvis_lookup_and_protocol():
+    rows = []
+    rng = np.random.default_rng(0)
+    confidence = rng.uniform(0, 1, 50).round(2)
+    for alpha in (1.0, 0.5, 2.0):
+        for i in range(50):
+            # α = 0.5 fixes unsure items, α = 2 fixes sure ones; the baseline gets half right
+            ok = (i % 2 == 0) or (alpha == 0.5 and confidence[i] < 0.4) or (alpha == 2.0 and confidence[i] >= 0.4)
+            rows.append({"item": i, "alpha": alpha, "correct": bool(ok), "confidence": confidence[i]})
+    table = pd.DataFrame(rows)
+    ada = whatsup.adaptvis_correct(table, 0.5, 2.0, 0.4)
+    assert ada.all()
+    assert whatsup.adaptvis_correct(table, 1.0, 1.0, 0.4).equals(whatsup.correct_matrix(table)[1.0].rename("correct"))
+    out = whatsup.tune_and_report(table, split_seed=0, alphas=[0.5, 2.0], alpha1s=[0.5, 2.0], alpha2s=[0.5, 2.0],
+                                  betas=[0.2, 0.4, 0.6])
+    assert (out["alpha1"], out["alpha2"], out["beta"]) == (0.5, 2.0, 0.4)
+    assert len(out["report"]) == 40 and not set(out["tune"]) & set(out["report"])
+    assert out["correct"]["AdaptVis"].all()
+    with pytest.raises(ValueError, match="not in the ScalingVis table"):
+        whatsup.adaptvis_correct(table, 0.8, 2.0, 0.4)
+
+
+def test_lookup_equals_running_adaptvis(tmp_path):
+    cfg = preset("smoke")
+    sc = dataclass_replace(scenes.PRESETS["organism"], image_size=cfg.image_size)
+    bench = scenes.build_wherebench(seed=1, n_train=0, n_val=0, n_test=24, config=sc, tasks=("where_two", "where_one"))
+    qa = whatsup.from_export(scenes.to_whatsup(bench.splits["test"], bench.scenes("test"), tmp_path))
+    vocab = build_vocab(cfg)
+    torch.manual_seed(0)
+    model = TinyVLM(cfg.model_config(len(vocab))).eval()
+    with torch.no_grad():  # sharpen attention and the head: scaling bites, confidences spread
+        for block in model.blocks:
+            block.attn.qkv.weight[: 2 * cfg.lm_dim].mul_(30.0)
+        model.lm_head.weight.mul_(40.0)
+    vlm = OrganismVLM(model, vocab, cfg)
+    table = whatsup.scaling_table(vlm, qa, [0.5, 2.0], prompt_style="native", batch_size=7, max_new_tokens=2)
+    assert set(table.alpha) == {0.5, 1.0, 2.0} and len(table) == 72
+    beta = float(np.median(table.confidence))
+    looked_up = whatsup.adaptvis_correct(table, 0.5, 2.0, beta)
+    ran = whatsup.evaluate(vlm, qa, whatsup.Method.adaptvis(0.5, 2.0, beta), prompt_style="native", batch_size=7,
+                           max_new_tokens=2)
+    assert ran["correct"].tolist() == looked_up.tolist()
+    scaled = table[table.alpha == 2.0].set_index("item")
+    chose_2 = ran.set_index("item")["alpha"] == 2.0
+    assert chose_2.any() and (~chose_2).any()
+    assert (ran.set_index("item")["output"][chose_2] == scaled["output"][chose_2]).all()
