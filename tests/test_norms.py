@@ -197,3 +197,15 @@ def test_loudness_profile_components_per_layer(case):
         quiet = loudness_profile(vlm, batch)
     layer0 = quiet[(quiet.layer == 0) & (quiet.component == "image")]["norm"].item()
     assert layer0 == pytest.approx(3.0, rel=1e-4)
+
+
+@pytest.mark.parametrize("mode, scale, expected", [("rmsclip", 0.5, 0.5 * PAPER_GAIN * PAPER_CLIP), ("target", 2.0, 2.0)])
+def test_organism_trained_with_the_norm_option_feeds_the_lm_controlled_norms(mode, scale, expected):
+    """The training option end to end: OrganismConfig.visual_norm -> trained model -> what the LM receives."""
+    from spatialkit.organism import load_or_train, preset
+
+    vlm = load_or_train(preset("smoke", visual_norm=mode, visual_norm_scale=scale, steps=5), progress=False)
+    images = np.random.default_rng(0).integers(0, 256, (2, 48, 48, 3), dtype=np.uint8)
+    batch = vlm.prepare(images, ["where is the chick ?"] * 2)
+    lm_input = hidden_states(vlm, batch)[0][batch.image_mask]
+    assert torch.allclose(lm_input.norm(dim=-1), torch.full((lm_input.shape[0],), expected), rtol=1e-4)
