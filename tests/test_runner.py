@@ -5,6 +5,7 @@ notebooks (those are smoke-run in test_notebooks.py).
 """
 
 import json
+import resource
 import shutil
 import subprocess
 import sys
@@ -162,9 +163,12 @@ def test_book_build_renders_executed_notebook_with_its_figure(root):
 # --- the CLI, as a user runs it -------------------------------------------------------------------
 
 def cli(*args):
-    start = time.perf_counter()
+    """Run the CLI; return (process, wall seconds, CPU seconds the CLI process used)."""
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "spatialkit", *args], capture_output=True, text=True, cwd=REPO)
-    return proc, time.perf_counter() - start
+    wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return proc, wall, cpu
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -175,13 +179,15 @@ def cli(*args):
     (["-p", "no_such_param", "1"], "-p no_such_param 1: unknown parameter 'no_such_param' for notebook(s) "),
 ])
 def test_cli_bad_parameter_fails_fast_with_one_line(args, expected):
-    proc, seconds = cli("run", *args)
+    proc, wall, cpu = cli("run", *args)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("spatialkit: error: " + expected)
-    # not a timed benchmark: a generous bound that only a torch/papermill import at start-up would break
-    assert seconds < 5, f"validation took {seconds:.1f}s; the CLI must not import heavy modules first"
+    # The "< 5 s" requirement, checked on the CLI's own CPU time: wall time on a shared, overloaded
+    # machine measures the other jobs (seen: 0.1 s CPU, 5.8 s wall at load 13). The sharp check that
+    # nothing heavy is imported first is test_cli_imports_no_heavy_modules.
+    assert cpu < 5, f"validation used {cpu:.1f}s of CPU ({wall:.1f}s wall)"
 
 
 def test_cli_imports_no_heavy_modules():
