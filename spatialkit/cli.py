@@ -87,18 +87,25 @@ def cmd_assignments(args: argparse.Namespace) -> int:
     return assignments(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; only the subcommand named in ``argv`` gets its arguments added.
+
+    ``add_arguments`` may import its module (e.g. assignments -> nbformat -> jsonschema, seconds on a
+    fresh venv), so the other subcommands' arguments are never built: `spatialkit run` stays fast.
+    """
+    chosen = next((a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")), None)
     parser = argparse.ArgumentParser(prog="spatialkit", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help, add_arguments, handler) in COMMANDS.items():
         p = sub.add_parser(name, help=help, description=help)
-        add_arguments(p)
+        if name == chosen:
+            add_arguments(p)
         p.set_defaults(handler=handler)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     from spatialkit.book import BookError
     from spatialkit.runner import RunError
 

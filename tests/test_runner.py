@@ -191,8 +191,10 @@ def test_cli_bad_parameter_fails_fast_with_one_line(args, expected):
 
 
 def test_cli_imports_no_heavy_modules():
+    heavy = ("torch", "papermill", "transformers", "nbformat", "jsonschema", "nbgrader", "numpy")
     code = ("import sys, spatialkit.cli, spatialkit.runner, spatialkit.book; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'papermill', 'transformers')))")
+            "spatialkit.cli.build_parser(['run', '-p', 'seed', '1']); "
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
