@@ -214,3 +214,26 @@ def test_psi_difference_is_paired_and_signed():
     assert d.mean == pytest.approx(40.0) and d.low <= 40.0 <= d.high
     with pytest.raises(ValueError, match="equal-length"):
         psi_difference(a, b.iloc[:5])
+
+
+def test_blank_control_feeds_one_mean_token_and_restores(case):
+    from spatialkit.interventions import blank_visual_tokens
+
+    _, vlm, batch = case
+    original = vlm.visual_tokens(batch).tokens
+    base = vlm.logits(batch)
+    with blank_visual_tokens(vlm):
+        received = hidden_states(vlm, batch)[0][batch.image_mask]
+    assert torch.allclose(received, original.mean(0, keepdim=True).expand_as(received).to(received.dtype), atol=1e-6)
+    assert _visual_hooks_idle(vlm) and torch.equal(vlm.logits(batch), base)
+
+
+def test_permutation_test_blind_column():
+    from spatialkit.interventions.shuffle import permutation_test, psi_summary
+    from spatialkit.organism import wherebench
+
+    vlm = _organism()
+    df = permutation_test(vlm, wherebench(vlm.config), fractions=[1.0], seeds=[0], limit=12, blind=True)
+    assert "correct_blind" in df and df["correct_blind"].isin([0.0, 1.0]).all()
+    s = psi_summary(df, by="family", n_boot=100)
+    assert {"acc_blind", "image_gain_low"} <= set(s.columns)

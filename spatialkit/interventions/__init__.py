@@ -1,4 +1,7 @@
-from spatialkit.interventions.shuffle import shuffle_visual_tokens, slot_permutation, permute_visual_tokens  # noqa: F401
+from spatialkit.interventions.shuffle import (  # noqa: F401
+    shuffle_visual_tokens, slot_permutation, permute_visual_tokens, blank_visual_tokens, permutation_test, psi_summary,
+    psi_difference,
+)
 from spatialkit.interventions.norms import (  # noqa: F401
     normalize_visual_norms, rms_clip, rescale_to_norm, token_norms, loudness_ratio, position_content_norms, loudness_profile,
     text_embedding_norm,

@@ -127,6 +127,23 @@ def shuffle_visual_tokens(vlm: VLM, fraction: float = 1.0, seed: int = 0, *, rec
         yield rec
 
 
+@contextlib.contextmanager
+def blank_visual_tokens(vlm: VLM) -> Iterator[None]:
+    """Context manager: every visual token of a forward call is replaced by the mean of all of that call's visual
+    tokens (extras likewise): the LM keeps the token count and the typical norm, but sees neither content nor
+    layout. The control that says whether a model uses the image at all (a model at this accuracy has nothing for
+    a shuffle to destroy). Results depend on the batch's images only through that mean."""
+    if not isinstance(vlm, VLM):
+        raise TypeError(f"vlm must be a spatialkit.vlm.VLM, got {type(vlm).__name__}")
+
+    def blank(vt: VisualTokens) -> VisualTokens:
+        return vt.replace(tokens=vt.tokens.mean(0, keepdim=True).expand_as(vt.tokens).contiguous(),
+                          extras=[e.mean(0, keepdim=True).expand_as(e).contiguous() for e in vt.extras])
+
+    with vlm.visual_hook(blank):
+        yield
+
+
 # -- the permutation test on a benchmark ---------------------------------------------------------------
 def _evaluate(vlm: VLM, bench, split: str, *, batch_size: int, limit: int | None):
     """``organism.evaluate``; for HF models (whose ``score_options`` needs the same number of options in a batch)
@@ -150,12 +167,13 @@ def _evaluate(vlm: VLM, bench, split: str, *, batch_size: int, limit: int | None
 
 
 def permutation_test(vlm: VLM, bench, split: str = "test", *, fractions=(1.0,), seeds=(0,), limit: int | None = None,
-                     batch_size: int = 256, progress: bool = False):
+                     batch_size: int = 256, blind: bool = False, progress: bool = False):
     """Multiple-choice accuracy of ``vlm`` on a WhereBench split, unshuffled and shuffled.
 
     Returns a DataFrame with one row per (fraction, item): family ("what"/"where"), task, ``correct`` (0/1,
     unshuffled) and ``correct_perm`` (mean over the permutation ``seeds`` of the shuffled correctness), ready
-    for :func:`psi_summary`. The unshuffled pass runs once and is shared by every fraction.
+    for :func:`psi_summary`; with ``blind=True`` also ``correct_blind`` (under :func:`blank_visual_tokens`).
+    The unshuffled pass runs once and is shared by every fraction.
     """
     fractions = [_check_fraction(f) for f in fractions]
     seeds = [_check_seed(s) for s in seeds]
@@ -176,11 +194,17 @@ def permutation_test(vlm: VLM, bench, split: str = "test", *, fractions=(1.0,), 
             perm[fraction].append(_evaluate(vlm, bench, split, batch_size=batch_size, limit=limit)["correct"].to_numpy(dtype=float))
     import pandas as pd
 
+    blind_correct = None
+    if blind:
+        with blank_visual_tokens(vlm):
+            blind_correct = _evaluate(vlm, bench, split, batch_size=batch_size, limit=limit)["correct"].to_numpy(dtype=float)
     frames = []
     for fraction in fractions:
         frame = base[["item", "family", "task"]].copy()
         frame["correct"] = base["correct"].to_numpy(dtype=float)
         frame["correct_perm"] = np.mean(perm[fraction], axis=0)
+        if blind_correct is not None:
+            frame["correct_blind"] = blind_correct
         frame.insert(0, "fraction", fraction)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
@@ -188,10 +212,11 @@ def permutation_test(vlm: VLM, bench, split: str = "test", *, fractions=(1.0,), 
 
 def psi_summary(df, by=("family",), *, seed: int = 0, n_boot: int = 1000):
     """Accuracy, shuffled accuracy and PSI (with paired bootstrap CIs, in %) per group of a
-    :func:`permutation_test` frame. Groups whose unshuffled accuracy is 0 get PSI NaN."""
+    :func:`permutation_test` frame. Groups whose unshuffled accuracy is 0 get PSI NaN. With a ``correct_blind``
+    column: ``acc_blind`` and ``image_gain_low`` (lower CI end of acc − acc_blind; > 0: the image is used)."""
     import pandas as pd
 
-    from spatialkit.stats import bootstrap_ci, psi_ci
+    from spatialkit.stats import bootstrap_ci, bootstrap_diff_ci, psi_ci
 
     by = [by] if isinstance(by, str) else list(by)
     rows = []
@@ -204,8 +229,12 @@ def psi_summary(df, by=("family",), *, seed: int = 0, n_boot: int = 1000):
             psi, low, high = p.mean, p.low, p.high
         else:
             psi = low = high = float("nan")
-        rows.append({**dict(zip(by, key)), "n": len(g), "acc": acc.mean, "acc_low": acc.low, "acc_high": acc.high,
-                     "acc_perm": acc_perm.mean, "psi": psi, "psi_low": low, "psi_high": high})
+        row = {**dict(zip(by, key)), "n": len(g), "acc": acc.mean, "acc_low": acc.low, "acc_high": acc.high,
+               "acc_perm": acc_perm.mean, "psi": psi, "psi_low": low, "psi_high": high}
+        if "correct_blind" in g:  # does the model beat itself without the image (paired CI of the gain)?
+            gain = bootstrap_diff_ci(g["correct"], g["correct_blind"], seed=seed, n_boot=n_boot)
+            row.update(acc_blind=float(g["correct_blind"].mean()), image_gain_low=gain.low)
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
