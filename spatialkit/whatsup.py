@@ -223,8 +223,6 @@ def evaluate(vlm, items: Sequence[QAItem], method: Method = Method.baseline(), *
     """
     from tqdm.auto import tqdm
 
-    from spatialkit.vlm import softmax_confidence  # noqa: F401  (documents where the rounding rule lives)
-
     if prompt_style not in ("paper", "native"):
         raise ValueError(f"parameter 'prompt_style' = {prompt_style!r} is invalid; allowed: 'paper' or 'native'")
     if images is not None and len(images) != len(items):
@@ -240,7 +238,7 @@ def evaluate(vlm, items: Sequence[QAItem], method: Method = Method.baseline(), *
                                max_new_tokens)
         for k, (it, g) in enumerate(zip(chunk, gens)):
             confidence = getattr(g, "confidence", None)
-            if confidence is None:
+            if confidence is None:  # the AdaptVis rounding (spatialkit.vlm.softmax_confidence)
                 confidence = float(np.floor(g.first_token_prob * 100 + 0.5) / 100)
             rows.append({"item": start + k, "subset": it.subset, "subject": it.subject, "object": it.object,
                          "gold": it.gold, "output": g.text, "correct": is_correct(g.text, it.gold),

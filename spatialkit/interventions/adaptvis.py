@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from spatialkit.vlm import VLM, AttnCall, Generation, TokenKind, softmax_confidence
 
