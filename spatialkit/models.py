@@ -171,11 +171,15 @@ class Block(nn.Module):
 class ViTEncoder(nn.Module):
     """Patch embedding + bidirectional transformer blocks + pluggable positional encoding.
 
+    ``stem`` "linear" (ViT patchify) or "conv" (two 3x3 stride-2 convs first); ``embed_norm`` puts a LayerNorm
+    on the patch embeddings before an absolute positional table is added, so content and position have
+    comparable norms.
+
     ``forward(pixels (B, 3, H, W) float) -> (B, N, dim)`` tokens in raster order on ``self.grid``.
     """
 
     def __init__(self, image_size=48, patch_size=8, dim=64, depth=2, n_heads=4, posenc="sincos2d", mlp_ratio=4,
-                 stem="linear"):
+                 stem="linear", embed_norm=False):
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"image_size {image_size} must be a multiple of patch_size {patch_size}")
@@ -191,6 +195,7 @@ class ViTEncoder(nn.Module):
                 nn.Conv2d(3, dim // 4, 3, stride=2, padding=1), nn.GELU(),
                 nn.Conv2d(dim // 4, dim // 2, 3, stride=2, padding=1), nn.GELU(),
                 nn.Conv2d(dim // 2, dim, kernel_size=patch_size // 4, stride=patch_size // 4))
+        self.embed_norm = nn.LayerNorm(dim) if embed_norm else nn.Identity()
         self.pe = build_posenc(posenc, dim=dim, head_dim=dim // n_heads, n_heads=n_heads, grid=self.grid)
         self.rotary = posenc in ROTARY
         self.register_buffer("positions", grid_positions(*self.grid), persistent=False)
@@ -199,7 +204,7 @@ class ViTEncoder(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(pixels).flatten(2).transpose(1, 2)  # (B, N, dim), raster order
-        x = self.pe.add(x, self.grid)
+        x = self.pe.add(self.embed_norm(x), self.grid)
         positions = self.positions if self.rotary else None
         for block in self.blocks:
             x = block(x, self.pe, positions, grid=self.grid)
@@ -250,6 +255,7 @@ class ModelConfig:
     lm_heads: int = 4
     lm_posenc: str = "rope1d"
     vision_stem: str = "linear"
+    vision_embed_norm: bool = False
     max_len: int = 128  # longest LM sequence (system + image + prompt + answer)
     visual_norm: str = "none"
     visual_norm_scale: float = 1.0
@@ -272,7 +278,8 @@ class TinyVLM(nn.Module):
             raise ValueError(f"lm_posenc must be one of {LM_POSENCS}, got {cfg.lm_posenc!r}")
         self.cfg = cfg
         self.vision = ViTEncoder(cfg.image_size, cfg.patch_size, cfg.vision_dim, cfg.vision_layers,
-                                 cfg.vision_heads, cfg.vision_posenc, stem=cfg.vision_stem)
+                                 cfg.vision_heads, cfg.vision_posenc, stem=cfg.vision_stem,
+                                 embed_norm=cfg.vision_embed_norm)
         self.projector = Projector(cfg.vision_dim, cfg.lm_dim, cfg.visual_norm, cfg.visual_norm_scale)
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.lm_dim)
         head_dim = cfg.lm_dim // cfg.lm_heads
