@@ -237,3 +237,32 @@ def test_permutation_test_blind_column():
     assert "correct_blind" in df and df["correct_blind"].isin([0.0, 1.0]).all()
     s = psi_summary(df, by="family", n_boot=100)
     assert {"acc_blind", "image_gain_low"} <= set(s.columns)
+
+
+def test_content_and_position_moves_add_up_to_the_full_shuffle(case):
+    """move='content' keeps each slot's position code, move='position' moves only the codes; together they
+    are the full shuffle: content + position − original = all."""
+    from spatialkit.interventions import slot_position_code
+
+    _, vlm, batch = case
+    vt = vlm.visual_tokens(batch)
+    code = slot_position_code(vt)
+    got = {}
+    for move in ("all", "content", "position"):
+        kwargs = {} if move == "all" else {"position_code": code}
+        with shuffle_visual_tokens(vlm, 1.0, seed=2, move=move, **kwargs):
+            got[move] = hidden_states(vlm, batch)[0][batch.image_mask]
+    index = batch_index(vt.grids, 1.0, 2)
+    full_code = code.repeat(len(vt.grids), 1).to(got["all"].dtype)
+    assert torch.allclose(got["content"], vt.tokens[index] - full_code[index] + full_code, atol=1e-5)
+    assert torch.allclose(got["content"] + got["position"] - vt.tokens, got["all"], atol=1e-5)
+    assert _visual_hooks_idle(vlm)
+
+
+def test_move_arguments_are_checked():
+    with pytest.raises(ValueError, match="move must be one of"):
+        with shuffle_visual_tokens(None, 1.0, 0, move="rows"):
+            pass
+    with pytest.raises(ValueError, match="position_code"):
+        with shuffle_visual_tokens(None, 1.0, 0, move="content"):
+            pass

@@ -1,5 +1,6 @@
 from spatialkit.interventions.shuffle import (  # noqa: F401
     shuffle_visual_tokens, slot_permutation, permute_visual_tokens, blank_visual_tokens, permutation_test, psi_summary,
+    slot_position_code,
     psi_difference,
 )
 from spatialkit.interventions.norms import (  # noqa: F401
@@ -7,3 +8,6 @@ from spatialkit.interventions.norms import (  # noqa: F401
     text_embedding_norm,
 )
 from spatialkit.interventions.adaptvis import scaling_vis, adapt_vis, AdaptVis, AdaptVisGeneration, check_alpha, check_beta, gate  # noqa: F401
+from spatialkit.interventions.pin import (  # noqa: F401
+    PinConfig, PositionalInsert, Pin, train_pin, load_or_train_pin, location_set, predict_boxes, what_scores,
+)

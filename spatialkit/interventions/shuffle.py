@@ -29,6 +29,9 @@ import torch
 from spatialkit.vlm import VLM, VisualTokens
 
 
+MOVES = ("all", "content", "position")
+
+
 def _check_fraction(fraction) -> float:
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= float(fraction) <= 1.0:
         raise ValueError(f"fraction must be a number in [0, 1] (share of visual tokens to displace), got {fraction!r}")
@@ -96,17 +99,29 @@ class ShuffleRecord:
 
 
 @contextlib.contextmanager
-def shuffle_visual_tokens(vlm: VLM, fraction: float = 1.0, seed: int = 0, *, record: bool = False) -> Iterator[ShuffleRecord]:
+def shuffle_visual_tokens(vlm: VLM, fraction: float = 1.0, seed: int = 0, *, move: str = "all",
+                          position_code: torch.Tensor | None = None, record: bool = False) -> Iterator[ShuffleRecord]:
     """Context manager: inside it, every forward of ``vlm`` sees its visual tokens shuffled (see module doc).
 
-    Yields a :class:`ShuffleRecord`; with ``record=True`` it also keeps each call's gather index (tests).
-    Arguments are validated before the model is touched; the hook is removed on exit, also on error.
+    ``move`` "all" (the paper's test) moves whole tokens. A vision encoder with an absolute position embedding
+    leaves a position code *inside* each token, which travels with it; given that code per slot
+    (``position_code`` (h*w, d), e.g. from :func:`slot_position_code`), "content" moves the tokens but gives
+    each slot its own code back (token[src] − code[src] + code[dst]), and "position" leaves the tokens in place
+    and moves only the codes (token[dst] − code[dst] + code[src]). Yields a :class:`ShuffleRecord`; with
+    ``record=True`` it also keeps each call's gather index (tests). Arguments are validated before the model is
+    touched; the hook is removed on exit, also on error.
     """
     fraction, seed = _check_fraction(fraction), _check_seed(seed)
+    if move not in MOVES:
+        raise ValueError(f"move must be one of {MOVES}, got {move!r}")
+    if (move == "all") != (position_code is None):
+        raise ValueError("position_code (h*w, d) is needed for move='content' or 'position', and only for them")
+    if position_code is not None and position_code.dim() != 2:
+        raise ValueError(f"position_code must be (h*w, d), got shape {tuple(position_code.shape)}")
     if not isinstance(vlm, VLM):
         raise TypeError(f"vlm must be a spatialkit.vlm.VLM, got {type(vlm).__name__}")
     rec = ShuffleRecord(fraction, seed)
-    indices: dict = {}  # (grids, device) -> gather index, or None when nothing moves; built once per layout
+    indices: dict = {}  # (grids, device) -> (gather index, whether anything moves); built once per layout
 
     def shuffle(vt: VisualTokens) -> VisualTokens:
         key = (tuple(vt.grids), vt.tokens.device)
@@ -121,10 +136,27 @@ def shuffle_visual_tokens(vlm: VLM, fraction: float = 1.0, seed: int = 0, *, rec
             rec.calls.append(index.cpu())
         if not moves:
             return vt  # fraction 0 (or a 1-token grid): the very same tensors, bit-identical outputs
-        return vt.replace(tokens=vt.tokens[index], extras=[e[index] for e in vt.extras])
+        if move == "all":
+            return vt.replace(tokens=vt.tokens[index], extras=[e[index] for e in vt.extras])
+        if any(h * w != position_code.shape[0] for h, w in vt.grids) or position_code.shape[1] != vt.tokens.shape[1]:
+            raise ValueError(f"position_code {tuple(position_code.shape)} does not fit grids {vt.grids} of "
+                             f"{vt.tokens.shape[1]}-d tokens")
+        code = position_code.to(vt.tokens).repeat(len(vt.grids), 1)  # (N_total, d), slot code of every position
+        tokens = vt.tokens[index] - code[index] + code if move == "content" else vt.tokens - code + code[index]
+        return vt.replace(tokens=tokens)  # extras (DeepStack) are left in place: they carry their own codes
 
     with vlm.visual_hook(shuffle):
         yield rec
+
+
+def slot_position_code(vt: VisualTokens) -> torch.Tensor:
+    """(h*w, d) position code of each slot over a batch of images of one grid: the mean token at the slot minus
+    the mean of all tokens (the "position" part of :func:`spatialkit.interventions.norms.position_content_norms`)."""
+    if len(set(vt.grids)) != 1 or len(vt.grids) < 2:
+        raise ValueError(f"slot_position_code needs >= 2 images of one grid, got grids {vt.grids}")
+    h, w = vt.grids[0]
+    x = vt.tokens.detach().float().reshape(len(vt.grids), h * w, -1)
+    return x.mean(0) - x.reshape(-1, x.shape[-1]).mean(0)
 
 
 @contextlib.contextmanager
@@ -167,12 +199,14 @@ def _evaluate(vlm: VLM, bench, split: str, *, batch_size: int, limit: int | None
 
 
 def permutation_test(vlm: VLM, bench, split: str = "test", *, fractions=(1.0,), seeds=(0,), limit: int | None = None,
-                     batch_size: int = 256, blind: bool = False, progress: bool = False):
+                     batch_size: int = 256, blind: bool = False, move: str = "all",
+                     position_code: torch.Tensor | None = None, progress: bool = False):
     """Multiple-choice accuracy of ``vlm`` on a WhereBench split, unshuffled and shuffled.
 
     Returns a DataFrame with one row per (fraction, item): family ("what"/"where"), task, ``correct`` (0/1,
     unshuffled) and ``correct_perm`` (mean over the permutation ``seeds`` of the shuffled correctness), ready
     for :func:`psi_summary`; with ``blind=True`` also ``correct_blind`` (under :func:`blank_visual_tokens`).
+    ``move``/``position_code`` choose what the shuffle moves (see :func:`shuffle_visual_tokens`).
     The unshuffled pass runs once and is shared by every fraction.
     """
     fractions = [_check_fraction(f) for f in fractions]
@@ -190,7 +224,7 @@ def permutation_test(vlm: VLM, bench, split: str = "test", *, fractions=(1.0,), 
         if fraction == 0.0:  # identity: no need to run (bit-identical, tested)
             perm[fraction].append(base["correct"].to_numpy(dtype=float))
             continue
-        with shuffle_visual_tokens(vlm, fraction, seed):
+        with shuffle_visual_tokens(vlm, fraction, seed, move=move, position_code=position_code):
             perm[fraction].append(_evaluate(vlm, bench, split, batch_size=batch_size, limit=limit)["correct"].to_numpy(dtype=float))
     import pandas as pd
 
