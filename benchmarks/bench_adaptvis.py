@@ -12,7 +12,9 @@ and prints, from one run, medians of interleaved repeats and their ratios to the
   (the reference implementation the tests compare against).
 
 Wall times on a shared CPU are noisy: repeats are interleaved (order reversed every round) so load spikes hit
-all variants alike, and both the ratio of medians and the ratio of minima are printed.
+all variants alike; printed are the ratios of wall-time medians and minima and of CPU-time medians (process
+time, one torch thread: the work itself, without the waits for a core other jobs hold). Goals are judged on the
+CPU-time ratio.
 """
 
 from __future__ import annotations
@@ -48,27 +50,33 @@ def inputs(family: str, grid: int, batch: int):
     return images, prompts
 
 
-def timed(fns: dict, repeats: int) -> dict[str, list[float]]:
-    times = {name: [] for name in fns}
+def timed(fns: dict, repeats: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall times and CPU times (``time.process_time``: this process only, so time spent waiting for a core
+    that other jobs hold is not counted; with one torch thread it is the work done)."""
+    wall, cpu = {name: [] for name in fns}, {name: [] for name in fns}
     for i in range(repeats):
         order = list(fns.items()) if i % 2 == 0 else list(reversed(fns.items()))
         for name, fn in order:
-            t0 = time.perf_counter()
+            w0, c0 = time.perf_counter(), time.process_time()
             fn()
-            times[name].append(time.perf_counter() - t0)
-    return times
+            cpu[name].append(time.process_time() - c0)
+            wall[name].append(time.perf_counter() - w0)
+    return wall, cpu
 
 
-def report(title: str, times: dict[str, list[float]], goals: dict[str, float]) -> None:
-    base = list(times)[0]
-    med0, min0 = statistics.median(times[base]), min(times[base])
+def report(title: str, measured: tuple[dict, dict], goals: dict[str, float]) -> None:
+    wall, cpu = measured
+    base = list(wall)[0]
     print(f"\n{title}")
-    print(f"  {'variant':<44} {'median s':>9} {'x median':>9} {'x min':>7}  goal")
-    for name, ts in times.items():
-        ratio_med, ratio_min = statistics.median(ts) / med0, min(ts) / min0
+    print(f"  {'variant':<42} {'wall med s':>10} {'x wall med':>10} {'x wall min':>10} {'x CPU med':>9}  goal (on CPU time)")
+    for name in wall:
+        ratio_med = statistics.median(wall[name]) / statistics.median(wall[base])
+        ratio_min = min(wall[name]) / min(wall[base])
+        ratio_cpu = statistics.median(cpu[name]) / statistics.median(cpu[base])
         goal = goals.get(name)
-        mark = "" if goal is None else f"<= {goal:g}x: {'met' if ratio_min <= goal else 'NOT met'} (by x min)"
-        print(f"  {name:<44} {statistics.median(ts):9.4f} {ratio_med:9.2f} {ratio_min:7.2f}  {mark}")
+        mark = "" if goal is None else f"<= {goal:g}x: {'met' if ratio_cpu <= goal else 'NOT met'}"
+        print(f"  {name:<42} {statistics.median(wall[name]):10.4f} {ratio_med:10.2f} {ratio_min:10.2f} "
+              f"{ratio_cpu:9.2f}  {mark}")
 
 
 def main() -> None:
