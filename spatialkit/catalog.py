@@ -197,3 +197,29 @@ register(NotebookSpec(
               low=0, high=256),
     ),
 ))
+
+# --- 06 -----------------------------------------------------------------------------------------
+register(NotebookSpec(
+    name="06_pin",
+    title="PIN: a positional insert unlocks localisation in a frozen VLM",
+    params=(
+        SEED,
+        DEVICE,
+        Param("organism", str, "quick", "frozen organism preset (spatialkit.organism.PRESETS), loaded from the checkpoint "
+              "store or trained; none of them was ever trained to output boxes", choices=("default", "quick", "smoke")),
+        Param("n_train_scenes", int, 1000, "PIN training scenes (train split; every object is one example)",
+              low=10, high=1_000_000),
+        Param("n_test_scenes", int, 300, "held-out test scenes for the box mIoU (every object is one example)",
+              low=5, high=100_000),
+        Param("steps", int, 600, "PIN optimizer steps (same for every variant)", low=1, high=1_000_000),
+        Param("batch_size", int, 64, "examples per step", low=1, high=8192),
+        Param("lr", float, 1e-2, "AdamW peak learning rate (warm-up, then cosine)", low=1e-6, high=1.0),
+        Param("hidden", int, 64, "width of the insert MLP", low=1, high=65_536),
+        Param("table_dim", int, 64, "width of the fixed sinusoidal grid table (a multiple of 4)",
+              choices=(16, 32, 64, 128, 256, 512)),
+        Param("n_what", int, 400, "WhereBench test 'what' items for the forget-free check", low=10, high=100_000),
+        Param("n_boot", int, 1000, "bootstrap resamples for the CIs", low=100, high=100_000),
+        Param("threads", int, 1, "torch CPU threads (0 = torch's default); 1 is fastest on a shared 2-core machine",
+              low=0, high=256),
+    ),
+))
