@@ -9,7 +9,7 @@ code; this module implements it from the paper's description (../shared/REFERENC
 - ``L_CLOC``: symmetric InfoNCE between *region* embeddings (the Prompter, prompted with a box) and their
   region captions; negatives = every region caption in the batch, minus near-duplicates of the positive.
 - ``L_grounding``: the Prompter prompted with a region caption's text embedding; a 2-layer GELU MLP
-  regresses that region's box (L2 loss on normalized corners).
+  regresses that region's box (L2 loss on the corners, in patch units).
 
 Design choices the paper leaves open, decided here (and said again in notebook 05):
 
@@ -30,6 +30,11 @@ Design choices the paper leaves open, decided here (and said again in notebook 0
   on by default; like SAM's dense positional encoding), so boxes and patches share one coordinate
   system. The ViT's patch tokens already carry learned positions, so this is a convenience (a short
   check at 300 steps saw no clear change in the region score); set it False for the bare design.
+- **Grounding loss units**: squared L2 distance between the predicted and true corner 4-vectors,
+  measured in *patch units* (a one-patch error on one corner coordinate costs 1). The paper does not give
+  the units; in image fractions the loss is ~64x smaller (8x8 patches), the clipped gradient is then
+  dominated by the two InfoNCE terms and, in our short runs, the box head never got past predicting the
+  average box. Patch units keep the three terms on comparable scales.
 - **RoI ablation**: region embeddings = projection of RoI-pooled patch tokens (no Prompter). Without a
   Prompter there is nothing to prompt with a caption, so this variant trains L_CLIP + lam * L_CLOC only.
 
@@ -398,8 +403,9 @@ class TinyCLIP(nn.Module):
             out["cloc"] = info_nce(reg, reg_txt, self.scale(), drop)
             extra = out["cloc"]
             if self.has_grounding:
-                # L2 loss: squared Euclidean distance between the 4 predicted and true corner coordinates
-                out["grounding"] = (self.ground(patches, reg_txt, owner) - boxes).pow(2).sum(-1).mean()
+                # L2 loss: squared distance between predicted and true corners, in patch units (see docstring)
+                error = (self.ground(patches, reg_txt, owner) - boxes) * self.image.grid
+                out["grounding"] = error.pow(2).sum(-1).mean()
                 extra = extra + out["grounding"]
             total = total + lam * extra
         out["total"] = total
