@@ -24,6 +24,10 @@ def register(spec: NotebookSpec) -> NotebookSpec:
     if spec.name in NOTEBOOKS:
         raise ValueError(f"notebook {spec.name} registered twice")
     NOTEBOOKS[spec.name] = spec
+    # Book order is the notebooks' numeric prefix, whatever order the entries below are written in.
+    ordered = sorted(NOTEBOOKS.items())
+    NOTEBOOKS.clear()
+    NOTEBOOKS.update(ordered)
     return spec
 
 
