@@ -2,9 +2,12 @@
 
     .venv/bin/python benchmarks/bench_shuffle_hook.py [--repeats 30] [--threads 1]
 
-Target: ratio <= 1.05. The two variants are timed interleaved (A B B A per round) and the ratio is the median
-of the per-round ratios, so load from other processes on a shared machine hits both alike. Models: an (untrained) default-size model
-organism batch of 16, and tiny Hugging Face Qwen2-VL / LLaVA models with a long visual sequence.
+Target: ratio <= 1.05. The two variants are timed interleaved (A B B A per round); the ratio is that of the
+two variants' fastest runs (the median of per-round ratios is printed too), so load from other processes on a
+shared machine hits both alike. On a heavily loaded machine both still wander by several per cent, so the hook's
+own work (the gather) is also timed alone: 1 + body/forward is the overhead without the machine's noise.
+Models: an (untrained) default-size model organism batch of 16, and tiny Hugging Face Qwen2-VL / LLaVA models
+with a long visual sequence.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ def hf_case(family: str, grid: tuple[int, int], llava_grid: int = 4):
 
 
 def time_pair(vlm, batch, repeats: int) -> tuple[float, float, float]:
-    """Median ms without / with the hook, and the median of per-round ratios (ABBA order per round)."""
+    """Fastest time without / with the hook (on a loaded machine the minimum is the least disturbed run), and
+    the median of per-round ratios (ABBA order per round)."""
     plain, hooked, ratios = [], [], []
 
     def run(hook: bool) -> float:
@@ -65,7 +69,21 @@ def time_pair(vlm, batch, repeats: int) -> tuple[float, float, float]:
         plain += [a1, a2]
         hooked += [b1, b2]
         ratios.append((b1 + b2) / (a1 + a2))
-    return statistics.median(plain), statistics.median(hooked), statistics.median(ratios)
+    return min(plain), min(hooked), statistics.median(ratios)
+
+
+def hook_body_ms(vlm, batch, repeats: int = 200) -> float:
+    """Median ms of the hook's own work (gather of the visual tokens) on this batch's real visual tokens: a
+    noise-free estimate of what the hook adds, next to the noisy end-to-end ratio."""
+    from spatialkit.interventions.shuffle import permute_visual_tokens
+
+    vt = vlm.visual_tokens(batch)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        permute_visual_tokens(vt, 1.0, 0)
+        times.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(times)
 
 
 def main():
@@ -75,13 +93,18 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cases = [organism_case(), hf_case("qwen2_vl", (16, 16)), hf_case("llava", (0, 0), llava_grid=16)]
-    worst = 0.0
-    print(f"{'model':40s} {'no hook ms':>11s} {'hook ms':>9s} {'ratio':>7s}")
+    worst = worst_body = 0.0
+    print(f"{'model':36s} {'min ms':>8s} {'min ms':>8s} {'ratio of':>9s} {'median of':>10s} {'hook body':>10s} {'1+body':>8s}")
+    print(f"{'':36s} {'no hook':>8s} {'hook':>8s} {'minima':>9s} {'rnd ratios':>10s} {'ms':>10s} {'/fwd':>8s}")
     for name, vlm, batch in cases:
-        plain, hooked, ratio = time_pair(vlm, batch, args.repeats)
-        worst = max(worst, ratio)
-        print(f"{name:40s} {1e3 * plain:11.2f} {1e3 * hooked:9.2f} {ratio:7.3f}")
-    print(f"worst ratio {worst:.3f} (target <= 1.05): {'OK' if worst <= 1.05 else 'ABOVE TARGET'}")
+        plain, hooked, round_ratio = time_pair(vlm, batch, args.repeats)
+        body = hook_body_ms(vlm, batch)
+        ratio = hooked / plain
+        worst, worst_body = max(worst, ratio), max(worst_body, 1 + body / (1e3 * plain))
+        print(f"{name:36s} {1e3 * plain:8.2f} {1e3 * hooked:8.2f} {ratio:9.3f} {round_ratio:10.3f} {body:10.3f} "
+              f"{1 + body / (1e3 * plain):8.4f}")
+    print(f"worst end-to-end ratio of minima {worst:.3f} (target <= 1.05): {'OK' if worst <= 1.05 else 'ABOVE TARGET'}"
+          f"; worst noise-free estimate {worst_body:.4f}: {'OK' if worst_body <= 1.05 else 'ABOVE TARGET'}")
 
 
 if __name__ == "__main__":
