@@ -152,3 +152,21 @@ def test_checkpoint_round_trip(vlm):
     loaded, m2 = P.load_or_train_pin(vlm, cfg, allow_train=False, progress=False)
     assert m1["history"] == m2["history"]
     assert all(torch.equal(x, y) for x, y in zip(trained.state_dict().values(), loaded.state_dict().values()))
+
+
+def test_greedy_decoding_matches_teacher_forcing(vlm, data):
+    """Feeding the greedy coordinates back as the answer, every step's loc-restricted argmax is that coordinate."""
+    pin, _ = P.train_pin(vlm, P.PinConfig(n_train_scenes=40, steps=10, batch_size=8, lr=1e-2), data=data, progress=False)
+    subset = P.LocationSet(data.images, data.image_index[:12], data.prompts[:12], data.boxes[:12], data.bins[:12],
+                           data.image_size, data.n_bins)
+    readout = pin.readout_weight(vlm.model.lm_head.weight)
+    with pin.applied(vlm):
+        bins = P.predict_boxes(vlm, subset, readout, batch_size=5)
+        ids, kind, tgt = P._sequences(vlm, subset.prompts, bins)
+        with torch.no_grad():
+            visual = vlm.visual_tokens(vlm.prepare(subset.images[subset.image_index], ["a"] * len(subset))).tokens
+            hidden = vlm.model.hidden(None, ids, kind, visual=visual)
+    loc_ids = P.loc_token_ids(vlm.vocab)
+    has = tgt != -100
+    forced = (hidden[has] @ readout[loc_ids].T).argmax(-1).view(len(subset), 4)
+    assert torch.equal(forced, torch.from_numpy(bins))
