@@ -35,9 +35,9 @@ def main() -> None:
                                    ("seed", args.seed)) if v is not None}
     cfg = preset(args.preset, **overrides)
     load_before = os.getloadavg()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     model, vocab, metrics = train(cfg, threads=args.threads, progress=True)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     load_after = os.getloadavg()
     train_s = metrics["timing"]["total_s"] - metrics["timing"]["data_s"]
 
@@ -48,6 +48,8 @@ def main() -> None:
     print(f"\norganism preset={args.preset} overrides={overrides} threads={torch.get_num_threads() if args.threads is None else args.threads}")
     print(f"steps run {metrics['steps_run']} / {cfg.steps} (early stop: {metrics['stopped_early']}), "
           f"{metrics['steps_run'] / train_s:.2f} steps/s, batch {cfg.batch_size}")
+    print(f"CPU time {cpu:.1f} s (process time, all threads; on a loaded machine the honest estimate of the "
+          f"time on free cores)")
     print(f"wall time {wall:.1f} s (data {metrics['timing']['data_s']:.1f} s); load average before "
           f"{load_before[0]:.1f}, after {load_after[0]:.1f} on {os.cpu_count()} cores")
     print("val history:")

@@ -184,6 +184,13 @@ PRESETS: dict[str, SceneConfig] = {
     "organism": SceneConfig(image_size=48, min_objects=2, max_objects=2, occlusion=False, ground=False,
                             backgrounds=PLAIN_BACKGROUNDS, min_size=0.3, max_size=0.4, depth_scale=0.0,
                             accessory_prob=0.0),
+    # Easier organism world for the quick/default tiny VLMs (issue 3's learning bars): 5 visually distinct
+    # kinds x 4 saturated colours, larger sprites, one plain background. 5 kinds is the fewest that keeps the
+    # identity question (it needs 3 absent kinds as distractors with 2 objects).
+    "organism_easy": SceneConfig(image_size=48, min_objects=2, max_objects=2, kinds=("ball", "box", "tree", "car", "cup"),
+                                 colors=("red", "green", "blue", "yellow"), occlusion=False, ground=False,
+                                 backgrounds=("gray",), min_size=0.36, max_size=0.44, depth_scale=0.0,
+                                 accessory_prob=0.0),
     # The book's world: 2-3 objects with occlusion and perspective, all backgrounds, some clutter.
     "book": SceneConfig(image_size=128, min_objects=2, max_objects=3, distractors=2),
     # Free 2D layout with occlusion: depth only from draw order, for 2D-vs-depth comparisons.
