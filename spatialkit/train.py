@@ -171,12 +171,16 @@ def validate(cfg: OrganismConfig) -> None:
 # 9 kinds x 8 colours "organism" world was clearly harder for these tiny models at equal compute), with the
 # linear ViT stem (cheaper than the conv stem, no measurable accuracy difference at this budget) and 4 questions
 # per sampled scene (the ViT runs once per image: ~25% cheaper steps).
-# "quick": 1200 steps of batch 32, about 50 s of one CPU core. Measured (test split, seed 0): "what" ~0.66
-#   (count 1.0, colour ~0.64, identity ~0.49, presence ~0.5 = chance), where_two ~0.50 (chance 0.25). Every
-#   variant tried at this budget (lr 5e-4..3e-3, conv stem, 3 ViT/LM layers, d_vis 96, 6 px / 12 px patches,
+# "quick": 1200 steps of batch 32, ~56-58 s CPU time of one thread (wall 256-286 s on the loaded machine).
+#   Measured on the test split (67 items per task; benchmarks/bench_organism.py --preset quick --threads 1):
+#   seed 0: colour 0.73, identity 0.49, presence 0.49 (chance 0.5), count 1.00, where_one 0.58, where_two 0.41;
+#   seed 1: colour 0.76, identity 0.46, presence 0.60, count 1.00, where_one 0.53, where_two 0.49;
+#   spatial_fraction=0 (seed 0): where_two 0.24, where_one 0.26 = chance, what unchanged.
+#   Every variant tried at this budget (lr 5e-4..3e-3, conv stem, 3 LM layers, d_vis 96, 6 / 12 px patches,
 #   caption share 0.3) landed on the same plateau: presence and kind identity are the bottleneck.
 # "default": the prototype's budget (3000 x 128, one-cycle peak 1e-3), aimed at the issue-3 bars (what >= 95%,
-#   where_two >= 90%, <= 5 min on 2 cores) -- NOT measured: no run of it finished on the loaded machine.
+#   where_two >= 90%, <= 5 min on 2 cores) -- NOT measured: no run of it finished on the loaded machine. From
+#   quick's cost (~1.4 ms CPU per example) it needs ~9 min of one core, so ~5 min only if 2 threads scale well.
 # "smoke" takes seconds and only checks that the machinery runs.
 _EASY = dict(scene_preset="organism_easy", vision_stem="linear", examples_per_image=4)
 PRESETS: dict[str, dict] = {

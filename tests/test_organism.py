@@ -231,14 +231,15 @@ def test_load_or_train_round_trip_and_interrupted_training(tmp_path, monkeypatch
 def test_small_organism_learns_what_and_where():
     """Learning threshold on the "quick" organism (about a minute of one CPU core): colour and kind-identity
     questions and two-object "where" questions are answered clearly above their 1/4 chance on the held-out test
-    split (67 items per task, so 0.40 is ~3 standard errors above chance). Presence (yes/no) is still at chance
+    split (66-67 items per task: 0.35 is ~2 standard errors above chance; seed 0 measured where_two 0.41, colour
+    0.73, identity 0.49, and 0.24 on where_two with spatial_fraction=0). Presence (yes/no) is still at chance
     at this budget and is not asserted; the issue-3 bars (what >= 95%, where_two >= 90%) are for the "default"
     preset and are measured by benchmarks/bench_organism.py, not here."""
     cfg = preset("quick")
     model, vocab, metrics = train(cfg, progress=False)
     vlm = OrganismVLM(model, vocab, cfg)
     acc = accuracy_by_task(evaluate(vlm, wherebench(cfg), "test")).set_index("task")["accuracy"]
-    assert acc["where_two"] >= 0.40, acc
-    assert acc["color"] >= 0.45, acc
+    assert acc["where_two"] >= 0.35, acc
+    assert acc["color"] >= 0.5, acc
     assert acc["identity"] >= 0.35, acc
     assert acc["count"] >= 0.9, acc  # always two objects: the answer prior alone must be learned
