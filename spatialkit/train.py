@@ -177,7 +177,8 @@ def validate(cfg: OrganismConfig) -> None:
 #   seed 1: colour 0.76, identity 0.46, presence 0.60, count 1.00, where_one 0.53, where_two 0.49;
 #   spatial_fraction=0 (seed 0): where_two 0.24, where_one 0.26 = chance, what unchanged.
 #   Every variant tried at this budget (lr 5e-4..3e-3, conv stem, 3 LM layers, d_vis 96, 6 / 12 px patches,
-#   caption share 0.3) landed on the same plateau: presence and kind identity are the bottleneck.
+#   caption share 0.3) landed on the same plateau: presence and kind identity are the bottleneck. Doubling
+#   quick to 2400 steps (97 s CPU, seed 0) barely moves it: colour 0.70, identity 0.49, presence 0.54, where_two 0.50.
 # "default": the prototype's budget (3000 x 128, one-cycle peak 1e-3), aimed at the issue-3 bars (what >= 95%,
 #   where_two >= 90%, <= 5 min on 2 cores) -- NOT measured: no run of it finished on the loaded machine. From
 #   quick's cost (~1.4 ms CPU per example) it needs ~9 min of one core, so ~5 min only if 2 threads scale well.
