@@ -243,3 +243,14 @@ def test_small_organism_learns_what_and_where():
     assert acc["color"] >= 0.5, acc
     assert acc["identity"] >= 0.35, acc
     assert acc["count"] >= 0.9, acc  # always two objects: the answer prior alone must be learned
+
+
+def test_code_version_ignores_comments_and_docstrings_but_not_code():
+    from spatialkit.organism import _code_fingerprint
+
+    original = 'def f(x):\n    """doc"""\n    return x + 1  # one\n'
+    reworded = 'def f(x):\n    """other doc"""\n\n    # a comment\n    return x + 1\n'
+    changed = 'def f(x):\n    return x + 2\n'
+    assert _code_fingerprint(original) == _code_fingerprint(reworded)
+    assert _code_fingerprint(original) != _code_fingerprint(changed)
+    assert len(code_version()) == 16
