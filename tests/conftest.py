@@ -10,3 +10,18 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # (and never leak into the user's own cache).
 if "SPATIALKIT_CACHE" not in os.environ:
     os.environ["SPATIALKIT_CACHE"] = tempfile.mkdtemp(prefix="spatialkit-test-cache-")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads; on a shared 2-core machine extra threads only add
+    contention (several times slower). Notebook smoke runs use their own kernels and are unaffected."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -18,14 +18,6 @@ ALPHAS = (0.5, 2.0)
 TOL = 1e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models on a shared 2-core box: threads only add contention
-    yield
-    torch.set_num_threads(previous)
-
-
 # --------------------------------------------------------------------------------------------------
 # models: random weights attend uniformly, so sharpen q/k (the scaling has a visible effect)
 

@@ -15,14 +15,6 @@ from spatialkit.vlm import AttnCall, TokenKind
 PROMPTS = ["Where is the red square in relation to the blue circle?", "What colour?"]  # different lengths
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models on a shared 2-core box: threads only add contention
-    yield
-    torch.set_num_threads(previous)
-
-
 # --------------------------------------------------------------------------------------------------
 # the organism, against an explicit eager reference
 

@@ -31,15 +31,6 @@ def sharpen(model, factor=6.0):
                     p.mul_(factor)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models gain nothing from intra-op threads; on a shared 2-core box they only add contention.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module", params=FAMILIES)
 def family(request):
     return request.param

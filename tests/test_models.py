@@ -11,14 +11,6 @@ from spatialkit.train import OrganismConfig, preset
 from spatialkit.vlm import TokenKind
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # the test machine is shared: oversubscribed threads are far slower
-    yield
-    torch.set_num_threads(old)
-
-
 def test_tokenize_and_vocab_roundtrip():
     assert tokenize("Where is the red chick relative to the cup?") == \
         ["where", "is", "the", "red", "chick", "relative", "to", "the", "cup", "?"]

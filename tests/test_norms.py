@@ -14,36 +14,13 @@ from spatialkit.interventions import (loudness_ratio, normalize_visual_norms, po
 from spatialkit.interventions.norms import PAPER_CLIP, PAPER_GAIN, hidden_states
 from spatialkit.vlm import VisualTokens
 
-KINDS = ("organism", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+from tests.kinds import MODEL_KINDS as KINDS, tiny_case
 
 
 @pytest.fixture(scope="module", params=KINDS)
 def case(request):
-    kind = request.param
-    rng = np.random.default_rng(0)
-    if kind == "organism":
-        from spatialkit.organism import load_or_train, preset
-
-        vlm = load_or_train(preset("smoke"), progress=False)
-        size = vlm.model.cfg.image_size
-        images = rng.integers(0, 256, (2, size, size, 3), dtype=np.uint8)
-        prompts = ["where is the chick ?", "what color is the cup ?"]
-    else:
-        from spatialkit import hf_tiny
-
-        vlm = hf_tiny.tiny_vlm(kind, seed=0)
-        h, w = hf_tiny.image_size(kind, grid=(2, 3))
-        images = list(rng.integers(0, 256, (2, h, w, 3), dtype=np.uint8))
-        prompts = ["where is the red cup", "what colour is the dog"]
-    return kind, vlm, vlm.prepare(images, prompts)
+    """(kind, vlm, batch) with position-dependent images (random pixels: every patch differs)."""
+    return tiny_case(request.param)
 
 
 # -- the math ----------------------------------------------------------------------------------------

@@ -16,14 +16,6 @@ from spatialkit.train import train
 from spatialkit.vlm import TokenKind, VisualTokens
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # the test machine is shared: oversubscribed threads are far slower
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def smoke():
     """A smoke organism trained once for this module (seconds)."""

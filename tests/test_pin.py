@@ -13,14 +13,6 @@ from spatialkit.models import state_dict_sha256
 from spatialkit.train import scene_config
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def vlm():
     from spatialkit.organism import load_or_train, preset

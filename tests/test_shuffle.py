@@ -12,16 +12,7 @@ from spatialkit.interventions.norms import hidden_states
 from spatialkit.interventions.shuffle import batch_index
 from spatialkit.vlm import TokenKind
 
-KINDS = ("organism", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny models run several times faster on one thread on a shared machine
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+from tests.kinds import MODEL_KINDS as KINDS, tiny_case
 
 
 def _organism():
@@ -32,22 +23,8 @@ def _organism():
 
 @pytest.fixture(scope="module", params=KINDS)
 def case(request):
-    """(vlm, batch) with position-dependent images (random pixels: every patch differs)."""
-    kind = request.param
-    rng = np.random.default_rng(0)
-    if kind == "organism":
-        vlm = _organism()
-        size = vlm.model.cfg.image_size
-        images = rng.integers(0, 256, (2, size, size, 3), dtype=np.uint8)
-        prompts = ["where is the chick ?", "what color is the cup ?"]
-    else:
-        from spatialkit import hf_tiny
-
-        vlm = hf_tiny.tiny_vlm(kind, seed=0)
-        h, w = hf_tiny.image_size(kind, grid=(2, 3))
-        images = list(rng.integers(0, 256, (2, h, w, 3), dtype=np.uint8))
-        prompts = ["where is the red cup", "what colour is the dog"]
-    return kind, vlm, vlm.prepare(images, prompts)
+    """(kind, vlm, batch) with position-dependent images (random pixels: every patch differs)."""
+    return tiny_case(request.param)
 
 
 def _visual_hooks_idle(vlm) -> bool:

@@ -1,0 +1,26 @@
+"""The five model kinds every intervention is tested on, with a small position-dependent batch for each."""
+
+import numpy as np
+
+MODEL_KINDS = ("organism", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava")
+
+
+def tiny_case(kind: str):
+    """(kind, vlm, batch): the smoke organism or a tiny random HF model, and two random-pixel images (every
+    patch differs, so moving visual tokens changes what the LM sees) with prompts of different lengths."""
+    rng = np.random.default_rng(0)
+    if kind == "organism":
+        from spatialkit.organism import load_or_train, preset
+
+        vlm = load_or_train(preset("smoke"), progress=False)
+        size = vlm.model.cfg.image_size
+        images = rng.integers(0, 256, (2, size, size, 3), dtype=np.uint8)
+        prompts = ["where is the chick ?", "what color is the cup ?"]
+    else:
+        from spatialkit import hf_tiny
+
+        vlm = hf_tiny.tiny_vlm(kind, seed=0)
+        h, w = hf_tiny.image_size(kind, grid=(2, 3))
+        images = list(rng.integers(0, 256, (2, h, w, 3), dtype=np.uint8))
+        prompts = ["where is the red cup", "what colour is the dog"]
+    return kind, vlm, vlm.prepare(images, prompts)
