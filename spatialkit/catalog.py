@@ -17,6 +17,10 @@ MODEL = Param(
     choices=("tiny",), allow_other=True,
 )
 
+N_BOOT = Param("n_boot", int, 1000, "bootstrap resamples for the CIs", low=100, high=100_000)
+THREADS = Param("threads", int, 1, "torch CPU threads (0 = torch's default); 1 is fastest on a shared 2-core machine",
+                low=0, high=256)
+
 NOTEBOOKS: dict[str, NotebookSpec] = {}
 
 
@@ -76,9 +80,8 @@ register(NotebookSpec(
         Param("theta", float, 100.0, "RoPE base: frequencies theta^(-2f/d); small grids need a small base",
               low=1.0, high=1e7),
         Param("kernel_grid", int, 8, "grid side for the similarity heatmaps and rank correlations", low=2, high=32),
-        Param("n_boot", int, 1000, "bootstrap resamples for the CIs", low=100, high=100_000),
-        Param("threads", int, 1, "torch CPU threads (0 = torch's default); 1 is fastest on a shared 2-core machine",
-              low=0, high=256),
+        N_BOOT,
+        THREADS,
     ),
 ))
 
@@ -104,9 +107,8 @@ register(NotebookSpec(
         Param("embed_dim", int, 64, "dimension of the shared CLIP space", low=8, high=2048),
         Param("lr", float, 1e-3, "AdamW peak learning rate", low=1e-6, high=1.0),
         Param("n_seeds", int, 1, "training seeds per model (seed, seed+1, ...)", low=1, high=10),
-        Param("n_boot", int, 1000, "bootstrap resamples for the CIs", low=100, high=100_000),
-        Param("threads", int, 1, "torch CPU threads (0 = torch's default); 1 is fastest on a shared 2-core machine",
-              low=0, high=256),
+        N_BOOT,
+        THREADS,
     ),
 ))
 
@@ -128,9 +130,8 @@ register(NotebookSpec(
         Param("image_size", int, 224, "scene size in pixels for an HF model (the organism uses its own)",
               low=56, high=1024),
         Param("batch_size", int, 64, "prompts per forward pass", low=1, high=4096),
-        Param("n_boot", int, 1000, "bootstrap resamples for the CIs", low=100, high=100_000),
-        Param("threads", int, 1, "torch CPU threads (0 = torch's default); 1 is fastest on a shared 2-core machine",
-              low=0, high=256),
+        N_BOOT,
+        THREADS,
     ),
 ))
 
@@ -161,9 +162,8 @@ register(NotebookSpec(
         Param("n_norm_images", int, 32, "test images for the per-layer norm measurements", low=2, high=4096),
         Param("image_size", int, 224, "scene size in pixels for an HF model (the organism uses its own)",
               low=56, high=1024),
-        Param("n_boot", int, 1000, "bootstrap resamples for the CIs", low=100, high=100_000),
-        Param("threads", int, 1, "torch CPU threads (0 = torch's default); 1 is fastest on a shared 2-core machine",
-              low=0, high=256),
+        N_BOOT,
+        THREADS,
     ),
 ))
 
@@ -196,9 +196,8 @@ register(NotebookSpec(
         Param("image_size", int, 224, "scene size in pixels for an HF model (the organism uses its own)",
               low=56, high=1024),
         Param("batch_size", int, 64, "prompts per generation call", low=1, high=4096),
-        Param("n_boot", int, 1000, "bootstrap resamples for the CIs", low=100, high=100_000),
-        Param("threads", int, 1, "torch CPU threads (0 = torch's default); 1 is fastest on a shared 2-core machine",
-              low=0, high=256),
+        N_BOOT,
+        THREADS,
     ),
 ))
 
@@ -222,8 +221,7 @@ register(NotebookSpec(
         Param("table_dim", int, 64, "width of the fixed sinusoidal grid table (a multiple of 4)",
               choices=(16, 32, 64, 128, 256, 512)),
         Param("n_what", int, 400, "WhereBench test 'what' items for the forget-free check", low=10, high=100_000),
-        Param("n_boot", int, 1000, "bootstrap resamples for the CIs", low=100, high=100_000),
-        Param("threads", int, 1, "torch CPU threads (0 = torch's default); 1 is fastest on a shared 2-core machine",
-              low=0, high=256),
+        N_BOOT,
+        THREADS,
     ),
 ))
