@@ -254,23 +254,15 @@ def _execute(nb, cwd: Path, timeout: float):
     failure to start one is returned as a problem string, never raised."""
     from nbgrader.preprocessors import Execute
 
-    saved = {k: os.environ.get(k) for k in ("JUPYTER_PATH", "MPLBACKEND")}
-    # This environment's kernel "python3" (registered with --sys-prefix), as the runner does.
-    own = str(Path(sys.prefix) / "share" / "jupyter")
-    os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in (own, saved["JUPYTER_PATH"]) if p)
-    os.environ["MPLBACKEND"] = "Agg"  # figures are irrelevant for grading
+    from spatialkit.runner import kernel_environment
+
     executor = Execute(timeout=int(timeout), kernel_name=KERNEL, allow_errors=True, interrupt_on_timeout=True)
     try:
-        nb, _ = executor.preprocess(nb, {"metadata": {"path": str(cwd)}})
+        with kernel_environment("Agg"):  # figures are irrelevant for grading
+            nb, _ = executor.preprocess(nb, {"metadata": {"path": str(cwd)}})
         return nb, ""
     except Exception as err:  # DeadKernelError, kernel start failure, ...
         return nb, f"execution stopped: {type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def grade(

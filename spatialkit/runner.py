@@ -13,6 +13,7 @@ The pipeline, in order:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -227,17 +228,12 @@ def execute(job: Job, out_dir: Path, *, force: bool = False, pkg_hash: str | Non
     # A stale copy must never be mistaken for the new run's result.
     key_path(out_dir, job.name).unlink(missing_ok=True)
     start = time.perf_counter()
-    saved = {k: os.environ.get(k) for k in ("MPLBACKEND", "JUPYTER_PATH")}
-    os.environ["MPLBACKEND"] = INLINE_BACKEND
-    # Kernel "python3" must be this environment's (registered by `make` with --sys-prefix), not a
-    # same-named kernel in the user's ~/.local/share/jupyter, which Jupyter would otherwise prefer.
-    own = str(Path(sys.prefix) / "share" / "jupyter")
-    os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in (own, saved["JUPYTER_PATH"]) if p)
     try:
-        papermill.execute_notebook(
-            str(job.path), str(running), parameters=job.params, kernel_name=KERNEL,
-            cwd=str(job.path.parent), progress_bar=False, log_output=False,
-        )
+        with kernel_environment(INLINE_BACKEND):
+            papermill.execute_notebook(
+                str(job.path), str(running), parameters=job.params, kernel_name=KERNEL,
+                cwd=str(job.path.parent), progress_bar=False, log_output=False,
+            )
     except Exception as err:  # PapermillExecutionError, dead kernel, missing kernel ...
         seconds = time.perf_counter() - start
         failed_dir.mkdir(parents=True, exist_ok=True)
@@ -246,17 +242,34 @@ def execute(job: Job, out_dir: Path, *, force: bool = False, pkg_hash: str | Non
             os.replace(running, kept)
         final.unlink(missing_ok=True)
         return Result(job.name, "failed", seconds, describe_failure(err, job.name), output=kept)
+    seconds = time.perf_counter() - start
+    os.replace(running, final)
+    (failed_dir / f"{job.name}.ipynb").unlink(missing_ok=True)
+    _write_atomic(key_path(out_dir, job.name), key.encode() + b"\n")
+    return Result(job.name, "ok", seconds, output=final)
+
+
+
+@contextlib.contextmanager
+def kernel_environment(mplbackend: str):
+    """Environment for a kernel started from here, restored on exit (also on error).
+
+    Kernel "python3" must be this environment's (registered by `make` with --sys-prefix), not a same-named
+    kernel in the user's ~/.local/share/jupyter, which Jupyter would otherwise prefer; ``mplbackend`` picks
+    how figures come out (inline PNG for the book, Agg for grading).
+    """
+    saved = {k: os.environ.get(k) for k in ("MPLBACKEND", "JUPYTER_PATH")}
+    own = str(Path(sys.prefix) / "share" / "jupyter")
+    os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in (own, saved["JUPYTER_PATH"]) if p)
+    os.environ["MPLBACKEND"] = mplbackend
+    try:
+        yield
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    seconds = time.perf_counter() - start
-    os.replace(running, final)
-    (failed_dir / f"{job.name}.ipynb").unlink(missing_ok=True)
-    _write_atomic(key_path(out_dir, job.name), key.encode() + b"\n")
-    return Result(job.name, "ok", seconds, output=final)
 
 
 def run(
