@@ -296,7 +296,7 @@ def load_or_train(config: OrganismConfig | str = "default", allow_train: bool = 
     built: dict = {}
 
     def do_train():
-        model, vocab, metrics = train(cfg, progress=progress)
+        model, vocab, metrics = train(cfg, progress=progress, cache_vision=True)
         built.update(model=model, vocab=vocab)
         return model.state_dict(), {**metrics, "vocab": vocab.words}
 

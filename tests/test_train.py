@@ -1,0 +1,144 @@
+"""The organism trainer's parts: packed rows, the stage-1 vision encoder (and its cache), the sampler, the
+prefix-LM mask, and the model's init."""
+
+import numpy as np
+import pytest
+import torch
+
+from spatialkit import checkpoints
+from spatialkit.models import ANS, SPECIALS, ModelConfig, TinyVLM, prefix_lm_mask, state_dict_sha256, to_pixels
+from spatialkit.train import (assemble, assemble_packed, build_pool, build_vocab, caption_word_bags, preset,
+                              sample_batch, train, vision_stage_config)
+from spatialkit.vlm import TokenKind
+
+
+@pytest.fixture(scope="module")
+def smoke_data():
+    cfg = preset("smoke")
+    vocab = build_vocab(cfg)
+    return cfg, vocab, build_pool(cfg, vocab)
+
+
+@pytest.mark.parametrize("lm_posenc", ["rope1d", "mrope", "learned", "none"])
+@pytest.mark.parametrize("with_system", [False, True])
+def test_packed_rows_compute_every_question_as_if_alone(smoke_data, lm_posenc, with_system):
+    cfg, vocab, pool = smoke_data
+    cfg = cfg.replace(lm_posenc=lm_posenc)
+    torch.manual_seed(0)
+    model = TinyVLM(cfg.model_config(len(vocab))).eval()
+    n = cfg.grid[0] * cfg.grid[1]
+    groups = [np.flatnonzero(pool.image_index == 0)[:4], np.flatnonzero(pool.image_index == 1)[:3]]
+    with torch.no_grad():
+        tokens = model.encode_image(to_pixels(pool.images[[0, 1]]))
+        ids, kind, tgt, pos, mask = assemble_packed(vocab, n, groups, pool.tails, pool.targets, with_system)
+        positions = model.positions(kind).gather(1, pos[..., None].expand(-1, -1, 3))
+        packed = model.lm_head(model.hidden(None, ids, kind, visual=tokens.flatten(0, 1), positions=positions,
+                                            attn_mask=mask))
+        rows = np.concatenate(groups)
+        owner = torch.tensor([0] * len(groups[0]) + [1] * len(groups[1]))
+        ids1, kind1, tgt1 = assemble(vocab, n, pool.tails[rows], pool.targets[rows], np.full(len(rows), with_system))
+        alone = model.lm_head(model.hidden(None, ids1, kind1, visual=tokens[owner].flatten(0, 1)))
+    assert torch.equal(tgt[tgt != -100], tgt1[tgt1 != -100])  # the same supervised tokens, in the same order
+    assert torch.allclose(packed[tgt != -100], alone[tgt1 != -100], atol=1e-5)
+    # a question never sees another question of its row, and every question sees the whole image
+    prefix = n + (len(vocab.encode(__import__("spatialkit.models").models.SYSTEM_PROMPT)) if with_system else 0)
+    first = int((pool.tails[groups[0][0]] != vocab["<pad>"]).sum())
+    assert not mask[0, 0, prefix + first:, prefix: prefix + first].any()
+    assert mask[0, 0, prefix:, prefix - n: prefix][kind[0, prefix:] == TokenKind.TEXT].all()
+
+
+def test_packed_training_is_rejected_for_a_prefix_lm():
+    with pytest.raises(ValueError, match="packed=True needs lm_attention='causal'"):
+        preset("smoke", lm_attention="prefix")
+    assert preset("smoke", lm_attention="prefix", packed=False).lm_attention == "prefix"
+    with pytest.raises(ValueError, match="vision_pretrain_pool"):
+        preset("smoke", vision_pretrain_pool="sum")
+    with pytest.raises(ValueError, match="vision_lr_scale"):
+        preset("smoke", vision_lr_scale=-1.0)
+
+
+def test_prefix_lm_mask_and_model():
+    ans = SPECIALS.index(ANS)
+    ids = torch.tensor([[2, 2, 9, ans, 7, 8], [2, 2, ans, 7, 0, 0]])
+    m = prefix_lm_mask(ids)[:, 0]
+    assert m[0, :4, :4].all() and not m[0, 3, 4] and m[0, 5, :6].all() and not m[0, 4, 5]
+    assert m[1, 0, 2] and not m[1, 0, 3]  # image sees the prompt up to <ans>, not the answer
+    cfg = ModelConfig(vocab_size=40, image_size=32, patch_size=8, vision_dim=32, lm_dim=32, vision_heads=2,
+                      lm_heads=2, vision_layers=1, lm_layers=2, lm_attention="prefix")
+    torch.manual_seed(0)
+    model = TinyVLM(cfg).eval()
+    n = 16
+    ids = torch.tensor([[2] * n + [9, 10, ans, 11, 12]])
+    kind = torch.tensor([[int(TokenKind.IMAGE)] * n + [int(TokenKind.TEXT)] * 5])
+    pixels = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        base = model.hidden(pixels, ids, kind)
+        other_question = ids.clone()
+        other_question[0, n] = 13
+        other_answer = ids.clone()
+        other_answer[0, -1] = 13
+        # image tokens read the question (prefix-LM) but nothing before the answer reads the answer
+        assert not torch.allclose(model.hidden(pixels, other_question, kind)[0, :n], base[0, :n])
+        assert torch.allclose(model.hidden(pixels, other_answer, kind)[0, :-1], base[0, :-1], atol=1e-6)
+        # a cached decode step equals the full forward
+        cache = model.new_cache()
+        model.hidden(pixels, ids[:, :-1], kind[:, :-1], cache=cache)
+        pos = model.positions(kind)[:, -1:]
+        step = model.hidden(None, ids[:, -1:], kind[:, -1:], cache=cache, positions=pos)
+    assert torch.allclose(step[0, 0], base[0, -1], atol=1e-5)
+    with pytest.raises(ValueError, match="lm_attention"):
+        TinyVLM(ModelConfig(vocab_size=40, lm_attention="bidirectional"))
+
+
+def test_sampler_draws_an_images_questions_without_replacement(smoke_data):
+    cfg, _, pool = smoke_data
+    cfg = cfg.replace(examples_per_image=8, batch_size=64, spatial_fraction=0.0, caption_fraction=0.0)
+    idx = sample_batch(cfg, pool, np.random.default_rng(0))
+    for start in range(0, 64, 8):
+        rows = idx[start: start + 8]
+        image = pool.image_index[rows[0]]
+        assert (pool.image_index[rows] == image).all()
+        n_what = len(pool.by_image_family[(int(image), 1)])
+        # no question repeats before all of the image's what-questions were drawn
+        assert len(set(rows.tolist())) == min(8, n_what) or len(set(rows.tolist())) >= n_what
+
+
+def test_caption_word_bags_hold_content_words_only(smoke_data):
+    _, vocab, pool = smoke_data
+    bags = caption_word_bags(pool, vocab)
+    assert bags.shape == (len(pool.images), len(vocab))
+    words = {vocab.words[i] for i in bags.sum(0).nonzero().flatten().tolist()}
+    assert not words & {"a", "and", ",", "<eos>"}
+    assert {"red", "ball"} & words
+    assert (bags.sum(1) >= 2).all()  # at least one kind and one colour per image
+
+
+def test_vision_stage_is_cached_shared_and_identical(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPATIALKIT_CACHE", str(tmp_path))
+    cfg = preset("smoke", steps=3, eval_every=3)
+    plain, _, m_plain = train(cfg, progress=False)
+    cached, _, m_cached = train(cfg, progress=False, cache_vision=True)
+    assert state_dict_sha256(cached) == state_dict_sha256(plain)
+    assert m_cached["vision_pretrain_final_loss"] == m_plain["vision_pretrain_final_loss"]
+    folders = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert len(folders) == 1 and folders[0].startswith("vision-")
+    # an organism that differs only after stage 1 reuses the encoder; the stage-1 result does not depend on it
+    other = cfg.replace(spatial_fraction=0.2, lm_layers=2)
+    assert vision_stage_config(other) == vision_stage_config(cfg)
+    model, _, _ = train(other, progress=False, cache_vision=True)
+    assert len(list((tmp_path / "checkpoints").iterdir())) == 1
+    vision = lambda m: {k: v for k, v in m.state_dict().items() if k.startswith("vision.")}  # noqa: E731
+    assert all(torch.equal(vision(model)[k], vision(plain)[k]) for k in vision(plain))
+    # the frozen encoder is handed back as a normal trainable module
+    assert all(p.requires_grad for p in model.parameters())
+    assert vision_stage_config(cfg.replace(seed=1)) != vision_stage_config(cfg)
+    key = checkpoints.config_key(vision_stage_config(cfg), __import__("spatialkit.organism").organism.code_version())
+    assert (tmp_path / "checkpoints" / f"vision-{key}").exists()
+
+
+def test_init_is_fan_in_scaled():
+    torch.manual_seed(0)
+    model = TinyVLM(ModelConfig(vocab_size=40, lm_dim=64, vision_dim=64))
+    w = model.blocks[0].attn.qkv.weight
+    assert abs(float(w.detach().std()) - 64 ** -0.5) < 0.02
+    assert abs(float(model.tok_emb.weight.detach().std()) - 1.0) < 0.1
