@@ -221,20 +221,21 @@ def test_load_or_train_round_trip_and_interrupted_training(tmp_path, monkeypatch
 
 @pytest.mark.slow
 def test_small_organism_learns_what_and_where():
-    """Learning threshold on the "quick" organism (about a minute of one CPU core): colour and kind-identity
-    questions and two-object "where" questions are answered clearly above their 1/4 chance on the held-out test
-    split (66-67 items per task: 0.35 is ~2 standard errors above chance; seed 0 measured where_two 0.41, colour
-    0.73, identity 0.49, and 0.24 on where_two with spatial_fraction=0). Presence (yes/no) is still at chance
-    at this budget and is not asserted; the issue-3 bars (what >= 95%, where_two >= 90%) are for the "default"
-    preset and are measured by benchmarks/bench_organism.py, not here."""
+    """Learning threshold on the "quick" organism (about two minutes of one CPU core, both stages): on the
+    held-out test split (66-67 items per task) it answers "what" and two-object "where" questions well above
+    chance (1/4; presence 1/2). Measured (benchmarks/bench_organism.py --preset quick, seed 0): what 0.910
+    (colour 0.672: colour binding is learned last), where_two 0.909. The issue-3 bars (what >= 95%, where_two >= 90%) are for the "default" preset and are
+    measured by the benchmark, not here; the thresholds below leave room for seed and platform noise."""
     cfg = preset("quick")
     model, vocab, metrics = train(cfg, progress=False)
     vlm = OrganismVLM(model, vocab, cfg)
-    acc = accuracy_by_task(evaluate(vlm, wherebench(cfg), "test")).set_index("task")["accuracy"]
-    assert acc["where_two"] >= 0.35, acc
-    assert acc["color"] >= 0.5, acc
-    assert acc["identity"] >= 0.35, acc
+    df = evaluate(vlm, wherebench(cfg), "test")
+    acc = accuracy_by_task(df).set_index("task")["accuracy"]
+    assert accuracy_by_family(df)["what"] >= 0.8, acc
+    assert acc["where_two"] >= 0.7, acc
+    assert acc["presence"] >= 0.85 and acc["identity"] >= 0.85, acc
     assert acc["count"] >= 0.9, acc  # always two objects: the answer prior alone must be learned
+    assert metrics["vision_pretrain_final_loss"] < 0.2, metrics["vision_pretrain_final_loss"]
 
 
 def test_code_version_ignores_comments_and_docstrings_but_not_code():
