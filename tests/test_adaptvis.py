@@ -33,7 +33,8 @@ def organism(vocab, lm_posenc="rope1d", seed=0):
     model = TinyVLM(cfg.model_config(len(vocab))).eval()
     with torch.no_grad():
         for block in model.blocks:
-            block.attn.qkv.weight[: 2 * cfg.lm_dim].mul_(30.0)
+            qk = block.attn.qkv.weight[: 2 * cfg.lm_dim]
+            qk.mul_(0.6 / qk.std())
     return OrganismVLM(model, vocab, cfg)
 
 
@@ -111,15 +112,17 @@ def test_scaling_vis_logits_and_tokens_equal_reference(model_and_inputs):
     assert torch.equal(vlm.logits(batch), base)  # hooks gone
 
 
-def sharpen_head(vlm, factor):
-    """Random weights answer with ~1/V confidence; a sharper LM head spreads confidences over [0, 1]."""
+def sharpen_head(vlm, std):
+    """Random weights answer with ~1/V confidence; a sharper LM head (weights of this std) spreads the
+    confidences over [0, 1]."""
     with torch.no_grad():
-        vlm.model.lm_head.weight.mul_(factor)
+        weight = vlm.model.lm_head.weight
+        weight.mul_(std / weight.std())
 
 
 def test_adapt_vis_equals_two_generation_reference(model_and_inputs):
     vlm, (images, prompts) = model_and_inputs
-    sharpen_head(vlm, 40.0 if vlm.family == "organism" else 60.0)
+    sharpen_head(vlm, 0.8 if vlm.family == "organism" else 60.0 * float(vlm.model.lm_head.weight.detach().std()))
     plain = vlm.generate(images, prompts, max_new_tokens=5)
     confidence = sorted(math.floor(g.first_token_prob * 100 + 0.5) / 100 for g in plain)
     # a threshold between the confidences, so both branches of the gate are taken

@@ -11,6 +11,7 @@ from spatialkit.models import SYSTEM_PROMPT, TinyVLM
 from spatialkit.organism import OrganismVLM, preset
 from spatialkit.train import build_vocab, wherebench
 from spatialkit.vlm import AttnCall, TokenKind
+from tests.kinds import random_images, sharpen
 
 PROMPTS = ["Where is the red square in relation to the blue circle?", "What colour?"]  # different lengths
 
@@ -24,13 +25,14 @@ def vocab():
     return build_vocab(preset("smoke"))
 
 
-def organism(vocab, lm_posenc="rope1d", seed=0, sharpen=30.0):
+def organism(vocab, lm_posenc="rope1d", seed=0, qk_std=0.6):
     cfg = preset("smoke", lm_posenc=lm_posenc, lm_layers=2, seed=seed)
     torch.manual_seed(seed)
     model = TinyVLM(cfg.model_config(len(vocab))).eval()
     with torch.no_grad():  # random weights attend almost uniformly; sharpen q/k so the comparison bites
         for block in model.blocks:
-            block.attn.qkv.weight[: 2 * cfg.lm_dim].mul_(sharpen)
+            qk = block.attn.qkv.weight[: 2 * cfg.lm_dim]
+            qk.mul_(qk_std / qk.std())
     return OrganismVLM(model, vocab, cfg)
 
 
@@ -141,22 +143,6 @@ def test_bad_rows_are_rejected_before_any_work(vocab):
 # the four HF families, against eager output_attentions (left-padded batches)
 
 
-def sharpen(model, factor=6.0):
-    with torch.no_grad():
-        for layer in model.model.language_model.layers:
-            attn = layer.self_attn
-            parts = (attn.q_norm, attn.k_norm) if hasattr(attn, "q_norm") else (attn.q_proj, attn.k_proj)
-            for part in parts:
-                for p in part.parameters():
-                    p.mul_(factor)
-
-
-def hf_images(family, n=2, seed=0):
-    h, w = hf_tiny.image_size(family)
-    rng = np.random.default_rng(seed)
-    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(n)]
-
-
 @pytest.mark.parametrize("family", hf_tiny.FAMILIES)
 def test_hf_probe_equals_eager_output_attentions(family, tmp_path):
     hf_tiny.save_tiny(family, tmp_path, seed=1)
@@ -164,7 +150,7 @@ def test_hf_probe_equals_eager_output_attentions(family, tmp_path):
     eager = hf.model_class(family).from_pretrained(tmp_path, attn_implementation="eager").eval()
     sharpen(vlm.model)
     sharpen(eager)
-    batch = vlm.prepare(hf_images(family), PROMPTS, system_prompt="You are a careful assistant.")
+    batch = vlm.prepare(random_images(family), PROMPTS, system_prompt="You are a careful assistant.")
     assert bool((batch.token_kind[1] == TokenKind.PAD).any())  # the shorter prompt is left padded
     length = batch.token_kind.shape[1]
     first_real = int((batch.token_kind[1] == TokenKind.PAD).sum())
@@ -187,7 +173,7 @@ def test_hf_probe_equals_eager_output_attentions(family, tmp_path):
 @pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
 def test_hf_probe_records_only_prefill_during_generation(family):
     vlm = hf_tiny.tiny_vlm(family, seed=0)
-    images = hf_images(family)
+    images = random_images(family)
     batch = vlm.prepare(images, PROMPTS)
     reference = attention.measure(vlm, batch)
     calls = []

@@ -9,26 +9,10 @@ import torch
 
 from spatialkit import hf, hf_tiny
 from spatialkit.vlm import TokenKind, VisualTokens
+from tests.kinds import random_images, sharpen
 
 FAMILIES = hf_tiny.FAMILIES
 PROMPTS = ["Where is the red square in relation to the blue circle?", "What colour?"]  # different lengths
-
-
-def images_for(family, n=2, seed=0):
-    h, w = hf_tiny.image_size(family)
-    rng = np.random.default_rng(seed)
-    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(n)]
-
-
-def sharpen(model, factor=6.0):
-    """Scale q/k so random-weight attention is far from uniform (Qwen3-VL: the norms, since q_norm undoes q_proj)."""
-    with torch.no_grad():
-        for layer in model.model.language_model.layers:
-            attn = layer.self_attn
-            parts = (attn.q_norm, attn.k_norm) if hasattr(attn, "q_norm") else (attn.q_proj, attn.k_proj)
-            for part in parts:
-                for p in part.parameters():
-                    p.mul_(factor)
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -45,7 +29,7 @@ def vlm(family):
 
 @pytest.fixture(scope="module")
 def batch(vlm, family):
-    return vlm.prepare(images_for(family), PROMPTS)
+    return vlm.prepare(random_images(family), PROMPTS)
 
 
 def test_prepare_token_kinds_and_grids(vlm, batch, family):
@@ -68,12 +52,12 @@ def test_logits_shape_and_batch_invariance(vlm, batch, family):
     logits = vlm.logits(batch)
     assert logits.shape[:2] == batch.inputs["input_ids"].shape and torch.isfinite(logits).all()
     # Left padding must not change the last-token prediction of the shorter prompt.
-    alone = vlm.logits(vlm.prepare(images_for(family)[1:], PROMPTS[1:]))
+    alone = vlm.logits(vlm.prepare(random_images(family)[1:], PROMPTS[1:]))
     torch.testing.assert_close(logits[1, -1], alone[0, -1], atol=1e-4, rtol=1e-4)
 
 
 def test_score_options(vlm, family):
-    images, options = images_for(family), [["left", "right", "above"], ["red", "blue", "green"]]
+    images, options = random_images(family), [["left", "right", "above"], ["red", "blue", "green"]]
     scores = vlm.score_options(images, PROMPTS, options)
     assert scores.shape == (2, 3) and torch.isfinite(scores).all() and (scores < 0).all()
     # One prompt at a time gives the same scores (padding and option alignment are right).
@@ -96,7 +80,7 @@ def test_score_options(vlm, family):
 
 
 def test_generate_greedy(vlm, family):
-    images = images_for(family)
+    images = random_images(family)
     gens = vlm.generate(images, PROMPTS, max_new_tokens=3)
     assert len(gens) == 2
     logits = vlm.logits(vlm.prepare(images, PROMPTS))[:, -1].float()
@@ -114,7 +98,7 @@ def test_save_load_round_trip(family, tmp_path):
     loaded = hf.load(tmp_path)
     fresh = hf_tiny.tiny_vlm(family, seed=3)
     assert loaded.family == family and loaded.num_layers == fresh.num_layers
-    images = images_for(family)
+    images = random_images(family)
     a, b = loaded.prepare(images, PROMPTS), fresh.prepare(images, PROMPTS)
     assert torch.equal(a.inputs["input_ids"], b.inputs["input_ids"]) and torch.equal(a.token_kind, b.token_kind)
     assert torch.equal(loaded.logits(a), fresh.logits(b))
@@ -229,7 +213,7 @@ def test_last_row_probs_equal_eager_attentions(family, tmp_path):
     eager = hf.model_class(family).from_pretrained(tmp_path, attn_implementation="eager").eval()
     sharpen(vlm.model)
     sharpen(eager)
-    batch = vlm.prepare(images_for(family), PROMPTS)  # two prompts of different lengths: left padded
+    batch = vlm.prepare(random_images(family), PROMPTS)  # two prompts of different lengths: left padded
     probs = {}
     with vlm.attention_hook(lambda call: probs.__setitem__(call.layer, call.probs()) or call.sdpa()):
         logits = vlm.logits(batch)
@@ -246,7 +230,7 @@ def test_last_row_probs_equal_eager_attentions(family, tmp_path):
 
 
 def test_attention_hook_during_generation(vlm, family):
-    images = images_for(family)
+    images = random_images(family)
     seen = []
     with vlm.attention_hook(lambda call: seen.append((call.layer, call.query.shape[-2], call.key.shape[-2], call.token_kind)) or call.sdpa()):
         hooked = vlm.generate(images, PROMPTS, max_new_tokens=3)
@@ -296,9 +280,9 @@ def test_text_embeddings(vlm, batch):
 
 def test_bad_inputs_rejected(vlm, family):
     with pytest.raises(ValueError, match="same length"):
-        vlm.prepare(images_for(family), PROMPTS[:1])
+        vlm.prepare(random_images(family), PROMPTS[:1])
     with pytest.raises(ValueError, match="max_new_tokens"):
-        vlm.generate(images_for(family), PROMPTS, max_new_tokens=0)
+        vlm.generate(random_images(family), PROMPTS, max_new_tokens=0)
 
 
 # -- loading errors ---------------------------------------------------------------------------------
@@ -378,7 +362,7 @@ def test_qwen_grids_are_raster_order_of_mrope_positions(vlm, batch, family):
 
 
 def test_system_prompt_is_system_kind(vlm, family):
-    batch = vlm.prepare(images_for(family, 1), PROMPTS[:1], system_prompt="Answer with one word.")
+    batch = vlm.prepare(random_images(family, 1), PROMPTS[:1], system_prompt="Answer with one word.")
     ids = batch.inputs["input_ids"][0]
     system_text = vlm.tokenizer.decode(ids[batch.token_kind[0] == TokenKind.SYSTEM])
     text_text = vlm.tokenizer.decode(ids[batch.token_kind[0] == TokenKind.TEXT])
