@@ -153,22 +153,9 @@ class OrganismVLM(VLM):
                                        attention_fn=self._attention_fn, cache=cache)
             logits = self.model.lm_head(hidden[:, -1])
             first_prob = logits.softmax(-1).max(-1).values
-            out = []
-            done = torch.zeros(len(rows), dtype=torch.bool, device=self.device)
-            for _ in range(max_new_tokens):
-                next_id = logits.argmax(-1)
-                out.append(next_id)
-                done |= next_id == eos
-                if bool(done.all()) or len(out) == max_new_tokens:
-                    break
-                kind = torch.cat([kind, torch.full_like(kind[:, :1], int(TokenKind.TEXT))], 1)
-                positions = self.model.positions(kind)[:, -1:]
-                hidden = self.model.hidden(None, next_id[:, None], kind[:, -1:], attention_fn=self._attention_fn,
-                                           cache=cache, positions=positions)
-                logits = self.model.lm_head(hidden[:, -1])
-            generated = torch.stack(out, 1).tolist()
+            generated = greedy_continue(self.model, logits, kind, cache, eos, max_new_tokens, self._attention_fn)
             for j, i in enumerate(rows):
-                token_ids = generated[j][: generated[j].index(eos)] if eos in generated[j] else generated[j]
+                token_ids = generated[j]
                 results[i] = Generation(text=self.vocab.decode(token_ids), token_ids=token_ids,
                                         first_token_prob=float(first_prob[j]))
         return results  # type: ignore[return-value]
@@ -250,6 +237,24 @@ def accuracy_by_family(df: pd.DataFrame) -> dict[str, float]:
 def accuracy_by_task(df: pd.DataFrame) -> pd.DataFrame:
     """Accuracy, item count and the number of options' chance level per task."""
     return df.groupby(["family", "task"]).agg(accuracy=("correct", "mean"), n=("correct", "size")).reset_index()
+
+
+def greedy_continue(model: TinyVLM, logits: torch.Tensor, kind: torch.Tensor, cache: list, eos: int,
+                    max_new_tokens: int, attention_fn: AttentionFn | None = None) -> list[list[int]]:
+    """Greedy decoding after a prefill: ``logits`` (B, V) at the last prompt position, ``kind`` (B, L) the
+    prompt's token kinds, ``cache`` the prefill's KV cache (extended in place). Token ids per row, up to eos."""
+    out, done = [], torch.zeros(len(logits), dtype=torch.bool, device=logits.device)
+    for _ in range(max_new_tokens):
+        next_id = logits.argmax(-1)
+        out.append(next_id)
+        done |= next_id == eos
+        if bool(done.all()) or len(out) == max_new_tokens:
+            break
+        kind = torch.cat([kind, torch.full_like(kind[:, :1], int(TokenKind.TEXT))], 1)
+        hidden = model.hidden(None, next_id[:, None], kind[:, -1:], attention_fn=attention_fn, cache=cache,
+                              positions=model.positions(kind)[:, -1:])
+        logits = model.lm_head(hidden[:, -1])
+    return [ids[: ids.index(eos)] if eos in ids else ids for ids in torch.stack(out, 1).tolist()]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -236,6 +236,7 @@ Chooser = Callable[[float], float]
 def _organism_generate(vlm, images, prompts, max_new_tokens: int, choose: Chooser) -> list[AdaptVisGeneration]:
     """Mirrors ``OrganismVLM.generate`` (rows grouped by prompt length, no padding inside a group)."""
     from spatialkit.models import EOS
+    from spatialkit.organism import greedy_continue
 
     model = vlm.model
     batch = vlm.prepare(images, prompts)
@@ -263,20 +264,9 @@ def _organism_generate(vlm, images, prompts, max_new_tokens: int, choose: Choose
         logits = model.lm_head(hidden[:, -1])
         first_prob = logits.softmax(-1).max(-1).values
         # 3) greedy decoding, unscaled (the scaled row lives on in the cache)
-        out, done = [], torch.zeros(len(rows), dtype=torch.bool, device=ids.device)
-        for _ in range(max_new_tokens):
-            next_id = logits.argmax(-1)
-            out.append(next_id)
-            done |= next_id == eos
-            if bool(done.all()) or len(out) == max_new_tokens:
-                break
-            kind = torch.cat([kind, torch.full_like(kind[:, :1], int(TokenKind.TEXT))], 1)
-            hidden = model.hidden(None, next_id[:, None], kind[:, -1:], cache=cache,
-                                  positions=model.positions(kind)[:, -1:])
-            logits = model.lm_head(hidden[:, -1])
-        generated = torch.stack(out, 1).tolist()
+        generated = greedy_continue(model, logits, kind, cache, eos, max_new_tokens)
         for j, i in enumerate(rows):
-            token_ids = generated[j][: generated[j].index(eos)] if eos in generated[j] else generated[j]
+            token_ids = generated[j]
             results[i] = AdaptVisGeneration(text=vlm.vocab.decode(token_ids), token_ids=token_ids,
                                             first_token_prob=float(first_prob[j]), confidence=confidence[j],
                                             alpha=alphas[j])
