@@ -8,6 +8,11 @@ Examples come from the scene world (``spatialkit.scenes``): per training scene a
 (0 = the "global caption / what only" regime the blog blames), ``caption_fraction`` the share of captions,
 the rest are what-questions. A fixed system prompt is prepended to ``system_prompt_fraction`` of the batches.
 
+Two stages when ``vision_pretrain_steps`` > 0 (the presets): first the vision encoder alone learns which
+content words each image's caption contains (``pretrain_vision``; cached and shared between organisms that
+differ only later), then the VQA stage below, with the encoder frozen when ``vision_lr_scale`` is 0.
+With ``packed`` an image's questions share one LM row (``assemble_packed``), computed exactly as if alone.
+
 Sequence layout (``TokenKind`` per position): [system words?] [<img> x N] [prompt words] <ans> [answer] <eos>;
 the loss is next-token cross-entropy on the answer words and <eos> only.
 """
@@ -62,9 +67,10 @@ class OrganismConfig:
     spatial_fraction: float = 0.5
     caption_fraction: float = 0.1
     system_prompt_fraction: float = 0.25
-    # stage 1 (0 = off): pretrain the vision encoder alone on a *global* image-level objective (which content
-    # words the image's caption contains, from mean-pooled patch tokens) before the VQA stage, as real VLMs
-    # start from a CLIP encoder trained on a global objective. Nothing in its target says where anything is.
+    # stage 1 (0 = off): pretrain the vision encoder alone on an image-level objective (which content words the
+    # image's caption contains, from per-patch word logits pooled over the patches) before the VQA stage, as
+    # real VLMs start from a CLIP encoder trained on a global objective. Nothing in its target says where
+    # anything is.
     vision_pretrain_steps: int = 0
     # how stage 1 pools the per-patch word logits into image-level ones: "max" (multiple-instance learning: a
     # word is in the caption if some patch shows it, so each patch learns to describe what *it* covers) or
