@@ -80,6 +80,8 @@ register(NotebookSpec(
         Param("theta", float, 100.0, "RoPE base: frequencies theta^(-2f/d); small grids need a small base",
               low=1.0, high=1e7),
         Param("kernel_grid", int, 8, "grid side for the similarity heatmaps and rank correlations", low=2, high=32),
+        Param("ape_stds", list, [0.02, 1.0], "init std of the learned APE table in the loudness experiment "
+              "(0.02 = ViT's usual init)", item_kind=float, low=1e-4, high=100.0, min_len=2, max_len=6),
         N_BOOT,
         THREADS,
     ),

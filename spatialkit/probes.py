@@ -141,15 +141,21 @@ class WhereClassifier(nn.Module):
     """ViTEncoder + mean pool + linear: 4 relative logits and 4 absolute logits."""
 
     def __init__(self, posenc: str, *, image_size: int = 32, patch_size: int = 4, dim: int = 32, depth: int = 2,
-                 n_heads: int = 2, theta: float = 100.0):
+                 n_heads: int = 2, theta: float = 100.0, ape_std: float | None = None):
         super().__init__()
         if posenc not in pe_mod.ENCODINGS:
             raise ValueError(f"posenc must be one of {list(pe_mod.ENCODINGS)}, got {posenc!r}")
+        if ape_std is not None and (posenc != "learned" or not 0 < ape_std <= 100):
+            raise ValueError(f"ape_std = {ape_std!r} is invalid; allowed: a number in (0, 100] with posenc "
+                             f"'learned' (got posenc {posenc!r})")
         self.vit = ViTEncoder(image_size=image_size, patch_size=patch_size, dim=dim, depth=depth,
                               n_heads=n_heads, posenc=posenc)
         if posenc in pe_mod.ROTARY:  # same kind, but with this experiment's theta (small grids need a small one)
             self.vit.pe = pe_mod.build(posenc, dim=dim, head_dim=dim // n_heads, n_heads=n_heads,
                                        grid=self.vit.grid, theta=theta)
+        if ape_std is not None:  # the learned table's init scale: how loud the position code starts
+            with torch.no_grad():
+                self.vit.pe.table.normal_(0.0, ape_std)
         self.posenc = posenc
         self.head = nn.Linear(dim, len(RELATIVE_LABELS) + len(ABSOLUTE_LABELS))
 

@@ -78,3 +78,15 @@ def test_compare_and_bootstrap(data):
 def test_short_budgets_train(data, steps):
     _, losses = probes.train_where("rope2d", data["train"], seed=0, steps=steps, batch_size=4)
     assert len(losses) == steps and all(np.isfinite(losses))
+
+
+def test_ape_std_sets_the_learned_table_scale_and_is_validated():
+    torch.manual_seed(0)
+    loud = probes.WhereClassifier("learned", image_size=32, patch_size=4, ape_std=1.0)
+    assert abs(float(loud.vit.pe.table.detach().std()) - 1.0) < 0.1
+    torch.manual_seed(0)
+    default = probes.WhereClassifier("learned", image_size=32, patch_size=4)
+    assert float(default.vit.pe.table.detach().std()) < 0.05
+    for bad in (dict(posenc="sincos2d", ape_std=1.0), dict(posenc="learned", ape_std=0.0)):
+        with pytest.raises(ValueError, match="ape_std"):
+            probes.WhereClassifier(bad["posenc"], image_size=32, patch_size=4, ape_std=bad["ape_std"])
