@@ -137,6 +137,9 @@ def where_splits(seed: int, n_train: int, n_test: int, image_size: int, unseen_s
     }
 
 
+LEARNED_APE_INIT_STD = 0.02  # spatialkit.posenc.LearnedAPE draws its table as randn * 0.02
+
+
 class WhereClassifier(nn.Module):
     """ViTEncoder + mean pool + linear: 4 relative logits and 4 absolute logits."""
 
@@ -154,8 +157,8 @@ class WhereClassifier(nn.Module):
             self.vit.pe = pe_mod.build(posenc, dim=dim, head_dim=dim // n_heads, n_heads=n_heads,
                                        grid=self.vit.grid, theta=theta)
         if ape_std is not None:  # the learned table's init scale: how loud the position code starts
-            with torch.no_grad():
-                self.vit.pe.table.normal_(0.0, ape_std)
+            with torch.no_grad():  # rescale the drawn init (randn * 0.02): same directions and random stream,
+                self.vit.pe.table.mul_(ape_std / LEARNED_APE_INIT_STD)  # so std 0.02 is the default model exactly
         self.posenc = posenc
         self.head = nn.Linear(dim, len(RELATIVE_LABELS) + len(ABSOLUTE_LABELS))
 
