@@ -21,6 +21,17 @@ N_BOOT = Param("n_boot", int, 1000, "bootstrap resamples for the CIs", low=100, 
 THREADS = Param("threads", int, 1, "torch CPU threads (0 = torch's default); 1 is fastest on a shared 2-core machine",
                 low=0, high=256)
 
+# spatialkit.train.PRESETS' names (not imported: that would load torch for every parameter check; a test keeps
+# the two in step)
+ORGANISM_PRESETS = ("default", "quick", "smoke")
+
+
+def organism_param(role: str = "organism preset") -> Param:
+    """The ``organism`` parameter: which organism preset the notebook loads (or trains) from the checkpoint store."""
+    return Param("organism", str, "quick", f"{role} (spatialkit.organism.PRESETS), loaded from the checkpoint "
+                 "store or trained", choices=ORGANISM_PRESETS)
+
+
 NOTEBOOKS: dict[str, NotebookSpec] = {}
 
 
@@ -122,8 +133,7 @@ register(NotebookSpec(
         SEED,
         DEVICE,
         MODEL,
-        Param("organism", str, "quick", "organism preset (spatialkit.organism.PRESETS), loaded from the checkpoint "
-              "store or trained", choices=("default", "quick", "smoke")),
+        organism_param(),
         Param("n_items", int, 400, "test-split items scanned; their where-questions feed the gaze analysis",
               low=10, high=100_000),
         Param("layer", int, -1, "LM layer shown in the heatmap; -1 = the middle layer (checked against the model)",
@@ -145,9 +155,8 @@ register(NotebookSpec(
         SEED,
         DEVICE,
         MODEL,
-        Param("organism", str, "quick", "organism preset family (spatialkit.organism.PRESETS); every organism of the "
-              "notebook is this preset with one setting changed, loaded from the checkpoint store or trained",
-              choices=("default", "quick", "smoke")),
+        organism_param("organism preset family: every organism of the notebook is this preset with one setting "
+                       "changed"),
         Param("steps", int, 0, "training steps of every organism (0 = the preset's own); all arms get the same budget",
               low=0, high=1_000_000),
         Param("n_items", int, 400, "WhereBench test items per evaluation (what and where questions)", low=20, high=100_000),
@@ -177,8 +186,7 @@ register(NotebookSpec(
         SEED,
         DEVICE,
         MODEL,
-        Param("organism", str, "quick", "organism preset (spatialkit.organism.PRESETS), loaded from the checkpoint "
-              "store or trained", choices=("default", "quick", "smoke")),
+        organism_param(),
         Param("organism_seeds", list, [0], "training seeds of the organisms evaluated (each its own checkpoint); "
               "CIs pool items over seeds", item_kind=int, low=0, high=2**31 - 1, min_len=1, max_len=10),
         Param("n_items", int, 400, "WhereBench test items scanned; their where-questions are the WhatsUp-style set",
@@ -210,8 +218,7 @@ register(NotebookSpec(
     params=(
         SEED,
         DEVICE,
-        Param("organism", str, "quick", "frozen organism preset (spatialkit.organism.PRESETS), loaded from the checkpoint "
-              "store or trained; none of them was ever trained to output boxes", choices=("default", "quick", "smoke")),
+        organism_param("frozen organism preset, none of them ever trained to output boxes"),
         Param("n_train_scenes", int, 1000, "PIN training scenes (train split; every object is one example)",
               low=10, high=1_000_000),
         Param("n_test_scenes", int, 300, "held-out test scenes for the box mIoU (every object is one example)",

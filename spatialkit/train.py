@@ -199,8 +199,8 @@ def validate(cfg: OrganismConfig) -> None:
 # 2000 steps), (2) it is frozen and the projector + LM learn the questions, 4 questions per image packed into
 # one LM row. What made the difference (issue 3): the LM's fan-in init (the 0.02 init kept it on a plateau), the
 # stage-1 encoder (kinds were learned ~10x slower through the LM), max- rather than mean-pooling in stage 1
-# (mean-pooled features spread "there is a car" over every patch: where-accuracy at chance with the encoder
-# frozen), and drawing an image's questions without replacement. Colour -- which object has which colour --
+# (mean-pooled features spread "there is a car" over every patch: two-object where 0.30, chance 0.25, with the
+# encoder frozen), and drawing an image's questions without replacement. Colour -- which object has which colour --
 # is learned last (a late jump after ~2000 steps).
 # "default": 5000 steps (early stop at 97% val); "quick": 2000 steps (the notebooks' organism); "smoke": seconds.
 _EASY = dict(scene_preset="organism_easy", vision_stem="linear", n_train_scenes=8000, vision_pretrain_steps=2000,
