@@ -30,8 +30,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from spatialkit import hf, hf_tiny  # noqa: E402
-from spatialkit.interventions import adaptvis as av  # noqa: E402
+from spatialkit.models import hf  # noqa: E402
+from spatialkit.testing import hf_tiny
+from spatialkit.analysis.interventions import adaptvis as av  # noqa: E402
 
 
 def build(family: str, grid: int, hidden: int, layers: int, heads: int):

@@ -5,7 +5,7 @@
 Prints, per sequence length, from one run:
 
 * peak tensor memory of one forward pass, three ways: stock fused SDPA (no hook), SDPA + the probe
-  (``spatialkit.attention.measure``), and eager attention with ``output_attentions=True``; and the ratio
+  (``spatialkit.analysis.attention.measure``), and eager attention with ``output_attentions=True``; and the ratio
   eager / probe (goal: >= 50x at 4k tokens);
 * forward wall time with the probe / without it (goal: <= 1.1x): the ratio of medians and the ratio of
   minima of interleaved repeats (on a shared machine the minimum is the least disturbed run).
@@ -37,7 +37,8 @@ import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils._pytree import tree_flatten  # noqa: E402
 
-from spatialkit import attention, hf_tiny  # noqa: E402
+from spatialkit.analysis import attention  # noqa: E402
+from spatialkit.testing import hf_tiny
 
 
 class PeakTensorMemory(TorchDispatchMode):

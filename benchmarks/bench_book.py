@@ -60,11 +60,11 @@ def bench_book(profile: str) -> None:
 
 def bench_scenes(n: int) -> None:
     try:
-        from spatialkit.scenes import SceneConfig, render_scene
+        from spatialkit.world import SceneConfig, render_scene
     except ImportError as err:
         print(f"scene generation: not measured ({err})")
         return
-    print(f"scene generation (spatialkit.scenes.render_scene, {n} scenes per size, 1 process)")
+    print(f"scene generation (spatialkit.world.render_scene, {n} scenes per size, 1 process)")
     for size in (64, 128, 256):
         config = SceneConfig(image_size=size)
         render_scene(0, config)  # warm-up (imports, palettes)

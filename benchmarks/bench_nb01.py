@@ -33,7 +33,9 @@ def main() -> None:
 
     import torch
 
-    from spatialkit import catalog, probes, runner
+    from spatialkit.suite import catalog
+    from spatialkit.analysis import where_classifier as probes
+    from spatialkit.suite import runner
 
     spec = catalog.get("01_positional_encodings")
     params = spec.validate(runner.load_profiles()[args.profile].get(spec.name, {}))

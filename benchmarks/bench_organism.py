@@ -27,9 +27,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=None)
     args = ap.parse_args()
 
-    from spatialkit.organism import OrganismVLM, accuracy_by_task, evaluate, preset, wherebench
-    from spatialkit.stats import bootstrap_ci
-    from spatialkit.train import train
+    from spatialkit.models.organism import OrganismVLM, accuracy_by_task, evaluate, preset, wherebench
+    from spatialkit.common.stats import bootstrap_ci
+    from spatialkit.models.organism import train
 
     overrides = {k: v for k, v in (("spatial_fraction", args.spatial_fraction), ("steps", args.steps),
                                    ("seed", args.seed)) if v is not None}

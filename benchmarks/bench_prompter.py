@@ -1,4 +1,4 @@
-"""Prompter cost: query-only attention with per-image K/V (spatialkit.contrastive.Prompter) vs running the
+"""Prompter cost: query-only attention with per-image K/V (spatialkit.models.clip.Prompter) vs running the
 whole single-head encoder layer on [prompt; patches] for every region and reading position 0.
 
 Both compute the same region embeddings (tests/test_contrastive.py checks equality). Prints the speed
@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from spatialkit.contrastive import Prompter
+from spatialkit.models.clip import Prompter
 
 
 def full_layer(prompter, prompt, patches, owner):

@@ -22,12 +22,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 
-from spatialkit.interventions import shuffle_visual_tokens
+from spatialkit.analysis.interventions import shuffle_visual_tokens
 
 
 def organism_case():
-    from spatialkit.models import ModelConfig, TinyVLM, Vocab
-    from spatialkit.organism import OrganismVLM
+    from spatialkit.models.organism.model import ModelConfig, TinyVLM, Vocab
+    from spatialkit.models.organism import OrganismVLM
 
     vocab = Vocab.build([])
     torch.manual_seed(0)
@@ -37,7 +37,7 @@ def organism_case():
 
 
 def hf_case(family: str, grid: tuple[int, int], llava_grid: int = 4):
-    from spatialkit import hf_tiny
+    from spatialkit.testing import hf_tiny
 
     vlm = hf_tiny.tiny_vlm(family, seed=0, llava_grid=llava_grid)
     h, w = hf_tiny.image_size(family, grid=grid, llava_grid=llava_grid)
@@ -75,7 +75,7 @@ def time_pair(vlm, batch, repeats: int) -> tuple[float, float, float]:
 def hook_body_ms(vlm, batch, repeats: int = 200) -> float:
     """Median ms of the hook's own work (gather of the visual tokens) on this batch's real visual tokens: a
     noise-free estimate of what the hook adds, next to the noisy end-to-end ratio."""
-    from spatialkit.interventions.shuffle import permute_visual_tokens
+    from spatialkit.analysis.interventions.shuffle import permute_visual_tokens
 
     vt = vlm.visual_tokens(batch)
     times = []

@@ -1,3 +1,3 @@
-from spatialkit.cli import main
+from spatialkit.suite.cli import main
 
 raise SystemExit(main())

@@ -7,7 +7,7 @@ MODEL_KINDS = ("organism", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava")
 
 def random_images(family: str, n: int = 2, seed: int = 0) -> list:
     """``n`` random-pixel images at the tiny HF family's native size."""
-    from spatialkit import hf_tiny
+    from spatialkit.testing import hf_tiny
 
     h, w = hf_tiny.image_size(family)
     rng = np.random.default_rng(seed)
@@ -32,14 +32,14 @@ def tiny_case(kind: str):
     patch differs, so moving visual tokens changes what the LM sees) with prompts of different lengths."""
     rng = np.random.default_rng(0)
     if kind == "organism":
-        from spatialkit.organism import load_or_train, preset
+        from spatialkit.models.organism import load_or_train, preset
 
         vlm = load_or_train(preset("smoke"), progress=False)
         size = vlm.model.cfg.image_size
         images = rng.integers(0, 256, (2, size, size, 3), dtype=np.uint8)
         prompts = ["where is the chick ?", "what color is the cup ?"]
     else:
-        from spatialkit import hf_tiny
+        from spatialkit.testing import hf_tiny
 
         vlm = hf_tiny.tiny_vlm(kind, seed=0)
         h, w = hf_tiny.image_size(kind, grid=(2, 3))

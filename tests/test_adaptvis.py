@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from spatialkit import hf_tiny, scenes
-from spatialkit.interventions import adapt_vis, scaling_vis
-from spatialkit.interventions import adaptvis as av
-from spatialkit.models import TinyVLM
-from spatialkit.organism import OrganismVLM, preset
-from spatialkit.train import build_vocab, wherebench
-from spatialkit.vlm import AttnCall, TokenKind
+from spatialkit.testing import hf_tiny
+from spatialkit import world as scenes
+from spatialkit.analysis.interventions import adapt_vis, scaling_vis
+from spatialkit.analysis.interventions import adaptvis as av
+from spatialkit.models.organism.model import TinyVLM
+from spatialkit.models.organism import OrganismVLM, preset
+from spatialkit.models.organism.data import build_vocab, wherebench
+from spatialkit.models.vlm import AttnCall, TokenKind
 
 ALPHAS = (0.5, 2.0)
 TOL = 1e-5
@@ -249,7 +250,7 @@ def test_gate_rule():
 
 
 def test_measure_scaled_matches_probe_and_eager(vocab):
-    from spatialkit import attention
+    from spatialkit.analysis import attention
 
     vlm = organism(vocab)
     images, prompts = organism_inputs(vlm, 3)

@@ -11,9 +11,9 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from spatialkit import assignments as A
-from spatialkit import cli
-from spatialkit.params import ParameterError
+from spatialkit.suite import assignments as A
+from spatialkit.suite import cli
+from spatialkit.common.params import ParameterError
 
 REPO = Path(__file__).resolve().parents[1]
 

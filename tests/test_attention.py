@@ -1,4 +1,4 @@
-"""spatialkit.attention: the last-row probe equals eager attention on all five model kinds; summaries."""
+"""spatialkit.analysis.attention: the last-row probe equals eager attention on all five model kinds; summaries."""
 
 import math
 
@@ -6,11 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from spatialkit import attention, hf, hf_tiny, scenes
-from spatialkit.models import SYSTEM_PROMPT, TinyVLM
-from spatialkit.organism import OrganismVLM, preset
-from spatialkit.train import build_vocab, wherebench
-from spatialkit.vlm import AttnCall, TokenKind
+from spatialkit.analysis import attention
+from spatialkit.models import hf
+from spatialkit.present import plots
+from spatialkit.testing import hf_tiny
+from spatialkit import world as scenes
+from spatialkit.models.organism.model import SYSTEM_PROMPT, TinyVLM
+from spatialkit.models.organism import OrganismVLM, preset
+from spatialkit.models.organism.data import build_vocab, wherebench
+from spatialkit.models.vlm import AttnCall, TokenKind
 from tests.kinds import random_images, sharpen
 
 PROMPTS = ["Where is the red square in relation to the blue circle?", "What colour?"]  # different lengths
@@ -253,7 +257,7 @@ def test_gaze_vs_correctness_table(vocab):
     assert len(gaze) == len(where) * vlm.num_layers
     assert gaze.in_box.between(0, 1).all() and gaze.area.between(0, 1).all()
     # correctness agrees with the organism's own evaluation
-    from spatialkit.organism import evaluate
+    from spatialkit.models.organism import evaluate
 
     ev = evaluate(vlm, bench, "test", limit=30).set_index("item")
     per_item = gaze.groupby("item").correct.first()
@@ -287,7 +291,7 @@ def test_plot_overlay_draws_map_and_boxes():
     scene = scenes.chick_and_cup(image_size=48)
     amap = np.arange(36, dtype=float).reshape(6, 6)
     fig, ax = plt.subplots()
-    handle = attention.plot_overlay(ax, scene.image, amap, boxes=[o.box for o in scene.objects], title="t")
+    handle = plots.plot_overlay(ax, scene.image, amap, boxes=[o.box for o in scene.objects], title="t")
     assert handle.get_array().shape == (6, 6) and tuple(handle.get_extent()) == (0, 48, 48, 0)
     assert len(ax.patches) == len(scene.objects)
     plt.close(fig)

@@ -1,7 +1,7 @@
 """The static book as a reader meets it: every page in headless chromium, over a local HTTP server.
 
 For every page: no console errors, no failed requests, no request leaving the local server (the
-book must work offline), every <img> loaded. For every explorer (spatialkit.widgets): it rendered
+book must work offline), every <img> loaded. For every explorer (spatialkit.present.widgets): it rendered
 from the saved widget state, and moving its control changes the shown frame. Notebook pages also
 offer Binder/Colab launch links to ``notebooks/NAME.ipynb`` and an ``.ipynb`` download. One page is
 also opened from ``file://``. Screenshots of every page go to ``test-artifacts/browser/``.
@@ -31,7 +31,9 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from spatialkit import book, catalog, runner
+from spatialkit.suite import book
+from spatialkit.suite import catalog
+from spatialkit.suite import runner
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts" / "browser"

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from spatialkit import checkpoints
-from spatialkit.checkpoints import CheckpointError
+from spatialkit.common import checkpoints
+from spatialkit.common.checkpoints import CheckpointError
 
 
 def _state(seed=0):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from spatialkit import contrastive as C
+from spatialkit.models import clip as C
 
 
 @pytest.fixture(autouse=True)
@@ -297,7 +297,7 @@ def test_split_seeds_are_disjoint_and_reproducible():
 
 
 def test_prepare_data_on_the_scene_world():
-    from spatialkit import scenes as S
+    from spatialkit import world as S
 
     tok, train, test, test_scenes = C.prepare_data(0, S.SceneConfig(image_size=32), n_train=12, n_test=6, regions=2)
     assert train.images.shape == (12, 3, 32, 32) and len(test) == 6 and len(test_scenes) == 6

@@ -1,4 +1,4 @@
-"""spatialkit.hf adapters on tiny random models of all four families (offline, CPU)."""
+"""spatialkit.models.hf adapters on tiny random models of all four families (offline, CPU)."""
 
 import json
 import time
@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from spatialkit import hf, hf_tiny
-from spatialkit.vlm import TokenKind, VisualTokens
+from spatialkit.models import hf
+from spatialkit.testing import hf_tiny
+from spatialkit.models.vlm import TokenKind, VisualTokens
 from tests.kinds import random_images, sharpen
 
 FAMILIES = hf_tiny.FAMILIES

@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from spatialkit.models import (
+from spatialkit.models.organism.model import (
     LM_POSENCS, SYSTEM_PROMPT, VISION_POSENCS, ModelConfig, Projector, TinyVLM, ViTEncoder, Vocab, lm_positions,
     state_dict_sha256, to_pixels, tokenize,
 )
-from spatialkit.train import OrganismConfig, preset
-from spatialkit.vlm import TokenKind
+from spatialkit.models.organism import OrganismConfig, preset
+from spatialkit.models.vlm import TokenKind
 
 
 def test_tokenize_and_vocab_roundtrip():

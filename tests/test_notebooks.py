@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from spatialkit import book, catalog, runner
+from spatialkit.suite import book
+from spatialkit.suite import catalog
+from spatialkit.suite import runner
 
 REPO = Path(__file__).resolve().parents[1]
 WITH_FILES = [name for name in catalog.NOTEBOOKS if (REPO / "notebooks" / f"{name}.ipynb").exists()]

@@ -2,8 +2,9 @@
 
 import pytest
 
-from spatialkit import catalog, runner
-from spatialkit.params import NotebookSpec, Param, ParameterError
+from spatialkit.suite import catalog
+from spatialkit.suite import runner
+from spatialkit.common.params import NotebookSpec, Param, ParameterError
 
 SPEC = NotebookSpec("nb", "A notebook", (
     Param("seed", int, 0, low=0, high=100),

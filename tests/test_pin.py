@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from spatialkit.interventions import pin as P
-from spatialkit.models import state_dict_sha256
-from spatialkit.train import scene_config
+from spatialkit.analysis.interventions import pin as P
+from spatialkit.models.organism.model import state_dict_sha256
+from spatialkit.models.organism import scene_config
 
 
 @pytest.fixture(scope="module")
 def vlm():
-    from spatialkit.organism import load_or_train, preset
+    from spatialkit.models.organism import load_or_train, preset
 
     return load_or_train(preset("smoke"), progress=False)
 
@@ -118,7 +118,7 @@ def test_applied_adds_insert_and_restores_also_on_error(vlm, data):
 
 
 def test_forget_free_what_scores_bit_identical(vlm):
-    from spatialkit.train import wherebench
+    from spatialkit.models.organism import wherebench
 
     bench = wherebench(vlm.config)
     items = [it for it in bench.splits["test"] if it.question.family == "what"][:12]

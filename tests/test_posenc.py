@@ -1,4 +1,4 @@
-"""spatialkit.posenc: the relative property of RoPE, equality with transformers' Qwen rotary code and
+"""spatialkit.models.posenc: the relative property of RoPE, equality with transformers' Qwen rotary code and
 position ids, interpolation, RPE, and argument errors."""
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from spatialkit import posenc
+from spatialkit.models import posenc
 
 
 def _rotate(enc, q, k, positions):

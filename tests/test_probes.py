@@ -1,10 +1,10 @@
-"""spatialkit.probes: the where-task data, the classifier at two resolutions, the bag-of-patches property."""
+"""spatialkit.analysis.where_classifier: the where-task data, the classifier at two resolutions, the bag-of-patches property."""
 
 import numpy as np
 import pytest
 import torch
 
-from spatialkit import probes
+from spatialkit.analysis import where_classifier as probes
 
 
 @pytest.fixture(scope="module")

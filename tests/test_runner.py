@@ -15,8 +15,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from spatialkit import book, runner
-from spatialkit.params import NotebookSpec, Param, ParameterError
+from spatialkit.suite import book
+from spatialkit.suite import runner
+from spatialkit.common.params import NotebookSpec, Param, ParameterError
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = NotebookSpec("tiny", "A throwaway notebook", (
@@ -63,7 +64,7 @@ def outputs(path):
 
 def test_run_executes_with_parameters_and_png_figures_then_skips_when_unchanged(root, monkeypatch):
     # Pin the package hash: teammates editing spatialkit/ during the test would (rightly) re-execute.
-    monkeypatch.setattr(runner, "package_hash", lambda: "pinned")
+    monkeypatch.setattr(runner, "package_hash", lambda notebook=None: "pinned")
     out = root / "book" / "executed"
     lines = []
     [first] = runner.run(plan(root, "smoke"), out, echo=lines.append)
@@ -88,7 +89,7 @@ def test_cache_key_covers_parameters_source_and_package(root):
     assert runner.cache_key(job, "other package sources") != key
     tiny_notebook(job.path, extra="\nprint('edited')")
     assert runner.cache_key(job, "pkg") != key
-    assert len(runner.package_hash()) == 64
+    assert len(runner.package_hash()) == 16 and len(runner.package_hash(job.path)) == 16
 
 
 def test_changed_parameter_re_executes(root):
@@ -192,15 +193,15 @@ def test_cli_bad_parameter_fails_fast_with_one_line(args, expected):
 
 def test_cli_imports_no_heavy_modules():
     heavy = ("torch", "papermill", "transformers", "nbformat", "jsonschema", "nbgrader", "numpy")
-    code = ("import sys, spatialkit.cli, spatialkit.runner, spatialkit.book; "
-            "spatialkit.cli.build_parser(['run', '-p', 'seed', '1']); "
+    code = ("import sys, spatialkit.suite.cli, spatialkit.suite.runner, spatialkit.suite.book; "
+            "spatialkit.suite.cli.build_parser(['run', '-p', 'seed', '1']); "
             f"print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
 
 def test_cli_subcommands_are_pluggable():
-    from spatialkit import cli
+    from spatialkit.suite import cli
 
     @cli.command("hello", "say hello", lambda p: p.add_argument("--who", default="world"))
     def hello(args):

@@ -8,7 +8,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from spatialkit import scenes as S
+from spatialkit import world as S
+from spatialkit.data import whatsup
 
 
 def _question_digest(questions) -> str:
@@ -253,18 +254,18 @@ def test_organism_preset_fills_a_2d_bench_quickly():
 def test_whatsup_round_trip_is_exact(bench, tmp_path):
     items = bench.splits["test"][:40]
     scenes = bench.scenes("test")[:40]
-    path = S.to_whatsup(items, scenes, tmp_path)
-    back = S.from_whatsup(path)
+    path = whatsup.to_whatsup(items, scenes, tmp_path)
+    back = whatsup.from_whatsup(path)
     assert [w.item() for w in back] == items
     for w, it, sc in zip(back, items, scenes):
-        assert w.answer == 0 and w.caption_options[0] == S.caption_for(sc, it.question, it.question.gold)
+        assert w.answer == 0 and w.caption_options[0] == whatsup.caption_for(sc, it.question, it.question.gold)
         assert len(set(w.caption_options)) == len(w.caption_options) == len(it.question.options)
-        assert np.array_equal(S.load_image(w.image_path), sc.image)
+        assert np.array_equal(whatsup.load_image(w.image_path), sc.image)
     # A corrupted file is caught by the checksums.
     png = next((tmp_path / "images").iterdir())
     png.write_bytes(png.read_bytes()[:-3] + b"xyz")
     with pytest.raises(ValueError, match="sha256"):
-        S.from_whatsup(path)
+        whatsup.from_whatsup(path)
 
 
 def test_from_whatsup_reads_original_formats(tmp_path):
@@ -275,10 +276,10 @@ def test_from_whatsup_reads_original_formats(tmp_path):
          "caption_options": ["A beer bottle on a armchair", "A beer bottle under a armchair",
                              "A beer bottle to the left of a armchair", "A beer bottle to the right of a armchair"]}]))
     (tmp_path / "b.json").write_text(json.dumps([[397133, "A man to the left of a dog", "A man to the right of a dog"]]))
-    a = S.from_whatsup(tmp_path / "a.json", image_root="/data/whatsup")
+    a = whatsup.from_whatsup(tmp_path / "a.json", image_root="/data/whatsup")
     assert a[0].image_path == "/data/whatsup/data/controlled_images/beer-bottle_on_armchair.jpeg"
     assert a[0].caption_options[0] == "A beer bottle on a armchair" and a[0].answer == 0 and a[0].question is None
-    b = S.from_whatsup(tmp_path / "b.json")
+    b = whatsup.from_whatsup(tmp_path / "b.json")
     assert b[0].caption_options == ("A man to the left of a dog", "A man to the right of a dog")
 
 

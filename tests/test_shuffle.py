@@ -7,16 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from spatialkit.interventions import shuffle_visual_tokens, slot_permutation
-from spatialkit.interventions.norms import hidden_states
-from spatialkit.interventions.shuffle import batch_index
-from spatialkit.vlm import TokenKind
+from spatialkit.analysis.interventions import shuffle_visual_tokens, slot_permutation
+from spatialkit.analysis.interventions.norms import hidden_states
+from spatialkit.analysis.interventions.shuffle import batch_index
+from spatialkit.models.vlm import TokenKind
 
 from tests.kinds import MODEL_KINDS as KINDS, tiny_case
 
 
 def _organism():
-    from spatialkit.organism import load_or_train, preset
+    from spatialkit.models.organism import load_or_train, preset
 
     return load_or_train(preset("smoke"), progress=False)
 
@@ -152,8 +152,8 @@ def test_bad_seed_is_named(bad):
 
 # -- the permutation test on a benchmark ----------------------------------------------------------------
 def test_permutation_test_frame_on_the_organism():
-    from spatialkit.interventions.shuffle import permutation_test, psi_summary
-    from spatialkit.organism import wherebench
+    from spatialkit.analysis.interventions.shuffle import permutation_test, psi_summary
+    from spatialkit.models.organism import wherebench
 
     vlm = _organism()
     bench = wherebench(vlm.config)
@@ -169,7 +169,7 @@ def test_permutation_test_frame_on_the_organism():
 def test_psi_summary_matches_the_formula():
     import pandas as pd
 
-    from spatialkit.interventions.shuffle import psi_summary
+    from spatialkit.analysis.interventions.shuffle import psi_summary
 
     df = pd.DataFrame({"family": ["where"] * 10 + ["what"] * 10,
                        "correct": [1.0] * 8 + [0.0] * 2 + [1.0] * 10,
@@ -183,7 +183,7 @@ def test_psi_summary_matches_the_formula():
 def test_psi_difference_is_paired_and_signed():
     import pandas as pd
 
-    from spatialkit.interventions.shuffle import psi_difference
+    from spatialkit.analysis.interventions.shuffle import psi_difference
 
     a = pd.DataFrame({"correct": [1.0] * 20, "correct_perm": [0.0] * 10 + [1.0] * 10})  # PSI 50
     b = pd.DataFrame({"correct": [1.0] * 20, "correct_perm": [0.0] * 2 + [1.0] * 18})  # PSI 10
@@ -194,7 +194,7 @@ def test_psi_difference_is_paired_and_signed():
 
 
 def test_blank_control_feeds_one_mean_token_and_restores(case):
-    from spatialkit.interventions import blank_visual_tokens
+    from spatialkit.analysis.interventions import blank_visual_tokens
 
     _, vlm, batch = case
     original = vlm.visual_tokens(batch).tokens
@@ -206,8 +206,8 @@ def test_blank_control_feeds_one_mean_token_and_restores(case):
 
 
 def test_permutation_test_blind_column():
-    from spatialkit.interventions.shuffle import permutation_test, psi_summary
-    from spatialkit.organism import wherebench
+    from spatialkit.analysis.interventions.shuffle import permutation_test, psi_summary
+    from spatialkit.models.organism import wherebench
 
     vlm = _organism()
     df = permutation_test(vlm, wherebench(vlm.config), fractions=[1.0], seeds=[0], limit=12, blind=True)
@@ -219,7 +219,7 @@ def test_permutation_test_blind_column():
 def test_content_and_position_moves_add_up_to_the_full_shuffle(case):
     """move='content' keeps each slot's position code, move='position' moves only the codes; together they
     are the full shuffle: content + position − original = all."""
-    from spatialkit.interventions import slot_position_code
+    from spatialkit.analysis.interventions import slot_position_code
 
     _, vlm, batch = case
     vt = vlm.visual_tokens(batch)

@@ -5,13 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from spatialkit import checkpoints
-from spatialkit.models import (ANS, SPECIALS, SYSTEM_PROMPT, ModelConfig, TinyVLM, prefix_lm_mask, state_dict_sha256,
+from spatialkit.common import checkpoints
+from spatialkit.models.organism.model import (ANS, SPECIALS, SYSTEM_PROMPT, ModelConfig, TinyVLM, prefix_lm_mask, state_dict_sha256,
                                to_pixels)
-from spatialkit.organism import code_version
-from spatialkit.train import (assemble, assemble_packed, build_pool, build_vocab, caption_word_bags, preset,
-                              sample_batch, train, vision_stage_config)
-from spatialkit.vlm import TokenKind
+from spatialkit.models.organism import code_version
+from spatialkit.models.organism import preset, train
+from spatialkit.models.organism.data import (assemble, assemble_packed, build_pool, build_vocab, caption_word_bags,
+                                             sample_batch)
+from spatialkit.models.organism.train import vision_stage_config
+from spatialkit.models.vlm import TokenKind
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +149,7 @@ def test_init_is_fan_in_scaled():
 
 
 def test_catalog_knows_every_organism_preset():
-    from spatialkit.catalog import ORGANISM_PRESETS
-    from spatialkit.train import PRESETS
+    from spatialkit.suite.catalog import ORGANISM_PRESETS
+    from spatialkit.models.organism import PRESETS
 
     assert ORGANISM_PRESETS == tuple(PRESETS)

@@ -8,10 +8,12 @@ import pandas as pd
 import pytest
 import torch
 
-from spatialkit import scenes, whatsup
-from spatialkit.models import TinyVLM
-from spatialkit.organism import OrganismVLM, preset
-from spatialkit.train import build_vocab
+from spatialkit import world as scenes
+from spatialkit.analysis import whatsup_eval
+from spatialkit.data import whatsup
+from spatialkit.models.organism.model import TinyVLM
+from spatialkit.models.organism import OrganismVLM, preset
+from spatialkit.models.organism.data import build_vocab
 
 
 @pytest.mark.parametrize("caption, expected", [
@@ -104,7 +106,7 @@ def test_wherebench_export_round_trip_and_evaluation(tmp_path):
     sc = dataclass_replace(scenes.PRESETS["organism"], image_size=cfg.image_size)
     bench = scenes.build_wherebench(seed=0, n_train=0, n_val=0, n_test=16, config=sc, tasks=("where_two", "where_one"))
     items = bench.splits["test"]
-    path = scenes.to_whatsup(items, bench.scenes("test"), tmp_path)
+    path = whatsup.to_whatsup(items, bench.scenes("test"), tmp_path)
     qa = whatsup.from_export(path)
     assert {it.options for it in qa} == {whatsup.OPTIONS["one"], whatsup.OPTIONS["two"]}
     assert len(qa) == 16
@@ -116,13 +118,13 @@ def test_wherebench_export_round_trip_and_evaluation(tmp_path):
     vocab = build_vocab(cfg)
     torch.manual_seed(0)
     vlm = OrganismVLM(TinyVLM(cfg.model_config(len(vocab))).eval(), vocab, cfg)
-    df = whatsup.evaluate(vlm, qa, whatsup.Method.baseline(), prompt_style="native", batch_size=5)
+    df = whatsup_eval.evaluate(vlm, qa, whatsup_eval.Method.baseline(), prompt_style="native", batch_size=5)
     assert len(df) == 16 and set(df.columns) >= {"correct", "confidence", "alpha", "gold", "output"}
     assert df["correct"].tolist() == [whatsup.is_correct(o, g) for o, g in zip(df.output, df.gold)]
-    ada = whatsup.evaluate(vlm, qa, whatsup.Method.adaptvis(0.5, 1.5, 0.3), prompt_style="native")
+    ada = whatsup_eval.evaluate(vlm, qa, whatsup_eval.Method.adaptvis(0.5, 1.5, 0.3), prompt_style="native")
     assert set(ada["alpha"]) <= {0.5, 1.5}
     assert (ada["alpha"] == np.where(ada["confidence"] < 0.3, 0.5, 1.5)).all()
-    same = whatsup.evaluate(vlm, qa, whatsup.Method.adaptvis(1.0, 1.0, 0.3), prompt_style="native")
+    same = whatsup_eval.evaluate(vlm, qa, whatsup_eval.Method.adaptvis(1.0, 1.0, 0.3), prompt_style="native")
     assert same["output"].tolist() == df["output"].tolist()
     assert same["confidence"].tolist() == df["confidence"].tolist()
 
@@ -135,11 +137,11 @@ def dataclass_replace(obj, **changes):
 
 def test_bad_method_parameters_fail_before_any_work():
     with pytest.raises(ValueError, match="alpha1"):
-        whatsup.Method.adaptvis(-1, 1, 0.5)
+        whatsup_eval.Method.adaptvis(-1, 1, 0.5)
     with pytest.raises(ValueError, match="beta"):
-        whatsup.Method.adaptvis(0.5, 1, 2)
+        whatsup_eval.Method.adaptvis(0.5, 1, 2)
     with pytest.raises(ValueError, match="'alpha'"):
-        whatsup.Method.scalingvis(-0.5)
+        whatsup_eval.Method.scalingvis(-0.5)
 
 
 def test_adaptvis_lookup_and_protocol():
@@ -168,7 +170,7 @@ def test_lookup_equals_running_adaptvis(tmp_path):
     cfg = preset("smoke")
     sc = dataclass_replace(scenes.PRESETS["organism"], image_size=cfg.image_size)
     bench = scenes.build_wherebench(seed=1, n_train=0, n_val=0, n_test=24, config=sc, tasks=("where_two", "where_one"))
-    qa = whatsup.from_export(scenes.to_whatsup(bench.splits["test"], bench.scenes("test"), tmp_path))
+    qa = whatsup.from_export(whatsup.to_whatsup(bench.splits["test"], bench.scenes("test"), tmp_path))
     vocab = build_vocab(cfg)
     torch.manual_seed(0)
     model = TinyVLM(cfg.model_config(len(vocab))).eval()
@@ -177,11 +179,11 @@ def test_lookup_equals_running_adaptvis(tmp_path):
             block.attn.qkv.weight[: 2 * cfg.lm_dim].mul_(30.0)
         model.lm_head.weight.mul_(40.0)
     vlm = OrganismVLM(model, vocab, cfg)
-    table = whatsup.scaling_table(vlm, qa, [0.5, 2.0], prompt_style="native", batch_size=7, max_new_tokens=2)
+    table = whatsup_eval.scaling_table(vlm, qa, [0.5, 2.0], prompt_style="native", batch_size=7, max_new_tokens=2)
     assert set(table.alpha) == {0.5, 1.0, 2.0} and len(table) == 72
     beta = float(np.median(table.confidence))
     looked_up = whatsup.adaptvis_correct(table, 0.5, 2.0, beta)
-    ran = whatsup.evaluate(vlm, qa, whatsup.Method.adaptvis(0.5, 2.0, beta), prompt_style="native", batch_size=7,
+    ran = whatsup_eval.evaluate(vlm, qa, whatsup_eval.Method.adaptvis(0.5, 2.0, beta), prompt_style="native", batch_size=7,
                            max_new_tokens=2)
     assert ran["correct"].tolist() == looked_up.tolist()
     scaled = table[table.alpha == 2.0].set_index("item")

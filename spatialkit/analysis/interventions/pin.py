@@ -1,0 +1,463 @@
+"""PIN (Dorkenwald et al., CVPR 2024): a Positional Insert that unlocks localisation in a frozen VLM.
+
+    pin, metrics = load_or_train_pin(vlm, PinConfig(steps=300))   # trains only the insert (+ see below)
+    with pin.applied(vlm):                                        # insert added to the visual tokens
+        boxes = predict_boxes(vlm, images, prompts, readout=pin.readout_weight())
+    # on exit the model is exactly the frozen model again (also when the body raised)
+
+The insert is a fixed 2D sinusoidal table over the visual token grid passed through a small MLP; its output,
+one vector per grid cell and the same for every image, is **added to the visual tokens**. It is trained with
+next-token cross-entropy on the location tokens of "a {object} located at <ans> x1 y1 x2 y2", each coordinate
+one of the organism's ``loc`` tokens (a 16-bin grid, as the paper's 16x16), while every weight of the VLM stays
+frozen.
+
+Where the insert goes. The paper adds it to the frozen vision encoder's output, before the connector (Flamingo's
+Perceiver resampler, BLIP-2's Q-Former). We add it through ``VLM.visual_hook``, i.e. to the visual tokens as the
+LM receives them, *after* the organism's projector: that is the one hook point every model kind of
+``spatialkit.models.vlm`` shares, so the context manager works unchanged on the HF models. For the organism the only
+difference is the projector, a frozen per-token 2-layer MLP (no mixing across tokens, unlike a resampler), so
+"after" can express any per-position offset "before" could express additively.
+
+The one extra trainable piece (counted honestly in ``trainable_parameters``). The organism's vocabulary holds
+the ``loc`` tokens but the organism never produced them: their output rows in ``lm_head`` were only ever pushed
+down. A frozen LM cannot put probability on a token whose unembedding row carries no information, so PIN here
+also trains **the output rows of the location tokens** (n_loc x d numbers). They live in this module, never in the
+frozen model: with the insert removed (and the ordinary ``lm_head``) the model is bit-identical to the frozen one.
+``PinConfig(train_loc_rows=False)`` trains the insert alone against the frozen rows (the strict "nothing extra"
+variant); ``PinConfig(use_insert=False)`` trains the rows alone (a control: how much localisation the frozen
+model's states already carry without any insert).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from spatialkit.common import checkpoints
+from spatialkit.common.fingerprint import fingerprint
+from spatialkit.models.organism.model import ANS, PAD, Vocab, state_dict_sha256, to_pixels
+from spatialkit.models.posenc import sincos_2d
+from spatialkit.models.vlm import TokenKind, VisualTokens
+
+__all__ = ["PinConfig", "PositionalInsert", "Pin", "train_pin", "load_or_train_pin", "LocationSet", "location_set",
+           "box_to_bins", "bins_to_box", "box_iou", "predict_boxes", "what_scores", "frozen", "pin_code_version"]
+
+
+# --------------------------------------------------------------------------------------------------
+# configuration
+
+
+@dataclass(frozen=True)
+class PinConfig:
+    """Everything that determines a trained insert (with the frozen model's identity, it keys the cache)."""
+
+    n_train_scenes: int = 1000  # training scenes (every object of a scene is one example)
+    steps: int = 300
+    batch_size: int = 64
+    lr: float = 3e-3  # AdamW, cosine decay to lr/100
+    table_dim: int = 64  # width of the fixed sinusoidal grid table
+    hidden: int = 64  # width of the insert MLP
+    theta: float = 100.0  # sinusoid base: a 6x6 grid needs short wavelengths to tell cells apart
+    use_insert: bool = True  # False: no insert at all (the loc-rows-only control)
+    train_loc_rows: bool = True  # False: the loc tokens' output rows stay frozen
+    seed: int = 0
+
+    def __post_init__(self):
+        for name, low, high in [("n_train_scenes", 1, 1_000_000), ("steps", 1, 10_000_000), ("batch_size", 1, 65_536),
+                                ("table_dim", 4, 4096), ("hidden", 1, 65_536), ("seed", 0, 2**31 - 1)]:
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or not low <= v <= high:
+                raise ValueError(f"PinConfig.{name} must be an int in [{low}, {high}], got {v!r}")
+        if self.table_dim % 4:
+            raise ValueError(f"PinConfig.table_dim must be a multiple of 4 (2D sinusoids), got {self.table_dim}")
+        for name, low, high in [("lr", 1e-6, 1.0), ("theta", 1.0, 1e6)]:
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not low <= v <= high:
+                raise ValueError(f"PinConfig.{name} must be a number in [{low}, {high}], got {v!r}")
+        if not self.use_insert and not self.train_loc_rows:
+            raise ValueError("PinConfig: use_insert=False and train_loc_rows=False leaves nothing to train")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------------------------
+# the insert
+
+
+class PositionalInsert(nn.Module):
+    """Fixed 2D sinusoidal table over the visual grid -> Linear-GELU-Linear -> one vector per grid cell.
+
+    The last layer starts at zero, so an untrained insert adds exactly nothing (training starts from the frozen
+    model's own behaviour). ``forward(grid)`` -> (h*w, out_dim) in raster order, the same for every image.
+    """
+
+    def __init__(self, out_dim: int, table_dim: int = 64, hidden: int = 64, theta: float = 100.0):
+        super().__init__()
+        self.table_dim, self.theta = table_dim, theta
+        self.mlp = nn.Sequential(nn.Linear(table_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+        nn.init.zeros_(self.mlp[2].weight)
+        nn.init.zeros_(self.mlp[2].bias)
+
+    def table(self, grid: tuple[int, int]) -> torch.Tensor:
+        return sincos_2d(grid[0], grid[1], self.table_dim, self.theta).to(self.mlp[0].weight)
+
+    def forward(self, grid: tuple[int, int]) -> torch.Tensor:
+        return self.mlp(self.table(grid))
+
+
+class Pin(nn.Module):
+    """A trained (or fresh) insert plus the location tokens' output rows, for one frozen organism.
+
+    ``loc_rows`` (n_loc, d) start as a copy of the frozen ``lm_head`` rows of the loc tokens; they are a
+    parameter only when ``config.train_loc_rows`` (else a buffer).
+    """
+
+    def __init__(self, vlm, config: PinConfig = PinConfig()):
+        super().__init__()
+        self.config = config
+        lm_head = vlm.model.lm_head.weight
+        self.register_buffer("loc_ids", loc_token_ids(vlm.vocab, device=lm_head.device), persistent=False)
+        with torch.random.fork_rng(devices=[]):  # the insert's init depends on the seed only
+            torch.manual_seed(config.seed)
+            self.insert = (PositionalInsert(lm_head.shape[1], config.table_dim, config.hidden, config.theta)
+                           if config.use_insert else None)
+        rows = lm_head.detach()[self.loc_ids].clone()
+        if config.train_loc_rows:
+            self.loc_rows = nn.Parameter(rows)
+        else:
+            self.register_buffer("loc_rows", rows)
+        self.to(device=lm_head.device, dtype=lm_head.dtype)
+
+    # -- what PIN adds ------------------------------------------------------------------------------
+    def insert_for(self, grids: Sequence[tuple[int, int]]) -> torch.Tensor:
+        """(sum h*w, d): the insert for every image of a batch, raster order, concatenated like VisualTokens."""
+        per_grid = {g: self.insert(g) for g in set(grids)}
+        return torch.cat([per_grid[g] for g in grids], 0)
+
+    def add_to(self, vt: VisualTokens) -> VisualTokens:
+        if self.insert is None:
+            return vt
+        return vt.replace(tokens=vt.tokens + self.insert_for(vt.grids).to(vt.tokens.dtype))
+
+    @contextlib.contextmanager
+    def applied(self, vlm):
+        """Context manager: every forward of ``vlm`` inside sees the insert added to its visual tokens.
+
+        Goes through ``vlm.visual_hook``, which removes the insert on exit, also when the body raises.
+        """
+        with vlm.visual_hook(self.add_to):
+            yield vlm
+
+    def readout_weight(self, lm_head_weight: torch.Tensor) -> torch.Tensor:
+        """The frozen unembedding with the loc tokens' rows replaced by PIN's (differentiable in ``loc_rows``)."""
+        return lm_head_weight.detach().index_copy(0, self.loc_ids, self.loc_rows)
+
+    def trainable_parameters(self) -> dict[str, int]:
+        """Trainable numbers per piece: {'insert': ..., 'loc_rows': ...} (0 where frozen or absent)."""
+        insert = sum(p.numel() for p in self.insert.parameters()) if self.insert is not None else 0
+        rows = self.loc_rows.numel() if isinstance(self.loc_rows, nn.Parameter) else 0
+        return {"insert": insert, "loc_rows": rows}
+
+
+def loc_token_ids(vocab: Vocab, device=None) -> torch.Tensor:
+    """Ids of loc0, loc1, ... in order (as many as the vocabulary holds)."""
+    locs = [w for w in vocab.words if w.startswith("loc") and w[3:].isdigit()]
+    locs.sort(key=lambda w: int(w[3:]))
+    if len(locs) < 2:
+        raise ValueError("the organism's vocabulary has no loc tokens; PIN needs OrganismConfig.loc_grid >= 2")
+    return torch.tensor([vocab[w] for w in locs], dtype=torch.long, device=device)
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module):
+    """``requires_grad=False`` on every parameter of ``module`` inside, restored on exit (also on error)."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+# --------------------------------------------------------------------------------------------------
+# data: "a {object} located at <ans> x1 y1 x2 y2" on the coarse grid
+
+
+def box_to_bins(box, image_size: int, n_bins: int) -> tuple[int, int, int, int]:
+    """Pixel box (x0, y0, x1, y1), x1/y1 exclusive -> bins of its first and last pixel on each axis."""
+    x0, y0, x1, y1 = box
+    cell = image_size / n_bins
+    return (int(x0 // cell), int(y0 // cell), int((x1 - 1) // cell), int((y1 - 1) // cell))
+
+
+def bins_to_box(bins, image_size: int, n_bins: int) -> tuple[float, float, float, float]:
+    """Bins -> pixel box from the first bin's low edge to the last bin's high edge (corners sorted)."""
+    bx0, by0, bx1, by1 = (int(b) for b in bins)
+    bx0, bx1 = min(bx0, bx1), max(bx0, bx1)
+    by0, by1 = min(by0, by1), max(by0, by1)
+    cell = image_size / n_bins
+    return (bx0 * cell, by0 * cell, (bx1 + 1) * cell, (by1 + 1) * cell)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise IoU of two (N, 4) arrays of (x0, y0, x1, y1) boxes."""
+    a, b = np.asarray(a, dtype=np.float64).reshape(-1, 4), np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    iw = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
+    ih = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
+    inter = iw * ih
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+    return inter / np.maximum(area(a) + area(b) - inter, 1e-12)
+
+
+@dataclass
+class LocationSet:
+    """One example per object: the scene image, the prompt, the gold box (pixels) and its bins."""
+
+    images: np.ndarray  # (S, H, W, 3) uint8, one per scene
+    image_index: np.ndarray  # (E,) which image each example uses
+    prompts: list[str]  # (E,) "a red chick located at"
+    boxes: np.ndarray  # (E, 4) float pixel boxes (full object extent)
+    bins: np.ndarray  # (E, 4) long gold loc bins
+    image_size: int
+    n_bins: int
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+def location_set(scene_config, seeds: Sequence[int], n_bins: int) -> LocationSet:
+    """Render ``seeds`` and make one location example per object."""
+    from spatialkit import world as scenes
+
+    images, index, prompts, boxes = [], [], [], []
+    for slot, seed in enumerate(seeds):
+        scene = scenes.render_scene(int(seed), scene_config)
+        images.append(scene.image)
+        for i, obj in enumerate(scene.objects):
+            index.append(slot)
+            prompts.append(f"{scene.region_caption(i)} located at")
+            boxes.append(obj.box)
+    size = scene_config.image_size
+    bins = np.array([box_to_bins(b, size, n_bins) for b in boxes], dtype=np.int64)
+    return LocationSet(np.stack(images), np.array(index), prompts, np.array(boxes, dtype=np.float64), bins, size,
+                       n_bins)
+
+
+def split_seeds(bench_seed: int, split: str, n: int) -> list[int]:
+    from itertools import islice
+
+    from spatialkit import world as scenes
+
+    return list(islice(scenes.scene_seeds(bench_seed, split), n))
+
+
+def _sequences(vlm, prompts: Sequence[str], answers: np.ndarray | None):
+    """Right-padded [<img> x N][prompt <ans> answer...]: (input_ids, token_kind, targets or None).
+
+    Targets hold the gold loc token at the positions that predict it (the location tokens only; -100 elsewhere).
+    """
+    from spatialkit.models.organism.data import assemble
+
+    vocab = vlm.vocab
+    loc_ids = loc_token_ids(vocab).tolist()
+    rows, targets = [], []
+    for e, prompt in enumerate(prompts):
+        unknown = vocab.unknown(prompt)
+        if unknown:
+            raise ValueError(f"prompt {prompt!r} has words the organism does not know: {unknown}")
+        ids = vocab.encode(prompt) + [vocab[ANS]]
+        tg = [-100] * len(ids)
+        if answers is not None:
+            locs = [loc_ids[int(b)] for b in answers[e]]
+            tg = tg[:-1] + locs + [-100]
+            ids = ids + locs
+        rows.append(ids)
+        targets.append(tg)
+    width = max(len(r) for r in rows)
+    tails = np.full((len(rows), width), vocab[PAD], dtype=np.int64)
+    tgt = np.full((len(rows), width), -100, dtype=np.int64)
+    for e, (ids, tg) in enumerate(zip(rows, targets)):
+        tails[e, : len(ids)], tgt[e, : len(tg)] = ids, tg
+    n_img = vlm.model.grid[0] * vlm.model.grid[1]
+    ids, kind, t = assemble(vocab, n_img, tails, tgt if answers is not None else None, np.zeros(len(rows), bool))
+    dev = vlm.device
+    return ids.to(dev), kind.to(dev), (t.to(dev) if t is not None else None)
+
+
+# --------------------------------------------------------------------------------------------------
+# training
+
+
+def _lr(cfg: PinConfig, step: int) -> float:
+    warm = max(1, cfg.steps // 10)
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    progress = (step - warm) / max(1, cfg.steps - warm)
+    return cfg.lr * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * min(1.0, progress))))
+
+
+def train_pin(vlm, config: PinConfig = PinConfig(), *, data: LocationSet | None = None, progress: bool = True,
+              log_every: int = 10) -> tuple[Pin, dict]:
+    """Train PIN on a frozen organism: (Pin in eval mode, metrics with the loss curve).
+
+    Only PIN's own parameters reach the optimizer; the organism runs under ``frozen`` (no gradients, weights
+    untouched). The frozen visual tokens of the training images are computed once: the insert is added after them.
+    Deterministic on CPU for a given (organism, config): seeded init and a seeded numpy batch sampler.
+    """
+    from tqdm.auto import tqdm
+
+    from spatialkit.models.organism import scene_config
+
+    model = vlm.model
+    n_bins = len(loc_token_ids(vlm.vocab))
+    if data is None:
+        data = location_set(scene_config(vlm.config), split_seeds(vlm.config.bench_seed, "train", config.n_train_scenes),
+                            n_bins)
+    pin = Pin(vlm, config)
+    params = [p for p in pin.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=config.lr, betas=(0.9, 0.98), weight_decay=0.0)
+    ids_all, kind_all, tgt_all = _sequences(vlm, data.prompts, data.bins)
+    grid = model.grid
+    was_training = model.training
+    model.eval()
+    losses, history = [], []
+    rng = np.random.default_rng([config.seed, 6])
+    with frozen(model), torch.no_grad():  # frozen visual tokens of every training image, once
+        visual_all = torch.cat([model.encode_image(to_pixels(data.images[i: i + 256]).to(vlm.device))
+                                for i in range(0, len(data.images), 256)])  # (S, N, d)
+    try:
+        with frozen(model):
+            for step in tqdm(range(config.steps), desc="train PIN", disable=not progress, mininterval=2.0):
+                for group in opt.param_groups:
+                    group["lr"] = _lr(config, step)
+                idx = torch.from_numpy(rng.integers(0, len(data), size=config.batch_size))
+                visual = visual_all[torch.from_numpy(data.image_index)[idx]]  # (B, N, d)
+                vt = pin.add_to(VisualTokens(tokens=visual.reshape(-1, visual.shape[-1]), grids=[grid] * len(idx)))
+                ids, kind, tgt = ids_all[idx], kind_all[idx], tgt_all[idx]
+                last = int((kind != TokenKind.PAD).sum(1).max())  # trim all-pad columns of this batch
+                hidden = model.hidden(None, ids[:, :last], kind[:, :last], visual=vt.tokens)
+                has_target = tgt[:, :last] != -100
+                logits = F.linear(hidden[has_target], pin.readout_weight(model.lm_head.weight))
+                loss = F.cross_entropy(logits, tgt[:, :last][has_target])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+                if (step + 1) % log_every == 0 or step + 1 == config.steps:
+                    history.append({"step": step + 1, "loss": float(np.mean(losses[-log_every:]))})
+    finally:
+        model.train(was_training)
+    pin.eval()
+    metrics = {"history": history, "first_loss": losses[0], "final_loss": float(np.mean(losses[-log_every:])),
+               "trainable": pin.trainable_parameters(), "optimizer_params": sum(p.numel() for p in params),
+               "n_examples": len(data)}
+    return pin, metrics
+
+
+def pin_code_version() -> str:
+    """The fingerprint of this module's import closure (the organism's code included): a change to either
+    retrains the cached inserts."""
+    return fingerprint("spatialkit.analysis.interventions.pin")
+
+
+def load_or_train_pin(vlm, config: PinConfig = PinConfig(), *, allow_train: bool = True,
+                      progress: bool = True) -> tuple[Pin, dict]:
+    """PIN for this frozen organism and config from the checkpoint store (atomic, sha256-checked), else trained."""
+    key = {"pin": config.to_dict(), "organism": vlm.config.to_dict() if vlm.config is not None else None,
+           "organism_sha256": state_dict_sha256(vlm.model)}
+    built: dict = {}
+
+    def do_train():
+        pin, metrics = train_pin(vlm, config, progress=progress)
+        built["pin"] = pin
+        return pin.state_dict(), metrics
+
+    state, metrics, _ = checkpoints.load_or_train("pin", key, pin_code_version(), do_train, allow_train=allow_train)
+    if "pin" in built:
+        return built["pin"], metrics
+    pin = Pin(vlm, config)
+    pin.load_state_dict({k: v.to(vlm.device) for k, v in state.items()}, strict=True)
+    return pin.eval(), metrics
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluation
+
+
+@torch.no_grad()
+def predict_boxes(vlm, data: LocationSet, readout: torch.Tensor | None = None, *, batch_size: int = 256) -> np.ndarray:
+    """Greedy decoding of the four coordinates, each restricted to the loc tokens: (E, 4) predicted bins.
+
+    Runs through the VLM's visual hooks (so inside ``pin.applied(vlm)`` the insert is there). ``readout``: the
+    unembedding to read logits with (``pin.readout_weight(...)``); None = the frozen ``lm_head``.
+    """
+    model = vlm.model
+    weight = model.lm_head.weight if readout is None else readout
+    loc_ids = loc_token_ids(vlm.vocab, device=vlm.device)
+    out = np.zeros((len(data), 4), dtype=np.int64)
+    for start in range(0, len(data), batch_size):
+        sl = slice(start, start + batch_size)
+        prompts = data.prompts[sl]
+        images = data.images[data.image_index[sl]]
+        visual = vlm.visual_tokens(vlm.prepare(images, ["a"] * len(prompts))).tokens  # through active hooks
+        bins = np.zeros((len(prompts), 0), dtype=np.int64)
+        ids0, kind0, _ = _sequences(vlm, prompts, None)
+        for _ in range(4):  # re-run the short sequence with the coordinates chosen so far (no cache needed)
+            ids, kind = ids0, kind0
+            if bins.shape[1]:  # append the chosen loc tokens after <ans>
+                ids, kind = _append(ids, kind, loc_ids[torch.from_numpy(bins).to(vlm.device)])
+            hidden = model.hidden(None, ids, kind, visual=visual)
+            last = (kind != TokenKind.PAD).sum(1) - 1
+            h = hidden[torch.arange(len(prompts), device=vlm.device), last]
+            logits = F.linear(h, weight[loc_ids])  # restricted to the loc tokens
+            bins = np.concatenate([bins, logits.argmax(-1).cpu().numpy()[:, None]], 1)
+        out[sl] = bins
+    return out
+
+
+def _append(ids: torch.Tensor, kind: torch.Tensor, new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Put ``new`` (B, k) tokens right after each row's last non-pad token (rows are right-padded)."""
+    b, length = ids.shape
+    k = new.shape[1]
+    ids = torch.cat([ids, torch.zeros_like(ids[:, :k])], 1)
+    kind = torch.cat([kind, torch.full_like(kind[:, :k], int(TokenKind.PAD))], 1)
+    end = (kind != TokenKind.PAD).sum(1)
+    for r in range(b):
+        e = int(end[r])
+        ids[r, e: e + k] = new[r]
+        kind[r, e: e + k] = int(TokenKind.TEXT)
+    return ids, kind
+
+
+def predicted_ious(data: LocationSet, bins: np.ndarray) -> np.ndarray:
+    """IoU of each decoded predicted box with the gold pixel box."""
+    pred = np.array([bins_to_box(b, data.image_size, data.n_bins) for b in bins])
+    return box_iou(pred, data.boxes)
+
+
+@torch.no_grad()
+def what_scores(vlm, items, scene_config, *, batch_size: int = 256) -> torch.Tensor:
+    """(n_items, K) option log-likelihoods of WhereBench items (through active hooks), for bit-identity checks.
+
+    Ragged option lists are padded with -inf (as ``score_options`` does per batch).
+    """
+    from spatialkit.models.evaluate import _render
+
+    k_max = max(len(it.question.options) for it in items)
+    out = torch.full((len(items), k_max), float("-inf"))
+    for start in range(0, len(items), batch_size):
+        chunk = items[start: start + batch_size]
+        images = np.stack([_render(it.scene_seed, scene_config).image for it in chunk])
+        scores = vlm.score_options(images, [it.question.text for it in chunk], [list(it.question.options) for it in chunk])
+        out[start: start + len(chunk), : scores.shape[1]] = scores.cpu()
+    return out

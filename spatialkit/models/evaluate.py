@@ -1,0 +1,60 @@
+"""``OrganismVLM``: the tiny trained VLM behind the one ``spatialkit.models.vlm.VLM`` interface.
+
+    vlm = load_or_train(preset("default"))          # loads from the checkpoint store, or trains (minutes on CPU)
+    df = evaluate(vlm, wherebench(vlm.config), "test")   # one row per item: family, task, correct, ...
+    accuracy_by_task(df)
+
+Prompts are plain words of the organism's vocabulary (unknown words raise a ValueError naming them); the
+model answers after an implicit ``<ans>`` token. ``system_prompt=SYSTEM_PROMPT`` (or any known words)
+prepends a system prompt, which the organism saw on ``system_prompt_fraction`` of its training examples.
+"""
+
+from __future__ import annotations
+import numpy as np
+import pandas as pd
+from spatialkit.models.vlm import VLM
+
+
+
+_SCENE_CACHE: dict = {}
+
+
+def _render(seed: int, scene_config):
+    from spatialkit import world as scenes
+
+    key = (seed, scene_config)
+    if key not in _SCENE_CACHE:
+        if len(_SCENE_CACHE) > 20_000:
+            _SCENE_CACHE.clear()
+        _SCENE_CACHE[key] = scenes.render_scene(seed, scene_config)
+    return _SCENE_CACHE[key]
+
+
+def evaluate(vlm: VLM, bench, split: str = "test", *, batch_size: int = 256, system_prompt: str | None = None,
+             limit: int | None = None) -> pd.DataFrame:
+    """Multiple-choice evaluation by option log-likelihood: one row per item with its family, task, relation,
+    gold and predicted option and ``correct`` (bool)."""
+    items = bench.splits[split][:limit]
+    rows = []
+    kwargs = {"system_prompt": system_prompt} if system_prompt else {}
+    for start in range(0, len(items), batch_size):
+        chunk = items[start: start + batch_size]
+        images = np.stack([_render(it.scene_seed, bench.config).image for it in chunk])
+        scores = vlm.score_options(images, [it.question.text for it in chunk],
+                                   [list(it.question.options) for it in chunk], **kwargs)
+        predicted = scores.argmax(-1).tolist()
+        for j, it in enumerate(chunk):
+            q = it.question
+            rows.append({"item": start + j, "scene_seed": it.scene_seed, "family": q.family, "task": q.task,
+                         "relation": q.relation, "question": q.text, "answer": q.options[q.answer],
+                         "predicted": q.options[predicted[j]], "correct": predicted[j] == q.answer})
+    return pd.DataFrame(rows)
+
+
+def accuracy_by_family(df: pd.DataFrame) -> dict[str, float]:
+    return {f: float(g["correct"].mean()) for f, g in df.groupby("family")}
+
+
+def accuracy_by_task(df: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy, item count and the number of options' chance level per task."""
+    return df.groupby(["family", "task"]).agg(accuracy=("correct", "mean"), n=("correct", "size")).reset_index()

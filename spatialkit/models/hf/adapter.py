@@ -1,0 +1,497 @@
+"""Real Hugging Face VLMs (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA-1.5) behind the ``spatialkit.models.vlm.VLM`` interface.
+
+    vlm = load("Qwen/Qwen2-VL-2B-Instruct")            # or a local folder; never downloads
+    batch = vlm.prepare(images, prompts)
+    with vlm.visual_hook(shuffle), vlm.attention_hook(probe):
+        logits = vlm.logits(batch)
+
+How the two hook points are wired (transformers 5.x):
+
+* visual hook: a forward hook on the module whose output the LM receives, i.e. the Qwen vision tower
+  ``model.model.visual`` (its ``pooler_output`` is the merger output of all images concatenated; Qwen3-VL
+  also returns the DeepStack levels, handed to ``fn`` as ``VisualTokens.extras``) or LLaVA's
+  ``multi_modal_projector``. Nothing else sits between these outputs and the LM.
+* attention hook: an attention function registered under the name ``"spatialkit"`` in transformers'
+  ``AttentionInterface`` (plus the SDPA mask builder under the same name in ``AttentionMaskInterface``,
+  without which the model builds no causal/padding mask at all). Entering the hook switches only the
+  LM's config to that implementation (the vision tower keeps its own) and restores it on exit. The
+  function receives q/k after rotary (Qwen3-VL: after q_norm/k_norm) and the cache-extended k/v.
+
+Token kinds: PAD where the attention mask is 0, IMAGE at image placeholder tokens, SYSTEM before the
+first image token (template scaffolding and system prompt, ``<|vision_start|>`` included), TEXT after it
+(the user's prompt, the closing scaffolding and assistant prefix, and generated tokens).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from spatialkit.models.vlm import VLM, AttnCall, AttentionFn, Batch, Generation, TokenKind, VisualFn, VisualTokens
+
+FAMILY_OF_MODEL_TYPE = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_5_vl", "qwen3_vl": "qwen3_vl", "llava": "llava"}
+ATTN_NAME = "spatialkit"
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """The requested model's weights are not on this machine (nothing is ever downloaded by ``load``)."""
+
+
+class UnsupportedModelError(ValueError):
+    """The checkpoint is not one of the supported VLM families."""
+
+
+# -- classes per family ----------------------------------------------------------------------------
+def model_class(family: str):
+    import transformers as t
+
+    classes = {
+        "qwen2_vl": t.Qwen2VLForConditionalGeneration,
+        "qwen2_5_vl": t.Qwen2_5_VLForConditionalGeneration,
+        "qwen3_vl": t.Qwen3VLForConditionalGeneration,
+        "llava": t.LlavaForConditionalGeneration,
+    }
+    if family not in classes:
+        raise UnsupportedModelError(f"family must be one of {sorted(classes)}, got {family!r}")
+    return classes[family]
+
+
+def _image_only(base):
+    """A Qwen processor without the video processor (the stock one needs torchvision, never installed here)."""
+
+    class ImageOnly(base):
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            super().__init__(image_processor, tokenizer, None, chat_template=chat_template)
+
+    ImageOnly.__name__ = ImageOnly.__qualname__ = "ImageOnly" + base.__name__
+    return ImageOnly
+
+
+_PROCESSORS: dict[str, type] = {}
+
+
+def processor_class(family: str):
+    if family not in _PROCESSORS:
+        import transformers as t
+
+        bases = {"qwen2_vl": t.Qwen2VLProcessor, "qwen2_5_vl": t.Qwen2_5_VLProcessor, "qwen3_vl": t.Qwen3VLProcessor}
+        if family == "llava":
+            _PROCESSORS[family] = t.LlavaProcessor
+        elif family in bases:
+            _PROCESSORS[family] = _image_only(bases[family])
+        else:
+            raise UnsupportedModelError(f"family must be one of {sorted(FAMILY_OF_MODEL_TYPE)}, got {family!r}")
+    return _PROCESSORS[family]
+
+
+# -- loading ---------------------------------------------------------------------------------------
+def _how_to_provide(path_or_id: str) -> str:
+    return (
+        "Download it on a connected machine with `hf download <id>` (or `huggingface-cli download <id>`) and copy "
+        "the HF cache (~/.cache/huggingface/hub, or $HF_HOME) here, or pass the path of a local folder holding "
+        "config.json, the processor files and *.safetensors."
+    ).replace("<id>", path_or_id)
+
+
+def resolve_weights(path_or_id: str | os.PathLike) -> Path:
+    """The local folder holding the checkpoint, or WeightsNotFoundError. Only looks locally (fast offline)."""
+    text = str(path_or_id)
+    path = Path(text).expanduser()
+    looks_like_path = path.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1
+    if looks_like_path:
+        if not path.is_dir():
+            raise WeightsNotFoundError(f"Model folder {str(path)!r} does not exist. {_how_to_provide(text)}")
+        folder = path
+    else:
+        from huggingface_hub import snapshot_download
+
+        try:
+            folder = Path(snapshot_download(text, local_files_only=True))
+        except Exception as err:  # LocalEntryNotFoundError, HFValidationError, ...
+            raise WeightsNotFoundError(
+                f"Model {text!r} is not in the local Hugging Face cache "
+                f"({os.environ.get('HF_HUB_CACHE') or os.environ.get('HF_HOME') or '~/.cache/huggingface'}) "
+                f"and is not a local folder. {_how_to_provide(text)}"
+            ) from err
+    if not (folder / "config.json").is_file() or not any((folder / f).is_file() for f in WEIGHT_FILES):
+        raise WeightsNotFoundError(
+            f"{str(folder)!r} (for {text!r}) has no config.json or no weights ({', '.join(WEIGHT_FILES)}). "
+            f"{_how_to_provide(text)}"
+        )
+    return folder
+
+
+def family_of(config) -> str:
+    family = FAMILY_OF_MODEL_TYPE.get(getattr(config, "model_type", None))
+    if family is None:
+        raise UnsupportedModelError(
+            f"Unsupported architecture: model_type {getattr(config, 'model_type', None)!r} "
+            f"({getattr(config, 'architectures', None)}); spatialkit.models.hf supports {sorted(FAMILY_OF_MODEL_TYPE)}."
+        )
+    return family
+
+
+def _chat_template(folder: Path, tokenizer) -> str | None:
+    if (folder / "chat_template.jinja").is_file():
+        return (folder / "chat_template.jinja").read_text()
+    if (folder / "chat_template.json").is_file():
+        return json.loads((folder / "chat_template.json").read_text())["chat_template"]
+    return tokenizer.chat_template
+
+
+def load_processor(folder: str | os.PathLike, family: str):
+    """The processor, built from explicit classes (AutoProcessor would silently give only the tokenizer)."""
+    from transformers import AutoTokenizer
+
+    folder = Path(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    template = _chat_template(folder, tokenizer)
+    if family == "llava":
+        from transformers import CLIPImageProcessorPil
+
+        extra = {}
+        if (folder / "processor_config.json").is_file():
+            saved = json.loads((folder / "processor_config.json").read_text())
+            extra = {k: saved[k] for k in ("patch_size", "vision_feature_select_strategy", "num_additional_image_tokens") if k in saved}
+        image = CLIPImageProcessorPil.from_pretrained(folder)
+        return processor_class(family)(image_processor=image, tokenizer=tokenizer, chat_template=template, **extra)
+    from transformers import Qwen2VLImageProcessorPil
+
+    image = Qwen2VLImageProcessorPil.from_pretrained(folder)
+    return processor_class(family)(image_processor=image, tokenizer=tokenizer, chat_template=template)
+
+
+def load(path_or_id: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None) -> "HFVLM":
+    """Load a supported VLM from a local folder or the HF cache (never downloads).
+
+    ``dtype`` None: float32 on the CPU, the checkpoint's own dtype elsewhere.
+    """
+    from transformers import AutoConfig
+
+    dtype = _check_dtype(dtype, device)  # bad arguments fail before any file is read
+    folder = resolve_weights(path_or_id)
+    family = family_of(AutoConfig.from_pretrained(folder))
+    model = model_class(family).from_pretrained(folder, dtype=dtype, attn_implementation="sdpa")
+    model.to(device).eval()
+    return HFVLM(model, load_processor(folder, family), family)
+
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+def _check_dtype(dtype, device):
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', got {device!r}") from err
+    if dtype is None:
+        return torch.float32 if device.type == "cpu" else "auto"
+    if isinstance(dtype, torch.dtype):
+        dtype = str(dtype).removeprefix("torch.")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be None or one of {DTYPES} (or the torch dtype), got {dtype!r}")
+    return dtype if dtype == "auto" else getattr(torch, dtype)
+
+
+# -- the attention function ------------------------------------------------------------------------
+def _spatialkit_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+    """transformers attention function: hand the call to the active hook's fn, else stock SDPA."""
+    state = getattr(module, "_spatialkit_hook", None)
+    if state is None:  # not inside an attention_hook (e.g. another model sharing the config)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs)
+    fn, vlm = state
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    call = AttnCall(
+        layer=module.layer_idx,
+        query=query,
+        key=key,
+        value=value,
+        mask=attention_mask,
+        scale=scaling if scaling is not None else query.shape[-1] ** -0.5,
+        is_causal=bool(causal and attention_mask is None),
+        token_kind=vlm._kinds_for(key.shape[-2]),
+    )
+    out = fn(call)  # (B, H, Lq, D)
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(ATTN_NAME, _spatialkit_attention)
+AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)  # same masks as stock SDPA
+
+
+def _to_pil(image) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[-1] != 3:
+        raise ValueError(f"images must be PIL images or HxWx3 arrays, got shape {array.shape}")
+    if array.dtype != np.uint8:
+        array = (np.clip(array, 0, 1) * 255).round().astype(np.uint8) if array.max() <= 1.0 else array.astype(np.uint8)
+    return Image.fromarray(array)
+
+
+# -- the adapter -----------------------------------------------------------------------------------
+class HFVLM(VLM):
+    """A transformers VLM of one of the supported families, as a :class:`spatialkit.models.vlm.VLM`."""
+
+    def __init__(self, model: torch.nn.Module, processor, family: str):
+        self.family = family
+        self.model = model.eval()
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.tokenizer.padding_side = "left"  # the last position is the one that predicts the answer
+        first = next(model.parameters())
+        self.device, self.dtype = first.device, first.dtype
+        self.image_token_id = model.config.image_token_id
+        self._running_kinds: torch.Tensor | None = None
+
+    # -- model parts ---------------------------------------------------------------------------
+    @property
+    def lm_config(self):
+        return self.model.config.text_config
+
+    @property
+    def lm_layers(self) -> torch.nn.ModuleList:
+        return self.model.model.language_model.layers
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.lm_layers)
+
+    @property
+    def _visual_module(self) -> torch.nn.Module:
+        return self.model.model.multi_modal_projector if self.family == "llava" else self.model.model.visual
+
+    # -- inputs --------------------------------------------------------------------------------
+    def _messages(self, prompt: str, system_prompt: str | None) -> list[dict]:
+        messages = []
+        if system_prompt is not None:
+            messages.append({"role": "system", "content": [{"type": "text", "text": system_prompt}]})
+        messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]})
+        return messages
+
+    def prompt_texts(self, prompts: Sequence[str], system_prompt: str | None = None) -> list[str]:
+        """The chat-templated prompt strings (one image placeholder each, assistant prefix at the end)."""
+        return [
+            self.processor.apply_chat_template(self._messages(p, system_prompt), tokenize=False, add_generation_prompt=True)
+            for p in prompts
+        ]
+
+    def prepare(self, images: Sequence, prompts: Sequence[str], *, system_prompt: str | None = None) -> Batch:
+        if len(images) != len(prompts):
+            raise ValueError(f"images and prompts must have the same length, got {len(images)} and {len(prompts)}")
+        if len(prompts) == 0:
+            raise ValueError("prompts must hold at least one prompt")
+        texts = self.prompt_texts(prompts, system_prompt)
+        enc = self.processor(images=[_to_pil(im) for im in images], text=texts, return_tensors="pt", padding=True)
+        inputs = {
+            k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
+            for k, v in enc.items()
+            if isinstance(v, torch.Tensor)
+        }
+        return Batch(inputs=inputs, token_kind=self._token_kinds(inputs), grids=self._grids(inputs), prompts=list(prompts))
+
+    def _token_kinds(self, inputs: dict) -> torch.Tensor:
+        ids, attend = inputs["input_ids"], inputs["attention_mask"].bool()
+        is_image = ids == self.image_token_id
+        after_image = is_image.long().cumsum(dim=1) > 0
+        kinds = torch.full_like(ids, int(TokenKind.SYSTEM))
+        kinds[after_image] = int(TokenKind.TEXT)
+        kinds[is_image] = int(TokenKind.IMAGE)
+        kinds[~attend] = int(TokenKind.PAD)
+        return kinds
+
+    def _grids(self, inputs: dict) -> list[tuple[int, int]]:
+        if self.family == "llava":
+            vision = self.model.config.vision_config
+            side = vision.image_size // vision.patch_size
+            return [(side, side)] * inputs["pixel_values"].shape[0]
+        merge = self.model.config.vision_config.spatial_merge_size
+        return [(int(t) * int(h) // merge, int(w) // merge) for t, h, w in inputs["image_grid_thw"].tolist()]
+
+    # -- running state for the attention hook --------------------------------------------------
+    @contextlib.contextmanager
+    def _running(self, kinds: torch.Tensor) -> Iterator[None]:
+        previous, self._running_kinds = self._running_kinds, kinds
+        try:
+            yield
+        finally:
+            self._running_kinds = previous
+
+    def _kinds_for(self, num_keys: int) -> torch.Tensor | None:
+        """Token kinds of the keys; positions beyond the prompt are generated tokens (TEXT)."""
+        kinds = self._running_kinds
+        if kinds is None:
+            return None
+        if num_keys > kinds.shape[1]:
+            extra = torch.full((kinds.shape[0], num_keys - kinds.shape[1]), int(TokenKind.TEXT), dtype=kinds.dtype, device=kinds.device)
+            kinds = torch.cat([kinds, extra], dim=1)
+        return kinds[:, :num_keys]
+
+    # -- running -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def logits(self, batch: Batch) -> torch.Tensor:
+        with self._running(batch.token_kind):
+            return self.model(**batch.inputs, use_cache=False).logits
+
+    def _with_suffix(self, batch: Batch, suffixes: list[list[int]]) -> Batch:
+        """The batch with token ids appended to each row's prompt (re-left-padded)."""
+        rows = []
+        keep = batch.attention_mask
+        for i, suffix in enumerate(suffixes):
+            rows.append(batch.inputs["input_ids"][i][keep[i]].tolist() + list(suffix))
+        length = max(map(len, rows))
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+        attend = torch.zeros((len(rows), length), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, length - len(row) :] = torch.tensor(row)
+            attend[i, length - len(row) :] = 1
+        inputs = dict(batch.inputs, input_ids=ids.to(self.device), attention_mask=attend.to(self.device))
+        if "mm_token_type_ids" in inputs:  # 1 at image tokens, 0 elsewhere
+            inputs["mm_token_type_ids"] = (inputs["input_ids"] == self.image_token_id).to(batch.inputs["mm_token_type_ids"].dtype)
+        return Batch(inputs=inputs, token_kind=self._token_kinds(inputs), grids=batch.grids, prompts=batch.prompts)
+
+    def option_ids(self, prompt_text: str, option: str) -> list[int]:
+        """Token ids of an answer option as it would follow the assistant prefix ("ASSISTANT:" → " left")."""
+        text = option if (not prompt_text or prompt_text[-1].isspace()) else " " + option
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    @torch.no_grad()
+    def score_options(self, images: Sequence, prompts: Sequence[str], options: Sequence[Sequence[str]]) -> torch.Tensor:
+        if len(options) != len(prompts) or len({len(o) for o in options}) != 1:
+            raise ValueError("options must hold the same number of options for every prompt (one list per prompt)")
+        n = len(options[0])
+        texts = self.prompt_texts(prompts)
+        rep_images = [im for im in images for _ in range(n)]
+        rep_prompts = [p for p in prompts for _ in range(n)]
+        suffixes = [self.option_ids(texts[b], options[b][o]) for b in range(len(prompts)) for o in range(n)]
+        if any(len(s) == 0 for s in suffixes):
+            raise ValueError("every option must be a non-empty string")
+        batch = self._with_suffix(self.prepare(rep_images, rep_prompts), suffixes)
+        logprobs = self.logits(batch).float().log_softmax(dim=-1)
+        length = batch.inputs["input_ids"].shape[1]
+        scores = torch.empty(len(suffixes))
+        for row, suffix in enumerate(suffixes):
+            positions = torch.arange(length - len(suffix), length, device=logprobs.device)
+            targets = torch.tensor(suffix, device=logprobs.device)
+            scores[row] = logprobs[row, positions - 1, targets].sum()
+        return scores.view(len(prompts), n)
+
+    @torch.no_grad()
+    def generate(self, images: Sequence, prompts: Sequence[str], max_new_tokens: int = 8) -> list[Generation]:
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        batch = self.prepare(images, prompts)
+        with self._running(batch.token_kind):
+            out = self.model.generate(
+                **batch.inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                return_dict_in_generate=True, output_logits=True, pad_token_id=self.tokenizer.pad_token_id,
+            )
+        prompt_len = batch.inputs["input_ids"].shape[1]
+        first_probs = out.logits[0].float().softmax(dim=-1).max(dim=-1).values
+        eos = self.model.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+        results = []
+        for i in range(len(prompts)):
+            ids = out.sequences[i, prompt_len:].tolist()
+            for j, t in enumerate(ids):
+                if t in eos:
+                    ids = ids[: j + 1]
+                    break
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            results.append(Generation(text=text, token_ids=ids, first_token_prob=float(first_probs[i])))
+        return results
+
+    # -- hooks ---------------------------------------------------------------------------------
+    def _visual_tokens_of(self, args, kwargs, output) -> VisualTokens:
+        if self.family == "llava":  # (n_images, N, d)
+            n_images, n, d = output.shape
+            side = math.isqrt(n)
+            if side * side != n:
+                raise ValueError(f"LLaVA projector gave {n} tokens per image, not a square grid")
+            return VisualTokens(tokens=output.reshape(n_images * n, d), grids=[(side, side)] * n_images)
+        grid_thw = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
+        merge = self.model.config.vision_config.spatial_merge_size
+        grids = [(int(t) * int(h) // merge, int(w) // merge) for t, h, w in grid_thw.tolist()]
+        extras = list(getattr(output, "deepstack_features", None) or [])
+        return VisualTokens(tokens=output.pooler_output, grids=grids, extras=extras)
+
+    def _write_visual_tokens(self, output, new: VisualTokens, old: VisualTokens):
+        if new.tokens.shape != old.tokens.shape or [e.shape for e in new.extras] != [e.shape for e in old.extras]:
+            raise ValueError(
+                f"a visual hook must keep the shapes of tokens {tuple(old.tokens.shape)} and extras "
+                f"{[tuple(e.shape) for e in old.extras]}, got {tuple(new.tokens.shape)} and {[tuple(e.shape) for e in new.extras]}"
+            )
+        if self.family == "llava":
+            return new.tokens.reshape(output.shape)
+        output.pooler_output = new.tokens
+        if old.extras:
+            output.deepstack_features = list(new.extras)
+        return output
+
+    @contextlib.contextmanager
+    def visual_hook(self, fn: VisualFn) -> Iterator[None]:
+        def hook(module, args, kwargs, output):
+            old = self._visual_tokens_of(args, kwargs, output)
+            return self._write_visual_tokens(output, fn(old), old)
+
+        handle = self._visual_module.register_forward_hook(hook, with_kwargs=True)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    @torch.no_grad()
+    def visual_tokens(self, batch: Batch) -> VisualTokens:
+        seen: list[VisualTokens] = []
+
+        def capture(module, args, kwargs, output):  # registered last, so it sees active hooks' results
+            seen.append(self._visual_tokens_of(args, kwargs, output))
+
+        handle = self._visual_module.register_forward_hook(capture, with_kwargs=True)
+        try:
+            if self.family == "llava":
+                self.model.model.get_image_features(pixel_values=batch.inputs["pixel_values"])
+            else:
+                self.model.model.get_image_features(batch.inputs["pixel_values"], batch.inputs["image_grid_thw"])
+        finally:
+            handle.remove()
+        return seen[-1]
+
+    @contextlib.contextmanager
+    def attention_hook(self, fn: AttentionFn) -> Iterator[None]:
+        attention_modules = [layer.self_attn for layer in self.lm_layers]
+        previous_impl = self.lm_config._attn_implementation
+        previous_state = [getattr(m, "_spatialkit_hook", None) for m in attention_modules]
+        try:
+            for m in attention_modules:
+                m._spatialkit_hook = (fn, self)
+            self.lm_config._attn_implementation = ATTN_NAME
+            yield
+        finally:
+            self.lm_config._attn_implementation = previous_impl
+            for m, state in zip(attention_modules, previous_state):
+                if state is None:
+                    m.__dict__.pop("_spatialkit_hook", None)
+                else:
+                    m._spatialkit_hook = state
+
+    @torch.no_grad()
+    def text_embeddings(self, batch: Batch) -> torch.Tensor:
+        embeds = self.model.get_input_embeddings()(batch.inputs["input_ids"])
+        return embeds[batch.text_mask]

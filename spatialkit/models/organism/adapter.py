@@ -1,0 +1,203 @@
+"""``OrganismVLM``: the tiny trained VLM behind the one ``spatialkit.models.vlm.VLM`` interface.
+
+    vlm = load_or_train(preset("default"))          # loads from the checkpoint store, or trains (minutes on CPU)
+    df = evaluate(vlm, wherebench(vlm.config), "test")   # one row per item: family, task, correct, ...
+    accuracy_by_task(df)
+
+Prompts are plain words of the organism's vocabulary (unknown words raise a ValueError naming them); the
+model answers after an implicit ``<ans>`` token. ``system_prompt=SYSTEM_PROMPT`` (or any known words)
+prepends a system prompt, which the organism saw on ``system_prompt_fraction`` of its training examples.
+"""
+
+from __future__ import annotations
+import contextlib
+from typing import Sequence
+import torch
+from spatialkit.models.organism.model import ANS, EOS, IMG, PAD, SYSTEM_PROMPT, TinyVLM, Vocab, to_pixels
+from spatialkit.models.vlm import VLM, AttentionFn, Batch, Generation, TokenKind, VisualFn, VisualTokens
+from spatialkit.models.organism.config import OrganismConfig
+
+
+
+__all__ = ["OrganismVLM", "OrganismConfig", "PRESETS", "preset", "load_or_train", "evaluate", "accuracy_by_task",
+           "accuracy_by_family", "code_version", "SYSTEM_PROMPT", "wherebench"]
+
+
+class OrganismVLM(VLM):
+    family = "organism"
+
+    def __init__(self, model: TinyVLM, vocab: Vocab, config: OrganismConfig | None = None, device="cpu"):
+        self.device, self.dtype = torch.device(device), torch.float32
+        self.model, self.vocab, self.config = model.to(self.device), vocab, config
+        self._visual_fns: list[VisualFn] = []
+        self._attention_fns: list[AttentionFn] = []
+        self.metrics: dict = {}
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def _encode_words(self, text: str, what: str) -> list[int]:
+        unknown = self.vocab.unknown(text)
+        if unknown:
+            raise ValueError(f"{what} {text!r} has words the organism's vocabulary does not know: {unknown}")
+        return self.vocab.encode(text)
+
+    def _layout(self, tails: list[list[int]], system_prompt: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded rows [system?][<img> x N][tail]: (input_ids, token_kind), both (B, L) long."""
+        sys_ids = self._encode_words(system_prompt, "system_prompt") if system_prompt else []
+        h, w = self.model.grid
+        length = len(sys_ids) + h * w + max(len(t) for t in tails)
+        ids = torch.full((len(tails), length), self.vocab[PAD], dtype=torch.long)
+        kind = torch.full((len(tails), length), int(TokenKind.PAD), dtype=torch.long)
+        for b, tail in enumerate(tails):
+            row = sys_ids + [self.vocab[IMG]] * (h * w) + tail
+            ids[b, : len(row)] = torch.tensor(row)
+            kind[b, : len(sys_ids)] = int(TokenKind.SYSTEM)
+            kind[b, len(sys_ids): len(sys_ids) + h * w] = int(TokenKind.IMAGE)
+            kind[b, len(sys_ids) + h * w: len(row)] = int(TokenKind.TEXT)
+        return ids.to(self.device), kind.to(self.device)
+
+    def _pixels(self, images) -> torch.Tensor:
+        pixels = to_pixels(images).to(self.device)
+        size = self.model.cfg.image_size
+        if tuple(pixels.shape[-2:]) != (size, size):
+            raise ValueError(f"images must be {size}x{size} pixels for this organism, got {tuple(pixels.shape[-2:])}")
+        return pixels
+
+    def prepare(self, images: Sequence, prompts: Sequence[str], *, system_prompt: str | None = None) -> Batch:
+        pixels = self._pixels(images)
+        if pixels.shape[0] != len(prompts):
+            raise ValueError(f"got {pixels.shape[0]} images but {len(prompts)} prompts")
+        ids, kind = self._layout([self._encode_words(p, "prompt") + [self.vocab[ANS]] for p in prompts], system_prompt)
+        h, w = self.model.grid
+        return Batch(inputs={"pixel_values": pixels, "input_ids": ids}, token_kind=kind, grids=[(h, w)] * len(prompts),
+                     prompts=list(prompts))
+
+    # -- running --------------------------------------------------------------------------------
+    def _visual(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B*N, d) visual tokens after every active visual hook (in the order they were entered)."""
+        tokens = self.model.encode_image(pixels)
+        b, n, d = tokens.shape
+        vt = VisualTokens(tokens=tokens.reshape(b * n, d), grids=[self.model.grid] * b)
+        for fn in self._visual_fns:
+            vt = fn(vt)
+        if vt.tokens.shape != (b * n, d):
+            raise ValueError(f"a visual hook returned tokens of shape {tuple(vt.tokens.shape)}, expected {(b * n, d)}")
+        return vt.tokens
+
+    @property
+    def _attention_fn(self) -> AttentionFn | None:
+        return self._attention_fns[-1] if self._attention_fns else None
+
+    def _hidden(self, batch: Batch, visual: torch.Tensor | None = None) -> torch.Tensor:
+        if visual is None:
+            visual = self._visual(batch.inputs["pixel_values"])
+        return self.model.hidden(None, batch.inputs["input_ids"], batch.token_kind, visual=visual,
+                                 attention_fn=self._attention_fn)
+
+    @torch.no_grad()
+    def logits(self, batch: Batch) -> torch.Tensor:
+        return self.model.lm_head(self._hidden(batch))
+
+    @torch.no_grad()
+    def score_options(self, images, prompts, options, *, system_prompt: str | None = None) -> torch.Tensor:
+        """(B, K) summed log-likelihood of each option's words after ``<ans>`` (-inf pads ragged option lists)."""
+        if len(options) != len(prompts):
+            raise ValueError(f"got {len(prompts)} prompts but {len(options)} option lists")
+        k_max = max(len(o) for o in options)
+        prompt_ids = [self._encode_words(p, "prompt") + [self.vocab[ANS]] for p in prompts]
+        tails, owner, option_len = [], [], []
+        for b, (p, opts) in enumerate(zip(prompt_ids, options)):
+            for o in opts:
+                ids = self._encode_words(o, "option")
+                tails.append(p + ids)
+                owner.append(b)
+                option_len.append(len(ids))
+        pixels = self._pixels(images)
+        if pixels.shape[0] != len(prompts):
+            raise ValueError(f"got {pixels.shape[0]} images but {len(prompts)} prompts")
+        visual = self._visual(pixels)  # hooks run once per image; its options share the result
+        n = self.model.grid[0] * self.model.grid[1]
+        ids, kind = self._layout(tails, system_prompt)
+        visual_rows = visual.view(len(prompts), n, -1)[torch.tensor(owner, device=self.device)].reshape(len(tails) * n, -1)
+        rows = Batch(inputs={"input_ids": ids}, token_kind=kind, grids=[self.model.grid] * len(tails))
+        logp = self.model.lm_head(self._hidden(rows, visual_rows)).log_softmax(-1)  # (R, L, V)
+        ends = (rows.token_kind != TokenKind.PAD).sum(1)  # one past the last option word
+        scores = torch.full((len(prompts), k_max), float("-inf"), device=self.device)
+        counters = [0] * len(prompts)
+        for r, (b, m) in enumerate(zip(owner, option_len)):
+            pos = torch.arange(int(ends[r]) - m, int(ends[r]), device=self.device)  # option word positions
+            word_ids = rows.inputs["input_ids"][r, pos]
+            scores[b, counters[b]] = logp[r, pos - 1, word_ids].sum()
+            counters[b] += 1
+        return scores
+
+    @torch.no_grad()
+    def generate(self, images, prompts, max_new_tokens: int = 8, *, system_prompt: str | None = None) -> list[Generation]:
+        """Greedy decoding with a KV cache; rows are grouped by prompt length (no padding inside a group)."""
+        batch = self.prepare(images, prompts, system_prompt=system_prompt)
+        lengths = (batch.token_kind != TokenKind.PAD).sum(1).tolist()
+        visual = self._visual(batch.inputs["pixel_values"]).view(len(prompts), -1, self.model.cfg.lm_dim)
+        results: list[Generation | None] = [None] * len(prompts)
+        eos = self.vocab[EOS]
+        for length in sorted(set(lengths)):
+            rows = [i for i, n in enumerate(lengths) if n == length]
+            ids = batch.inputs["input_ids"][rows, :length]
+            kind = batch.token_kind[rows, :length]
+            cache = self.model.new_cache()
+            hidden = self.model.hidden(None, ids, kind, visual=visual[rows].reshape(-1, visual.shape[-1]),
+                                       attention_fn=self._attention_fn, cache=cache)
+            logits = self.model.lm_head(hidden[:, -1])
+            first_prob = logits.softmax(-1).max(-1).values
+            generated = greedy_continue(self.model, logits, kind, cache, eos, max_new_tokens, self._attention_fn)
+            for j, i in enumerate(rows):
+                token_ids = generated[j]
+                results[i] = Generation(text=self.vocab.decode(token_ids), token_ids=token_ids,
+                                        first_token_prob=float(first_prob[j]))
+        return results  # type: ignore[return-value]
+
+    # -- hooks ----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def visual_hook(self, fn: VisualFn):
+        self._visual_fns.append(fn)
+        try:
+            yield self
+        finally:
+            self._visual_fns.remove(fn)
+
+    @contextlib.contextmanager
+    def attention_hook(self, fn: AttentionFn):
+        """The innermost active attention hook computes every LM layer's attention."""
+        self._attention_fns.append(fn)
+        try:
+            yield self
+        finally:
+            self._attention_fns.remove(fn)
+
+    @torch.no_grad()
+    def visual_tokens(self, batch: Batch) -> VisualTokens:
+        return VisualTokens(tokens=self._visual(batch.inputs["pixel_values"]), grids=list(batch.grids))
+
+    @property
+    def num_layers(self) -> int:
+        return self.model.cfg.lm_layers
+
+    @torch.no_grad()
+    def text_embeddings(self, batch: Batch) -> torch.Tensor:
+        return self.model.tok_emb(batch.inputs["input_ids"][batch.text_mask])
+
+
+def greedy_continue(model: TinyVLM, logits: torch.Tensor, kind: torch.Tensor, cache: list, eos: int,
+                    max_new_tokens: int, attention_fn: AttentionFn | None = None) -> list[list[int]]:
+    """Greedy decoding after a prefill: ``logits`` (B, V) at the last prompt position, ``kind`` (B, L) the
+    prompt's token kinds, ``cache`` the prefill's KV cache (extended in place). Token ids per row, up to eos."""
+    out, done = [], torch.zeros(len(logits), dtype=torch.bool, device=logits.device)
+    for _ in range(max_new_tokens):
+        next_id = logits.argmax(-1)
+        out.append(next_id)
+        done |= next_id == eos
+        if bool(done.all()) or len(out) == max_new_tokens:
+            break
+        kind = torch.cat([kind, torch.full_like(kind[:, :1], int(TokenKind.TEXT))], 1)
+        hidden = model.hidden(None, next_id[:, None], kind[:, -1:], attention_fn=attention_fn, cache=cache,
+                              positions=model.positions(kind)[:, -1:])
+        logits = model.lm_head(hidden[:, -1])
+    return [ids[: ids.index(eos)] if eos in ids else ids for ids in torch.stack(out, 1).tolist()]

@@ -1,0 +1,253 @@
+"""The one ``VLM`` interface that every intervention, probe and notebook targets.
+
+Two kinds of implementation exist: the model organism (``spatialkit.models.organism.model``, wrapped by
+``OrganismVLM``) and real Hugging Face VLMs (``spatialkit.models.hf``: Qwen2-VL, Qwen2.5-VL, Qwen3-VL,
+LLaVA-1.5). Interventions are written once against this interface and work on all five kinds.
+
+The two hook points, and why they are enough:
+
+* ``visual_hook(fn)`` sees the visual tokens exactly as the LM will receive them (after the vision
+  encoder and projector, before the LM). Permutation tests and norm rescaling live here.
+* ``attention_hook(fn)`` replaces the attention computation of every LM layer. ``fn`` receives the
+  queries and keys *after* rotary embedding (and after Qwen3-VL's ``k_norm``), the values, the mask and
+  the scale, and must return the attention output. ``call.sdpa()`` is the default fused computation,
+  so a probe can record the last row's attention (one query row: O(n) memory) and an intervention can
+  recompute the last row with scaled image keys, while every other row stays on fused SDPA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+class TokenKind(enum.IntEnum):
+    """What each position of the LM input sequence holds."""
+
+    PAD = 0
+    SYSTEM = 1  # system prompt / chat-template scaffolding before the user's content
+    IMAGE = 2  # a visual token
+    TEXT = 3  # the user's prompt text (and anything after the image that is not system scaffolding)
+
+
+@dataclass
+class Batch:
+    """Model-ready inputs for a batch of (image, prompt) pairs.
+
+    ``inputs`` are whatever the underlying model's forward takes (input_ids, pixel_values, ...).
+    ``token_kind`` (B, L) int tensor of :class:`TokenKind` values, aligned with the LM sequence
+    (left padding for HF models). ``grids`` holds, per image, the (h, w) grid of visual tokens the LM
+    sees (after any merge), in raster order.
+    """
+
+    inputs: dict[str, torch.Tensor]
+    token_kind: torch.Tensor
+    grids: list[tuple[int, int]]
+    prompts: list[str] = field(default_factory=list)
+
+    @property
+    def image_mask(self) -> torch.Tensor:
+        return self.token_kind == TokenKind.IMAGE
+
+    @property
+    def text_mask(self) -> torch.Tensor:
+        return (self.token_kind == TokenKind.TEXT) | (self.token_kind == TokenKind.SYSTEM)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return self.token_kind != TokenKind.PAD
+
+    def last_index(self) -> torch.Tensor:
+        """Index of the last non-pad position per row (the token that predicts the answer)."""
+        mask = self.attention_mask.long()
+        length = mask.shape[1]
+        positions = torch.arange(length, device=mask.device).expand_as(mask)
+        return (positions * mask).max(dim=1).values
+
+
+@dataclass
+class VisualTokens:
+    """The visual tokens of a batch, as the LM will receive them.
+
+    ``tokens`` (N_total, d): every image's tokens concatenated in batch order, raster order within an
+    image. ``grids``: (h, w) per image, so image i owns rows offsets[i]:offsets[i]+h*w.
+    ``extras``: further per-token features the model injects alongside (Qwen3-VL DeepStack levels),
+    each (N_total, d_extra); an intervention that moves tokens must move these identically.
+    """
+
+    tokens: torch.Tensor
+    grids: list[tuple[int, int]]
+    extras: list[torch.Tensor] = field(default_factory=list)
+
+    def offsets(self) -> list[int]:
+        out, total = [], 0
+        for h, w in self.grids:
+            out.append(total)
+            total += h * w
+        return out
+
+    def per_image(self) -> list[torch.Tensor]:
+        return [self.tokens[o : o + h * w] for o, (h, w) in zip(self.offsets(), self.grids)]
+
+    def replace(self, **changes) -> "VisualTokens":
+        return replace(self, **changes)
+
+
+@dataclass
+class AttnCall:
+    """One LM attention layer's call, handed to an ``attention_hook`` function.
+
+    Shapes: ``query`` (B, H, Lq, D), ``key``/``value`` (B, Hkv, Lk, D) after rotary embedding.
+    ``mask``: None, or a bool (True = may attend) or additive float tensor broadcastable to
+    (B, H, Lq, Lk). ``is_causal`` is True when no explicit mask is given and causality is implied.
+    ``token_kind`` (B, Lk) tells which keys are image / text / pad (None if unknown).
+    """
+
+    layer: int
+    query: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor
+    mask: torch.Tensor | None
+    scale: float
+    is_causal: bool
+    token_kind: torch.Tensor | None = None
+
+    def expand_kv(self, t: torch.Tensor) -> torch.Tensor:
+        """Repeat grouped key/value heads to the number of query heads (GQA)."""
+        groups = self.query.shape[1] // t.shape[1]
+        return t if groups == 1 else t.repeat_interleave(groups, dim=1)
+
+    def full_mask(self) -> torch.Tensor | None:
+        """An additive float mask (B or 1, 1 or H, Lq, Lk), causal included, or None if none applies."""
+        lq, lk = self.query.shape[-2], self.key.shape[-2]
+        mask = self.mask
+        if mask is not None and mask.dtype == torch.bool:
+            mask = torch.zeros(mask.shape, dtype=self.query.dtype, device=mask.device).masked_fill(
+                ~mask, torch.finfo(self.query.dtype).min
+            )
+        if self.is_causal and lq > 1:
+            causal = torch.ones(lq, lk, dtype=torch.bool, device=self.query.device).tril(lk - lq)
+            add = torch.zeros(lq, lk, dtype=self.query.dtype, device=self.query.device).masked_fill(
+                ~causal, torch.finfo(self.query.dtype).min
+            )
+            mask = add[None, None] if mask is None else mask + add
+        return mask
+
+    def sdpa(self, query=None, key=None, value=None, mask=...) -> torch.Tensor:
+        """Default fused attention, (B, H, Lq, D). Arguments override the call's own tensors."""
+        q = self.query if query is None else query
+        k = self.expand_kv(self.key if key is None else key)
+        v = self.expand_kv(self.value if value is None else value)
+        m = self.mask if mask is ... else mask
+        causal = self.is_causal and m is None and q.shape[-2] > 1
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=causal, scale=self.scale)
+
+    def probs(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Post-softmax attention (B, H, R, Lk) of the chosen query rows only (default: last row).
+
+        ``rows``: (B,) index per batch item or None for the last position. Costs O(R·Lk), never Lq·Lk.
+        """
+        b, h, lq, d = self.query.shape
+        if rows is None:
+            rows = torch.full((b,), lq - 1, dtype=torch.long, device=self.query.device)
+        q = self.query[torch.arange(b), :, rows].unsqueeze(2)  # (B, H, 1, D)
+        k = self.expand_kv(self.key)
+        logits = (q @ k.transpose(-1, -2)) * self.scale  # (B, H, 1, Lk)
+        mask = self.full_mask()
+        if mask is not None:
+            mask = mask.expand(b, -1, lq, -1)[torch.arange(b), :, rows].unsqueeze(2)
+            logits = logits + mask
+        return logits.float().softmax(dim=-1).to(self.query.dtype)
+
+
+AttentionFn = Callable[[AttnCall], torch.Tensor]
+VisualFn = Callable[[VisualTokens], VisualTokens]
+
+
+@dataclass
+class Generation:
+    """Greedy generation result for one prompt."""
+
+    text: str
+    token_ids: list[int]
+    first_token_prob: float  # max softmax probability of the first generated token (AdaptVis gate)
+
+
+class VLM(ABC):
+    """A vision-language model as spatialkit sees it.
+
+    Subclasses set ``family`` ("organism", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava"),
+    ``model`` (the torch module), ``device`` and ``dtype``.
+    """
+
+    family: str
+    model: torch.nn.Module
+    device: torch.device
+    dtype: torch.dtype
+
+    # -- inputs ---------------------------------------------------------------------------------
+    @abstractmethod
+    def prepare(self, images: Sequence, prompts: Sequence[str], *, system_prompt: str | None = None) -> Batch:
+        """Turn PIL images (or HxWx3 uint8 arrays) and prompts into a :class:`Batch`."""
+
+    # -- running --------------------------------------------------------------------------------
+    @abstractmethod
+    def logits(self, batch: Batch) -> torch.Tensor:
+        """Next-token logits (B, L, V) for the whole prompt sequence, through both hook points."""
+
+    @abstractmethod
+    def score_options(self, images: Sequence, prompts: Sequence[str], options: Sequence[Sequence[str]]) -> torch.Tensor:
+        """Sum log-likelihood of each option's tokens as the answer: (B, n_options) float tensor."""
+
+    @abstractmethod
+    def generate(self, images: Sequence, prompts: Sequence[str], max_new_tokens: int = 8) -> list[Generation]:
+        """Greedy generation (through both hook points; attention hooks see prefill and decode calls)."""
+
+    # -- hooks ----------------------------------------------------------------------------------
+    @abstractmethod
+    def visual_hook(self, fn: VisualFn) -> contextlib.AbstractContextManager:
+        """Context manager: every forward inside passes its visual tokens through ``fn``.
+
+        Restores the model on exit, also when the body raises.
+        """
+
+    @abstractmethod
+    def attention_hook(self, fn: AttentionFn) -> contextlib.AbstractContextManager:
+        """Context manager: every LM attention layer computes ``fn(AttnCall)`` instead of SDPA.
+
+        The ``AttnCall.token_kind`` is filled from the batch being run. Restores on exit, also on error.
+        """
+
+    @abstractmethod
+    def visual_tokens(self, batch: Batch) -> VisualTokens:
+        """The visual tokens the LM would receive for this batch (after any active visual hook)."""
+
+    @property
+    @abstractmethod
+    def num_layers(self) -> int:
+        """Number of LM decoder layers."""
+
+    def text_embeddings(self, batch: Batch) -> torch.Tensor:
+        """LM input embeddings of the text tokens (N_text, d); used for norm comparisons."""
+        raise NotImplementedError
+
+
+@contextlib.contextmanager
+def stacked(*managers: contextlib.AbstractContextManager) -> Iterator[None]:
+    """Enter several hook context managers at once (innermost last)."""
+    with contextlib.ExitStack() as stack:
+        for m in managers:
+            stack.enter_context(m)
+        yield
+
+
+def softmax_confidence(logits: torch.Tensor) -> float:
+    """Max softmax probability rounded to 2 decimals, as the AdaptVis gate uses it."""
+    return math.floor(float(logits.float().softmax(-1).max()) * 100 + 0.5) / 100

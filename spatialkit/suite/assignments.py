@@ -1,0 +1,421 @@
+"""Classroom assignments from the notebooks: student versions and an autograder.
+
+Notebook authors mark exercises with cell tags (see /work/shared/STYLE.md):
+
+* ``solution``: the body between ``### BEGIN SOLUTION`` / ``### END SOLUTION`` is the answer (a cell
+  without the markers is an answer as a whole);
+* ``tests``: first line ``# points: N``; checks between ``### BEGIN HIDDEN TESTS`` /
+  ``### END HIDDEN TESTS`` are kept from students.
+
+The tags become nbgrader cell metadata (:func:`mark_cells`), and nbgrader's own preprocessors do the
+notebook surgery (ClearSolutions, ClearHiddenTests, ClearOutput, LockCells, ComputeChecksums) and the
+execution (Execute: per-cell timeout, errors recorded, not raised). nbgrader's course database and
+exchange are not used: :func:`grade` matches a submission's test cells to the source notebook by
+their ``grade_id``, puts the full tests (hidden ones included) back, executes, and scores each test
+cell with ``nbgrader.utils.determine_grade`` (an error or stderr output scores 0).
+
+    spatialkit assignments build [--out release/] [--only NAME ...]
+    spatialkit assignments grade SUBMISSION.ipynb [--source notebooks/NAME.ipynb] [--timeout 120]
+                                 [--profile quick|smoke|full] [-p NAME VALUE ...] [--report-dir DIR]
+
+This module imports neither nbgrader nor nbformat at import time: with nbgrader installed, importing
+nbformat costs over a second of CPU (jsonschema's format checkers), and the CLI must stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from spatialkit.common.params import ParameterError
+
+SOLUTION_TAG = "solution"
+TESTS_TAG = "tests"
+POINTS_LINE = re.compile(r"^\s*#\s*points\s*:\s*([0-9]+(?:\.[0-9]*)?)\s*$")
+NBGRADER_SCHEMA = 3
+DEFAULT_TIMEOUT = 120  # seconds per cell; a quick-profile notebook cell is far below this on 2 cores
+KERNEL = "python3"
+
+
+class AssignmentError(ValueError):
+    """A source notebook's exercise cells are malformed (the message names notebook and cell)."""
+
+
+# --- tags -> nbgrader metadata -------------------------------------------------------------------
+
+def _grade_id(kind: str, cell, index: int) -> str:
+    # Cell ids (nbformat >= 4.5) survive cells being inserted above; the index is the fallback.
+    return f"{kind}-{cell.get('id') or index}"
+
+
+def parse_points(cell, where: str) -> float:
+    first = cell.source.lstrip("\n").split("\n", 1)[0]
+    match = POINTS_LINE.match(first)
+    if not match or float(match.group(1)) <= 0:
+        raise AssignmentError(f"{where}: a cell tagged '{TESTS_TAG}' must start with a line '# points: N' "
+                              f"with N > 0; found {first!r}")
+    return float(match.group(1))
+
+
+def mark_cells(nb, name: str = "notebook"):
+    """A copy of ``nb`` whose ``solution``/``tests`` cells carry nbgrader metadata. Cells that already
+    have nbgrader metadata (a generated student notebook) keep it."""
+    nb = copy.deepcopy(nb)
+    for index, cell in enumerate(nb.cells):
+        tags = set(cell.metadata.get("tags", []))
+        where = f"{name}: cell {index}"
+        if "nbgrader" in cell.metadata or not tags & {SOLUTION_TAG, TESTS_TAG}:
+            continue
+        if cell.cell_type != "code":
+            raise AssignmentError(f"{where}: tags '{SOLUTION_TAG}'/'{TESTS_TAG}' are for code cells, not {cell.cell_type}")
+        if {SOLUTION_TAG, TESTS_TAG} <= tags:
+            raise AssignmentError(f"{where}: a cell is either '{SOLUTION_TAG}' or '{TESTS_TAG}', not both")
+        if SOLUTION_TAG in tags:
+            meta = {"solution": True, "grade": False, "locked": False, "grade_id": _grade_id("solution", cell, index)}
+        else:
+            meta = {"solution": False, "grade": True, "locked": True, "points": parse_points(cell, where),
+                    "grade_id": _grade_id("tests", cell, index)}
+        cell.metadata["nbgrader"] = {**meta, "schema_version": NBGRADER_SCHEMA}
+    ids = [c.metadata["nbgrader"]["grade_id"] for c in nb.cells if "nbgrader" in c.metadata]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise AssignmentError(f"{name}: duplicate exercise cell ids {duplicates}")
+    return nb
+
+
+def grade_cells(nb) -> list:
+    return [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")]
+
+
+def has_exercises(nb) -> bool:
+    return any(set(c.metadata.get("tags", [])) & {SOLUTION_TAG, TESTS_TAG} or "nbgrader" in c.metadata
+               for c in nb.cells)
+
+
+# --- student version -----------------------------------------------------------------------------
+
+def student_version(nb, name: str = "notebook"):
+    """Solutions replaced by ``# YOUR CODE HERE`` + ``raise NotImplementedError()``, hidden tests
+    removed, outputs and saved widget state cleared, exercise cells locked, checksums recorded."""
+    from nbgrader.preprocessors import (ClearHiddenTests, ClearOutput, ClearSolutions, ComputeChecksums,
+                                        LockCells)
+
+    nb = mark_cells(nb, name)
+    # The papermill-injected parameters of an executed copy are not part of the assignment.
+    nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+    resources: dict[str, Any] = {}
+    try:
+        for preprocessor in (ClearSolutions(), ClearHiddenTests(), ClearOutput(), LockCells(), ComputeChecksums()):
+            nb, resources = preprocessor.preprocess(nb, resources)
+    except RuntimeError as err:  # nbgrader: unmatched/nested BEGIN/END markers, marker outside a tagged cell
+        raise AssignmentError(f"{name}: {err}") from None
+    for key in ("widgets", "papermill"):
+        nb.metadata.pop(key, None)
+    for cell in nb.cells:
+        cell.metadata.pop("papermill", None)
+        cell.metadata.pop("execution", None)
+    return nb
+
+
+def _write_notebook(nb, path: Path) -> None:
+    """Atomic write: a half-written release notebook never replaces a good one."""
+    import nbformat
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            nbformat.write(nb, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def build(sources: Sequence[Path], out_dir: Path, *, echo=print) -> list[Path]:
+    """Write the student version of every source notebook that has exercises into ``out_dir``."""
+    import nbformat
+
+    written = []
+    for source in sources:
+        source = Path(source)
+        nb = nbformat.read(source, as_version=4)
+        if not has_exercises(nb):
+            echo(f"skipping {source.name}: no cells tagged '{SOLUTION_TAG}' or '{TESTS_TAG}'")
+            continue
+        student = student_version(nb, source.stem)
+        target = Path(out_dir) / source.name
+        _write_notebook(student, target)
+        points = sum(c.metadata["nbgrader"]["points"] for c in grade_cells(student))
+        echo(f"{source.name}: {len(grade_cells(student))} test cell(s), {points:g} point(s) -> {target}")
+        written.append(target)
+    return written
+
+
+# --- grading -------------------------------------------------------------------------------------
+
+@dataclass
+class CellScore:
+    grade_id: str
+    points: float
+    max_points: float
+    status: str  # "passed" | "partial" | "failed" | "missing" | "not run"
+    message: str = ""
+
+
+@dataclass
+class GradeReport:
+    submission: str
+    source: str
+    score: float
+    max_score: float
+    tests: list[CellScore]
+    parameters: dict[str, Any] = field(default_factory=dict)
+    timeout_s: float = DEFAULT_TIMEOUT
+    seconds: float = 0.0
+    problems: list[str] = field(default_factory=list)  # errors outside test cells, dead kernel, ...
+    graded_notebook: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    def summary(self) -> str:
+        lines = [f"{Path(self.submission).name}: {self.score:g} / {self.max_score:g} points "
+                 f"(source {self.source}, per-cell timeout {self.timeout_s:g} s, {self.seconds:.1f} s)"]
+        width = max([len(t.grade_id) for t in self.tests] + [4])
+        for t in self.tests:
+            lines.append(f"  {t.grade_id:<{width}}  {t.points:>4g}/{t.max_points:<4g} {t.status:<8} {t.message}".rstrip())
+        lines += [f"  note: {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+def _first_error(cell) -> str:
+    """Why a cell scored 0 in nbgrader's terms: its first error output, or that it wrote to stderr."""
+    for out in cell.get("outputs", []):
+        if out.get("output_type") == "error":
+            value = str(out.get("evalue", "")).strip().splitlines()
+            return f"{out.get('ename')}: {value[-1] if value else ''}".strip().rstrip(":")
+        if out.get("output_type") == "stream" and out.get("name") == "stderr":
+            text = str(out.get("text", "")).strip().splitlines()
+            return "wrote to stderr" + (f": {text[-1][:200]}" if text else "")
+    return ""
+
+
+def _executed(cell) -> bool:
+    return cell.get("execution_count") is not None or bool(cell.get("outputs"))
+
+
+def merge_tests(submission, source, name: str = "submission"):
+    """The submission with every test cell's source replaced by the source notebook's full version
+    (hidden tests included), matched by grade_id; returns (notebook, missing grade_ids)."""
+    full = {c.metadata["nbgrader"]["grade_id"]: c for c in grade_cells(source)}
+    merged = mark_cells(submission, name)
+    seen = set()
+    for cell in merged.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if not meta.get("grade"):
+            continue
+        original = full.get(meta.get("grade_id"))
+        if original is None:  # a test cell the source does not know: not graded
+            meta["grade"] = False
+            continue
+        seen.add(meta["grade_id"])
+        cell.source = original.source
+        meta["points"] = original.metadata["nbgrader"]["points"]
+    return merged, [gid for gid in full if gid not in seen]
+
+
+def resolve_parameters(name: str, profile: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Profile values + overrides, validated against the catalog when ``name`` is a catalog notebook."""
+    from spatialkit.suite import catalog
+    from spatialkit.suite import runner
+
+    if profile not in runner.PROFILES:
+        raise ParameterError(f"--profile '{profile}' is invalid; allowed: {', '.join(runner.PROFILES)}")
+    if name not in catalog.NOTEBOOKS:
+        return dict(overrides)  # not a catalog notebook: nothing to validate against
+    values = dict(runner.load_profiles()[profile].get(name, {}))
+    values.update(overrides)
+    if profile == "quick" and not overrides:
+        return {}  # the notebook's own defaults, exactly as the student ran it
+    return catalog.NOTEBOOKS[name].validate(values)
+
+
+def _execute(nb, cwd: Path, timeout: float):
+    """Run ``nb`` with nbgrader's Execute (errors and timeouts recorded per cell); a dead kernel or a
+    failure to start one is returned as a problem string, never raised."""
+    from nbgrader.preprocessors import Execute
+
+    from spatialkit.suite.runner import kernel_environment
+
+    executor = Execute(timeout=int(timeout), kernel_name=KERNEL, allow_errors=True, interrupt_on_timeout=True)
+    try:
+        with kernel_environment("Agg"):  # figures are irrelevant for grading
+            nb, _ = executor.preprocess(nb, {"metadata": {"path": str(cwd)}})
+        return nb, ""
+    except Exception as err:  # DeadKernelError, kernel start failure, ...
+        return nb, f"execution stopped: {type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
+
+
+def grade(
+    submission_path: Path,
+    source_path: Path,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    profile: str = "quick",
+    overrides: Mapping[str, Any] | None = None,
+    report_dir: Path | None = None,
+) -> GradeReport:
+    """Execute a submission with the full tests and score it. Writes NAME.grade.json, NAME.grade.txt
+    and the executed NAME.graded.ipynb into ``report_dir`` (default: beside the submission)."""
+    import nbformat
+    from nbgrader.utils import determine_grade
+
+    submission_path, source_path = Path(submission_path), Path(source_path)
+    if not (isinstance(timeout, (int, float)) and 1 <= timeout <= 3600):
+        raise ParameterError(f"--timeout {timeout!r}: must be a number of seconds per cell in [1, 3600]")
+    for label, path in (("SUBMISSION", submission_path), ("--source", source_path)):
+        if not path.is_file():
+            raise ParameterError(f"{label} {path}: no such notebook")
+    name = source_path.stem
+    params = resolve_parameters(name, profile, overrides or {})
+    source = mark_cells(nbformat.read(source_path, as_version=4), name)
+    if not grade_cells(source):
+        raise AssignmentError(f"{source_path}: no cells tagged '{TESTS_TAG}', nothing to grade")
+    try:
+        submission = nbformat.read(submission_path, as_version=4)
+    except Exception as err:  # not JSON, not a notebook: a report, not a crash
+        submission, unreadable = None, f"submission is not a readable notebook: {type(err).__name__}: {err}"
+    start = time.perf_counter()
+    problems: list[str] = []
+    every_test = [c.metadata["nbgrader"]["grade_id"] for c in grade_cells(source)]
+    if submission is None:
+        merged, missing = nbformat.v4.new_notebook(), every_test
+        problems.append(unreadable)
+    else:
+        try:
+            merged, missing = merge_tests(submission, source, submission_path.stem)
+        except AssignmentError as err:
+            merged, missing = nbformat.v4.new_notebook(), every_test
+            problems.append(f"submission's exercise cells are malformed: {err}")
+        for cell in merged.cells:  # stale outputs must not count: only what runs now
+            if cell.cell_type == "code":
+                cell.outputs, cell.execution_count = [], None
+        if params:
+            from papermill.parameterize import parameterize_notebook
+
+            merged.metadata.setdefault("papermill", {})  # papermill expects its own metadata slots
+            for cell in merged.cells:
+                cell.metadata.setdefault("tags", [])
+            merged = parameterize_notebook(merged, params, kernel_name=KERNEL, language="python")
+        if merged.cells:
+            merged, problem = _execute(merged, source_path.parent.resolve(), timeout)
+            if problem:
+                problems.append(problem)
+
+    tests, by_id = [], {c.metadata["nbgrader"]["grade_id"]: c for c in grade_cells(merged)}
+    for original in grade_cells(source):
+        gid = original.metadata["nbgrader"]["grade_id"]
+        max_points = float(original.metadata["nbgrader"]["points"])
+        cell = by_id.get(gid)
+        if gid in missing or cell is None:
+            tests.append(CellScore(gid, 0.0, max_points, "missing", "test cell deleted from the submission"))
+            continue
+        if not _executed(cell):
+            tests.append(CellScore(gid, 0.0, max_points, "not run", "execution stopped before this cell"))
+            continue
+        earned, _ = determine_grade(cell)
+        earned = float(earned or 0.0)
+        status = "passed" if earned >= max_points else ("partial" if earned > 0 else "failed")
+        tests.append(CellScore(gid, earned, max_points, status, "" if status == "passed" else _first_error(cell)))
+    for index, cell in enumerate(merged.cells):  # errors in answers explain failed tests; list them
+        if cell.cell_type == "code" and not cell.metadata.get("nbgrader", {}).get("grade"):
+            error = _first_error(cell)
+            if error and not error.startswith("wrote to stderr"):
+                where = cell.metadata.get("nbgrader", {}).get("grade_id") or f"cell {index}"
+                problems.append(f"{where}: {error}")
+
+    report = GradeReport(
+        submission=str(submission_path), source=str(source_path),
+        score=sum(t.points for t in tests), max_score=sum(t.max_points for t in tests), tests=tests,
+        parameters=params, timeout_s=float(timeout), seconds=time.perf_counter() - start, problems=problems,
+    )
+    out = Path(report_dir) if report_dir is not None else submission_path.parent
+    stem = submission_path.name[: -len(".ipynb")] if submission_path.name.endswith(".ipynb") else submission_path.name
+    graded = out / f"{stem}.graded.ipynb"
+    if submission is not None:
+        _write_notebook(merged, graded)
+        report.graded_notebook = str(graded)
+    _write_text(out / f"{stem}.grade.json", report.to_json() + "\n")
+    _write_text(out / f"{stem}.grade.txt", report.summary() + "\n")
+    return report
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --- CLI: `spatialkit assignments build|grade` ----------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True)
+    b = sub.add_parser("build", help="write student notebooks (solutions stripped, hidden tests removed)")
+    b.add_argument("--out", default="release", type=Path, help="release folder (default: release/)")
+    b.add_argument("--only", nargs="+", default=None, metavar="NAME", help="only these notebooks (stems)")
+    g = sub.add_parser("grade", help="execute a submission with the hidden tests and write a score report")
+    g.add_argument("submission", type=Path, help="the student's notebook (.ipynb)")
+    g.add_argument("--source", type=Path, default=None,
+                   help="instructor notebook (default: notebooks/<submission name>.ipynb)")
+    g.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per cell (default: %(default)s)")
+    g.add_argument("--profile", default="quick", help="parameter profile (quick = the notebook's defaults)")
+    g.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   help="override a notebook parameter (VALUE read as YAML)")
+    g.add_argument("--report-dir", type=Path, default=None, help="where reports go (default: beside the submission)")
+
+
+def _notebooks_dir() -> Path:
+    from spatialkit.suite.runner import default_root
+
+    return default_root() / "notebooks"
+
+
+def cmd_assignments(args: argparse.Namespace) -> int:
+    try:
+        if args.action == "build":
+            sources = sorted(_notebooks_dir().glob("*.ipynb"))
+            if args.only:
+                unknown = sorted(set(args.only) - {p.stem for p in sources})
+                if unknown:
+                    raise ParameterError(f"--only: unknown notebook(s) {unknown}; known: {', '.join(p.stem for p in sources)}")
+                sources = [p for p in sources if p.stem in args.only]
+            written = build(sources, args.out)
+            print(f"{len(written)} student notebook(s) in {args.out}")
+            return 0
+        from spatialkit.suite.runner import parse_value
+
+        source = args.source or _notebooks_dir() / args.submission.name
+        overrides = {k: parse_value(v) for k, v in args.param}
+        report = grade(args.submission, source, timeout=args.timeout, profile=args.profile,
+                       overrides=overrides, report_dir=args.report_dir)
+        print(report.summary())
+        return 0
+    except AssignmentError as err:
+        print(f"spatialkit: error: {err}", file=sys.stderr)
+        return 1

@@ -1,0 +1,236 @@
+"""The notebooks of the suite and their declared parameters (one entry per notebook).
+
+The runner, the profiles file and each notebook's first code cell all read this catalog, so a
+parameter is declared exactly once, with its type and allowed range.
+"""
+
+from __future__ import annotations
+
+from spatialkit.common.params import NotebookSpec, Param, ParameterError
+
+# Parameters most notebooks share.
+SEED = Param("seed", int, 0, "seed for every random thing in the notebook", low=0, high=2**31 - 1)
+DEVICE = Param("device", str, "cpu", "torch device; 'auto' picks cuda when present", choices=("cpu", "cuda", "auto"))
+MODEL = Param(
+    "model", str, "tiny",
+    "'tiny' trains or loads the model organism; otherwise a Hugging Face id or local folder",
+    choices=("tiny",), allow_other=True,
+)
+
+N_BOOT = Param("n_boot", int, 1000, "bootstrap resamples for the CIs", low=100, high=100_000)
+THREADS = Param("threads", int, 1, "torch CPU threads (0 = torch's default); 1 is fastest on a shared 2-core machine",
+                low=0, high=256)
+
+# spatialkit.models.organism.PRESETS' names (not imported: that would load torch for every parameter check; a test keeps
+# the two in step)
+ORGANISM_PRESETS = ("default", "quick", "smoke")
+
+
+def organism_param(role: str = "organism preset") -> Param:
+    """The ``organism`` parameter: which organism preset the notebook loads (or trains) from the checkpoint store."""
+    return Param("organism", str, "quick", f"{role} (spatialkit.models.organism.PRESETS), loaded from the checkpoint "
+                 "store or trained", choices=ORGANISM_PRESETS)
+
+
+NOTEBOOKS: dict[str, NotebookSpec] = {}
+
+
+def register(spec: NotebookSpec) -> NotebookSpec:
+    if spec.name in NOTEBOOKS:
+        raise ValueError(f"notebook {spec.name} registered twice")
+    NOTEBOOKS[spec.name] = spec
+    # Book order is the notebooks' numeric prefix, whatever order the entries below are written in.
+    ordered = sorted(NOTEBOOKS.items())
+    NOTEBOOKS.clear()
+    NOTEBOOKS.update(ordered)
+    return spec
+
+
+def get(name: str) -> NotebookSpec:
+    try:
+        return NOTEBOOKS[name]
+    except KeyError:
+        raise ParameterError(f"unknown notebook '{name}'; known: {', '.join(NOTEBOOKS)}") from None
+
+
+# --- 00 -----------------------------------------------------------------------------------------
+register(NotebookSpec(
+    name="00_wheres_the_chicken",
+    title="Where's the chicken? The spatial-scene world",
+    params=(
+        SEED,
+        Param("image_size", int, 128, "rendered scene size in pixels", low=32, high=1024),
+        Param("n_scenes", int, 200, "scenes for the statistics section", low=1, high=100_000),
+    ),
+))
+
+# --- further notebooks register below, in order (01 ... 06) ---------------------------------------
+
+# --- 01 -----------------------------------------------------------------------------------------
+_POSENC_NAMES = ("none", "learned", "sincos2d", "rpe2d", "rope1d", "rope2d", "mrope")  # == posenc.ENCODINGS
+register(NotebookSpec(
+    name="01_positional_encodings",
+    title="Positional encodings: APE, RPE, RoPE, 2D RoPE and M-RoPE on a grid, tested by training",
+    params=(
+        SEED,
+        DEVICE,
+        Param("grid", int, 6, "training grid side in patches (image = grid * patch_size px; below 6 the "
+              "two objects rarely fit a patch apart)", low=6, high=64),
+        Param("unseen_grid", int, 9, "grid side of the unseen-resolution test images", low=6, high=128),
+        Param("patch_size", int, 8, "ViT patch side in pixels (also the random paste jitter)", choices=(8, 16)),
+        Param("encodings", list, list(_POSENC_NAMES), "encodings to train and compare", item_kind=str,
+              choices=_POSENC_NAMES, min_len=1, max_len=7),
+        Param("seeds", int, 3, "training seeds per encoding (seed, seed+1, ...)", low=3, high=20),
+        Param("steps", int, 300, "optimizer steps per model (same budget for every encoding)", low=1, high=1_000_000),
+        Param("batch_size", int, 64, "images per step", low=4, high=8192),
+        Param("lr", float, 5e-3, "AdamW peak learning rate (one-cycle schedule)", low=1e-6, high=1.0),
+        Param("n_train", int, 2000, "training scenes (rendered once, shared by every model)", low=64, high=1_000_000),
+        Param("n_test", int, 400, "test scenes per resolution", low=20, high=100_000),
+        Param("dim", int, 32, "ViT width", choices=(16, 32, 48, 64, 96, 128, 192, 256)),
+        Param("depth", int, 2, "ViT layers", low=1, high=24),
+        Param("theta", float, 100.0, "RoPE base: frequencies theta^(-2f/d); small grids need a small base",
+              low=1.0, high=1e7),
+        Param("kernel_grid", int, 8, "grid side for the similarity heatmaps and rank correlations", low=2, high=32),
+        Param("ape_stds", list, [0.02, 1.0], "init std of the learned APE table in the loudness experiment "
+              "(0.02 = ViT's usual init)", item_kind=float, low=1e-4, high=100.0, min_len=2, max_len=6),
+        N_BOOT,
+        THREADS,
+    ),
+))
+
+# --- 05 -----------------------------------------------------------------------------------------
+register(NotebookSpec(
+    name="05_clip_vs_cloc",
+    title="From a global glance to localized training: tiny CLIP vs tiny CLOC",
+    params=(
+        SEED,
+        DEVICE,
+        Param("image_size", int, 64, "scene size in pixels (ViT patches are 8 px)", choices=(32, 48, 64, 96, 128)),
+        Param("max_objects", int, 3, "objects per scene (1 .. max_objects)", low=1, high=9),
+        Param("n_train", int, 2000, "training scenes (rendered once, shared by every model)", low=64, high=1_000_000),
+        Param("n_test", int, 300, "held-out test scenes", low=20, high=100_000),
+        Param("steps", int, 300, "optimizer steps per model (same for CLIP, CLOC and the RoI ablation)", low=1, high=1_000_000),
+        Param("batch_size", int, 64, "images per step", low=4, high=8192),
+        Param("regions", int, 3, "M: ground-truth boxes per image used by the region losses", low=1, high=9),
+        Param("lam", float, 1.0, "lambda in L = L_CLIP + lambda (L_CLOC + L_grounding)", low=0.0, high=100.0),
+        Param("dup_threshold", float, 0.9, "drop region negatives whose caption word-count cosine exceeds this (1 = keep all)",
+              low=0.0, high=1.0),
+        Param("width", int, 64, "transformer width (image, text, Prompter)", choices=(32, 48, 64, 96, 128, 192, 256, 384, 512, 768)),
+        Param("depth", int, 2, "ViT and text transformer layers", low=1, high=24),
+        Param("embed_dim", int, 64, "dimension of the shared CLIP space", low=8, high=2048),
+        Param("lr", float, 1e-3, "AdamW peak learning rate", low=1e-6, high=1.0),
+        Param("n_seeds", int, 1, "training seeds per model (seed, seed+1, ...)", low=1, high=10),
+        N_BOOT,
+        THREADS,
+    ),
+))
+
+# --- 03 -----------------------------------------------------------------------------------------
+register(NotebookSpec(
+    name="03_attention_allocation",
+    title="Text dominates, vision follows: where the answer token's attention goes",
+    params=(
+        SEED,
+        DEVICE,
+        MODEL,
+        organism_param(),
+        Param("n_items", int, 400, "test-split items scanned; their where-questions feed the gaze analysis",
+              low=10, high=100_000),
+        Param("layer", int, -1, "LM layer shown in the heatmap; -1 = the middle layer (checked against the model)",
+              low=-1, high=255),
+        Param("with_system_prompt", bool, False, "prompt the heatmap and gaze sections with the system prompt"),
+        Param("image_size", int, 224, "scene size in pixels for an HF model (the organism uses its own)",
+              low=56, high=1024),
+        Param("batch_size", int, 64, "prompts per forward pass", low=1, high=4096),
+        N_BOOT,
+        THREADS,
+    ),
+))
+
+# --- 02 -----------------------------------------------------------------------------------------
+register(NotebookSpec(
+    name="02_semantic_loudness",
+    title="Semantic loudness: the permutation test, embedding norms and norm normalization",
+    params=(
+        SEED,
+        DEVICE,
+        MODEL,
+        organism_param("organism preset family: every organism of the notebook is this preset with one setting "
+                       "changed"),
+        Param("steps", int, 0, "training steps of every organism (0 = the preset's own); all arms get the same budget",
+              low=0, high=1_000_000),
+        Param("n_items", int, 400, "WhereBench test items per evaluation (what and where questions)", low=20, high=100_000),
+        Param("fractions", list, [0.0, 0.25, 0.5, 0.75, 1.0], "shuffled fractions of the visual tokens (PSI curve)",
+              item_kind=float, low=0.0, high=1.0, min_len=2, max_len=21),
+        Param("shuffle_seeds", int, 2, "random permutations averaged per shuffled evaluation", low=1, high=50),
+        Param("spatial_fractions", list, [0.0, 0.15, 0.5], "training-objective dial: share of where-questions in "
+              "training (0.5 = the preset's default)", item_kind=float, low=0.0, high=0.9, min_len=1, max_len=9),
+        Param("n_seeds", int, 3, "training seeds per arm of the norm-normalization comparison", low=1, high=10),
+        Param("norm_mode", str, "rmsclip", "visual-norm rule for the trained arm: the paper's rmsclip, or target",
+              choices=("rmsclip", "target")),
+        Param("norm_scales", list, [0.1, 0.3, 1.0], "dose-response sweep of OrganismConfig.visual_norm_scale",
+              item_kind=float, low=0.01, high=100.0, min_len=1, max_len=12),
+        Param("n_norm_images", int, 32, "test images for the per-layer norm measurements", low=2, high=4096),
+        Param("image_size", int, 224, "scene size in pixels for an HF model (the organism uses its own)",
+              low=56, high=1024),
+        N_BOOT,
+        THREADS,
+    ),
+))
+
+# --- 04 -----------------------------------------------------------------------------------------
+register(NotebookSpec(
+    name="04_adaptvis",
+    title="AdaptVis and ScalingVis: a temperature on the answer token's image attention",
+    params=(
+        SEED,
+        DEVICE,
+        MODEL,
+        organism_param(),
+        Param("organism_seeds", list, [0], "training seeds of the organisms evaluated (each its own checkpoint); "
+              "CIs pool items over seeds", item_kind=int, low=0, high=2**31 - 1, min_len=1, max_len=10),
+        Param("n_items", int, 400, "WhereBench test items scanned; their where-questions are the WhatsUp-style set",
+              low=20, high=100_000),
+        Param("alphas", list, [0.5, 0.8, 1.2, 1.5, 2.0], "ScalingVis grid: α on the last row's image logits "
+              "(1 = baseline)", item_kind=float, low=0.0, high=100.0, min_len=1, max_len=30),
+        Param("alpha1s", list, [0.5, 0.8], "AdaptVis α1 grid (used when the confidence is below β)",
+              item_kind=float, low=0.0, high=100.0, min_len=1, max_len=10),
+        Param("alpha2s", list, [1.2, 1.5, 2.0], "AdaptVis α2 grid (used when the confidence is at least β)",
+              item_kind=float, low=0.0, high=100.0, min_len=1, max_len=10),
+        Param("betas", list, [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], "AdaptVis confidence thresholds β",
+              item_kind=float, low=0.0, high=1.0, min_len=1, max_len=21),
+        Param("tune_fraction", float, 0.2, "share of items used to tune α/α1/α2/β (the paper: 20%); the rest "
+              "reports", low=0.05, high=0.5),
+        Param("n_splits", int, 3, "random tune/report splits (split seeds seed..seed+n-1)", low=1, high=50),
+        Param("max_new_tokens", int, 3, "greedy tokens per answer", low=1, high=64),
+        Param("image_size", int, 224, "scene size in pixels for an HF model (the organism uses its own)",
+              low=56, high=1024),
+        Param("batch_size", int, 64, "prompts per generation call", low=1, high=4096),
+        N_BOOT,
+        THREADS,
+    ),
+))
+
+# --- 06 -----------------------------------------------------------------------------------------
+register(NotebookSpec(
+    name="06_pin",
+    title="PIN: a positional insert unlocks localisation in a frozen VLM",
+    params=(
+        SEED,
+        DEVICE,
+        organism_param("frozen organism preset, none of them ever trained to output boxes"),
+        Param("n_train_scenes", int, 1000, "PIN training scenes (train split; every object is one example)",
+              low=10, high=1_000_000),
+        Param("n_test_scenes", int, 300, "held-out test scenes for the box mIoU (every object is one example)",
+              low=5, high=100_000),
+        Param("steps", int, 600, "PIN optimizer steps (same for every variant)", low=1, high=1_000_000),
+        Param("batch_size", int, 64, "examples per step", low=1, high=8192),
+        Param("lr", float, 1e-2, "AdamW peak learning rate (warm-up, then cosine)", low=1e-6, high=1.0),
+        Param("hidden", int, 64, "width of the insert MLP", low=1, high=65_536),
+        Param("table_dim", int, 64, "width of the fixed sinusoidal grid table (a multiple of 4)",
+              choices=(16, 32, 64, 128, 256, 512)),
+        Param("n_what", int, 400, "WhereBench test 'what' items for the forget-free check", low=10, high=100_000),
+        N_BOOT,
+        THREADS,
+    ),
+))

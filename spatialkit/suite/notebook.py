@@ -1,0 +1,80 @@
+"""What every notebook's first code cell calls: validate parameters, seed, record the environment."""
+
+from __future__ import annotations
+
+import platform
+import random
+import sys
+from types import SimpleNamespace
+from typing import Any
+
+from spatialkit.suite import catalog
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) from one integer."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise catalog.ParameterError("parameter 'device' = 'cuda' but no CUDA device is available; use 'cpu' or 'auto'")
+    return device
+
+
+def environment(device: str) -> dict[str, str]:
+    """Versions and device, recorded in every executed notebook."""
+    import numpy as np
+    import torch
+
+    import spatialkit
+
+    info = {
+        "spatialkit": spatialkit.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "device": device,
+        "torch_threads": str(torch.get_num_threads()),
+    }
+    try:
+        import transformers
+
+        info["transformers"] = transformers.__version__
+    except Exception:  # transformers is optional for the organism-only notebooks
+        info["transformers"] = "not importable"
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def setup(name: str, namespace: dict[str, Any], *, quiet: bool = False) -> SimpleNamespace:
+    """Validate the notebook's parameters (taken from ``namespace``), seed, and print the environment.
+
+    Returns the validated parameters as attributes, plus ``env`` (dict) and ``device`` (resolved).
+    Raises :class:`spatialkit.common.params.ParameterError` with a one-line message on a bad value.
+    """
+    spec = catalog.get(name)
+    values = {p.name: namespace[p.name] for p in spec.params if p.name in namespace}
+    missing = [p.name for p in spec.params if p.name not in namespace]
+    if missing:
+        raise catalog.ParameterError(f"{name}: parameters cell lacks {', '.join(missing)}")
+    params = spec.validate(values)
+    device = resolve_device(params["device"]) if "device" in params else "cpu"
+    if "seed" in params:
+        seed_everything(params["seed"])
+    env = environment(device)
+    if not quiet:
+        width = max(len(k) for k in env)
+        print(f"{spec.title}\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in env.items()))
+    return SimpleNamespace(**{**params, "device": device}, env=env, spec=spec)  # device: the resolved one

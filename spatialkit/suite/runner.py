@@ -1,0 +1,329 @@
+"""Execute the suite's notebooks with papermill, with a cache that skips up-to-date executions.
+
+The pipeline, in order:
+
+1. ``plan`` turns a profile (``profiles.yml``), an ``--only`` selection and ``-p`` overrides into
+   validated parameters per notebook. It imports neither torch nor papermill, so a bad value is
+   reported in well under a second.
+2. ``execute`` runs one notebook into ``book/executed/NAME.ipynb``; the cache key (notebook source,
+   parameters, package version and sources) is written beside it, atomically, only after success.
+   A failing notebook's partial copy goes to ``book/executed/failed/`` and never into the book.
+3. ``run`` does both for every selected notebook and prints one progress line per notebook.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import yaml
+
+import spatialkit
+from spatialkit.suite import catalog
+from spatialkit.common.params import NotebookSpec, ParameterError
+
+PACKAGE_DIR = Path(spatialkit.__file__).resolve().parent
+PROFILES_FILE = PACKAGE_DIR / "suite" / "profiles.yml"
+PROFILES = ("quick", "full", "smoke")  # quick = the notebooks' own defaults (CPU)
+KERNEL = "python3"
+# ipykernel only picks its inline (PNG) backend when MPLBACKEND is unset; a caller's MPLBACKEND=Agg
+# (tests, CI) would otherwise leave every executed notebook without figures.
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+
+
+class RunError(RuntimeError):
+    """A notebook failed. ``str(err)`` names the notebook and the failing cell."""
+
+
+def default_root() -> Path:
+    """The repository root: $SPATIALKIT_ROOT, else the folder above the (editable) package, else cwd."""
+    if os.environ.get("SPATIALKIT_ROOT"):
+        return Path(os.environ["SPATIALKIT_ROOT"]).resolve()
+    above = PACKAGE_DIR.parent
+    if (above / "notebooks").is_dir():
+        return above
+    return Path.cwd()
+
+
+# --- planning: profiles + overrides -> validated parameters (no heavy imports) --------------------
+
+def parse_value(text: str) -> Any:
+    """A ``-p`` value, read as a YAML scalar or list: ``5`` -> 5, ``[1, 2]`` -> [1, 2], ``abc`` -> 'abc'."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text  # not valid YAML: keep the raw string; the parameter's type check decides
+
+
+def load_profiles(path: Path = PROFILES_FILE, notebooks: Mapping[str, NotebookSpec] | None = None) -> dict:
+    """Read the profiles file and check every notebook and parameter in it against the catalog."""
+    notebooks = catalog.NOTEBOOKS if notebooks is None else notebooks
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ParameterError(f"{path}: expected a mapping with keys {', '.join(PROFILES)}")
+    unknown = set(data) - set(PROFILES)
+    if unknown:
+        raise ParameterError(f"{path}: unknown profile(s) {sorted(unknown)}; allowed: {', '.join(PROFILES)}")
+    profiles = {}
+    for profile in PROFILES:
+        entries = data.get(profile) or {}
+        if not isinstance(entries, dict):
+            raise ParameterError(f"{path}: profile '{profile}' must map notebook names to parameters")
+        checked = {}
+        for name, overrides in entries.items():
+            if name not in notebooks:
+                raise ParameterError(f"{path}: profile '{profile}' names unknown notebook '{name}'; "
+                                     f"known: {', '.join(notebooks)}")
+            checked[name] = notebooks[name].validate(overrides or {}, partial=True)
+        profiles[profile] = checked
+    return profiles
+
+
+@dataclass
+class Job:
+    """One notebook to execute, with its fully validated parameters."""
+
+    name: str
+    path: Path
+    params: dict[str, Any]
+
+
+def plan(
+    profile: str = "quick",
+    only: Sequence[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    root: Path | None = None,
+    notebooks: Mapping[str, NotebookSpec] | None = None,
+    profiles_file: Path = PROFILES_FILE,
+    warn: Callable[[str], None] | None = None,
+) -> list[Job]:
+    """Validate everything and return the jobs, in catalog order. Raises ParameterError (one line)."""
+    notebooks = catalog.NOTEBOOKS if notebooks is None else notebooks
+    root = default_root() if root is None else Path(root)
+    if profile not in PROFILES:
+        raise ParameterError(f"--profile '{profile}' is invalid; allowed: {', '.join(PROFILES)}")
+    for name in only or ():
+        if name not in notebooks:
+            raise ParameterError(f"--only: unknown notebook '{name}'; known: {', '.join(notebooks)}")
+    selected = [n for n in notebooks if not only or n in only]
+    overrides = dict(overrides or {})
+    declared = {p.name for n in selected for p in notebooks[n].params}
+    for key in overrides:
+        if key not in declared:
+            raise ParameterError(f"-p {key} {overrides[key]!r}: unknown parameter '{key}' for notebook(s) "
+                                 f"{', '.join(selected)}; allowed names: {', '.join(sorted(declared))}")
+    profile_values = load_profiles(profiles_file, notebooks)[profile]
+    validated = {}
+    for name in selected:  # every selected notebook is validated, file or not, before any warning
+        spec = notebooks[name]
+        values = dict(profile_values.get(name, {}))
+        values.update({k: v for k, v in overrides.items() if any(p.name == k for p in spec.params)})
+        validated[name] = spec.validate(values)
+    jobs = []
+    for name, params in validated.items():
+        path = root / "notebooks" / f"{name}.ipynb"
+        if not path.exists():
+            (warn or _warn)(f"skipping {name}: notebooks/{name}.ipynb does not exist yet")
+            continue
+        jobs.append(Job(name, path, params))
+    return jobs
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+# --- cache ----------------------------------------------------------------------------------------
+
+def notebook_modules(path: Path) -> list[str]:
+    """The spatialkit modules a notebook's code cells import (any cell, any depth)."""
+    import ast
+
+    names = {"spatialkit.suite.notebook"}
+    nb = json.loads(Path(path).read_text())
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") != "code":
+            continue
+        source = "".join(cell.get("source", ""))
+        source = "\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!")))
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:
+            continue  # the kernel reports it; the key still covers the notebook's bytes
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names.update(a.name for a in node.names if a.name.split(".")[0] == "spatialkit")
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "spatialkit":
+                names.add(node.module)
+                names.update(f"{node.module}.{a.name}" for a in node.names)
+    return sorted(names)
+
+
+def package_hash(notebook: Path | None = None) -> str:
+    """The code fingerprint (``spatialkit.common.fingerprint``) of what a notebook imports from spatialkit, or
+    of the whole package when no notebook is given: a code change re-executes exactly the notebooks using it.
+
+    profiles.yml is not code: the parameters it sets are in the key already, and a teammate adding an entry
+    for one notebook must not invalidate every other notebook's cache.
+    """
+    from spatialkit.common.fingerprint import fingerprint
+
+    if notebook is not None:
+        return fingerprint(*notebook_modules(notebook))
+    every = [".".join(("spatialkit",) + p.relative_to(PACKAGE_DIR).with_suffix("").parts).removesuffix(".__init__")
+             for p in sorted(PACKAGE_DIR.rglob("*.py")) if "__pycache__" not in p.parts]
+    return fingerprint(*every)
+
+
+def cache_key(job: Job, pkg_hash: str | None = None) -> str:
+    blob = json.dumps({
+        "notebook": hashlib.sha256(job.path.read_bytes()).hexdigest(),
+        "params": job.params,
+        "spatialkit": spatialkit.__version__,
+        "package": pkg_hash or package_hash(job.path),
+    }, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def key_path(out_dir: Path, name: str) -> Path:
+    return out_dir / f"{name}.key"
+
+
+def is_fresh(job: Job, out_dir: Path, key: str) -> bool:
+    kp, nb = key_path(out_dir, job.name), out_dir / f"{job.name}.ipynb"
+    return nb.exists() and kp.exists() and kp.read_text().strip() == key
+
+
+# --- execution ------------------------------------------------------------------------------------
+
+@dataclass
+class Result:
+    name: str
+    status: str  # "ok" | "cached" | "failed"
+    seconds: float
+    error: str = ""
+    output: Path | None = None
+
+
+def describe_failure(err: Exception, notebook_name: str) -> str:
+    """'NAME: cell 7 failed: ValueError: bad thing' from papermill's execution error."""
+    cell = getattr(err, "cell_index", None)
+    ename, evalue = getattr(err, "ename", type(err).__name__), getattr(err, "evalue", str(err))
+    where = f"cell {cell}" if cell is not None else "execution"
+    line = str(evalue).strip().splitlines()[-1] if str(evalue).strip() else ""
+    return f"{notebook_name}: {where} failed: {ename}: {line}"
+
+
+def execute(job: Job, out_dir: Path, *, force: bool = False, pkg_hash: str | None = None) -> Result:
+    """Execute one notebook into ``out_dir`` unless its cached copy is up to date."""
+    out_dir = Path(out_dir)
+    key = cache_key(job, pkg_hash)
+    final = out_dir / f"{job.name}.ipynb"
+    if not force and is_fresh(job, out_dir, key):
+        return Result(job.name, "cached", 0.0, output=final)
+
+    import papermill  # heavy: imported only when something really runs
+
+    failed_dir = out_dir / "failed"
+    running = out_dir / ".running" / f"{job.name}.ipynb"
+    running.parent.mkdir(parents=True, exist_ok=True)
+    # A stale copy must never be mistaken for the new run's result.
+    key_path(out_dir, job.name).unlink(missing_ok=True)
+    start = time.perf_counter()
+    try:
+        with kernel_environment(INLINE_BACKEND):
+            papermill.execute_notebook(
+                str(job.path), str(running), parameters=job.params, kernel_name=KERNEL,
+                cwd=str(job.path.parent), progress_bar=False, log_output=False,
+            )
+    except Exception as err:  # PapermillExecutionError, dead kernel, missing kernel ...
+        seconds = time.perf_counter() - start
+        failed_dir.mkdir(parents=True, exist_ok=True)
+        kept = failed_dir / f"{job.name}.ipynb"
+        if running.exists():
+            os.replace(running, kept)
+        final.unlink(missing_ok=True)
+        return Result(job.name, "failed", seconds, describe_failure(err, job.name), output=kept)
+    seconds = time.perf_counter() - start
+    os.replace(running, final)
+    (failed_dir / f"{job.name}.ipynb").unlink(missing_ok=True)
+    _write_atomic(key_path(out_dir, job.name), key.encode() + b"\n")
+    return Result(job.name, "ok", seconds, output=final)
+
+
+
+@contextlib.contextmanager
+def kernel_environment(mplbackend: str):
+    """Environment for a kernel started from here, restored on exit (also on error).
+
+    Kernel "python3" must be this environment's (registered by `make` with --sys-prefix), not a same-named
+    kernel in the user's ~/.local/share/jupyter, which Jupyter would otherwise prefer; ``mplbackend`` picks
+    how figures come out (inline PNG for the book, Agg for grading).
+    """
+    saved = {k: os.environ.get(k) for k in ("MPLBACKEND", "JUPYTER_PATH")}
+    own = str(Path(sys.prefix) / "share" / "jupyter")
+    os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in (own, saved["JUPYTER_PATH"]) if p)
+    os.environ["MPLBACKEND"] = mplbackend
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def run(
+    jobs: Sequence[Job],
+    out_dir: Path,
+    *,
+    force: bool = False,
+    echo: Callable[[str], None] = print,
+) -> list[Result]:
+    """Execute ``jobs`` in order, one progress line each. Raises RunError if any notebook failed
+    (after running the others, so one broken notebook does not hide the state of the rest)."""
+    results = []
+    for i, job in enumerate(jobs, 1):
+        echo(f"[{i}/{len(jobs)}] {job.name} ...")
+        result = execute(job, out_dir, force=force)
+        if result.status == "failed":
+            echo(f"[{i}/{len(jobs)}] {job.name} FAILED after {result.seconds:.1f}s -- {result.error} "
+                 f"(partial copy: {result.output})")
+        else:
+            label = "up to date, skipped" if result.status == "cached" else f"ok in {result.seconds:.1f}s"
+            echo(f"[{i}/{len(jobs)}] {job.name} {label}")
+        results.append(result)
+    failed = [r for r in results if r.status == "failed"]
+    counts = {status: sum(r.status == status for r in results) for status in ("ok", "cached", "failed")}
+    echo(f"{len(results)} notebook(s): {counts['ok']} executed, {counts['cached']} up to date, "
+         f"{counts['failed']} failed, {sum(r.seconds for r in results):.1f}s executing")
+    if failed:
+        raise RunError("; ".join(r.error for r in failed))
+    return results
+
+
+def executed_dir(root: Path | None = None) -> Path:
+    return (default_root() if root is None else Path(root)) / "book" / "executed"

@@ -1,0 +1,228 @@
+"""The spatial-scene world: procedural scenes, what/where questions, WhereBench, WhatsUp files.
+
+No image data set can be downloaded here, so spatialkit draws its own. Everything is a pure function
+of a seed (``np.random.default_rng(seed)``, never a global RNG) and every pixel is rasterised in
+NumPy with elementary float operations (no fonts, no anti-aliasing, no PIL drawing), so the same
+seed gives byte-identical images and questions on any machine.
+
+Scene model
+-----------
+Objects are sprites (``KINDS``) with a colour (``COLORS``) and, for chicks and ducks, an optional
+accessory (``ACCESSORIES``: the blog's "purple ribbon" and "blue bonnet"). Each object gets a depth
+value; the depth rank (0 = nearest) sets the draw order, so nearer objects really hide farther
+ones. With ``SceneConfig.ground`` the scene is a ground plane seen from the front: nearer objects are
+also larger (``depth_scale``) and stand lower in the image, so "in front of"/"behind" are visible
+from size, height and occlusion. Ground truth per object: kind, colour, full box, visible mask
+(``Scene.mask``), depth rank; ``Scene.instance`` is the visible-object id map.
+
+Relations (only asked where the geometry is unambiguous)
+--------------------------------------------------------
+Let ``c(A)`` be the centre of A's full box, ``d = c(A) - c(B)`` and ``s`` the mean side of the two
+boxes. **Margin rule** (``relation_2d``): A is *left of* B iff ``d.x <= -margin*s`` and
+``|d.x| >= dominance*|d.y|``; *right of*, *above* (image y grows downwards) and *below* are the
+same rule along the other sign/axis. Otherwise the pair has no 2D relation and no where-question is
+generated for it. Defaults: ``margin = 0.25``, ``dominance = 1.5``.
+
+**Depth rule** (``relation_depth``): A is *in front of* B iff A's depth rank is smaller and the depth
+is visible: either A hides at least ``min_hidden`` (10 %) of B's full silhouette (occlusion), or
+(ground-plane scenes only) A's bottom edge is lower than B's by at least ``margin*s`` and A is not
+smaller than B (perspective). Otherwise no depth question is generated.
+
+**One-object rule** (``where_in_image``): with ``d = c(A) - image centre`` and ``H`` the image side,
+the answer is "left"/"right"/"top"/"bottom" iff ``|d| >= where_margin*H`` on the dominant axis and
+that axis dominates the other by ``dominance``; otherwise no question.
+
+Questions and exact option strings
+----------------------------------
+Every question is multiple choice; ``Question.answer`` is the index of the gold option, and
+``make_questions`` shuffles the option order with the caller's RNG.
+
+========== ============================================== ===============================================
+task       text                                           options
+========== ============================================== ===============================================
+presence   "Is there a {kind} in the image?"              "yes", "no"
+identity   "Which object is in the image?"                4 kind names (1 present, 3 absent)
+color      "What color is the {ref}?"                     4 colour names (``COLORS`` keys)
+count      "How many objects are in the image?"           4 consecutive numbers as digits, e.g. "2"
+where_one  "Where is the {ref} in the image?"             "left", "right", "top", "bottom"
+where_two  "Where is the {ref A} relative to the {ref B}?" "left", "right", "above", "below"
+depth      "Is the {ref A} in front of or behind the {ref B}?"  "in front", "behind"
+========== ============================================== ===============================================
+
+``Question.relation`` holds the full relation ("left of", "right of", "above", "below",
+"in front of", "behind"; for where_one the option word itself); ``ANSWER_WORD`` maps relation →
+option word. ``{ref}`` is the kind name ("dog house" for ``doghouse``), with the colour and then the
+accessory added only when needed to single the object out ("the chick with the purple ribbon").
+
+Distractors (``SceneConfig.distractors``) are small pebbles and flowers painted on the background:
+they are not objects, never counted and never asked about.
+"""
+
+from __future__ import annotations
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+import numpy as np
+from spatialkit.world.questions import Question, make_questions
+from spatialkit.world.scene import PRESETS, NAMES, RELATIONS_2D, RELATIONS_DEPTH, RELATIONS_ONE, Scene, SceneConfig, TASKS, render_scene
+
+
+
+@dataclass(frozen=True)
+class Item:
+    scene_seed: int      # the scene is re-rendered from this seed and the bench's config
+    question: Question
+
+
+SPLITS = ("train", "val", "test")
+
+
+def task_labels(task: str, config: SceneConfig) -> tuple[str, ...]:
+    """Every label (``Question.label()``) a task can have under ``config``: the balancing strata."""
+    return {"where_two": RELATIONS_2D, "where_one": RELATIONS_ONE, "depth": RELATIONS_DEPTH,
+            "presence": ("yes", "no"), "color": config.colors,
+            "identity": tuple(NAMES[k] for k in config.kinds),
+            "count": tuple(str(k) for k in range(config.min_objects, config.max_objects + 1))}[task]
+
+
+def scene_seeds(seed: int, split: str) -> Iterable[int]:
+    """Endless scene seeds of a split; splits never share a seed (residues mod 3 differ)."""
+    offset = SPLITS.index(split)
+    k = 0
+    while True:
+        yield seed * 1_000_000_007 + 3 * k + offset
+        k += 1
+
+
+@dataclass
+class WhereBench:
+    config: SceneConfig
+    splits: dict[str, list[Item]]
+    seed: int = 0
+    scenes_tried: dict[str, int] = field(default_factory=dict)  # scenes rendered to fill each split
+
+    def scenes(self, split: str) -> list[Scene]:
+        """The scene of every item of ``split``, aligned with ``splits[split]`` (rendered once per seed)."""
+        cache: dict[int, Scene] = {}
+        out = []
+        for item in self.splits[split]:
+            if item.scene_seed not in cache:
+                cache[item.scene_seed] = render_scene(item.scene_seed, self.config)
+            out.append(cache[item.scene_seed])
+        return out
+
+    def stats(self) -> "pandas.DataFrame":  # noqa: F821
+        """One row per (split, task, label, gold index): the counts behind the balance claims."""
+        import pandas as pd
+
+        rows = []
+        for split, items in self.splits.items():
+            for it in items:
+                q = it.question
+                rows.append((split, q.family, q.task, q.label(), q.answer, len(q.options)))
+        df = pd.DataFrame(rows, columns=["split", "family", "task", "label", "answer_index", "n_options"])
+        return (df.groupby(list(df.columns)).size().rename("count").reset_index()
+                if len(df) else df.assign(count=[]))
+
+
+def task_problem(task: str, config: SceneConfig) -> str | None:
+    """Why ``config`` can never produce questions of ``task`` (None when it can)."""
+    if task in ("where_two", "depth") and config.max_objects < 2:
+        return "needs max_objects >= 2"
+    if task == "depth" and not (config.occlusion or config.ground):
+        return "needs occlusion=True or ground=True (otherwise depth is invisible)"
+    if task == "identity" and len(config.kinds) - config.min_objects < 3:
+        return "needs at least 3 kinds absent from a scene (len(kinds) - min_objects >= 3)"
+    if task == "color" and len(config.colors) < 2:
+        return "needs at least 2 colors"
+    return None
+
+
+def build_wherebench(seed: int = 0, n_train: int = 2000, n_val: int = 400, n_test: int = 400,
+                     config: SceneConfig = PRESETS["book"], tasks: Sequence[str] = TASKS,
+                     per_scene: int = 2) -> WhereBench:
+    """A fixed benchmark with disjoint train/val/test scene seeds and balanced answers.
+
+    Each split gets ``n // len(tasks)`` items per task (the remainder goes to the first tasks);
+    within a task every label (``task_labels``: relations, yes/no, colours, kinds, counts) gets an
+    equal quota (filled by rejection: questions
+    whose label quota is full are skipped); then the gold option is moved to position
+    ``(label's index + number of earlier items of the same task and label) mod n_options``, so gold
+    indices cycle within every stratum and are uniform over each task. At most ``per_scene`` items come from one scene.
+    """
+    for name, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1_000_000:
+            raise ValueError(f"build_wherebench: {name} = {value!r} is invalid; allowed: int in [0, 1000000]")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"build_wherebench: seed = {seed!r} is invalid; allowed: int >= 0")
+    if not tasks or any(t not in TASKS for t in tasks) or len(set(tasks)) != len(tasks):
+        raise ValueError(f"build_wherebench: tasks = {tasks!r} is invalid; allowed: distinct items from {list(TASKS)}")
+    unsupported = [t for t in tasks if task_problem(t, config)]
+    if unsupported:
+        raise ValueError("build_wherebench: tasks = " + repr(tuple(tasks)) + " is invalid for this config: "
+                         + "; ".join(f"{t} {task_problem(t, config)}" for t in unsupported))
+    if not isinstance(per_scene, int) or per_scene < 1:
+        raise ValueError(f"build_wherebench: per_scene = {per_scene!r} is invalid; allowed: int >= 1")
+    splits, tried = {}, {}
+    for split, n in zip(SPLITS, (n_train, n_val, n_test)):
+        splits[split], tried[split] = _fill_split(seed, split, n, config, tuple(tasks), per_scene)
+    return WhereBench(config, splits, seed, tried)
+
+
+def _fill_split(seed, split, n, config, tasks, per_scene) -> tuple[list[Item], int]:
+    quota: dict[tuple[str, str], int] = {}
+    base, extra = divmod(n, len(tasks))
+    for t_index, task in enumerate(tasks):
+        n_task = base + (1 if t_index < extra else 0)
+        labels = task_labels(task, config)
+        lb, lx = divmod(n_task, len(labels))
+        for l_index, label in enumerate(labels):
+            quota[(task, label)] = lb + (1 if l_index < lx else 0)
+    filled = {key: 0 for key in quota}
+    # Label k starts its gold-index cycle at k, so small strata do not all start at index 0.
+    label_index = {(t, l): k for t in tasks for k, l in enumerate(task_labels(t, config))}
+    items: list[Item] = []
+    rng = np.random.default_rng([seed, SPLITS.index(split), 7])
+    max_scenes = 50 * max(n, 1) + 500
+    scenes_used = 0
+    for scenes_used, scene_seed in enumerate(scene_seeds(seed, split), start=1):
+        if len(items) >= n or scenes_used > max_scenes:
+            break
+        scene = render_scene(scene_seed, config)
+        questions = make_questions(scene, rng, tasks=tasks)
+        taken = 0
+        for k in rng.permutation(len(questions)):
+            q = questions[int(k)]
+            key = (q.task, q.label())
+            if taken >= per_scene or filled.get(key, 0) >= quota.get(key, 0):
+                continue
+            q = q.with_answer_at((filled[key] + label_index[key]) % len(q.options), rng)
+            filled[key] += 1
+            items.append(Item(scene_seed, q))
+            taken += 1
+    if len(items) < n:
+        missing = {f"{t}/{l}": quota[(t, l)] - filled[(t, l)] for (t, l) in quota if filled[(t, l)] < quota[(t, l)]}
+        raise RuntimeError(f"WhereBench {split}: could not fill {missing} from {scenes_used} scenes; "
+                           "this config rarely produces those relations (try occlusion=True or ground=True for depth)")
+    # Interleave tasks instead of keeping generation order (which front-loads easy strata).
+    order = rng.permutation(len(items))
+    return [items[int(k)] for k in order], scenes_used
+
+
+def prior_baselines(bench: WhereBench, split: str = "test") -> dict[str, np.ndarray]:
+    """Per-item 0/1 correctness of answerers that never look at the image.
+
+    "first option": always picks option 0. "train prior": per task, the gold option text seen most
+    often in the train split (ties broken alphabetically). "chance": the expected accuracy 1/#options.
+    On a balanced benchmark all three sit at chance.
+    """
+    from collections import Counter
+
+    prior: dict[str, Counter] = {}
+    for it in bench.splits["train"]:
+        prior.setdefault(it.question.task, Counter())[it.question.gold] += 1
+    items = bench.splits[split]
+    first = np.array([it.question.answer == 0 for it in items], dtype=np.float64)
+    guess = {t: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for t, c in prior.items()}
+    train_prior = np.array([guess.get(it.question.task) == it.question.gold for it in items], dtype=np.float64)
+    chance = np.array([1.0 / len(it.question.options) for it in items])
+    return {"first option": first, "train prior": train_prior, "chance": chance}
