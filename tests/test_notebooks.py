@@ -30,4 +30,4 @@ def test_every_catalog_notebook_has_a_smoke_profile_entry():
     """A notebook without smoke overrides would run its full quick defaults inside the test suite."""
     smoke = runner.load_profiles()["smoke"]
     missing = [name for name in WITH_FILES if name not in smoke and catalog.get(name).params]
-    assert missing == [], f"add these notebooks to the smoke: section of spatialkit/profiles.yml: {missing}"
+    assert missing == [], f"add these notebooks to the smoke: section of spatialkit/suite/profiles.yml: {missing}"

@@ -2,7 +2,7 @@
 
     spatialkit run  [--profile quick|full|smoke] [--only NAME ...] [-p NAME VALUE ...] [--force]
     spatialkit book [same options]      # run, then build the HTML book into _build/html
-    spatialkit assignments build|grade  # student notebooks / autograding (spatialkit/assignments.py)
+    spatialkit assignments build|grade  # student notebooks / autograding (spatialkit/suite/assignments.py)
 
 This module imports neither torch nor papermill at import time, so a bad parameter is reported in
 well under a second. To add a subcommand, call :func:`command` (see ``run`` and ``book`` below).
@@ -30,7 +30,7 @@ def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentPars
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default="quick", choices=("quick", "full", "smoke"),
-                        help="parameter profile from spatialkit/profiles.yml (quick = notebook defaults, CPU; "
+                        help="parameter profile from spatialkit/suite/profiles.yml (quick = notebook defaults, CPU; "
                              "full = GPU)")
     parser.add_argument("--only", nargs="+", default=None, metavar="NAME", help="run only these notebooks")
     parser.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
@@ -76,7 +76,7 @@ def cmd_book(args: argparse.Namespace) -> int:
 
 
 def _add_assignments_arguments(parser: argparse.ArgumentParser) -> None:
-    from spatialkit.suite.assignments import add_arguments  # the details live in spatialkit/assignments.py
+    from spatialkit.suite.assignments import add_arguments  # the details live in spatialkit/suite/assignments.py
 
     add_arguments(parser)
 
