@@ -242,13 +242,6 @@ def test_attention_in_box_and_chance_level():
     assert attention.attention_in_box(1.0 - left, cov) == pytest.approx(0.0)
 
 
-def test_bootstrap_gap():
-    gap, low, high = attention.bootstrap_gap([1.0, 0.9, 0.8, 1.0], [0.1, 0.2, 0.0], seed=0)
-    assert gap == pytest.approx(0.925 - 0.1) and 0 < low <= gap <= high
-    assert attention.bootstrap_gap([1.0], [0.2, 0.4], seed=1) == attention.bootstrap_gap([1.0], [0.2, 0.4], seed=1)
-    assert all(math.isnan(x) for x in attention.bootstrap_gap([], [0.1], seed=0))
-
-
 def test_gaze_vs_correctness_table(vocab):
     vlm = organism(vocab)
     bench = wherebench(vlm.config)

@@ -122,16 +122,10 @@ def test_roi_weights_cover_the_box_area():
     assert w[0].tolist() == pytest.approx([0, 0, 0.5, 0.5])
 
 
-def test_box_iou():
-    a = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.5, 0.5], [0.6, 0.6, 0.4, 0.4]])
-    b = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.25, 0.0, 0.75, 0.5], [0.0, 0.0, 1.0, 1.0]])
-    assert C.box_iou(a, b).tolist() == pytest.approx([1.0, 1 / 3, 0.0])
-
-
 # -- models -----------------------------------------------------------------------------------------
 
 def small_cfg(region_head="prompter", vocab=20):
-    return C.ModelConfig(vocab_size=vocab, image_size=16, patch_size=4, width=32, depth=1, heads=2,
+    return C.CLIPConfig(vocab_size=vocab, image_size=16, patch_size=4, width=32, depth=1, heads=2,
                          text_depth=1, max_text_len=8, embed_dim=16, region_head=region_head)
 
 
@@ -274,18 +268,18 @@ def test_training_is_reproducible_and_evaluation_reports_per_item_scores():
         model = C.build_model(small_cfg("prompter", vocab=len(tok)), seed=5)
         runs.append(C.train(model, data, C.TrainConfig(steps=5, batch_size=16), seed=5))
     assert runs[0] == runs[1]
-    res = C.evaluate(model, data, tok, kinds=SHAPES, colors=tuple(RGB))
+    res = C.evaluate_clip(model, data, tok, kinds=SHAPES, colors=tuple(RGB))
     assert len(res["image_score"]) == 48 and len(res["region_score"]) == 96 and len(res["iou"]) == 96
     for key in ("i2t_r1", "t2i_r5", "r2t_r10", "cls_kind", "cls_color_kind"):
         assert set(np.unique(res[key])) <= {0.0, 1.0}
     assert (res["i2t_r5"] >= res["i2t_r1"]).all()
     clip = C.build_model(small_cfg("none", vocab=len(tok)), seed=5)
-    assert "iou" not in C.evaluate(clip, data, tok, kinds=SHAPES, colors=tuple(RGB))
+    assert "iou" not in C.evaluate_clip(clip, data, tok, kinds=SHAPES, colors=tuple(RGB))
 
 
 def test_bad_region_head_is_rejected():
     with pytest.raises(ValueError, match="region_head"):
-        C.ModelConfig(vocab_size=10, region_head="roi-align")
+        C.CLIPConfig(vocab_size=10, region_head="roi-align")
 
 
 # -- experiment helpers -----------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from spatialkit.common.stats import bootstrap_gap
 from spatialkit.models.vlm import VLM, AttnCall, Batch, TokenKind
 
 
@@ -237,19 +238,6 @@ def attention_in_box(maps: torch.Tensor | np.ndarray, coverage: np.ndarray) -> n
     m = np.asarray(maps, dtype=np.float64)
     total = m.sum(axis=(-1, -2))
     return (m * coverage).sum(axis=(-1, -2)) / np.where(total > 0, total, 1.0)
-
-
-def bootstrap_gap(a: Sequence[float], b: Sequence[float], *, seed: int, n_boot: int = 2000,
-                  alpha: float = 0.05) -> tuple[float, float, float]:
-    """mean(a) - mean(b) for two independent groups, with a percentile-bootstrap CI (each group resampled)."""
-    xa, xb = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if xa.size == 0 or xb.size == 0:
-        return float("nan"), float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    boots = (xa[rng.integers(0, xa.size, (n_boot, xa.size))].mean(1)
-             - xb[rng.integers(0, xb.size, (n_boot, xb.size))].mean(1))
-    low, high = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
-    return float(xa.mean() - xb.mean()), float(low), float(high)
 
 
 def allocation(vlm: VLM, images: Sequence, prompts: Sequence[str], *, system_prompt: str | None = None,

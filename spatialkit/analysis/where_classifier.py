@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from spatialkit.models import posenc as pe_mod
 from spatialkit import world as scenes
 from spatialkit.models.organism.model import ViTEncoder
-from spatialkit.common.stats import Estimate
+from spatialkit.common.stats import seed_item_bootstrap
 
 TARGET, REFERENCE = "chick", "cup"
 RELATIVE_LABELS = scenes.RELATIONS_2D  # chick relative to cup
@@ -221,23 +221,6 @@ def evaluate_where(model: WhereClassifier, data: WhereSet, *, batch_size: int = 
         keep = gold >= 0
         out[name] = (pred[keep] == gold[keep]).float().numpy()
     return out
-
-
-def seed_item_bootstrap(correct: np.ndarray, *, seed: int, n_boot: int = 2000, alpha: float = 0.05) -> Estimate:
-    """Mean accuracy of a (n_seeds, n_items) 0/1 array with a two-level percentile bootstrap CI.
-
-    Each replicate resamples training seeds, then test items (the same items for every seed, since all
-    seeds are tested on one test set), so the CI covers both seed-to-seed and item-to-item variation.
-    """
-    x = np.asarray(correct, dtype=np.float64)
-    if x.ndim != 2 or x.size == 0:
-        raise ValueError(f"correct must be a non-empty (n_seeds, n_items) array, got shape {x.shape}")
-    rng = np.random.default_rng(seed)
-    s_idx = rng.integers(0, x.shape[0], size=(n_boot, x.shape[0]))
-    i_idx = rng.integers(0, x.shape[1], size=(n_boot, x.shape[1]))
-    means = np.array([x[s][:, i].mean() for s, i in zip(s_idx, i_idx)])
-    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
-    return Estimate(float(x.mean()), float(low), float(high), int(x.size))
 
 
 def compare_encodings(encodings, data: dict[str, WhereSet], *, seeds, progress: bool = True, **train_kw):

@@ -26,7 +26,7 @@ Design choices the paper leaves open, decided here (and said again in notebook 0
   output at the prompt position (the prompt token attends to every patch).
 - **Box prompt**: each normalized corner coordinate gets sin/cos features at octave frequencies
   (2^k * pi), then a learned linear layer maps the encoding to the model width. The same encoding of
-  each patch's own cell is added to the patch tokens inside the Prompter (``ModelConfig.prompter_pos``,
+  each patch's own cell is added to the patch tokens inside the Prompter (``CLIPConfig.prompter_pos``,
   on by default; like SAM's dense positional encoding), so boxes and patches share one coordinate
   system. The ViT's patch tokens already carry learned positions, so this is a convenience (a short
   check at 300 steps saw no clear change in the region score); set it False for the bare design.
@@ -54,6 +54,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from spatialkit.common import checkpoints
+from spatialkit.common.boxes import box_iou
 from spatialkit.common.fingerprint import fingerprint
 
 REGION_HEADS = ("none", "prompter", "roi")
@@ -182,25 +183,12 @@ def roi_weights(boxes: torch.Tensor, grid: int) -> torch.Tensor:
     return w / w.sum(1, keepdim=True).clamp(min=1e-12)
 
 
-def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Elementwise IoU of (N, 4) boxes (x0, y0, x1, y1); inverted boxes count as empty."""
-    ix = (torch.minimum(a[:, 2], b[:, 2]) - torch.maximum(a[:, 0], b[:, 0])).clamp(min=0)
-    iy = (torch.minimum(a[:, 3], b[:, 3]) - torch.maximum(a[:, 1], b[:, 1])).clamp(min=0)
-    inter = ix * iy
-
-    def area(x):
-        return (x[:, 2] - x[:, 0]).clamp(min=0) * (x[:, 3] - x[:, 1]).clamp(min=0)
-
-    union = area(a) + area(b) - inter
-    return inter / union.clamp(min=1e-12)
-
-
 # --------------------------------------------------------------------------------------------------
 # Transformer pieces (pre-LN, fused attention)
 # --------------------------------------------------------------------------------------------------
 
 
-class Block(nn.Module):
+class CLIPBlock(nn.Module):
     """Pre-LN transformer encoder block: x + attn(ln(x)), then x + mlp(ln(x))."""
 
     def __init__(self, width: int, heads: int):
@@ -233,7 +221,7 @@ class ImageEncoder(nn.Module):
         self.grid = image_size // patch_size
         self.patch = nn.Conv2d(3, width, patch_size, stride=patch_size)
         self.pos = nn.Parameter(0.02 * torch.randn(self.grid * self.grid, width))
-        self.blocks = nn.ModuleList(Block(width, heads) for _ in range(depth))
+        self.blocks = nn.ModuleList(CLIPBlock(width, heads) for _ in range(depth))
         self.ln = nn.LayerNorm(width)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -251,7 +239,7 @@ class TextEncoder(nn.Module):
         super().__init__()
         self.tok = nn.Embedding(vocab_size, width)
         self.pos = nn.Parameter(0.02 * torch.randn(max_len, width))
-        self.blocks = nn.ModuleList(Block(width, heads) for _ in range(depth))
+        self.blocks = nn.ModuleList(CLIPBlock(width, heads) for _ in range(depth))
         self.ln = nn.LayerNorm(width)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
@@ -273,7 +261,7 @@ class Prompter(nn.Module):
 
     def __init__(self, width: int):
         super().__init__()
-        self.layer = Block(width, heads=1)
+        self.layer = CLIPBlock(width, heads=1)
         self.ln = nn.LayerNorm(width)
 
     def forward(self, prompt: torch.Tensor, patches: torch.Tensor, owner: torch.Tensor,
@@ -301,7 +289,7 @@ class Prompter(nn.Module):
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class CLIPConfig:
     vocab_size: int
     image_size: int = 64
     patch_size: int = 8
@@ -326,7 +314,7 @@ class TinyCLIP(nn.Module):
     CLIP model's initial weights plus its own extra modules.
     """
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: CLIPConfig):
         super().__init__()
         self.cfg = cfg
         self.image = ImageEncoder(cfg.image_size, cfg.patch_size, cfg.width, cfg.depth, cfg.heads)
@@ -511,7 +499,7 @@ class TrainConfig:
     dup_threshold: float = 0.9
 
 
-def build_model(cfg: ModelConfig, seed: int) -> TinyCLIP:
+def build_model(cfg: CLIPConfig, seed: int) -> TinyCLIP:
     torch.manual_seed(seed)
     return TinyCLIP(cfg)
 
@@ -586,8 +574,8 @@ def encode_data(model: TinyCLIP, data: SceneTextData, device: str = "cpu", chunk
 
 
 @torch.no_grad()
-def evaluate(model: TinyCLIP, data: SceneTextData, tokenizer: WordTokenizer, *, kinds: Sequence[str], colors: Sequence[str],
-             names: dict[str, str] | None = None, region_how: str | None = None, device: str = "cpu") -> dict[str, np.ndarray]:
+def evaluate_clip(model: TinyCLIP, data: SceneTextData, tokenizer: WordTokenizer, *, kinds: Sequence[str], colors: Sequence[str],
+                  names: dict[str, str] | None = None, region_how: str | None = None, device: str = "cpu") -> dict[str, np.ndarray]:
     """Per-item scores on held-out scenes.
 
     Image level (per image / per caption): i2t_r1, i2t_r5, t2i_r1, t2i_r5 and ``image_score`` (their mean).
@@ -701,7 +689,7 @@ def data_fingerprint(data: SceneTextData) -> str:
     return h.hexdigest()[:16]
 
 
-def train_or_load(model_cfg: ModelConfig, data: SceneTextData, tc: TrainConfig, *, seed: int, device: str = "cpu",
+def train_or_load(model_cfg: CLIPConfig, data: SceneTextData, tc: TrainConfig, *, seed: int, device: str = "cpu",
                   progress: bool = False, use_cache: bool = True) -> tuple[TinyCLIP, dict]:
     """A trained model and its metrics ({"history": per-step losses, "cpu_s": training CPU seconds}).
 

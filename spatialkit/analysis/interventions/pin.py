@@ -41,6 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from spatialkit.common import checkpoints
+from spatialkit.common.boxes import box_iou
 from spatialkit.common.fingerprint import fingerprint
 from spatialkit.models.organism.model import ANS, PAD, Vocab, state_dict_sha256, to_pixels
 from spatialkit.models.posenc import sincos_2d
@@ -207,16 +208,6 @@ def bins_to_box(bins, image_size: int, n_bins: int) -> tuple[float, float, float
     by0, by1 = min(by0, by1), max(by0, by1)
     cell = image_size / n_bins
     return (bx0 * cell, by0 * cell, (bx1 + 1) * cell, (by1 + 1) * cell)
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise IoU of two (N, 4) arrays of (x0, y0, x1, y1) boxes."""
-    a, b = np.asarray(a, dtype=np.float64).reshape(-1, 4), np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    iw = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
-    ih = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
-    inter = iw * ih
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
-    return inter / np.maximum(area(a) + area(b) - inter, 1e-12)
 
 
 @dataclass
