@@ -179,7 +179,7 @@ def test_chick_and_cup_is_the_blog_scene():
     ("dominance", 0.5), ("accessory_prob", 2.0),
 ])
 def test_bad_config_raises_naming_the_field(field, value):
-    with pytest.raises(ValueError, match=rf"SceneConfig\.{field} = .* allowed"):
+    with pytest.raises(ValueError, match=rf"SceneConfig\.{field}' = .* allowed"):
         S.SceneConfig(**{field: value})
 
 

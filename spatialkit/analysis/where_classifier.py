@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from spatialkit.models import posenc as pe_mod
 from spatialkit import world as scenes
 from spatialkit.models.organism.model import ViTEncoder
+from spatialkit.common.params import check_number
 from spatialkit.common.stats import seed_item_bootstrap
 
 TARGET, REFERENCE = "chick", "cup"
@@ -148,9 +149,11 @@ class WhereClassifier(nn.Module):
         super().__init__()
         if posenc not in pe_mod.ENCODINGS:
             raise ValueError(f"posenc must be one of {list(pe_mod.ENCODINGS)}, got {posenc!r}")
-        if ape_std is not None and (posenc != "learned" or not 0 < ape_std <= 100):
-            raise ValueError(f"ape_std = {ape_std!r} is invalid; allowed: a number in (0, 100] with posenc "
-                             f"'learned' (got posenc {posenc!r})")
+        if ape_std is not None:
+            check_number("ape_std", ape_std, 0, 100, low_open=True, note="init std of the learned APE")
+            if posenc != "learned":
+                raise ValueError(f"parameter 'ape_std' = {ape_std!r} is invalid with posenc {posenc!r}; allowed: None "
+                                 "(ape_std scales the learned APE only)")
         self.vit = ViTEncoder(image_size=image_size, patch_size=patch_size, dim=dim, depth=depth,
                               n_heads=n_heads, posenc=posenc)
         if posenc in pe_mod.ROTARY:  # same kind, but with this experiment's theta (small grids need a small one)
@@ -181,8 +184,8 @@ class WhereClassifier(nn.Module):
 def train_where(posenc: str, train: WhereSet, *, seed: int, steps: int = 300, batch_size: int = 64,
                 lr: float = 3e-3, device: str = "cpu", **model_kw) -> tuple[WhereClassifier, list[float]]:
     """Train one classifier; the same seed gives the same initialisation and batch order on CPU."""
-    if steps <= 0 or batch_size <= 0:
-        raise ValueError(f"steps and batch_size must be positive, got steps={steps}, batch_size={batch_size}")
+    check_number("steps", steps, 1, None, int)
+    check_number("batch_size", batch_size, 1, None, int)
     torch.manual_seed(seed)
     model = WhereClassifier(posenc, image_size=train.grid_size, **model_kw).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)

@@ -8,6 +8,8 @@ line naming the notebook, the parameter, the value and what is allowed.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -23,7 +25,8 @@ _TYPE_NAMES = {int: "int", float: "float", str: "str", bool: "bool", list: "list
 class Param:
     """One notebook parameter.
 
-    ``kind`` is int, float, str, bool or list. Numbers may have ``low``/``high`` bounds (inclusive);
+    ``kind`` is int, float, str, bool or list. Numbers may have ``low``/``high`` bounds (inclusive, or
+    exclusive with ``low_open``/``high_open``);
     strings and list items may have ``choices``. ``item_kind`` types list elements. ``allow_other``
     lets a str parameter also accept values outside ``choices`` that pass ``other_check`` (used for
     ``model``: "tiny" or a Hugging Face id/path).
@@ -40,6 +43,12 @@ class Param:
     min_len: int = 0
     max_len: int | None = None
     allow_other: bool = False
+    low_open: bool = False
+    high_open: bool = False
+
+    def _interval(self) -> str:
+        return (f"{'(' if self.low_open else '['}{_fmt(self.low)}, {_fmt(self.high)}"
+                f"{')' if self.high_open else ']'}")
 
     def allowed(self) -> str:
         """Human-readable description of the allowed values."""
@@ -48,7 +57,7 @@ class Param:
             if self.choices is not None:
                 base += f" from {list(self.choices)}"
             if self.low is not None or self.high is not None:
-                base += f" each in [{_fmt(self.low)}, {_fmt(self.high)}]"
+                base += f" each in {self._interval()}"
             if self.min_len or self.max_len is not None:
                 base += f" with {self.min_len}..{self.max_len if self.max_len is not None else 'any'} items"
             return base
@@ -56,7 +65,7 @@ class Param:
             extra = " or a Hugging Face model id / local path" if self.allow_other else ""
             return f"one of {list(self.choices)}{extra}"
         if self.kind in (int, float) and (self.low is not None or self.high is not None):
-            return f"{_TYPE_NAMES[self.kind]} in [{_fmt(self.low)}, {_fmt(self.high)}]"
+            return f"{_TYPE_NAMES[self.kind]} in {self._interval()}"
         return _TYPE_NAMES.get(self.kind, self.kind.__name__)
 
     def coerce(self, value: Any, notebook: str) -> Any:
@@ -119,18 +128,41 @@ class Param:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if value != value:  # NaN
                 raise self._error(notebook, whole)
-            if self.low is not None and value < self.low:
-                raise self._error(notebook, whole)
-            if self.high is not None and value > self.high:
+            if not self.in_range(value):
                 raise self._error(notebook, whole)
         if self.choices is not None and value not in self.choices:
             if not (self.allow_other and isinstance(value, str) and value.strip()):
                 raise self._error(notebook, whole)
 
+    def in_range(self, value: float) -> bool:
+        """``value`` lies within ``low``/``high`` (each bound inclusive unless it is open)."""
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
     def _error(self, notebook: str, value: Any) -> ParameterError:
         return ParameterError(
             f"{notebook}: parameter '{self.name}' = {value!r} is invalid; allowed: {self.allowed()}"
         )
+
+
+def check_number(name: str, value: Any, low: float | None = None, high: float | None = None, kind: type = float, *,
+                 low_open: bool = False, high_open: bool = False, note: str = "") -> Any:
+    """``value`` as ``kind`` (int or float) if it is a finite number in the range, else a one-line ParameterError.
+
+    The library's argument checks (``check_number("alpha", alpha, 0, 100)``); the message names the parameter
+    and what :class:`Param` allows: "parameter 'alpha' = -1 is invalid; allowed: float in [0, 100]", then
+    ``note`` in parentheses. Unlike a notebook override nothing is coerced: strings and bools fail, an int
+    parameter takes integers only (NumPy's too), a float parameter ints and floats; NaN and inf fail.
+    ``name`` may be qualified ("PinConfig.steps").
+    """
+    spec = Param(name, kind, None, help=note, low=low, high=high, low_open=low_open, high_open=high_open)
+    number = numbers.Integral if kind is int else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, number) or not math.isfinite(value) \
+            or not spec.in_range(value):
+        raise ParameterError(f"parameter '{name}' = {value!r} is invalid; allowed: {spec.allowed()}"
+                             + (f" ({note})" if note else ""))
+    return kind(value)
 
 
 def _fmt(bound: float | None) -> str:

@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import tempfile
+from spatialkit.common.params import check_number
 from spatialkit.world.questions import Question
 from spatialkit.world.scene import Scene, _POSITION_PHRASE, _article
 from spatialkit.world.wherebench import Item
@@ -202,8 +203,7 @@ def accuracies(df: pd.DataFrame) -> dict[str, float]:
 
 def split_indices(n: int, seed: int, tune_fraction: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
     """The official protocol's random split: (tune indices, report indices), ``tune_fraction`` for tuning."""
-    if not 0.0 < tune_fraction < 1.0:
-        raise ValueError(f"parameter 'tune_fraction' = {tune_fraction!r} is invalid; allowed: a number in (0, 1)")
+    check_number("tune_fraction", tune_fraction, 0, 1, low_open=True, high_open=True)
     order = np.random.default_rng([seed, 20]).permutation(n)
     k = max(1, int(round(tune_fraction * n)))
     return np.sort(order[:k]), np.sort(order[k:])

@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from spatialkit.common.params import check_number
+
 ENCODINGS = ("none", "learned", "sincos2d", "rpe2d", "rope1d", "rope2d", "mrope")
 ABSOLUTE = ("learned", "sincos2d")
 ROTARY = ("rope1d", "rope2d", "mrope")
@@ -51,11 +53,6 @@ def _check_grid(grid, name: str = "grid") -> tuple[int, int]:
     if h <= 0 or w <= 0:
         raise ValueError(f"{name} must be a pair (h, w) of positive ints, got {grid!r}")
     return h, w
-
-
-def _check_positive(value, name: str) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-        raise ValueError(f"{name} must be positive, got {value!r}")
 
 
 def _check_even(value: int, multiple: int, name: str) -> None:
@@ -83,7 +80,7 @@ def qwen_rope_index(input_ids: Tensor, image_grid_thw: Tensor, *, image_token_id
     """
     if input_ids.ndim != 2:
         raise ValueError(f"input_ids must be (B, L), got shape {tuple(input_ids.shape)}")
-    _check_positive(spatial_merge_size, "spatial_merge_size")
+    check_number("spatial_merge_size", spatial_merge_size, 1, None, int)
     grids = iter(image_grid_thw.tolist()) if image_grid_thw is not None else iter(())
     out = torch.zeros(3, *input_ids.shape, dtype=torch.long)
     for b, ids in enumerate(input_ids.tolist()):
@@ -117,7 +114,7 @@ def qwen_rope_index(input_ids: Tensor, image_grid_thw: Tensor, *, image_token_id
 def sincos_1d(positions: Tensor, dim: int, theta: float = 10000.0) -> Tensor:
     """Vaswani et al.'s sinusoidal table: (..., dim) = [sin(p w_0), ..., sin(p w_{d/2-1}), cos(p w_0), ...]."""
     _check_even(dim, 2, "dim")
-    _check_positive(theta, "theta")
+    check_number("theta", theta, 0, None, low_open=True)
     angles = positions.float()[..., None] * rope_inv_freq(dim, theta)
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
@@ -145,7 +142,7 @@ def interpolate_table(table: Tensor, old_grid: tuple[int, int], new_grid: tuple[
 
 def clipped_offsets(positions: Tensor, max_distance: int) -> Tensor:
     """(N, N) long table index of clip(p_j - p_i, -k, k) + k, for 1D positions (N,)."""
-    _check_positive(max_distance, "max_distance")
+    check_number("max_distance", max_distance, 1, None, int)
     offsets = positions[None, :] - positions[:, None]
     return offsets.clamp(-max_distance, max_distance) + max_distance
 
@@ -164,7 +161,7 @@ def shaw_bias(q: Tensor, table: Tensor, index: Tensor) -> Tensor:
 def rope_inv_freq(dim: int, theta: float = 10000.0) -> Tensor:
     """The dim/2 RoPE frequencies theta^(-2f/dim), f = 0 .. dim/2 - 1 (highest first)."""
     _check_even(dim, 2, "dim")
-    _check_positive(theta, "theta")
+    check_number("theta", theta, 0, None, low_open=True)
     return 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
 
 
@@ -340,7 +337,7 @@ class RelativeBias2d(PositionalEncoding):
     def __init__(self, *, max_distance: int | None = None, **kw):
         super().__init__(**kw)
         self.max_distance = int(max_distance) if max_distance is not None else max(self.grid) - 1
-        _check_positive(self.max_distance, "max_distance")
+        check_number("max_distance", self.max_distance, 1, None, int)
         n = 2 * self.max_distance + 1
         self.row_table = nn.Parameter(torch.randn(n, self.head_dim) * 0.02)
         self.col_table = nn.Parameter(torch.randn(n, self.head_dim) * 0.02)
@@ -359,7 +356,7 @@ class RelativeBias2d(PositionalEncoding):
 class _Rotary(PositionalEncoding):
     def __init__(self, *, theta: float = 10000.0, **kw):
         super().__init__(**kw)
-        _check_positive(theta, "theta")
+        check_number("theta", theta, 0, None, low_open=True)
         self.theta = float(theta)
 
     def angles(self, positions: Tensor) -> Tensor:  # (..., N, 3) -> (..., N, head_dim/2)
@@ -439,8 +436,7 @@ def build(name: str, *, dim: int, head_dim: int, n_heads: int, grid: tuple[int, 
         raise ValueError(f"unknown positional encoding name={name!r}; allowed: {list(ENCODINGS)}")
     _check_even(dim, 2, "dim")
     _check_even(head_dim, 2, "head_dim")
-    if not isinstance(n_heads, int) or n_heads <= 0:
-        raise ValueError(f"n_heads must be a positive int, got {n_heads!r}")
+    check_number("n_heads", n_heads, 1, None, int)
     options = dict(options)
     if name not in _OPTIONS["theta"]:
         options.pop("theta", None)  # one call site can build every kind with its theta

@@ -62,6 +62,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Sequence
 import numpy as np
+from spatialkit.common.params import check_number
 from spatialkit.world.scene import KINDS, ANSWER_WORD, COLORS, DEPTH_OPTIONS, FAMILY, NAMES, Scene, SceneObject, TASKS, WHERE_ONE_OPTIONS, WHERE_TWO_OPTIONS, _article, where_in_image
 
 
@@ -122,8 +123,7 @@ class Question:
     def with_answer_at(self, index: int, rng: np.random.Generator | None = None) -> "Question":
         """Same question with the gold option moved to ``index`` (other options keep their order,
         or are shuffled with ``rng``)."""
-        if not 0 <= index < len(self.options):
-            raise ValueError(f"index = {index} is invalid; allowed: int in [0, {len(self.options) - 1}]")
+        check_number("index", index, 0, len(self.options) - 1, int)
         others = [o for k, o in enumerate(self.options) if k != self.answer]
         if rng is not None:
             others = [others[int(k)] for k in rng.permutation(len(others))]

@@ -65,6 +65,8 @@ from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
 import numpy as np
 
+from spatialkit.common.params import check_number
+
 
 
 KINDS = ("chick", "cup", "ball", "duck", "box", "tree", "car", "doghouse", "ring")
@@ -163,10 +165,7 @@ class SceneConfig:
 
     def __post_init__(self) -> None:
         def bad(name: str, allowed: str) -> None:
-            raise ValueError(f"SceneConfig.{name} = {getattr(self, name)!r} is invalid; allowed: {allowed}")
-
-        def is_int(v: object) -> bool:
-            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+            raise ValueError(f"parameter 'SceneConfig.{name}' = {getattr(self, name)!r} is invalid; allowed: {allowed}")
 
         def subset(name: str, universe: Sequence[str]) -> None:
             value = getattr(self, name)
@@ -174,8 +173,10 @@ class SceneConfig:
                     or len(set(value)) != len(value):
                 bad(name, f"a non-empty tuple of distinct names from {list(universe)}")
 
-        if not is_int(self.image_size) or not 16 <= self.image_size <= 1024:
-            bad("image_size", "int in [16, 1024]")
+        def number(name: str, low: float, high: float, kind: type = float, note: str = "") -> None:
+            check_number(f"SceneConfig.{name}", getattr(self, name), low, high, kind, note=note)
+
+        number("image_size", 16, 1024, int)
         subset("kinds", KINDS)
         subset("colors", tuple(COLORS))
         subset("backgrounds", BACKGROUNDS)
@@ -183,12 +184,9 @@ class SceneConfig:
         object.__setattr__(self, "colors", tuple(self.colors))
         object.__setattr__(self, "backgrounds", tuple(self.backgrounds))
         limit = len(self.kinds) if self.unique_kinds else 12
-        if not is_int(self.min_objects) or not 1 <= self.min_objects <= limit:
-            bad("min_objects", f"int in [1, {limit}] (at most the number of kinds when unique_kinds)")
-        if not is_int(self.max_objects) or not self.min_objects <= self.max_objects <= limit:
-            bad("max_objects", f"int in [min_objects={self.min_objects}, {limit}]")
-        if not is_int(self.distractors) or not 0 <= self.distractors <= 20:
-            bad("distractors", "int in [0, 20]")
+        number("min_objects", 1, limit, int, note="at most the number of kinds when unique_kinds")
+        number("max_objects", self.min_objects, limit, int, note="from min_objects")
+        number("distractors", 0, 20, int)
         for name in ("occlusion", "ground", "unique_kinds"):
             if not isinstance(getattr(self, name), bool):
                 bad(name, "True or False")
@@ -196,9 +194,7 @@ class SceneConfig:
                   "accessory_prob": (0.0, 1.0), "min_visible": (0.05, 1.0), "margin": (0.0, 5.0),
                   "dominance": (1.0, 10.0), "where_margin": (0.0, 0.45), "min_hidden": (0.01, 0.9)}
         for name, (low, high) in ranges.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-                bad(name, f"number in [{low:g}, {high:g}]")
+            number(name, low, high)
 
 
 PRESETS: dict[str, SceneConfig] = {
@@ -620,8 +616,7 @@ def compose(objects: Sequence[SceneObject], background: np.ndarray) -> tuple[np.
 
 def render_scene(seed: int, config: SceneConfig = SceneConfig()) -> Scene:
     """Draw the scene of ``seed`` under ``config``. Same (seed, config) → byte-identical scene."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"render_scene: seed = {seed!r} is invalid; allowed: int >= 0")
+    check_number("seed", seed, 0, None, int)
     rng = np.random.default_rng(int(seed))
     background = config.backgrounds[int(rng.integers(0, len(config.backgrounds)))]
     objects = _layout(rng, config)
@@ -644,10 +639,8 @@ def chick_and_cup(image_size: int = 128, background: str = "wood", hidden: float
     chick with a blue bonnet behind it, partly hidden by the cup. ``hidden`` slides the bonnet chick
     behind the cup, in chick widths (0 = it only touches the cup's edge; more = more of it hidden).
     """
-    if not 32 <= image_size <= 1024:
-        raise ValueError(f"chick_and_cup: image_size = {image_size!r} is invalid; allowed: int in [32, 1024]")
-    if not 0.0 <= hidden <= 0.8:
-        raise ValueError(f"chick_and_cup: hidden = {hidden!r} is invalid; allowed: number in [0, 0.8]")
+    check_number("image_size", image_size, 32, 1024, int)
+    check_number("hidden", hidden, 0.0, 0.8)
     n = image_size
     cfg = SceneConfig(image_size=n, min_objects=1, max_objects=3, unique_kinds=False, backgrounds=(background,))
 

@@ -62,6 +62,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 import numpy as np
+from spatialkit.common.params import check_number
 from spatialkit.world.questions import Question, make_questions
 from spatialkit.world.scene import PRESETS, NAMES, RELATIONS_2D, RELATIONS_DEPTH, RELATIONS_ONE, Scene, SceneConfig, TASKS, render_scene
 
@@ -150,18 +151,15 @@ def build_wherebench(seed: int = 0, n_train: int = 2000, n_val: int = 400, n_tes
     indices cycle within every stratum and are uniform over each task. At most ``per_scene`` items come from one scene.
     """
     for name, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1_000_000:
-            raise ValueError(f"build_wherebench: {name} = {value!r} is invalid; allowed: int in [0, 1000000]")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"build_wherebench: seed = {seed!r} is invalid; allowed: int >= 0")
+        check_number(name, value, 0, 1_000_000, int)
+    check_number("seed", seed, 0, None, int)
     if not tasks or any(t not in TASKS for t in tasks) or len(set(tasks)) != len(tasks):
         raise ValueError(f"build_wherebench: tasks = {tasks!r} is invalid; allowed: distinct items from {list(TASKS)}")
     unsupported = [t for t in tasks if task_problem(t, config)]
     if unsupported:
         raise ValueError("build_wherebench: tasks = " + repr(tuple(tasks)) + " is invalid for this config: "
                          + "; ".join(f"{t} {task_problem(t, config)}" for t in unsupported))
-    if not isinstance(per_scene, int) or per_scene < 1:
-        raise ValueError(f"build_wherebench: per_scene = {per_scene!r} is invalid; allowed: int >= 1")
+    check_number("per_scene", per_scene, 1, None, int)
     splits, tried = {}, {}
     for split, n in zip(SPLITS, (n_train, n_val, n_test)):
         splits[split], tried[split] = _fill_split(seed, split, n, config, tuple(tasks), per_scene)

@@ -35,6 +35,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
+from spatialkit.common.params import check_number
 from spatialkit.models.vlm import VLM, AttnCall, Generation, TokenKind, softmax_confidence
 
 __all__ = ["scaling_vis", "adapt_vis", "AdaptVis", "AdaptVisGeneration", "LastRowScaling", "check_alpha",
@@ -49,20 +50,13 @@ MAX_ALPHA = 100.0  # beyond this the softmax is a one-hot on the image either wa
 
 def check_alpha(value, name: str = "alpha") -> float:
     """A finite float in [0, MAX_ALPHA], or a ValueError that names ``name`` and the allowed range."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not 0.0 <= value <= MAX_ALPHA:
-        raise ValueError(f"parameter '{name}' = {value!r} is invalid; allowed: a number in [0, {MAX_ALPHA:g}] "
-                         "(1 = unscaled, < 1 smooths the image attention, > 1 sharpens it)")
-    return float(value)
+    return check_number(name, value, 0.0, MAX_ALPHA,
+                        note="1 = unscaled, < 1 smooths the image attention, > 1 sharpens it")
 
 
 def check_beta(value, name: str = "beta") -> float:
     """A finite float in [0, 1] (the confidence threshold), or a ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not 0.0 <= value <= 1.0:
-        raise ValueError(f"parameter '{name}' = {value!r} is invalid; allowed: a number in [0, 1] "
-                         "(a threshold on the first token's max softmax probability)")
-    return float(value)
+    return check_number(name, value, 0.0, 1.0, note="a threshold on the first token's max softmax probability")
 
 
 def gate(confidence: float, alpha1: float, alpha2: float, beta: float) -> float:
@@ -216,8 +210,7 @@ class AdaptVis:
 
     @torch.no_grad()
     def generate(self, images: Sequence, prompts: Sequence[str], max_new_tokens: int = 8) -> list[AdaptVisGeneration]:
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"parameter 'max_new_tokens' = {max_new_tokens!r} is invalid; allowed: int >= 1")
+        check_number("max_new_tokens", max_new_tokens, 1, None, int)
         if len(images) != len(prompts):
             raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
         if self.vlm.family == "organism":

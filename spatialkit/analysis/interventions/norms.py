@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from spatialkit.common.params import check_number
 from spatialkit.models.vlm import VLM, Batch, TokenKind, VisualTokens
 
 MODES = ("rmsclip", "target")
@@ -60,9 +61,7 @@ def text_embedding_norm(vlm: VLM) -> float:
 
 
 def _positive(name: str, value, high: float = 1e6) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) <= high:
-        raise ValueError(f"{name} must be a number in (0, {high:g}], got {value!r}")
-    return float(value)
+    return check_number(name, value, 0.0, high, low_open=True)
 
 
 @contextlib.contextmanager

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from spatialkit.common import checkpoints
 from spatialkit.common.boxes import box_iou
+from spatialkit.common.params import check_number
 from spatialkit.common.fingerprint import fingerprint
 from spatialkit.models.organism.model import ANS, PAD, Vocab, state_dict_sha256, to_pixels
 from spatialkit.models.posenc import sincos_2d
@@ -73,15 +74,11 @@ class PinConfig:
     def __post_init__(self):
         for name, low, high in [("n_train_scenes", 1, 1_000_000), ("steps", 1, 10_000_000), ("batch_size", 1, 65_536),
                                 ("table_dim", 4, 4096), ("hidden", 1, 65_536), ("seed", 0, 2**31 - 1)]:
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or not low <= v <= high:
-                raise ValueError(f"PinConfig.{name} must be an int in [{low}, {high}], got {v!r}")
+            check_number(f"PinConfig.{name}", getattr(self, name), low, high, int)
         if self.table_dim % 4:
             raise ValueError(f"PinConfig.table_dim must be a multiple of 4 (2D sinusoids), got {self.table_dim}")
         for name, low, high in [("lr", 1e-6, 1.0), ("theta", 1.0, 1e6)]:
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not low <= v <= high:
-                raise ValueError(f"PinConfig.{name} must be a number in [{low}, {high}], got {v!r}")
+            check_number(f"PinConfig.{name}", getattr(self, name), low, high)
         if not self.use_insert and not self.train_loc_rows:
             raise ValueError("PinConfig: use_insert=False and train_loc_rows=False leaves nothing to train")
 

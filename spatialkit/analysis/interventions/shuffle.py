@@ -26,6 +26,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from spatialkit.common.params import check_number
 from spatialkit.models.vlm import VLM, VisualTokens
 
 
@@ -33,15 +34,11 @@ MOVES = ("all", "content", "position")
 
 
 def _check_fraction(fraction) -> float:
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= float(fraction) <= 1.0:
-        raise ValueError(f"fraction must be a number in [0, 1] (share of visual tokens to displace), got {fraction!r}")
-    return float(fraction)
+    return check_number("fraction", fraction, 0.0, 1.0, note="share of visual tokens to displace")
 
 
 def _check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-        raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
-    return seed
+    return check_number("seed", seed, 0, 2**63, int, high_open=True)
 
 
 def slot_permutation(h: int, w: int, fraction: float, seed: int) -> torch.Tensor:
