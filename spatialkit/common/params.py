@@ -94,27 +94,14 @@ class Param:
             if isinstance(value, str) and value.lower() in ("true", "false"):
                 return value.lower() == "true"
             raise self._error(notebook, whole)
-        if kind is int:
+        if kind in (int, float):  # an int takes whole floats ("3.0" fails); a float takes ints; numeric strings parse
             if isinstance(value, bool):
                 raise self._error(notebook, whole)
-            if isinstance(value, int):
-                return value
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
+            if isinstance(value, int) or (isinstance(value, float) and (kind is float or value.is_integer())):
+                return kind(value)
             if isinstance(value, str):
                 try:
-                    return int(value)
-                except ValueError:
-                    raise self._error(notebook, whole) from None
-            raise self._error(notebook, whole)
-        if kind is float:
-            if isinstance(value, bool):
-                raise self._error(notebook, whole)
-            if isinstance(value, (int, float)):
-                return float(value)
-            if isinstance(value, str):
-                try:
-                    return float(value)
+                    return kind(value)
                 except ValueError:
                     raise self._error(notebook, whole) from None
             raise self._error(notebook, whole)
