@@ -32,6 +32,36 @@ smaller than B (perspective). Otherwise no depth question is generated.
 the answer is "left"/"right"/"top"/"bottom" iff ``|d| >= where_margin*H`` on the dominant axis and
 that axis dominates the other by ``dominance``; otherwise no question.
 
+**On rule** (``rests_on``, ``relation_on``): compare the two full silhouettes column by column; in a
+column x let ``low_A(x)`` be A's lowest pixel row and ``top_B(x)`` B's highest. A *rests on* B iff (1)
+the columns where both have pixels number at least ``on_overlap`` (50 %) of the narrower silhouette's
+columns, (2) ``top_B(x) - low_A(x) >= 1`` in every such column (A lies wholly above B there, so neither
+hides the other) and (3) ``top_B(x) - low_A(x) = 1`` in at least one (they touch: no gap). A is *on* B
+iff A rests on B, *under* B iff B rests on A; no on/under question when neither holds, or when the
+margin rule makes the pair left/right of each other.
+
+**WhatsUp rules** (the four-way questions of WhatsUp Controlled-A and -B). ``relation_whatsup_a``:
+"on"/"under" by the on rule, else "left of"/"right of" by the margin rule, else no question (above/below
+pairs that do not touch are not asked). ``relation_whatsup_b``: "in front of"/"behind" by the depth rule
+when the margin rule does not make the pair left/right; "left of"/"right of" by the margin rule when the
+full silhouettes do not overlap at all and the depth rule gives nothing; otherwise no question.
+
+Layouts (``SceneConfig.layout``)
+--------------------------------
+"free" (the default, every preset before the organism zoo): independent positions, rejection sampled.
+The others draw exactly two objects (A, then B) on a flat image and then a goal, then re-draw sizes and
+positions until the goal holds (so a goal is never rarer for some pair of kinds); A is the nearer
+(depth rank 0) and the listing order is shuffled. "whatsup_a": half the scenes A rests on B (on rule,
+and A above B by the margin rule; their boxes may overlap where the silhouettes are transparent), the
+rest A left of B by the margin rule with the boxes 1 px apart. "whatsup_b" (needs occlusion): half the
+scenes A hides ``2*min_hidden`` .. ``1 - min_visible`` of B's silhouette and is not left/right of it,
+the rest side by side as in "whatsup_a". "prior": A and B in a margin-rule relation with boxes apart;
+when their kinds are listed in ``prior_relations`` (triples such as ``("ball", "left of", "cup")``; a
+reversed pair takes the opposite relation, ``prior_relation``) the relation is the prior one with
+probability ``relation_prior`` and otherwise one of the other three ``RELATIONS_2D`` uniformly; an
+unlisted pair takes any of the four uniformly. Since A and B are drawn alike, every relation is
+symmetric in the kinds except through the prior.
+
 Questions and exact option strings
 ----------------------------------
 Every question is multiple choice; ``Question.answer`` is the index of the gold option, and
@@ -47,15 +77,36 @@ count      "How many objects are in the image?"           4 consecutive numbers 
 where_one  "Where is the {ref} in the image?"             "left", "right", "top", "bottom"
 where_two  "Where is the {ref A} relative to the {ref B}?" "left", "right", "above", "below"
 depth      "Is the {ref A} in front of or behind the {ref B}?"  "in front", "behind"
+on_under   "Is the {ref A} on or under the {ref B}?"      "on", "under"
+whatsup_a  "Is the {ref A} left of, right of, on or under  "left", "right", "on", "under" (WhatsUp A)
+           the {ref B}?"
+whatsup_b  "Is the {ref A} left of, right of, in front of  "left", "right", "in front", "behind"
+           or behind the {ref B}?"                        (WhatsUp B's "front" is "in front" here)
 ========== ============================================== ===============================================
 
+``TASKS`` (presence .. depth) is the default task list; the ``WHATSUP_TASKS`` (on_under, whatsup_a,
+whatsup_b) are asked only when named, in ``tasks=`` or in a world's ``SceneConfig.tasks`` (the default of
+``make_questions`` and ``build_wherebench`` for that world). ``ALL_TASKS`` is both.
+
 ``Question.relation`` holds the full relation ("left of", "right of", "above", "below",
-"in front of", "behind"; for where_one the option word itself); ``ANSWER_WORD`` maps relation →
-option word. ``{ref}`` is the kind name ("dog house" for ``doghouse``), with the colour and then the
+"in front of", "behind", "on", "under"; for where_one the option word itself); ``ANSWER_WORD`` maps
+relation → option word. ``{ref}`` is the kind name ("dog house" for ``doghouse``), with the colour and then the
 accessory added only when needed to single the object out ("the chick with the purple ribbon").
 
 Distractors (``SceneConfig.distractors``) are small pebbles and flowers painted on the background:
 they are not objects, never counted and never asked about.
+
+Blind answerer, balance and priors
+----------------------------------
+``blind_answers``/``blind_accuracy`` score an answerer that sees only the question text and options
+(most frequent train gold of the same text among the options, then of the task, ties to the first
+option). The organism-zoo worlds ``organism_whatsup_a``/``_b`` are balanced by construction (symmetric
+layouts, and ``build_wherebench`` balances labels within every exact question text), so it sits within
+a few points of chance on every task they ask; they do not ask ``count`` (two objects, always: count
+would be answerable blind). ``organism_prior`` is unbalanced on purpose: its where_two relations follow
+the kinds in ~87 % of scenes, the blind answerer's where_two accuracy is the prior's strength, and
+``build_wherebench(prior="counter")`` gives held-out where_two items that all contradict the prior
+(labels and gold positions balanced; ``prior="consistent"`` the others; ``prior_status`` tags an item).
 """
 
 from __future__ import annotations
@@ -64,6 +115,7 @@ from typing import Sequence
 import numpy as np
 from spatialkit.common.params import check_number
 from spatialkit.world.scene import KINDS, ANSWER_WORD, COLORS, DEPTH_OPTIONS, FAMILY, NAMES, Scene, SceneObject, TASKS, WHERE_ONE_OPTIONS, WHERE_TWO_OPTIONS, _article, where_in_image
+from spatialkit.world.scene import ALL_TASKS, ON_UNDER_OPTIONS, WHATSUP_A_OPTIONS, WHATSUP_B_OPTIONS, rests_on
 
 
 
@@ -103,6 +155,45 @@ def relation_depth(scene: Scene, i: int, j: int) -> str | None:
     s = (on.size + of.size) / 2
     if cfg.ground and on.box[3] - of.box[3] >= cfg.margin * s and on.size >= of.size:
         return answer
+    return None
+
+
+def relation_on(a: SceneObject, b: SceneObject, overlap: float = 0.5, margin: float = 0.25,
+                dominance: float = 1.5) -> str | None:
+    """"on" if A rests on B, "under" if B rests on A (the on rule, ``rests_on``), else None; also None when
+    the margin rule makes the pair left/right of each other (never two true options)."""
+    if relation_2d(a, b, margin, dominance) in ("left of", "right of"):
+        return None
+    if rests_on(a, b, overlap):
+        return "on"
+    if rests_on(b, a, overlap):
+        return "under"
+    return None
+
+
+def relation_whatsup_a(scene: Scene, i: int, j: int) -> str | None:
+    """WhatsUp Controlled-A's relation of object i to j: "on"/"under" by the on rule, else "left of"/"right of"
+    by the margin rule, else None."""
+    cfg, a, b = scene._cfg, scene.objects[i], scene.objects[j]
+    on = relation_on(a, b, cfg.on_overlap, cfg.margin, cfg.dominance)
+    if on is not None:
+        return on
+    rel = relation_2d(a, b, cfg.margin, cfg.dominance)
+    return rel if rel in ("left of", "right of") else None
+
+
+def relation_whatsup_b(scene: Scene, i: int, j: int) -> str | None:
+    """WhatsUp Controlled-B's relation of object i to j: "in front of"/"behind" by the depth rule when the margin
+    rule does not make them left/right; "left of"/"right of" by the margin rule when their full silhouettes do
+    not overlap at all and the depth rule gives nothing; else None."""
+    cfg, a, b = scene._cfg, scene.objects[i], scene.objects[j]
+    rel = relation_2d(a, b, cfg.margin, cfg.dominance)
+    side = rel if rel in ("left of", "right of") else None
+    depth = relation_depth(scene, i, j)
+    if depth is not None:
+        return depth if side is None else None
+    if side is not None and not (scene.full_mask(i) & scene.full_mask(j)).any():
+        return side
     return None
 
 
@@ -153,16 +244,18 @@ def make_questions(scene: Scene, rng: np.random.Generator, families: Sequence[st
 
     what: one presence (yes/no with equal probability), one identity, one colour (random object),
     one count question. where: one where_one per object with an unambiguous position, one where_two
-    and one depth question per ordered pair whose relation is unambiguous.
+    and one depth question per ordered pair whose relation is unambiguous, and (when asked for) one
+    on_under / whatsup_a / whatsup_b question per ordered pair their rule answers. ``tasks`` defaults to
+    the world's ``SceneConfig.tasks``, else ``TASKS`` (which never includes the ``WHATSUP_TASKS``).
     """
     for f in families:
         if f not in ("what", "where"):
             raise ValueError(f"families = {families!r} is invalid; allowed: items from ['what', 'where']")
-    wanted = [t for t in (tasks or TASKS) if FAMILY.get(t) in families]
-    for t in tasks or ():
-        if t not in TASKS:
-            raise ValueError(f"tasks = {tasks!r} is invalid; allowed: items from {list(TASKS)}")
     cfg, objs, n = scene._cfg, scene.objects, scene.image.shape[0]
+    wanted = [t for t in (tasks or cfg.tasks or TASKS) if FAMILY.get(t) in families]
+    for t in tasks or ():
+        if t not in ALL_TASKS:
+            raise ValueError(f"tasks = {tasks!r} is invalid; allowed: items from {list(ALL_TASKS)}")
     present = sorted({o.kind for o in objs}, key=KINDS.index)
     absent = [k for k in cfg.kinds if k not in present] or [k for k in KINDS if k not in present]
     out: list[Question] = []
@@ -208,4 +301,23 @@ def make_questions(scene: Scene, rng: np.random.Generator, families: Sequence[st
                     word = ANSWER_WORD[rel]
                     out.append(_mc(rng, f"Is the {scene.ref(i)} in front of or behind the {scene.ref(j)}?",
                                    word, [w for w in DEPTH_OPTIONS if w != word], "depth", (i, j), rel))
+            if "on_under" in wanted:
+                rel = relation_on(objs[i], objs[j], cfg.on_overlap, cfg.margin, cfg.dominance)
+                if rel is not None:
+                    word = ANSWER_WORD[rel]
+                    out.append(_mc(rng, f"Is the {scene.ref(i)} on or under the {scene.ref(j)}?", word,
+                                   [w for w in ON_UNDER_OPTIONS if w != word], "on_under", (i, j), rel))
+            if "whatsup_a" in wanted:
+                rel = relation_whatsup_a(scene, i, j)
+                if rel is not None:
+                    word = ANSWER_WORD[rel]
+                    out.append(_mc(rng, f"Is the {scene.ref(i)} left of, right of, on or under the {scene.ref(j)}?",
+                                   word, [w for w in WHATSUP_A_OPTIONS if w != word], "whatsup_a", (i, j), rel))
+            if "whatsup_b" in wanted:
+                rel = relation_whatsup_b(scene, i, j)
+                if rel is not None:
+                    word = ANSWER_WORD[rel]
+                    out.append(_mc(rng, f"Is the {scene.ref(i)} left of, right of, in front of or behind the "
+                                        f"{scene.ref(j)}?", word, [w for w in WHATSUP_B_OPTIONS if w != word],
+                                   "whatsup_b", (i, j), rel))
     return out

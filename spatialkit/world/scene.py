@@ -32,6 +32,36 @@ smaller than B (perspective). Otherwise no depth question is generated.
 the answer is "left"/"right"/"top"/"bottom" iff ``|d| >= where_margin*H`` on the dominant axis and
 that axis dominates the other by ``dominance``; otherwise no question.
 
+**On rule** (``rests_on``, ``relation_on``): compare the two full silhouettes column by column; in a
+column x let ``low_A(x)`` be A's lowest pixel row and ``top_B(x)`` B's highest. A *rests on* B iff (1)
+the columns where both have pixels number at least ``on_overlap`` (50 %) of the narrower silhouette's
+columns, (2) ``top_B(x) - low_A(x) >= 1`` in every such column (A lies wholly above B there, so neither
+hides the other) and (3) ``top_B(x) - low_A(x) = 1`` in at least one (they touch: no gap). A is *on* B
+iff A rests on B, *under* B iff B rests on A; no on/under question when neither holds, or when the
+margin rule makes the pair left/right of each other.
+
+**WhatsUp rules** (the four-way questions of WhatsUp Controlled-A and -B). ``relation_whatsup_a``:
+"on"/"under" by the on rule, else "left of"/"right of" by the margin rule, else no question (above/below
+pairs that do not touch are not asked). ``relation_whatsup_b``: "in front of"/"behind" by the depth rule
+when the margin rule does not make the pair left/right; "left of"/"right of" by the margin rule when the
+full silhouettes do not overlap at all and the depth rule gives nothing; otherwise no question.
+
+Layouts (``SceneConfig.layout``)
+--------------------------------
+"free" (the default, every preset before the organism zoo): independent positions, rejection sampled.
+The others draw exactly two objects (A, then B) on a flat image and then a goal, then re-draw sizes and
+positions until the goal holds (so a goal is never rarer for some pair of kinds); A is the nearer
+(depth rank 0) and the listing order is shuffled. "whatsup_a": half the scenes A rests on B (on rule,
+and A above B by the margin rule; their boxes may overlap where the silhouettes are transparent), the
+rest A left of B by the margin rule with the boxes 1 px apart. "whatsup_b" (needs occlusion): half the
+scenes A hides ``2*min_hidden`` .. ``1 - min_visible`` of B's silhouette and is not left/right of it,
+the rest side by side as in "whatsup_a". "prior": A and B in a margin-rule relation with boxes apart;
+when their kinds are listed in ``prior_relations`` (triples such as ``("ball", "left of", "cup")``; a
+reversed pair takes the opposite relation, ``prior_relation``) the relation is the prior one with
+probability ``relation_prior`` and otherwise one of the other three ``RELATIONS_2D`` uniformly; an
+unlisted pair takes any of the four uniformly. Since A and B are drawn alike, every relation is
+symmetric in the kinds except through the prior.
+
 Questions and exact option strings
 ----------------------------------
 Every question is multiple choice; ``Question.answer`` is the index of the gold option, and
@@ -47,15 +77,36 @@ count      "How many objects are in the image?"           4 consecutive numbers 
 where_one  "Where is the {ref} in the image?"             "left", "right", "top", "bottom"
 where_two  "Where is the {ref A} relative to the {ref B}?" "left", "right", "above", "below"
 depth      "Is the {ref A} in front of or behind the {ref B}?"  "in front", "behind"
+on_under   "Is the {ref A} on or under the {ref B}?"      "on", "under"
+whatsup_a  "Is the {ref A} left of, right of, on or under  "left", "right", "on", "under" (WhatsUp A)
+           the {ref B}?"
+whatsup_b  "Is the {ref A} left of, right of, in front of  "left", "right", "in front", "behind"
+           or behind the {ref B}?"                        (WhatsUp B's "front" is "in front" here)
 ========== ============================================== ===============================================
 
+``TASKS`` (presence .. depth) is the default task list; the ``WHATSUP_TASKS`` (on_under, whatsup_a,
+whatsup_b) are asked only when named, in ``tasks=`` or in a world's ``SceneConfig.tasks`` (the default of
+``make_questions`` and ``build_wherebench`` for that world). ``ALL_TASKS`` is both.
+
 ``Question.relation`` holds the full relation ("left of", "right of", "above", "below",
-"in front of", "behind"; for where_one the option word itself); ``ANSWER_WORD`` maps relation →
-option word. ``{ref}`` is the kind name ("dog house" for ``doghouse``), with the colour and then the
+"in front of", "behind", "on", "under"; for where_one the option word itself); ``ANSWER_WORD`` maps
+relation → option word. ``{ref}`` is the kind name ("dog house" for ``doghouse``), with the colour and then the
 accessory added only when needed to single the object out ("the chick with the purple ribbon").
 
 Distractors (``SceneConfig.distractors``) are small pebbles and flowers painted on the background:
 they are not objects, never counted and never asked about.
+
+Blind answerer, balance and priors
+----------------------------------
+``blind_answers``/``blind_accuracy`` score an answerer that sees only the question text and options
+(most frequent train gold of the same text among the options, then of the task, ties to the first
+option). The organism-zoo worlds ``organism_whatsup_a``/``_b`` are balanced by construction (symmetric
+layouts, and ``build_wherebench`` balances labels within every exact question text), so it sits within
+a few points of chance on every task they ask; they do not ask ``count`` (two objects, always: count
+would be answerable blind). ``organism_prior`` is unbalanced on purpose: its where_two relations follow
+the kinds in ~87 % of scenes, the blind answerer's where_two accuracy is the prior's strength, and
+``build_wherebench(prior="counter")`` gives held-out where_two items that all contradict the prior
+(labels and gold positions balanced; ``prior="consistent"`` the others; ``prior_status`` tags an item).
 """
 
 from __future__ import annotations
@@ -108,10 +159,14 @@ RELATIONS_DEPTH = ("in front of", "behind")
 RELATIONS_ONE = ("left", "right", "top", "bottom")  # one-object "where is the X in the image"
 
 
+RELATIONS_ON = ("on", "under")  # A rests on B / B rests on A (the on rule)
+
+
 ANSWER_WORD = {
     "left of": "left", "right of": "right", "above": "above", "below": "below",
     "in front of": "in front", "behind": "behind",
     "left": "left", "right": "right", "top": "top", "bottom": "bottom",
+    "on": "on", "under": "under",
 }
 
 
@@ -124,15 +179,34 @@ WHERE_ONE_OPTIONS = RELATIONS_ONE
 DEPTH_OPTIONS = ("in front", "behind")
 
 
+ON_UNDER_OPTIONS = RELATIONS_ON
+
+
+WHATSUP_A_OPTIONS = ("left", "right", "on", "under")        # WhatsUp Controlled-A's four options
+
+
+WHATSUP_B_OPTIONS = ("left", "right", "in front", "behind")  # WhatsUp Controlled-B's ("front" is "in front" here)
+
+
 TASKS = ("presence", "identity", "color", "count", "where_one", "where_two", "depth")
 
 
+WHATSUP_TASKS = ("on_under", "whatsup_a", "whatsup_b")  # asked only when named (tasks= or SceneConfig.tasks)
+
+
+ALL_TASKS = TASKS + WHATSUP_TASKS
+
+
 FAMILY = {"presence": "what", "identity": "what", "color": "what", "count": "what",
-          "where_one": "where", "where_two": "where", "depth": "where"}
+          "where_one": "where", "where_two": "where", "depth": "where",
+          "on_under": "where", "whatsup_a": "where", "whatsup_b": "where"}
 
 
 OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above",
-            "in front of": "behind", "behind": "in front of"}
+            "in front of": "behind", "behind": "in front of", "on": "under", "under": "on"}
+
+
+LAYOUTS = ("free", "whatsup_a", "whatsup_b", "prior")
 
 
 @dataclass(frozen=True)
@@ -162,6 +236,11 @@ class SceneConfig:
     where_margin: float = 0.15       # one-object rule, in units of the image side
     min_hidden: float = 0.1          # occlusion evidence for depth questions
     unique_kinds: bool = True        # no two objects of one kind, so "the cup" is always unambiguous
+    layout: str = "free"             # one of LAYOUTS; "free" = independent positions (every pre-existing preset)
+    tasks: tuple[str, ...] | None = None  # the world's default task list (None = TASKS)
+    on_overlap: float = 0.5          # on rule: shared columns, as a fraction of the narrower silhouette's
+    relation_prior: float = 0.0      # layout "prior": probability that a listed pair takes its prior relation
+    prior_relations: tuple[tuple[str, str, str], ...] = ()  # (kind A, relation, kind B), relations from RELATIONS_2D
 
     def __post_init__(self) -> None:
         def bad(name: str, allowed: str) -> None:
@@ -196,6 +275,53 @@ class SceneConfig:
         for name, (low, high) in ranges.items():
             number(name, low, high)
 
+        self._check_world_options(bad)
+
+    def _check_world_options(self, bad) -> None:
+        """The layout / task-list / prior fields (all default to the pre-existing behaviour)."""
+        for name, (low, high) in {"on_overlap": (0.05, 1.0), "relation_prior": (0.0, 1.0)}.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+                bad(name, f"float in [{low:g}, {high:g}]")
+        if self.layout not in LAYOUTS:
+            bad("layout", f"one of {list(LAYOUTS)}")
+        if self.layout != "free" and (self.min_objects != 2 or self.max_objects != 2 or self.ground):
+            bad("layout", f"'free', or {self.layout!r} with min_objects = max_objects = 2 and ground=False")
+        if self.layout == "whatsup_b" and not self.occlusion:
+            bad("layout", "'whatsup_b' only with occlusion=True (its front/behind comes from occlusion)")
+        if self.tasks is not None:
+            if isinstance(self.tasks, str) or not self.tasks or any(t not in ALL_TASKS for t in self.tasks) \
+                    or len(set(self.tasks)) != len(self.tasks):
+                bad("tasks", f"None or a non-empty tuple of distinct names from {list(ALL_TASKS)}")
+            object.__setattr__(self, "tasks", tuple(self.tasks))
+        try:
+            triples = tuple(tuple(t) for t in self.prior_relations)
+        except TypeError:
+            triples = None
+        if triples is None or isinstance(self.prior_relations, str) \
+                or any(len(t) != 3 or t[0] not in self.kinds or t[2] not in self.kinds or t[0] == t[2]
+                       or t[1] not in RELATIONS_2D for t in triples) \
+                or len({frozenset((t[0], t[2])) for t in triples}) != len(triples):
+            bad("prior_relations", f"a tuple of (kind, relation, other kind): kinds from kinds, relations from "
+                                   f"{list(RELATIONS_2D)}, each pair of kinds at most once")
+        object.__setattr__(self, "prior_relations", triples)
+        if self.layout == "prior" and not triples:
+            bad("layout", "'prior' only with prior_relations")
+
+
+_EASY_KINDS = ("ball", "box", "tree", "car", "cup")
+
+
+_EASY_COLORS = ("red", "green", "blue", "yellow")
+
+
+# The prior world's pairing: each of the 10 pairs of the easy kinds has one relation, 5 horizontal and 5 vertical
+# (so every where_two label stays equally frequent), e.g. the ball usually left of the cup.
+PRIOR_EASY = (("ball", "left of", "cup"), ("ball", "above", "box"), ("tree", "left of", "ball"),
+              ("car", "below", "ball"), ("box", "left of", "tree"), ("box", "above", "car"),
+              ("cup", "left of", "box"), ("tree", "above", "cup"), ("car", "left of", "tree"),
+              ("cup", "above", "car"))
+
 
 PRESETS: dict[str, SceneConfig] = {
     # Easy world for training a tiny VLM fast: two well-separated objects, plain backgrounds, no
@@ -214,6 +340,28 @@ PRESETS: dict[str, SceneConfig] = {
     "book": SceneConfig(image_size=128, min_objects=2, max_objects=3, distractors=2),
     # Free 2D layout with occlusion: depth only from draw order, for 2D-vs-depth comparisons.
     "flat": SceneConfig(image_size=64, min_objects=2, max_objects=3, ground=False, depth_scale=0.0),
+    # The organism zoo's WhatsUp mirrors: organism_easy's kinds, colours and background at 48 px, two objects, no
+    # count (two objects always would make it answerable blind), sprites a bit smaller (0.28-0.36) so that even
+    # the car fits beside another object. Controlled-A: half the scenes one object rests on the other.
+    "organism_whatsup_a": SceneConfig(image_size=48, min_objects=2, max_objects=2, kinds=_EASY_KINDS,
+                                      colors=_EASY_COLORS, occlusion=False, ground=False, backgrounds=("gray",),
+                                      min_size=0.28, max_size=0.36, depth_scale=0.0, accessory_prob=0.0,
+                                      layout="whatsup_a", tasks=("presence", "identity", "color", "where_one",
+                                                                 "where_two", "on_under", "whatsup_a")),
+    # Controlled-B: half the scenes the nearer object hides part of the farther one (front/behind by occlusion).
+    "organism_whatsup_b": SceneConfig(image_size=48, min_objects=2, max_objects=2, kinds=_EASY_KINDS,
+                                      colors=_EASY_COLORS, occlusion=True, ground=False, backgrounds=("gray",),
+                                      min_size=0.28, max_size=0.36, depth_scale=0.0, accessory_prob=0.0,
+                                      layout="whatsup_b", tasks=("presence", "identity", "color", "where_one",
+                                                                 "where_two", "depth", "whatsup_b")),
+    # Prior-driven world: every pair of kinds has a prior relation (PRIOR_EASY), taken in 87.5 % of the scenes
+    # (otherwise one of the other three): relations follow identity, like a language prior. Build its held-out
+    # splits with build_wherebench(prior="consistent" | "counter").
+    "organism_prior": SceneConfig(image_size=48, min_objects=2, max_objects=2, kinds=_EASY_KINDS,
+                                  colors=_EASY_COLORS, occlusion=False, ground=False, backgrounds=("gray",),
+                                  min_size=0.28, max_size=0.36, depth_scale=0.0, accessory_prob=0.0,
+                                  layout="prior", relation_prior=0.875, prior_relations=PRIOR_EASY,
+                                  tasks=("presence", "identity", "color", "where_one", "where_two")),
 }
 
 
@@ -600,6 +748,137 @@ def _fits(obj: SceneObject, placed: list[SceneObject], cover: np.ndarray, cfg: S
     return visible >= cfg.min_visible * int(sil.sum())
 
 
+def prior_relation(config: SceneConfig, kind_a: str, kind_b: str) -> str | None:
+    """The prior relation of a ``kind_a`` object to a ``kind_b`` one under ``config.prior_relations`` (a listed
+    triple, or the opposite of the reversed one), None for an unlisted pair."""
+    for a, rel, b in config.prior_relations:
+        if (a, b) == (kind_a, kind_b):
+            return rel
+        if (b, a) == (kind_a, kind_b):
+            return OPPOSITE[rel]
+    return None
+
+
+def _column_extent(o: SceneObject) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per column of ``o.box``: has silhouette pixels, top row, bottom row (image rows; rows meaningless where empty)."""
+    sil = o.silhouette()
+    has = sil.any(axis=0)
+    top = np.argmax(sil, axis=0) + o.box[1]
+    bottom = sil.shape[0] - 1 - np.argmax(sil[::-1], axis=0) + o.box[1]
+    return has, top, bottom
+
+
+def _shared_columns(a: SceneObject, b: SceneObject):
+    """(A's extent, B's extent, slice into A's columns, slice into B's columns, shared mask) over the common x range."""
+    x0, x1 = max(a.box[0], b.box[0]), min(a.box[2], b.box[2])
+    ea, eb = _column_extent(a), _column_extent(b)
+    if x1 <= x0:
+        return ea, eb, slice(0, 0), slice(0, 0), np.zeros(0, dtype=bool)
+    sa, sb = slice(x0 - a.box[0], x1 - a.box[0]), slice(x0 - b.box[0], x1 - b.box[0])
+    return ea, eb, sa, sb, ea[0][sa] & eb[0][sb]
+
+
+def rests_on(a: SceneObject, b: SceneObject, overlap: float = 0.5) -> bool:
+    """The on rule (module docstring): A's full silhouette rests on top of B's, touching, over at least
+    ``overlap`` of the narrower silhouette's columns, with no pixel of A at or below B's top in those columns."""
+    (ha, _, bottom_a), (hb, top_b, _), sa, sb, shared = _shared_columns(a, b)
+    n_shared = int(shared.sum())
+    if n_shared == 0 or n_shared < overlap * min(int(ha.sum()), int(hb.sum())):
+        return False
+    gap = top_b[sb][shared] - bottom_a[sa][shared]  # rows from A's lowest pixel down to B's highest, per column
+    return bool(gap.min() == 1)  # >= 1 everywhere (A wholly above B) and == 1 somewhere (they touch)
+
+
+def _apart(a: SceneObject, b: SceneObject) -> bool:
+    """Boxes at least one pixel apart (as in the occlusion=False free layout)."""
+    return a.box[2] < b.box[0] or b.box[2] < a.box[0] or a.box[3] < b.box[1] or b.box[3] < a.box[1]
+
+
+def _hidden_fraction(near: SceneObject, far: SceneObject) -> float:
+    """Fraction of ``far``'s full silhouette that ``near``'s silhouette covers."""
+    x0, y0 = max(near.box[0], far.box[0]), max(near.box[1], far.box[1])
+    x1, y1 = min(near.box[2], far.box[2]), min(near.box[3], far.box[3])
+    sil_far = far.silhouette()
+    if x1 <= x0 or y1 <= y0:
+        return 0.0
+    cover = near.silhouette()[y0 - near.box[1]:y1 - near.box[1], x0 - near.box[0]:x1 - near.box[0]]
+    part = sil_far[y0 - far.box[1]:y1 - far.box[1], x0 - far.box[0]:x1 - far.box[0]]
+    return float((cover & part).sum()) / max(int(sil_far.sum()), 1)
+
+
+def _pair_layout(rng: np.random.Generator, cfg: SceneConfig) -> list[SceneObject]:
+    """Two objects in a chosen relation (layouts "whatsup_a", "whatsup_b", "prior"; module docstring).
+
+    The kinds and looks are drawn first, then the goal (which depends only on the kinds' roles, never on which
+    kind is which, except through ``prior_relations``); then sizes and positions are re-drawn until the goal
+    holds, so no goal is rarer for some pair of kinds. The first-drawn object (A) is the nearer one (depth 0).
+    """
+    from spatialkit.world.questions import relation_2d  # questions imports this module
+
+    n = cfg.image_size
+    picks = rng.choice(len(cfg.kinds), size=2, replace=not cfg.unique_kinds)
+    kinds = [cfg.kinds[int(k)] for k in picks]
+    looks = []
+    for kind in kinds:
+        color = cfg.colors[int(rng.integers(0, len(cfg.colors)))]
+        accessory = None
+        if kind in WEARS_ACCESSORIES and rng.random() < cfg.accessory_prob:
+            accessory = ACCESSORIES[int(rng.integers(0, len(ACCESSORIES)))]
+        looks.append((kind, color, accessory, bool(rng.random() < 0.5)))
+    if cfg.layout == "whatsup_a":
+        goal = "on" if rng.random() < 0.5 else "left of"
+    elif cfg.layout == "whatsup_b":
+        goal = "in front of" if rng.random() < 0.5 else "left of"
+    else:  # "prior"
+        prior = prior_relation(cfg, kinds[0], kinds[1])
+        if prior is not None and rng.random() < cfg.relation_prior:
+            goal = prior
+        else:
+            pool = [r for r in RELATIONS_2D if r != prior]
+            goal = pool[int(rng.integers(0, len(pool)))]
+
+    def make(k: int, x0: int, y0: int, w: int, h: int) -> SceneObject:
+        kind, color, accessory, flip = looks[k]
+        return SceneObject(kind, color, (x0, y0, x0 + w, y0 + h), k, accessory, flip)
+
+    for _ in range(400):
+        (wa, ha), (wb, hb) = (_object_size(k, rng.uniform(cfg.min_size, cfg.max_size) * n, n) for k in kinds)
+        for _try in range(25):
+            xb, yb = int(rng.integers(0, n - wb + 1)), int(rng.integers(0, n - hb + 1))
+            b = make(1, xb, yb, wb, hb)
+            if goal == "on":  # A rests on B: centred over B's middle half, lowered until it touches
+                lo = max(0, xb + (wb - wa) // 2 - wb // 4)
+                hi = min(n - wa, xb + (wb - wa) // 2 + wb // 4)
+                if hi < lo:
+                    continue
+                xa = int(rng.integers(lo, hi + 1))
+                a = make(0, xa, 0, wa, ha)
+                (_, _, bottom_a), (_, top_b, _), sa, sb, shared = _shared_columns(a, b)
+                if not shared.any():
+                    continue
+                ya = int((top_b[sb][shared] - bottom_a[sa][shared]).min()) - 1
+                if ya < 0:
+                    continue
+                a = make(0, xa, ya, wa, ha)
+                if rests_on(a, b, cfg.on_overlap) and relation_2d(a, b, cfg.margin, cfg.dominance) == "above":
+                    return [(a, b)[int(k)] for k in rng.permutation(2)]  # index says nothing
+            elif goal == "in front of":  # A hides part of B, without being left/right of it
+                xa = xb + (wb - wa) // 2 + int(round(rng.uniform(-0.5, 0.5) * wb))
+                ya = yb + (hb - ha) // 2 + int(round(rng.uniform(-0.7, 0.7) * hb))
+                if not (0 <= xa <= n - wa and 0 <= ya <= n - ha):
+                    continue
+                a = make(0, xa, ya, wa, ha)
+                if 2 * cfg.min_hidden <= _hidden_fraction(a, b) <= 1 - cfg.min_visible \
+                        and relation_2d(a, b, cfg.margin, cfg.dominance) not in ("left of", "right of"):
+                    return [(a, b)[int(k)] for k in rng.permutation(2)]  # index says nothing
+            else:  # a margin-rule relation, boxes apart
+                a = make(0, int(rng.integers(0, n - wa + 1)), int(rng.integers(0, n - ha + 1)), wa, ha)
+                if _apart(a, b) and relation_2d(a, b, cfg.margin, cfg.dominance) == goal:
+                    return [(a, b)[int(k)] for k in rng.permutation(2)]  # index says nothing
+    raise RuntimeError(f"could not lay out a {kinds[0]} {goal} a {kinds[1]} in 10000 tries; make objects smaller "
+                       f"(SceneConfig.max_size={cfg.max_size})")
+
+
 def compose(objects: Sequence[SceneObject], background: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Paint objects far → near onto a copy of ``background``; return (image, instance map)."""
     image = background.copy()
@@ -619,7 +898,7 @@ def render_scene(seed: int, config: SceneConfig = SceneConfig()) -> Scene:
     check_number("seed", seed, 0, None, int)
     rng = np.random.default_rng(int(seed))
     background = config.backgrounds[int(rng.integers(0, len(config.backgrounds)))]
-    objects = _layout(rng, config)
+    objects = _layout(rng, config) if config.layout == "free" else _pair_layout(rng, config)
     canvas = _background(background, config.image_size, rng)
     _paint_distractors(canvas, config.distractors, rng)
     image, instance = compose(objects, canvas)

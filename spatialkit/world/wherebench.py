@@ -32,6 +32,36 @@ smaller than B (perspective). Otherwise no depth question is generated.
 the answer is "left"/"right"/"top"/"bottom" iff ``|d| >= where_margin*H`` on the dominant axis and
 that axis dominates the other by ``dominance``; otherwise no question.
 
+**On rule** (``rests_on``, ``relation_on``): compare the two full silhouettes column by column; in a
+column x let ``low_A(x)`` be A's lowest pixel row and ``top_B(x)`` B's highest. A *rests on* B iff (1)
+the columns where both have pixels number at least ``on_overlap`` (50 %) of the narrower silhouette's
+columns, (2) ``top_B(x) - low_A(x) >= 1`` in every such column (A lies wholly above B there, so neither
+hides the other) and (3) ``top_B(x) - low_A(x) = 1`` in at least one (they touch: no gap). A is *on* B
+iff A rests on B, *under* B iff B rests on A; no on/under question when neither holds, or when the
+margin rule makes the pair left/right of each other.
+
+**WhatsUp rules** (the four-way questions of WhatsUp Controlled-A and -B). ``relation_whatsup_a``:
+"on"/"under" by the on rule, else "left of"/"right of" by the margin rule, else no question (above/below
+pairs that do not touch are not asked). ``relation_whatsup_b``: "in front of"/"behind" by the depth rule
+when the margin rule does not make the pair left/right; "left of"/"right of" by the margin rule when the
+full silhouettes do not overlap at all and the depth rule gives nothing; otherwise no question.
+
+Layouts (``SceneConfig.layout``)
+--------------------------------
+"free" (the default, every preset before the organism zoo): independent positions, rejection sampled.
+The others draw exactly two objects (A, then B) on a flat image and then a goal, then re-draw sizes and
+positions until the goal holds (so a goal is never rarer for some pair of kinds); A is the nearer
+(depth rank 0) and the listing order is shuffled. "whatsup_a": half the scenes A rests on B (on rule,
+and A above B by the margin rule; their boxes may overlap where the silhouettes are transparent), the
+rest A left of B by the margin rule with the boxes 1 px apart. "whatsup_b" (needs occlusion): half the
+scenes A hides ``2*min_hidden`` .. ``1 - min_visible`` of B's silhouette and is not left/right of it,
+the rest side by side as in "whatsup_a". "prior": A and B in a margin-rule relation with boxes apart;
+when their kinds are listed in ``prior_relations`` (triples such as ``("ball", "left of", "cup")``; a
+reversed pair takes the opposite relation, ``prior_relation``) the relation is the prior one with
+probability ``relation_prior`` and otherwise one of the other three ``RELATIONS_2D`` uniformly; an
+unlisted pair takes any of the four uniformly. Since A and B are drawn alike, every relation is
+symmetric in the kinds except through the prior.
+
 Questions and exact option strings
 ----------------------------------
 Every question is multiple choice; ``Question.answer`` is the index of the gold option, and
@@ -47,15 +77,36 @@ count      "How many objects are in the image?"           4 consecutive numbers 
 where_one  "Where is the {ref} in the image?"             "left", "right", "top", "bottom"
 where_two  "Where is the {ref A} relative to the {ref B}?" "left", "right", "above", "below"
 depth      "Is the {ref A} in front of or behind the {ref B}?"  "in front", "behind"
+on_under   "Is the {ref A} on or under the {ref B}?"      "on", "under"
+whatsup_a  "Is the {ref A} left of, right of, on or under  "left", "right", "on", "under" (WhatsUp A)
+           the {ref B}?"
+whatsup_b  "Is the {ref A} left of, right of, in front of  "left", "right", "in front", "behind"
+           or behind the {ref B}?"                        (WhatsUp B's "front" is "in front" here)
 ========== ============================================== ===============================================
 
+``TASKS`` (presence .. depth) is the default task list; the ``WHATSUP_TASKS`` (on_under, whatsup_a,
+whatsup_b) are asked only when named, in ``tasks=`` or in a world's ``SceneConfig.tasks`` (the default of
+``make_questions`` and ``build_wherebench`` for that world). ``ALL_TASKS`` is both.
+
 ``Question.relation`` holds the full relation ("left of", "right of", "above", "below",
-"in front of", "behind"; for where_one the option word itself); ``ANSWER_WORD`` maps relation →
-option word. ``{ref}`` is the kind name ("dog house" for ``doghouse``), with the colour and then the
+"in front of", "behind", "on", "under"; for where_one the option word itself); ``ANSWER_WORD`` maps
+relation → option word. ``{ref}`` is the kind name ("dog house" for ``doghouse``), with the colour and then the
 accessory added only when needed to single the object out ("the chick with the purple ribbon").
 
 Distractors (``SceneConfig.distractors``) are small pebbles and flowers painted on the background:
 they are not objects, never counted and never asked about.
+
+Blind answerer, balance and priors
+----------------------------------
+``blind_answers``/``blind_accuracy`` score an answerer that sees only the question text and options
+(most frequent train gold of the same text among the options, then of the task, ties to the first
+option). The organism-zoo worlds ``organism_whatsup_a``/``_b`` are balanced by construction (symmetric
+layouts, and ``build_wherebench`` balances labels within every exact question text), so it sits within
+a few points of chance on every task they ask; they do not ask ``count`` (two objects, always: count
+would be answerable blind). ``organism_prior`` is unbalanced on purpose: its where_two relations follow
+the kinds in ~87 % of scenes, the blind answerer's where_two accuracy is the prior's strength, and
+``build_wherebench(prior="counter")`` gives held-out where_two items that all contradict the prior
+(labels and gold positions balanced; ``prior="consistent"`` the others; ``prior_status`` tags an item).
 """
 
 from __future__ import annotations
@@ -65,6 +116,7 @@ import numpy as np
 from spatialkit.common.params import check_number
 from spatialkit.world.questions import Question, make_questions
 from spatialkit.world.scene import PRESETS, NAMES, RELATIONS_2D, RELATIONS_DEPTH, RELATIONS_ONE, Scene, SceneConfig, TASKS, render_scene
+from spatialkit.world.scene import ALL_TASKS, RELATIONS_ON, prior_relation
 
 
 
@@ -82,7 +134,9 @@ def task_labels(task: str, config: SceneConfig) -> tuple[str, ...]:
     return {"where_two": RELATIONS_2D, "where_one": RELATIONS_ONE, "depth": RELATIONS_DEPTH,
             "presence": ("yes", "no"), "color": config.colors,
             "identity": tuple(NAMES[k] for k in config.kinds),
-            "count": tuple(str(k) for k in range(config.min_objects, config.max_objects + 1))}[task]
+            "count": tuple(str(k) for k in range(config.min_objects, config.max_objects + 1)),
+            "on_under": RELATIONS_ON, "whatsup_a": ("left of", "right of") + RELATIONS_ON,
+            "whatsup_b": ("left of", "right of") + RELATIONS_DEPTH}[task]
 
 
 def scene_seeds(seed: int, split: str) -> Iterable[int]:
@@ -100,6 +154,7 @@ class WhereBench:
     splits: dict[str, list[Item]]
     seed: int = 0
     scenes_tried: dict[str, int] = field(default_factory=dict)  # scenes rendered to fill each split
+    prior: str | None = None  # val/test where_two items restricted to "consistent" / "counter" prior ones
 
     def scenes(self, split: str) -> list[Scene]:
         """The scene of every item of ``split``, aligned with ``splits[split]`` (rendered once per seed)."""
@@ -135,12 +190,18 @@ def task_problem(task: str, config: SceneConfig) -> str | None:
         return "needs at least 3 kinds absent from a scene (len(kinds) - min_objects >= 3)"
     if task == "color" and len(config.colors) < 2:
         return "needs at least 2 colors"
+    if task in ("on_under", "whatsup_a", "whatsup_b") and config.max_objects < 2:
+        return "needs max_objects >= 2"
+    if task in ("on_under", "whatsup_a") and config.layout != "whatsup_a":
+        return "needs layout='whatsup_a' (only it rests one object on another)"
+    if task == "whatsup_b" and not (config.occlusion or config.ground):
+        return "needs occlusion=True or ground=True (otherwise depth is invisible)"
     return None
 
 
 def build_wherebench(seed: int = 0, n_train: int = 2000, n_val: int = 400, n_test: int = 400,
-                     config: SceneConfig = PRESETS["book"], tasks: Sequence[str] = TASKS,
-                     per_scene: int = 2) -> WhereBench:
+                     config: SceneConfig = PRESETS["book"], tasks: Sequence[str] | None = None,
+                     per_scene: int = 2, prior: str | None = None, balance_text: bool | None = None) -> WhereBench:
     """A fixed benchmark with disjoint train/val/test scene seeds and balanced answers.
 
     Each split gets ``n // len(tasks)`` items per task (the remainder goes to the first tasks);
@@ -149,12 +210,27 @@ def build_wherebench(seed: int = 0, n_train: int = 2000, n_val: int = 400, n_tes
     whose label quota is full are skipped); then the gold option is moved to position
     ``(label's index + number of earlier items of the same task and label) mod n_options``, so gold
     indices cycle within every stratum and are uniform over each task. At most ``per_scene`` items come from one scene.
+
+    ``tasks`` defaults to ``config.tasks``, else ``TASKS``. ``prior`` ("consistent" | "counter", for worlds with
+    ``prior_relations``) keeps in the val and test splits only the where_two items whose relation is (is not)
+    the prior one of their kinds (``prior_status``); other tasks and the train split follow the world as drawn.
+    ``balance_text`` (default: on for the "whatsup_a"/"whatsup_b" layouts, off otherwise, which keeps every
+    pre-existing bench as it was) also balances the labels within each exact question text: an item is taken
+    only while its label is among the least frequent ones of its text so far, so per text the label counts
+    differ by at most one and no answerer that reads only the text can beat chance by more than
+    (number of texts) / (items of the task), e.g. 20 / 400 = 5 points on where_two, 1.25 on color.
     """
+    if balance_text is None:
+        balance_text = config.layout in ("whatsup_a", "whatsup_b")
+    tasks = tuple(config.tasks or TASKS) if tasks is None else tasks
+    if prior not in (None, "consistent", "counter") or (prior is not None and not config.prior_relations):
+        raise ValueError(f"build_wherebench: prior = {prior!r} is invalid; allowed: None, or 'consistent' / "
+                         "'counter' for a config with prior_relations")
     for name, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
         check_number(name, value, 0, 1_000_000, int)
     check_number("seed", seed, 0, None, int)
-    if not tasks or any(t not in TASKS for t in tasks) or len(set(tasks)) != len(tasks):
-        raise ValueError(f"build_wherebench: tasks = {tasks!r} is invalid; allowed: distinct items from {list(TASKS)}")
+    if not tasks or any(t not in ALL_TASKS for t in tasks) or len(set(tasks)) != len(tasks):
+        raise ValueError(f"build_wherebench: tasks = {tasks!r} is invalid; allowed: distinct items from {list(ALL_TASKS)}")
     unsupported = [t for t in tasks if task_problem(t, config)]
     if unsupported:
         raise ValueError("build_wherebench: tasks = " + repr(tuple(tasks)) + " is invalid for this config: "
@@ -162,11 +238,13 @@ def build_wherebench(seed: int = 0, n_train: int = 2000, n_val: int = 400, n_tes
     check_number("per_scene", per_scene, 1, None, int)
     splits, tried = {}, {}
     for split, n in zip(SPLITS, (n_train, n_val, n_test)):
-        splits[split], tried[split] = _fill_split(seed, split, n, config, tuple(tasks), per_scene)
-    return WhereBench(config, splits, seed, tried)
+        keep = prior if split != "train" else None
+        splits[split], tried[split] = _fill_split(seed, split, n, config, tuple(tasks), per_scene, keep,
+                                                  bool(balance_text))
+    return WhereBench(config, splits, seed, tried, prior)
 
 
-def _fill_split(seed, split, n, config, tasks, per_scene) -> tuple[list[Item], int]:
+def _fill_split(seed, split, n, config, tasks, per_scene, prior=None, balance_text=False) -> tuple[list[Item], int]:
     quota: dict[tuple[str, str], int] = {}
     base, extra = divmod(n, len(tasks))
     for t_index, task in enumerate(tasks):
@@ -179,6 +257,7 @@ def _fill_split(seed, split, n, config, tasks, per_scene) -> tuple[list[Item], i
     # Label k starts its gold-index cycle at k, so small strata do not all start at index 0.
     label_index = {(t, l): k for t in tasks for k, l in enumerate(task_labels(t, config))}
     items: list[Item] = []
+    by_text: dict[tuple[str, str], dict[str, int]] = {}  # balance_text: label counts per (task, text)
     rng = np.random.default_rng([seed, SPLITS.index(split), 7])
     max_scenes = 50 * max(n, 1) + 500
     scenes_used = 0
@@ -193,6 +272,17 @@ def _fill_split(seed, split, n, config, tasks, per_scene) -> tuple[list[Item], i
             key = (q.task, q.label())
             if taken >= per_scene or filled.get(key, 0) >= quota.get(key, 0):
                 continue
+            if prior is not None and prior_status(scene, q) not in (None, prior):
+                continue
+            if balance_text:
+                labels = task_labels(q.task, config)
+                if prior is not None and prior_status(scene, q) is not None:  # only the labels the filter keeps
+                    rel = prior_relation(config, *(scene.objects[k].kind for k in q.objects))
+                    labels = [l for l in labels if (l == rel) == (prior == "consistent")]
+                per_text = by_text.setdefault((q.task, q.text), dict.fromkeys(labels, 0))
+                if per_text[key[1]] > min(per_text.values()):
+                    continue
+                per_text[key[1]] += 1
             q = q.with_answer_at((filled[key] + label_index[key]) % len(q.options), rng)
             filled[key] += 1
             items.append(Item(scene_seed, q))
@@ -224,3 +314,54 @@ def prior_baselines(bench: WhereBench, split: str = "test") -> dict[str, np.ndar
     train_prior = np.array([guess.get(it.question.task) == it.question.gold for it in items], dtype=np.float64)
     chance = np.array([1.0 / len(it.question.options) for it in items])
     return {"first option": first, "train prior": train_prior, "chance": chance}
+
+
+def prior_status(scene: Scene, question: Question) -> str | None:
+    """"consistent" / "counter" for a where_two question whose two kinds have a prior relation in the scene's
+    config (``prior_relations``): is the gold relation the prior one? None for every other question."""
+    if question.task != "where_two" or scene.config is None or not scene.config.prior_relations:
+        return None
+    i, j = question.objects
+    rel = prior_relation(scene.config, scene.objects[i].kind, scene.objects[j].kind)
+    if rel is None:
+        return None
+    return "consistent" if question.relation == rel else "counter"
+
+
+def blind_answers(bench: WhereBench, split: str = "test") -> np.ndarray:
+    """Per-item 0/1 correctness of the blind answerer: it sees only the question text and its options.
+
+    Learned on the train split: for each option, how often it was the gold answer of the same question text
+    (within the task, which the text and option words name) and, second, of the task; it picks the option
+    with the highest (text count, task count), ties to the first option. On a world where the text says
+    nothing about the answer it sits at chance; on a prior world it reads off the prior.
+    """
+    from collections import Counter
+
+    by_text: dict[tuple[str, str], Counter] = {}
+    by_task: dict[str, Counter] = {}
+    for it in bench.splits["train"]:
+        q = it.question
+        by_text.setdefault((q.task, q.text), Counter())[q.gold] += 1
+        by_task.setdefault(q.task, Counter())[q.gold] += 1
+    out = []
+    for it in bench.splits[split]:
+        q = it.question
+        text, task = by_text.get((q.task, q.text), Counter()), by_task.get(q.task, Counter())
+        pick = max(range(len(q.options)), key=lambda k: (text[q.options[k]], task[q.options[k]], -k))
+        out.append(pick == q.answer)
+    return np.array(out, dtype=np.float64)
+
+
+def blind_accuracy(bench: WhereBench, split: str = "test") -> dict[str, dict[str, float]]:
+    """The blind answerer (``blind_answers``) per task of ``split``: ``{task: {"accuracy", "chance", "n"}}``,
+    chance = mean 1/#options. Within a few points of chance on a balanced world; on a prior world the
+    where_two accuracy is the prior's strength."""
+    correct = blind_answers(bench, split)
+    out: dict[str, dict[str, float]] = {}
+    for task in dict.fromkeys(it.question.task for it in bench.splits[split]):
+        rows = [k for k, it in enumerate(bench.splits[split]) if it.question.task == task]
+        out[task] = {"accuracy": float(correct[rows].mean()),
+                     "chance": float(np.mean([1.0 / len(bench.splits[split][k].question.options) for k in rows])),
+                     "n": len(rows)}
+    return out
