@@ -46,8 +46,8 @@ def main() -> None:
         df = evaluate(vlm, wherebench(cfg), "test")
     table = accuracy_by_task(df)
     print(f"\norganism preset={args.preset} overrides={overrides} threads={torch.get_num_threads() if args.threads is None else args.threads}")
-    print(f"steps run {metrics['steps_run']} / {cfg.steps} (early stop: {metrics['stopped_early']}), "
-          f"{metrics['steps_run'] / train_s:.2f} steps/s, batch {cfg.batch_size}")
+    print(f"steps run {metrics['steps_run']} / {cfg.optim.steps} (early stop: {metrics['stopped_early']}), "
+          f"{metrics['steps_run'] / train_s:.2f} steps/s, batch {cfg.optim.batch_size}")
     print(f"CPU time {cpu:.1f} s (process time, all threads; on a loaded machine the honest estimate of the "
           f"time on free cores)")
     print(f"wall time {wall:.1f} s (data {metrics['timing']['data_s']:.1f} s); load average before "

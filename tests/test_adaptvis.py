@@ -34,7 +34,7 @@ def organism(vocab, lm_posenc="rope1d", seed=0):
     model = TinyVLM(cfg.model_config(len(vocab))).eval()
     with torch.no_grad():
         for block in model.blocks:
-            qk = block.attn.qkv.weight[: 2 * cfg.lm_dim]
+            qk = block.attn.qkv.weight[: 2 * cfg.model.lm_dim]
             qk.mul_(0.6 / qk.std())
     return OrganismVLM(model, vocab, cfg)
 

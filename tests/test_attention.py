@@ -35,7 +35,7 @@ def organism(vocab, lm_posenc="rope1d", seed=0, qk_std=0.6):
     model = TinyVLM(cfg.model_config(len(vocab))).eval()
     with torch.no_grad():  # random weights attend almost uniformly; sharpen q/k so the comparison bites
         for block in model.blocks:
-            qk = block.attn.qkv.weight[: 2 * cfg.lm_dim]
+            qk = block.attn.qkv.weight[: 2 * cfg.model.lm_dim]
             qk.mul_(qk_std / qk.std())
     return OrganismVLM(model, vocab, cfg)
 

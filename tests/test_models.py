@@ -1,5 +1,7 @@
 """The tiny VLM's pieces: vocabulary, ViT encoder, projector norms, LM positions, KV cache, config checks."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -7,7 +9,7 @@ from spatialkit.models.organism.model import (
     LM_POSENCS, SYSTEM_PROMPT, VISION_POSENCS, ModelConfig, Projector, TinyVLM, ViTEncoder, Vocab, lm_positions,
     state_dict_sha256, to_pixels, tokenize,
 )
-from spatialkit.models.organism import OrganismConfig, preset
+from spatialkit.models.organism import PRESET_WHY, PRESETS, DataConfig, OrganismConfig, preset
 from spatialkit.models.vlm import TokenKind
 
 
@@ -162,14 +164,18 @@ def test_to_pixels_checks_input():
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("steps", 0, r"steps must be an int in \[1,"),
-    ("spatial_fraction", 1.5, r"spatial_fraction must be a number in \[0.0, 1.0\]"),
-    ("vision_posenc", "fourier", "vision_posenc must be one of"),
-    ("lm_posenc", "sincos2d", "lm_posenc must be one of"),
-    ("visual_norm", "layer", "visual_norm must be one of"),
-    ("scene_preset", "mars", "scene_preset must be one of"),
+    ("steps", 0, r"OptimConfig: parameter 'steps' = 0 is invalid; allowed: int in \[1, "),
+    ("steps", 6.0, r"parameter 'steps' = 6.0 is invalid"),  # strict types: no silent 6.0 -> 6
+    ("spatial_fraction", 1.5, r"DataConfig: parameter 'spatial_fraction' = 1.5 is invalid; allowed: float in \[0, 1\]"),
+    ("vision_posenc", "fourier", "parameter 'vision_posenc' = 'fourier' is invalid; allowed: one of"),
+    ("lm_posenc", "sincos2d", "parameter 'lm_posenc' = 'sincos2d' is invalid; allowed: one of"),
+    ("visual_norm", "layer", "parameter 'visual_norm' = 'layer' is invalid; allowed: one of"),
+    ("vision_embed_norm", 1, "parameter 'vision_embed_norm' = 1 is invalid; allowed: bool"),
+    ("scene_preset", "mars", "parameter 'scene_preset' = 'mars' is invalid; allowed: one of"),
     ("patch_size", 7, "multiple of patch_size"),
     ("lm_heads", 3, "lm_dim"),
+    ("vocab_size", 50, "model.vocab_size is derived"),
+    ("seed", -1, "parameter 'seed' = -1"),
 ])
 def test_config_validation_names_the_field(field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -178,9 +184,45 @@ def test_config_validation_names_the_field(field, value, message):
 
 def test_fractions_must_fit_and_presets_exist():
     with pytest.raises(ValueError, match="spatial_fraction \\+ caption_fraction"):
-        OrganismConfig(spatial_fraction=0.8, caption_fraction=0.3)
+        OrganismConfig(data=DataConfig(spatial_fraction=0.8, caption_fraction=0.3))
     with pytest.raises(ValueError, match="preset must be one of"):
         preset("huge")
-    for name in ("default", "quick", "smoke"):
+    for name in PRESETS:
         cfg = preset(name)
         assert OrganismConfig.from_dict(cfg.to_dict()) == cfg
+        assert PRESET_WHY[name]  # every preset says what it is for
+
+
+def test_config_sections_and_overrides():
+    # one set of defaults: a bare ModelConfig is the organism's model section
+    assert OrganismConfig().model == ModelConfig()
+    cfg = preset("smoke", steps=6, eval_every=3, seed=5, lm_posenc="mrope", spatial_fraction=0.0)
+    assert (cfg.optim.steps, cfg.optim.eval_every, cfg.seed, cfg.model.lm_posenc, cfg.data.spatial_fraction) == (
+        6, 3, 5, "mrope", 0.0)
+    assert cfg.model.lm_dim == 32 and cfg.optim.packed  # the rest of the preset stays
+    # flat, dotted and section-dict overrides are the same change
+    assert (cfg.replace(lm_dim=16) == cfg.replace(**{"model.lm_dim": 16}) == cfg.replace(model={"lm_dim": 16})
+            == cfg.replace(model=dataclasses.replace(cfg.model, lm_dim=16)))
+    assert cfg.replace(data={"n_val": 50}).data.n_val == 50
+    with pytest.raises(ValueError, match="unknown OrganismConfig field 'stepz'"):
+        preset("smoke", stepz=3)
+    with pytest.raises(ValueError, match="unknown OrganismConfig field 'data.steps'"):
+        cfg.replace(**{"data.steps": 3})
+    with pytest.raises(ValueError, match="given twice"):
+        cfg.replace(steps=3, **{"optim.steps": 4})
+    # the built model gets the derived fields; the config keeps them None
+    built = cfg.model_config(123)
+    assert (built.vocab_size, built.max_len) == (123, 32 + 36 + 64) and cfg.model.vocab_size is None
+    assert ModelConfig(vocab_size=5).seq_len == 32 + 36 + 64
+    with pytest.raises(ValueError, match="vocab_size must be set"):
+        TinyVLM(ModelConfig())
+    assert set(cfg.to_dict()) == {"model", "data", "optim", "seed"}
+    # a read-only flat view for the notebooks
+    assert (cfg.steps, cfg.image_size, cfg.bench_seed) == (cfg.optim.steps, cfg.model.image_size, cfg.data.bench_seed)
+    assert not hasattr(cfg, "stepz")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.steps = 3
+    import copy
+    import pickle
+
+    assert pickle.loads(pickle.dumps(cfg)) == copy.deepcopy(cfg) == cfg

@@ -48,7 +48,7 @@ def test_rescale_to_norm():
 
 @pytest.mark.parametrize("scale", [1.0, 0.3])
 def test_organism_projector_computes_the_same_rules(scale):
-    """The training option (OrganismConfig.visual_norm -> models.Projector) is the inference rule + a learned w."""
+    """The training option (OrganismConfig.model.visual_norm -> models.Projector) is the inference rule + a learned w."""
     from spatialkit.models.organism.model import Projector
 
     torch.manual_seed(0)
@@ -179,7 +179,7 @@ def test_loudness_profile_components_per_layer(case):
 
 @pytest.mark.parametrize("mode, scale, expected", [("rmsclip", 0.5, 0.5 * PAPER_GAIN * PAPER_CLIP), ("target", 2.0, 2.0)])
 def test_organism_trained_with_the_norm_option_feeds_the_lm_controlled_norms(mode, scale, expected):
-    """The training option end to end: OrganismConfig.visual_norm -> trained model -> what the LM receives."""
+    """The training option end to end: OrganismConfig.model.visual_norm -> trained model -> what the LM receives."""
     from spatialkit.models.organism import load_or_train, preset
 
     vlm = load_or_train(preset("smoke", visual_norm=mode, visual_norm_scale=scale, steps=5), progress=False)

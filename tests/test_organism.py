@@ -108,7 +108,7 @@ def test_visual_hook_sees_exactly_the_lm_input_and_restores(smoke):
     (vt,) = seen
     assert vt.grids == batch.grids and vt.tokens.shape == (2 * 36, vlm.model.cfg.lm_dim)
     # lm_posenc "rope1d" adds nothing to the embeddings: block 0's input at image slots = the hooked tokens
-    assert vlm.config.lm_posenc == "rope1d"
+    assert vlm.config.model.lm_posenc == "rope1d"
     assert torch.equal(lm_input[0][batch.image_mask], vt.tokens)
     # a hook that changes the tokens changes the answer logits, and is gone after the block
     zero = lambda vt: vt.replace(tokens=torch.zeros_like(vt.tokens))  # noqa: E731
@@ -170,13 +170,13 @@ def test_text_embeddings_and_num_layers(smoke):
     batch = vlm.prepare(images, [qs[0].text])
     emb = vlm.text_embeddings(batch)
     assert emb.shape == (int(batch.text_mask.sum()), vlm.model.cfg.lm_dim)
-    assert vlm.num_layers == vlm.config.lm_layers
+    assert vlm.num_layers == vlm.config.model.lm_layers
 
 
 def test_evaluate_reports_per_item_correctness(smoke):
     vlm, _ = smoke
     df = evaluate(vlm, wherebench(vlm.config), "test", batch_size=16)
-    assert len(df) == vlm.config.n_test and df["correct"].dtype == bool
+    assert len(df) == vlm.config.data.n_test and df["correct"].dtype == bool
     assert set(df["family"]) == {"what", "where"} and "where_two" in set(df["task"])
     table = accuracy_by_task(df)
     assert set(table.columns) >= {"family", "task", "accuracy", "n"}

@@ -30,7 +30,7 @@ def test_packed_rows_compute_every_question_as_if_alone(smoke_data, lm_posenc, w
     cfg = cfg.replace(lm_posenc=lm_posenc)
     torch.manual_seed(0)
     model = TinyVLM(cfg.model_config(len(vocab))).eval()
-    n = cfg.grid[0] * cfg.grid[1]
+    n = cfg.model.grid[0] * cfg.model.grid[1]
     groups = [np.flatnonzero(pool.image_index == 0)[:4], np.flatnonzero(pool.image_index == 1)[:3]]
     with torch.no_grad():
         tokens = model.encode_image(to_pixels(pool.images[[0, 1]]))
@@ -52,9 +52,9 @@ def test_packed_rows_compute_every_question_as_if_alone(smoke_data, lm_posenc, w
 
 
 def test_packed_training_is_rejected_for_a_prefix_lm():
-    with pytest.raises(ValueError, match="packed=True needs lm_attention='causal'"):
+    with pytest.raises(ValueError, match="packed=True needs model.lm_attention='causal'"):
         preset("smoke", lm_attention="prefix")
-    assert preset("smoke", lm_attention="prefix", packed=False).lm_attention == "prefix"
+    assert preset("smoke", lm_attention="prefix", packed=False).model.lm_attention == "prefix"
     with pytest.raises(ValueError, match="vision_pretrain_pool"):
         preset("smoke", vision_pretrain_pool="sum")
     with pytest.raises(ValueError, match="vision_lr_scale"):
@@ -147,9 +147,3 @@ def test_init_is_fan_in_scaled():
     assert abs(float(w.detach().std()) - 64 ** -0.5) < 0.02
     assert abs(float(model.tok_emb.weight.detach().std()) - 1.0) < 0.1
 
-
-def test_catalog_knows_every_organism_preset():
-    from spatialkit.suite.catalog import ORGANISM_PRESETS
-    from spatialkit.models.organism import PRESETS
-
-    assert ORGANISM_PRESETS == tuple(PRESETS)

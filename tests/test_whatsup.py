@@ -103,7 +103,7 @@ def test_real_file_layout_is_read(tmp_path):
 
 def test_wherebench_export_round_trip_and_evaluation(tmp_path):
     cfg = preset("smoke")
-    sc = dataclass_replace(scenes.PRESETS["organism"], image_size=cfg.image_size)
+    sc = dataclass_replace(scenes.PRESETS["organism"], image_size=cfg.model.image_size)
     bench = scenes.build_wherebench(seed=0, n_train=0, n_val=0, n_test=16, config=sc, tasks=("where_two", "where_one"))
     items = bench.splits["test"]
     path = whatsup.to_whatsup(items, bench.scenes("test"), tmp_path)
@@ -168,7 +168,7 @@ def test_adaptvis_lookup_and_protocol():
 
 def test_lookup_equals_running_adaptvis(tmp_path):
     cfg = preset("smoke")
-    sc = dataclass_replace(scenes.PRESETS["organism"], image_size=cfg.image_size)
+    sc = dataclass_replace(scenes.PRESETS["organism"], image_size=cfg.model.image_size)
     bench = scenes.build_wherebench(seed=1, n_train=0, n_val=0, n_test=24, config=sc, tasks=("where_two", "where_one"))
     qa = whatsup.from_export(whatsup.to_whatsup(bench.splits["test"], bench.scenes("test"), tmp_path))
     vocab = build_vocab(cfg)
@@ -176,7 +176,7 @@ def test_lookup_equals_running_adaptvis(tmp_path):
     model = TinyVLM(cfg.model_config(len(vocab))).eval()
     with torch.no_grad():  # sharpen attention and the head: scaling bites, confidences spread
         for block in model.blocks:
-            block.attn.qkv.weight[: 2 * cfg.lm_dim].mul_(30.0)
+            block.attn.qkv.weight[: 2 * cfg.model.lm_dim].mul_(30.0)
         model.lm_head.weight.mul_(40.0)
     vlm = OrganismVLM(model, vocab, cfg)
     table = whatsup_eval.scaling_table(vlm, qa, [0.5, 2.0], prompt_style="native", batch_size=7, max_new_tokens=2)

@@ -6,6 +6,8 @@ parameter is declared exactly once, with its type and allowed range.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from spatialkit.common.params import NotebookSpec, Param, ParameterError
 
 # Parameters most notebooks share.
@@ -21,9 +23,17 @@ N_BOOT = Param("n_boot", int, 1000, "bootstrap resamples for the CIs", low=100, 
 THREADS = Param("threads", int, 1, "torch CPU threads (0 = torch's default); 1 is fastest on a shared 2-core machine",
                 low=0, high=256)
 
-# spatialkit.models.organism.PRESETS' names (not imported: that would load torch for every parameter check; a test keeps
-# the two in step)
-ORGANISM_PRESETS = ("default", "quick", "smoke")
+
+def _organism_presets() -> tuple[str, ...]:
+    """The organism presets' names, read as data from their one file, spatialkit/models/organism/presets.yml
+    (importing spatialkit.models.organism would load torch for every parameter check)."""
+    import yaml
+
+    path = Path(__file__).resolve().parent.parent / "models" / "organism" / "presets.yml"
+    return tuple(name for name in yaml.safe_load(path.read_text()) if not name.startswith("_"))
+
+
+ORGANISM_PRESETS = _organism_presets()
 
 
 def organism_param(role: str = "organism preset") -> Param:

@@ -170,7 +170,7 @@ def loc_token_ids(vocab: Vocab, device=None) -> torch.Tensor:
     locs = [w for w in vocab.words if w.startswith("loc") and w[3:].isdigit()]
     locs.sort(key=lambda w: int(w[3:]))
     if len(locs) < 2:
-        raise ValueError("the organism's vocabulary has no loc tokens; PIN needs OrganismConfig.loc_grid >= 2")
+        raise ValueError("the organism's vocabulary has no loc tokens; PIN needs OrganismConfig.data.loc_grid >= 2")
     return torch.tensor([vocab[w] for w in locs], dtype=torch.long, device=device)
 
 
@@ -309,7 +309,7 @@ def train_pin(vlm, config: PinConfig = PinConfig(), *, data: LocationSet | None 
     model = vlm.model
     n_bins = len(loc_token_ids(vlm.vocab))
     if data is None:
-        data = location_set(scene_config(vlm.config), split_seeds(vlm.config.bench_seed, "train", config.n_train_scenes),
+        data = location_set(scene_config(vlm.config), split_seeds(vlm.config.data.bench_seed, "train", config.n_train_scenes),
                             n_bins)
     pin = Pin(vlm, config)
     params = [p for p in pin.parameters() if p.requires_grad]

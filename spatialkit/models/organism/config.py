@@ -1,216 +1,258 @@
-"""Training the model organism: config, presets, a pre-rendered example pool, and a seeded trainer.
+"""Everything that determines a trained organism: ``OrganismConfig``, in three sections, and the named presets.
 
-    cfg = preset("quick", spatial_fraction=0.0)     # OrganismConfig (validated)
-    model, vocab, metrics = train(cfg)               # deterministic on CPU for a given config
+    cfg = preset("quick", spatial_fraction=0.0)              # a preset (presets.yml) with flat overrides
+    cfg.model.lm_posenc, cfg.data.spatial_fraction, cfg.optim.steps, cfg.seed
+    cfg = OrganismConfig(model=ModelConfig(lm_posenc="mrope"), data=DataConfig(n_val=50),
+                         optim=OptimConfig(steps=100), seed=1)
+    cfg.replace(steps=10, **{"model.lm_dim": 32}, data={"n_val": 50})   # flat, dotted, or a section's changes
+
+The sections nest; no field is declared twice:
+
+* ``model``: ``ModelConfig`` itself (defined beside ``TinyVLM`` in model.py, nanoGPT-style, with the one set of
+  architecture defaults). Its ``vocab_size`` and ``max_len`` stay None here: ``model_config(vocab_size)`` derives
+  them when the model is built (the size of the organism's ``Vocab``; ``max_sequence_length``).
+* ``data``: ``DataConfig``, the scene world and the training mix (which examples, in what proportions).
+* ``optim``: ``OptimConfig``, the two training stages (steps, batch, learning rate and schedule, stage-1 vision
+  pretraining, packing, evaluation and early stop).
+* ``seed`` seeds everything (init, sampler, stage 1).
+
+A flat name (``steps``, ``lm_posenc``, ...) belongs to exactly one section, so ``preset`` and ``replace`` route
+it there; an unknown name is an error (as is an ambiguous one, should a later field name appear in two
+sections: write it dotted, ``"optim.steps"``). Reading ``cfg.steps`` works too (a read-only view kept for the
+notebooks); code reads the sections. Every section checks its fields on construction (``knob`` in
+model.py, through ``spatialkit.common.params.Param``): a bad value is a one-line ``ValueError`` naming the
+section, the field and what is allowed. ``to_dict()`` is nested (it keys the checkpoint store).
 
 Examples come from the scene world (``spatialkit.world``): per training scene a caption, and its WhereBench
 "what" and "where" questions. ``spatial_fraction`` is the share of each batch drawn from the where-questions
 (0 = the "global caption / what only" regime the blog blames), ``caption_fraction`` the share of captions,
 the rest are what-questions. A fixed system prompt is prepended to ``system_prompt_fraction`` of the batches.
-
-Two stages when ``vision_pretrain_steps`` > 0 (the presets): first the vision encoder alone learns which
-content words each image's caption contains (``pretrain_vision``; cached and shared between organisms that
-differ only later), then the VQA stage below, with the encoder frozen when ``vision_lr_scale`` is 0.
-With ``packed`` an image's questions share one LM row (``assemble_packed``), computed exactly as if alone.
-
-Sequence layout (``TokenKind`` per position): [system words?] [<img> x N] [prompt words] <ans> [answer] <eos>;
-the loss is next-token cross-entropy on the answer words and <eos> only.
+Two stages when ``vision_pretrain_steps`` > 0 (the presets), see ``spatialkit.models.organism.train``.
 """
 
 from __future__ import annotations
+
 import dataclasses
-from dataclasses import dataclass, fields
-from spatialkit.models.organism.model import ModelConfig
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
 from spatialkit.models.organism.data import FAMILIES, max_sequence_length  # noqa: F401  (FAMILIES re-exported)
-
-
-
+from spatialkit.models.organism.model import ModelConfig, check_fields, knob
 
 
 @dataclass(frozen=True)
-class OrganismConfig:
-    """Everything that determines a trained organism (its hash keys the checkpoint store)."""
+class DataConfig:
+    """The scene world and the training mix."""
 
-    # model
-    image_size: int = 48
-    patch_size: int = 8
-    vision_dim: int = 64
-    vision_layers: int = 2
-    vision_heads: int = 4
-    vision_posenc: str = "sincos2d"
-    vision_stem: str = "conv"  # "linear" (plain ViT patchify) | "conv" (two 3x3 stride-2 convs, then patchify)
-    # LayerNorm on the patch embeddings before the APE is added: content then has norm sqrt(d), comparable to the
-    # sincos table's sqrt(d/2). Without it the position code is ~5x louder than content and colours/kinds are
-    # learned several times slower (measured with a probe; see the organism notebook).
-    vision_embed_norm: bool = True
-    lm_dim: int = 64
-    lm_layers: int = 2
-    lm_heads: int = 4
-    lm_posenc: str = "rope1d"
-    lm_attention: str = "causal"  # "causal" (LLaVA / Qwen-VL) | "prefix" (PaliGemma: image + prompt see each other)
-    visual_norm: str = "none"  # "none" | "rmsclip" (Qi et al.'s +Normalize) | "target"
-    visual_norm_scale: float = 1.0
-    loc_grid: int = 4  # coordinate tokens loc0 .. loc{loc_grid^2 - 1} in the vocabulary (unused by default)
-    # data
-    scene_preset: str = "organism"  # a spatialkit.world.PRESETS name (image_size is taken from this config)
-    bench_seed: int = 0  # WhereBench seed: training scenes come from its train seeds, never from val/test
-    n_train_scenes: int = 4000
-    n_val: int = 300
-    n_test: int = 1000
-    spatial_fraction: float = 0.5
-    caption_fraction: float = 0.1
-    system_prompt_fraction: float = 0.25
+    scene_preset: str = "organism"  # a spatialkit.world.PRESETS name (its image size is the model's image_size)
+    bench_seed: int = knob(0, 0, 2**31 - 1)  # WhereBench seed: training scenes come from its train seeds only
+    n_train_scenes: int = knob(4000, 10, 1_000_000)
+    n_val: int = knob(300, 10, 100_000)
+    n_test: int = knob(1000, 10, 100_000)
+    spatial_fraction: float = knob(0.5, 0.0, 1.0)  # share of where-questions per batch
+    caption_fraction: float = knob(0.1, 0.0, 1.0)  # share of captions; the rest are what-questions
+    system_prompt_fraction: float = knob(0.25, 0.0, 1.0)  # share of batches with the system prompt
+    loc_grid: int = knob(4, 1, 32)  # coordinate tokens loc0 .. loc{loc_grid^2 - 1} in the vocabulary (unused by default)
+
+    def __post_init__(self):
+        check_fields(self)
+        from spatialkit import world as scenes
+        from spatialkit.common.params import Param
+
+        Param("scene_preset", str, "organism", choices=tuple(scenes.PRESETS)).coerce(self.scene_preset, "DataConfig")
+        if self.spatial_fraction + self.caption_fraction > 1.0 + 1e-9:
+            raise ValueError(f"DataConfig.spatial_fraction + caption_fraction must be <= 1, got "
+                             f"{self.spatial_fraction} + {self.caption_fraction}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """The training stages: optimisation, stage-1 vision pretraining, batching, evaluation and early stop."""
+
+    steps: int = knob(3000, 1, 10_000_000)
+    batch_size: int = knob(128, 1, 65_536)
+    # questions drawn per sampled scene: the batch holds batch_size / examples_per_image distinct images and the
+    # vision encoder runs once per image (a step costs less; same number of supervised answers)
+    examples_per_image: int = knob(1, 1, 64)
+    # pack an image's questions into one LM row, [system?][image][q1 <ans> a1 <eos>][q2 ...]...: each question
+    # sees the image and itself only (a block mask) at the positions it would have alone, so every question is
+    # computed exactly as in its own row, and the image's tokens pass through the LM once, not once per question
+    packed: bool = knob(False)
+    lr: float = knob(1e-3, 1e-6, 1.0)  # peak of the one-cycle schedule
+    lr_schedule: str = knob("onecycle", choices=("onecycle", "constant"))
+    warmup_frac: float = knob(0.2, 0.0, 0.9)
+    weight_decay: float = knob(0.01, 0.0, 1.0)
+    grad_clip: float = knob(1.0, 0.0, 1e6)
     # stage 1 (0 = off): pretrain the vision encoder alone on an image-level objective (which content words the
     # image's caption contains, from per-patch word logits pooled over the patches) before the VQA stage, as
     # real VLMs start from a CLIP encoder trained on a global objective. Nothing in its target says where
     # anything is.
-    vision_pretrain_steps: int = 0
+    vision_pretrain_steps: int = knob(0, 0, 10_000_000)
     # how stage 1 pools the per-patch word logits into image-level ones: "max" (multiple-instance learning: a
     # word is in the caption if some patch shows it, so each patch learns to describe what *it* covers) or
     # "mean" (of the patch tokens, then a linear head: CLIP-like global pooling)
-    vision_pretrain_pool: str = "max"
+    vision_pretrain_pool: str = knob("max", choices=("max", "mean"))
     # the vision encoder's learning rate in the VQA stage, relative to ``lr`` (0 = frozen, as in LLaVA's stage 1)
-    vision_lr_scale: float = 1.0
-    # optimisation
-    steps: int = 3000
-    batch_size: int = 128
-    # questions drawn per sampled scene: the batch holds batch_size / examples_per_image distinct images and the
-    # vision encoder runs once per image (a step costs less; same number of supervised answers)
-    examples_per_image: int = 1
-    # pack an image's questions into one LM row, [system?][image][q1 <ans> a1 <eos>][q2 ...]...: each question
-    # sees the image and itself only (a block mask) at the positions it would have alone, so every question is
-    # computed exactly as in its own row, and the image's tokens pass through the LM once, not once per question
-    packed: bool = False
-    lr: float = 1e-3  # peak of the one-cycle schedule
-    lr_schedule: str = "onecycle"  # "onecycle" | "constant"
-    warmup_frac: float = 0.2
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    # bookkeeping
-    seed: int = 0
-    eval_every: int = 250
-    target: float | None = 0.97  # stop early once every trained family reaches this val accuracy
+    vision_lr_scale: float = knob(1.0, 0.0, 10.0)
+    eval_every: int = knob(250, 1, 10_000_000)
+    # stop early once every trained family reaches this val accuracy (None: never)
+    target: float | None = knob(0.97, 0.0, 1.0, optional=True)
 
     def __post_init__(self):
-        validate(self)
+        check_fields(self)
+
+
+SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig}
+_TOP = ("seed",)  # OrganismConfig's own fields besides the sections
+_DERIVED = ("vocab_size", "max_len")  # ModelConfig fields that model_config() fills in
+
+
+def _names(cls) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
+
+
+def _route(name: str) -> tuple[str | None, str]:
+    """(section, field) of a flat or dotted name; (None, name) for a whole section or a top-level field."""
+    if "." in name:
+        section, _, key = name.partition(".")
+        if section not in SECTIONS or key not in _names(SECTIONS[section]):
+            raise ValueError(f"unknown OrganismConfig field {name!r}; sections: "
+                             + "; ".join(f"{s}: {', '.join(_names(c))}" for s, c in SECTIONS.items()))
+        return section, key
+    if name in SECTIONS or name in _TOP:
+        return None, name
+    owners = [s for s, c in SECTIONS.items() if name in _names(c)]
+    if len(owners) > 1:
+        raise ValueError(f"OrganismConfig field {name!r} is ambiguous (in sections {owners}): write it dotted, "
+                         f"e.g. {owners[0] + '.' + name!r}")
+    if not owners:
+        raise ValueError(f"unknown OrganismConfig field {name!r}; top level: {', '.join((*SECTIONS, *_TOP))}; "
+                         + "; ".join(f"{s}: {', '.join(_names(c))}" for s, c in SECTIONS.items()))
+    return owners[0], name
+
+
+@dataclass(frozen=True)
+class OrganismConfig:
+    """Everything that determines a trained organism (its ``to_dict()`` keys the checkpoint store): the sections
+    ``model`` (``ModelConfig``), ``data`` (``DataConfig``), ``optim`` (``OptimConfig``) and ``seed``. A section
+    may be given as a dict of its fields."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    seed: int = knob(0, 0, 2**31 - 1)
+
+    def __post_init__(self):
+        for name, cls in SECTIONS.items():
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                object.__setattr__(self, name, cls(**value))
+            elif not isinstance(value, cls):
+                raise ValueError(f"OrganismConfig.{name} must be a {cls.__name__} or a dict of its fields, "
+                                 f"got {type(value).__name__}")
+        check_fields(self)
+        for name in _DERIVED:
+            if getattr(self.model, name) is not None:
+                raise ValueError(f"OrganismConfig.model.{name} is derived when the model is built "
+                                 f"(model_config()); leave it None, got {getattr(self.model, name)!r}")
+        if self.optim.packed and self.model.lm_attention == "prefix":
+            raise ValueError("OrganismConfig.optim.packed=True needs model.lm_attention='causal' (a prefix-LM's "
+                             "image tokens see the question, so questions sharing an image cannot share its tokens)")
+
+    def __getattr__(self, name: str):
+        """Read-only flat view for notebooks written before the sections: ``cfg.steps`` is ``cfg.optim.steps``.
+        Code in spatialkit reads the sections."""
+        if name.startswith("__") or name in SECTIONS:  # copy/pickle probes, or a section not set yet
+            raise AttributeError(name)
+        try:
+            section, key = _route(name)
+        except ValueError:
+            section = None
+        if section is None:
+            raise AttributeError(f"'OrganismConfig' object has no attribute {name!r}")
+        return getattr(getattr(self, section), key)
 
     def replace(self, **changes) -> "OrganismConfig":
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes`` (validated): flat field names (routed to their section), dotted ones
+        (``"optim.steps"``), ``seed``, or a section as a whole (a ``ModelConfig``/... ) or as a dict of changes."""
+        whole: dict = {}
+        per: dict[str, dict] = {s: {} for s in SECTIONS}
+
+        def put(section: str, key: str, value, given: str) -> None:
+            if key in per[section]:
+                raise ValueError(f"OrganismConfig field {section}.{key} given twice (last as {given!r})")
+            per[section][key] = value
+
+        for name, value in changes.items():
+            section, key = _route(name)
+            if section is not None:
+                put(section, key, value, name)
+            elif key in SECTIONS and isinstance(value, dict):
+                for sub, v in value.items():
+                    put(*_route(f"{key}.{sub}"), v, f"{key}={{{sub!r}: ...}}")
+            else:
+                whole[key] = value
+        sections = {}
+        for s in SECTIONS:
+            base = whole.pop(s, getattr(self, s))
+            if not isinstance(base, SECTIONS[s]):
+                raise ValueError(f"OrganismConfig.{s} must be a {SECTIONS[s].__name__} or a dict of changes, "
+                                 f"got {type(base).__name__}")
+            sections[s] = dataclasses.replace(base, **per[s]) if per[s] else base
+        return dataclasses.replace(self, **sections, **whole)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "OrganismConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
+        """The inverse of ``to_dict`` (nested; a missing section or field takes its default)."""
+        unknown = set(d) - set(SECTIONS) - set(_TOP)
         if unknown:
-            raise ValueError(f"unknown OrganismConfig fields {sorted(unknown)}; known: {sorted(names)}")
-        return cls(**d)
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        return (self.image_size // self.patch_size,) * 2
+            raise ValueError(f"unknown OrganismConfig fields {sorted(unknown)}; known: {[*SECTIONS, *_TOP]}")
+        for s, c in SECTIONS.items():
+            extra = set(d.get(s, {})) - set(_names(c))
+            if extra:
+                raise ValueError(f"unknown OrganismConfig.{s} fields {sorted(extra)}; known: {list(_names(c))}")
+        return cls(**{k: dict(v) if k in SECTIONS else v for k, v in d.items()})
 
     def model_config(self, vocab_size: int) -> ModelConfig:
-        names = {f.name for f in fields(ModelConfig)}
-        return ModelConfig(vocab_size=vocab_size, max_len=max_sequence_length(self),
-                           **{k: v for k, v in self.to_dict().items() if k in names and k != "max_len"})
-
-
-def _check_int(cfg, name, low, high):
-    v = getattr(cfg, name)
-    if not isinstance(v, int) or isinstance(v, bool) or not low <= v <= high:
-        raise ValueError(f"OrganismConfig.{name} must be an int in [{low}, {high}], got {v!r}")
-
-
-def _check_float(cfg, name, low, high):
-    v = getattr(cfg, name)
-    if not isinstance(v, (int, float)) or isinstance(v, bool) or not low <= v <= high:
-        raise ValueError(f"OrganismConfig.{name} must be a number in [{low}, {high}], got {v!r}")
-
-
-def _check_choice(cfg, name, choices):
-    v = getattr(cfg, name)
-    if v not in choices:
-        raise ValueError(f"OrganismConfig.{name} must be one of {tuple(choices)}, got {v!r}")
+        """The ``ModelConfig`` a ``TinyVLM`` is built from: ``model`` with ``vocab_size`` and ``max_len`` filled in."""
+        return dataclasses.replace(self.model, vocab_size=vocab_size, max_len=max_sequence_length(self))
 
 
 def validate(cfg: OrganismConfig) -> None:
-    """ValueError naming the field and its allowed range for the first bad value."""
-    from spatialkit.models.organism.model import LM_POSENCS, VISION_POSENCS
-
-    for name, low, high in [("image_size", 16, 512), ("patch_size", 2, 64), ("vision_dim", 8, 1024),
-                            ("vision_layers", 1, 24), ("vision_heads", 1, 32), ("lm_dim", 8, 1024),
-                            ("lm_layers", 1, 24), ("lm_heads", 1, 32), ("loc_grid", 1, 32),
-                            ("n_train_scenes", 10, 1_000_000), ("n_val", 10, 100_000), ("n_test", 10, 100_000),
-                            ("steps", 1, 10_000_000), ("vision_pretrain_steps", 0, 10_000_000), ("batch_size", 1, 65_536),
-                            ("examples_per_image", 1, 64), ("seed", 0, 2**31 - 1),
-                            ("eval_every", 1, 10_000_000)]:
-        _check_int(cfg, name, low, high)
-    for name, low, high in [("spatial_fraction", 0.0, 1.0), ("caption_fraction", 0.0, 1.0),
-                            ("system_prompt_fraction", 0.0, 1.0), ("lr", 1e-6, 1.0), ("warmup_frac", 0.0, 0.9),
-                            ("weight_decay", 0.0, 1.0), ("vision_lr_scale", 0.0, 10.0), ("grad_clip", 0.0, 1e6), ("visual_norm_scale", 1e-3, 1e3)]:
-        _check_float(cfg, name, low, high)
-    _check_choice(cfg, "vision_posenc", VISION_POSENCS)
-    _check_choice(cfg, "vision_stem", ("linear", "conv"))
-    if not isinstance(cfg.vision_embed_norm, bool):
-        raise ValueError(f"OrganismConfig.vision_embed_norm must be True or False, got {cfg.vision_embed_norm!r}")
-    _check_choice(cfg, "lm_posenc", LM_POSENCS)
-    _check_choice(cfg, "lm_attention", ("causal", "prefix"))
-    _check_choice(cfg, "vision_pretrain_pool", ("max", "mean"))
-    _check_choice(cfg, "visual_norm", ("none", "rmsclip", "target"))
-    from spatialkit import world as scenes
-
-    _check_choice(cfg, "scene_preset", tuple(scenes.PRESETS))
-    _check_int(cfg, "bench_seed", 0, 2**31 - 1)
-    _check_choice(cfg, "lr_schedule", ("onecycle", "constant"))
-    if cfg.image_size % cfg.patch_size:
-        raise ValueError(f"OrganismConfig.image_size ({cfg.image_size}) must be a multiple of patch_size ({cfg.patch_size})")
-    if cfg.vision_stem == "conv" and cfg.patch_size % 4:
-        raise ValueError(f"OrganismConfig.patch_size ({cfg.patch_size}) must be a multiple of 4 with vision_stem='conv'")
-    for dim, heads in (("vision_dim", "vision_heads"), ("lm_dim", "lm_heads")):
-        d, h = getattr(cfg, dim), getattr(cfg, heads)
-        if d % h or (d // h) % 4:
-            raise ValueError(f"OrganismConfig.{dim} ({d}) must be divisible by {heads} ({h}) with a head size "
-                             "that is a multiple of 4 (2D rotary encodings)")
-    if not isinstance(cfg.packed, bool):
-        raise ValueError(f"OrganismConfig.packed must be True or False, got {cfg.packed!r}")
-    if cfg.packed and cfg.lm_attention == "prefix":
-        raise ValueError("OrganismConfig.packed=True needs lm_attention='causal' (a prefix-LM's image tokens see the "
-                         "question, so questions sharing an image cannot share its tokens)")
-    if cfg.spatial_fraction + cfg.caption_fraction > 1.0 + 1e-9:
-        raise ValueError(f"OrganismConfig.spatial_fraction + caption_fraction must be <= 1, got "
-                         f"{cfg.spatial_fraction} + {cfg.caption_fraction}")
-    if cfg.target is not None:
-        _check_float(cfg, "target", 0.0, 1.0)
+    """ValueError naming the field and its allowed range for the first bad value (every config is checked on
+    construction; this checks ``cfg`` again, sections first)."""
+    for s in SECTIONS:
+        getattr(cfg, s).__post_init__()
+    cfg.__post_init__()
 
 
-# Named presets (measured with benchmarks/bench_organism.py; see the README's performance section).
-# All train on the "organism_easy" scene world (5 kinds x 4 colours, larger sprites, one background), in two
-# stages like LLaVA: (1) the ViT alone learns which caption words each image has (max-pooled per-patch logits,
-# 2000 steps), (2) it is frozen and the projector + LM learn the questions, 4 questions per image packed into
-# one LM row. What made the difference (issue 3): the LM's fan-in init (the 0.02 init kept it on a plateau), the
-# stage-1 encoder (kinds were learned ~10x slower through the LM), max- rather than mean-pooling in stage 1
-# (mean-pooled features spread "there is a car" over every patch: two-object where 0.30, chance 0.25, with the
-# encoder frozen), and drawing an image's questions without replacement. Colour -- which object has which colour --
-# is learned last (a late jump after ~2000 steps).
-# "default": 5000 steps (early stop at 97% val); "quick": 2000 steps (the notebooks' organism); "smoke": seconds.
-_EASY = dict(scene_preset="organism_easy", vision_stem="linear", n_train_scenes=8000, vision_pretrain_steps=2000,
-             vision_lr_scale=0.0, packed=True, examples_per_image=4, batch_size=64)
+# The named presets live in presets.yml (the one list of names; spatialkit.suite.catalog reads it as data).
+PRESETS_FILE = Path(__file__).with_name("presets.yml")
 
 
-PRESETS: dict[str, dict] = {
-    "default": dict(_EASY, steps=5000, eval_every=500),
-    "quick": dict(_EASY, steps=2000, n_val=200, n_test=400, eval_every=500, target=0.95),
-    "smoke": dict(steps=20, batch_size=16, n_train_scenes=60, n_val=30, n_test=30, eval_every=10,
-                  vision_layers=1, lm_layers=1, vision_dim=32, lm_dim=32, target=None, examples_per_image=2,
-                  vision_pretrain_steps=4, vision_lr_scale=0.0, packed=True),
-}
+def _load_presets() -> tuple[dict[str, dict], dict[str, str]]:
+    import yaml
+
+    presets, why = {}, {}
+    for name, body in yaml.safe_load(PRESETS_FILE.read_text()).items():
+        if name.startswith("_"):  # shared anchors, not a preset
+            continue
+        body = dict(body)
+        why[name] = body.pop("why", "")
+        presets[name] = body
+    return presets, why
+
+
+# name -> {section: {field: value}} over the sections' defaults; PRESET_WHY: name -> its one-line reason
+PRESETS, PRESET_WHY = _load_presets()
 
 
 def preset(name: str = "default", **overrides) -> OrganismConfig:
-    """The named preset with ``overrides`` applied (validated)."""
+    """The named preset with ``overrides`` applied (validated); overrides as in ``OrganismConfig.replace``."""
     if name not in PRESETS:
         raise ValueError(f"organism preset must be one of {tuple(PRESETS)}, got {name!r}")
-    return OrganismConfig(**{**PRESETS[name], **overrides})
+    cfg = OrganismConfig().replace(**PRESETS[name])
+    return cfg.replace(**overrides) if overrides else cfg

@@ -1,17 +1,12 @@
-"""Training the model organism: config, presets, a pre-rendered example pool, and a seeded trainer.
+"""The organism's data: its scene world, vocabulary, and a pre-rendered, pre-tokenised example pool.
 
-    cfg = preset("quick", spatial_fraction=0.0)     # OrganismConfig (validated)
-    model, vocab, metrics = train(cfg)               # deterministic on CPU for a given config
-
-Examples come from the scene world (``spatialkit.world``): per training scene a caption, and its WhereBench
-"what" and "where" questions. ``spatial_fraction`` is the share of each batch drawn from the where-questions
-(0 = the "global caption / what only" regime the blog blames), ``caption_fraction`` the share of captions,
-the rest are what-questions. A fixed system prompt is prepended to ``system_prompt_fraction`` of the batches.
-
-Two stages when ``vision_pretrain_steps`` > 0 (the presets): first the vision encoder alone learns which
-content words each image's caption contains (``pretrain_vision``; cached and shared between organisms that
-differ only later), then the VQA stage below, with the encoder frozen when ``vision_lr_scale`` is 0.
-With ``packed`` an image's questions share one LM row (``assemble_packed``), computed exactly as if alone.
+Everything here reads ``cfg.data`` (world, splits, training mix, ``loc_grid``), ``cfg.model.image_size`` and
+``cfg.optim``'s batching (``batch_size``, ``examples_per_image``). Per training scene the pool holds a caption and
+its WhereBench "what" and "where" questions. ``spatial_fraction`` is the share of each batch drawn from the
+where-questions (0 = the "global caption / what only" regime the blog blames), ``caption_fraction`` the share
+of captions, the rest are what-questions (``sample_batch``). A fixed system prompt is prepended to
+``system_prompt_fraction`` of the batches. ``assemble_packed`` puts an image's questions in one LM row, each
+computed exactly as if alone.
 
 Sequence layout (``TokenKind`` per position): [system words?] [<img> x N] [prompt words] <ans> [answer] <eos>;
 the loss is next-token cross-entropy on the answer words and <eos> only.
@@ -22,7 +17,7 @@ import dataclasses
 from dataclasses import dataclass, field
 import numpy as np
 import torch
-from spatialkit.models.organism.model import ANS, CAPTION_PROMPT, EOS, IMG, PAD, SYSTEM_PROMPT, Vocab
+from spatialkit.models.organism.model import ANS, CAPTION_PROMPT, EOS, IMG, PAD, SYSTEM_PROMPT, Vocab, default_max_len
 from spatialkit.models.vlm import TokenKind
 from typing import TYPE_CHECKING
 
@@ -38,7 +33,7 @@ def scene_config(cfg: OrganismConfig):
     """The SceneConfig of the organism's world: the scene preset at the organism's image size."""
     from spatialkit import world as scenes
 
-    return dataclasses.replace(scenes.PRESETS[cfg.scene_preset], image_size=cfg.image_size)
+    return dataclasses.replace(scenes.PRESETS[cfg.data.scene_preset], image_size=cfg.model.image_size)
 
 
 def tasks_for(scene_cfg) -> tuple[str, ...]:
@@ -54,7 +49,7 @@ def wherebench(cfg: OrganismConfig):
     from spatialkit import world as scenes
 
     sc = scene_config(cfg)
-    return scenes.build_wherebench(seed=cfg.bench_seed, n_train=0, n_val=cfg.n_val, n_test=cfg.n_test, config=sc,
+    return scenes.build_wherebench(seed=cfg.data.bench_seed, n_train=0, n_val=cfg.data.n_val, n_test=cfg.data.n_test, config=sc,
                                    tasks=tasks_for(sc))
 
 
@@ -73,12 +68,12 @@ def build_vocab(cfg: OrganismConfig) -> Vocab:
         for q in scenes.make_questions(scene, np.random.default_rng(seed), tasks=scenes.TASKS):
             texts.append(q.text)
             texts += list(q.options)
-    return Vocab.build(texts, loc_grid=cfg.loc_grid)
+    return Vocab.build(texts, loc_grid=cfg.data.loc_grid)
 
 
 def max_sequence_length(cfg: OrganismConfig) -> int:
-    h, w = cfg.grid
-    return 32 + h * w + 64  # system prompt (< 32 words) + image + prompt, <ans>, answer, <eos>
+    """The organism's ``ModelConfig.max_len``: ``default_max_len`` of its grid."""
+    return default_max_len(cfg.model.grid)
 
 
 @dataclass
@@ -123,7 +118,7 @@ def build_pool(cfg: OrganismConfig, vocab: Vocab) -> Pool:
     tasks = tasks_for(sc)
     rng = np.random.default_rng([cfg.seed, 11])
     images, rows = [], []
-    for slot, seed in enumerate(islice(scenes.scene_seeds(cfg.bench_seed, "train"), cfg.n_train_scenes)):
+    for slot, seed in enumerate(islice(scenes.scene_seeds(cfg.data.bench_seed, "train"), cfg.data.n_train_scenes)):
         scene = scenes.render_scene(seed, sc)
         images.append(scene.image)
         rows.append((slot, "caption", CAPTION_PROMPT, unordered_caption(scene, rng)))
@@ -215,15 +210,17 @@ def assemble_packed(vocab: Vocab, n_image_tokens: int, groups: list[np.ndarray],
 
 def sample_batch(cfg: OrganismConfig, pool: Pool, rng: np.random.Generator) -> np.ndarray:
     """Example indices for one batch: each slot picks its family by the configured fractions."""
-    fractions = np.array([cfg.caption_fraction, 1.0 - cfg.caption_fraction - cfg.spatial_fraction, cfg.spatial_fraction])
+    d = cfg.data
+    fractions = np.array([d.caption_fraction, 1.0 - d.caption_fraction - d.spatial_fraction, d.spatial_fraction])
     available = np.array([len(pool.by_family[f]) > 0 for f in FAMILIES])
     fractions = np.where(available, np.clip(fractions, 0, None), 0.0)
     fractions = fractions / fractions.sum()
-    fam = rng.choice(len(FAMILIES), size=cfg.batch_size, p=fractions)
-    out = np.empty(cfg.batch_size, dtype=np.int64)
-    if cfg.examples_per_image > 1:  # groups of slots share one scene; a scene lacking the family: any scene's
-        k = cfg.examples_per_image
-        images = np.repeat(rng.integers(0, len(pool.images), size=-(-cfg.batch_size // k)), k)[: cfg.batch_size]
+    batch_size = cfg.optim.batch_size
+    fam = rng.choice(len(FAMILIES), size=batch_size, p=fractions)
+    out = np.empty(batch_size, dtype=np.int64)
+    if cfg.optim.examples_per_image > 1:  # groups of slots share one scene; a scene lacking the family: any scene's
+        k = cfg.optim.examples_per_image
+        images = np.repeat(rng.integers(0, len(pool.images), size=-(-batch_size // k)), k)[:batch_size]
         # within one scene, its questions of a family are drawn without replacement (a repeat teaches nothing
         # new) until they run out
         drawn: dict[tuple[int, int], list] = {}

@@ -10,6 +10,10 @@
   steps), "rope2d"/"mrope" use Qwen2-VL's (t, h, w) ids (``lm_positions``), "learned" is nanoGPT's wpe table.
 * Every LM attention layer goes through one function: ``F.scaled_dot_product_attention`` by default, or an
   ``attention_fn(AttnCall)`` hook that sees post-rotary q/k (see ``spatialkit.models.vlm``).
+* ``ModelConfig`` (below, beside ``TinyVLM``) is the architecture with its one set of defaults; an organism's
+  ``OrganismConfig.model`` section *is* a ``ModelConfig`` (config.py nests it with the data and optimisation
+  sections), with ``vocab_size``/``max_len`` derived when the model is built. ``knob`` declares a field's
+  allowed values beside its default; ``check_fields`` enforces them on construction (config.py's sections too).
 * ``Vocab`` is a word-level vocabulary built deterministically from the scene world's words and templates,
   including coarse-grid coordinate tokens ``loc0`` .. ``loc{G*G-1}`` (used by the PIN notebook; the default
   organism is never trained to emit them).
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Callable, Sequence
 
 import torch
@@ -115,6 +119,7 @@ def prefix_lm_mask(input_ids: torch.Tensor) -> torch.Tensor:
     return (causal[None] | (in_prefix[:, :, None] & in_prefix[:, None, :]))[:, None]
 ROTARY = ("rope1d", "rope2d", "mrope")
 STEMS = ("linear", "conv")
+VISUAL_NORMS = ("none", "rmsclip", "target")  # Projector's visual-token norm control
 
 
 def lm_positions(token_kind: torch.Tensor, grid: tuple[int, int], mode: str) -> torch.Tensor:
@@ -254,25 +259,92 @@ class Projector(nn.Module):
 # the whole VLM
 
 
+def knob(default, low=None, high=None, choices=None, *, kind: type | None = None, optional: bool = False):
+    """A config field whose allowed values sit beside its default: ints/floats in [``low``, ``high``], or one of
+    ``choices``; ``optional`` also allows None. ``check_fields`` enforces them (strict types: 8.0 is no int)."""
+    spec = dict(kind=kind or type(default), low=low, high=high, choices=choices, optional=optional or default is None)
+    return field(default=default, metadata={"knob": spec})
+
+
+def check_fields(obj) -> None:
+    """ValueError (``spatialkit.common.params.ParameterError``, one line naming the class, the field and what is
+    allowed) for the first field of the dataclass ``obj`` whose value breaks its ``knob``."""
+    from spatialkit.common.params import Param, ParameterError
+
+    where = type(obj).__name__
+    for f in fields(obj):
+        spec = f.metadata.get("knob")
+        value = getattr(obj, f.name)
+        if spec is None or (value is None and spec["optional"]):
+            continue
+        kind = spec["kind"]
+        param = Param(f.name, kind, f.default, low=spec["low"], high=spec["high"], choices=spec["choices"])
+        exact = (isinstance(value, bool) if kind is bool else
+                 isinstance(value, kind if kind is not float else (int, float)) and not isinstance(value, bool))
+        if not exact:
+            raise ParameterError(f"{where}: parameter {f.name!r} = {value!r} is invalid; allowed: {param.allowed()}"
+                                 + (" or None" if spec["optional"] else ""))
+        param.coerce(value, where)
+
+
+def default_max_len(grid: tuple[int, int]) -> int:
+    """The organism's longest LM row: system prompt (< 32 words) + image (h * w) + prompt, <ans>, answer, <eos>."""
+    h, w = grid
+    return 32 + h * w + 64
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    vocab_size: int
-    image_size: int = 48
-    patch_size: int = 8
-    vision_dim: int = 64
-    vision_layers: int = 2
-    vision_heads: int = 4
-    vision_posenc: str = "sincos2d"
-    lm_dim: int = 64
-    lm_layers: int = 2
-    lm_heads: int = 4
-    lm_posenc: str = "rope1d"
-    vision_stem: str = "linear"
-    vision_embed_norm: bool = False
-    max_len: int = 128  # longest LM sequence (system + image + prompt + answer)
-    lm_attention: str = "causal"  # "causal" (LLaVA, Qwen-VL) | "prefix" (PaliGemma: full attention up to <ans>)
-    visual_norm: str = "none"
-    visual_norm_scale: float = 1.0
+    """The architecture, with the one set of defaults (``OrganismConfig.model`` is this class; the presets in
+    presets.yml override some fields). ``vocab_size`` and ``max_len`` are derived when an organism is built
+    (``OrganismConfig.model_config``: the size of its ``Vocab``; ``default_max_len`` of the grid); a
+    ``ModelConfig`` built directly must set ``vocab_size``, and ``max_len`` None means ``default_max_len``.
+    Every field is checked on construction (``knob``)."""
+
+    image_size: int = knob(48, 16, 512)
+    patch_size: int = knob(8, 2, 64)
+    vision_dim: int = knob(64, 8, 1024)
+    vision_layers: int = knob(2, 1, 24)
+    vision_heads: int = knob(4, 1, 32)
+    vision_posenc: str = knob("sincos2d", choices=VISION_POSENCS)
+    # "linear" (plain ViT patchify) | "conv" (two 3x3 stride-2 convs, then patchify)
+    vision_stem: str = knob("conv", choices=STEMS)
+    # LayerNorm on the patch embeddings before the APE is added: content then has norm sqrt(d), comparable to the
+    # sincos table's sqrt(d/2). Without it the position code is ~5x louder than content and colours/kinds are
+    # learned several times slower (measured with a probe; see the organism notebook).
+    vision_embed_norm: bool = knob(True)
+    lm_dim: int = knob(64, 8, 1024)
+    lm_layers: int = knob(2, 1, 24)
+    lm_heads: int = knob(4, 1, 32)
+    lm_posenc: str = knob("rope1d", choices=LM_POSENCS)
+    # "causal" (LLaVA, Qwen-VL) | "prefix" (PaliGemma: image + prompt see each other, full attention up to <ans>)
+    lm_attention: str = knob("causal", choices=LM_ATTENTIONS)
+    visual_norm: str = knob("none", choices=VISUAL_NORMS)  # Projector: "rmsclip" = Qi et al.'s +Normalize
+    visual_norm_scale: float = knob(1.0, 1e-3, 1e3)
+    vocab_size: int | None = knob(None, 1, 10_000_000, kind=int)  # derived: len(Vocab)
+    max_len: int | None = knob(None, 1, 1_000_000, kind=int)  # longest LM sequence; None: default_max_len(grid)
+
+    def __post_init__(self):
+        check_fields(self)
+        if self.image_size % self.patch_size:
+            raise ValueError(f"ModelConfig.image_size ({self.image_size}) must be a multiple of patch_size "
+                             f"({self.patch_size})")
+        if self.vision_stem == "conv" and self.patch_size % 4:
+            raise ValueError(f"ModelConfig.patch_size ({self.patch_size}) must be a multiple of 4 with vision_stem='conv'")
+        for dim, heads in (("vision_dim", "vision_heads"), ("lm_dim", "lm_heads")):
+            d, h = getattr(self, dim), getattr(self, heads)
+            if d % h or (d // h) % 4:
+                raise ValueError(f"ModelConfig.{dim} ({d}) must be divisible by {heads} ({h}) with a head size "
+                                 "that is a multiple of 4 (2D rotary encodings)")
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return (self.image_size // self.patch_size,) * 2
+
+    @property
+    def seq_len(self) -> int:
+        """``max_len``, or ``default_max_len(grid)`` when it is None."""
+        return self.max_len if self.max_len is not None else default_max_len(self.grid)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -288,10 +360,9 @@ class TinyVLM(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        if cfg.lm_posenc not in LM_POSENCS:
-            raise ValueError(f"lm_posenc must be one of {LM_POSENCS}, got {cfg.lm_posenc!r}")
-        if cfg.lm_attention not in LM_ATTENTIONS:
-            raise ValueError(f"lm_attention must be one of {LM_ATTENTIONS}, got {cfg.lm_attention!r}")
+        if cfg.vocab_size is None:
+            raise ValueError("ModelConfig.vocab_size must be set to build a TinyVLM (an organism derives it: "
+                             "OrganismConfig.model_config(len(vocab)))")
         self.cfg = cfg
         self.vision = ViTEncoder(cfg.image_size, cfg.patch_size, cfg.vision_dim, cfg.vision_layers,
                                  cfg.vision_heads, cfg.vision_posenc, stem=cfg.vision_stem,
@@ -300,7 +371,7 @@ class TinyVLM(nn.Module):
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.lm_dim)
         head_dim = cfg.lm_dim // cfg.lm_heads
         if cfg.lm_posenc == "learned":  # nanoGPT's wpe: one vector per sequence index
-            self.pos_emb = nn.Embedding(cfg.max_len, cfg.lm_dim)
+            self.pos_emb = nn.Embedding(cfg.seq_len, cfg.lm_dim)
         # LM rope1d = M-RoPE fed t = h = w = running index (posenc's Rope1d uses the slot index of the call,
         # which is wrong for a cached decode step); identical angles on the whole sequence.
         lm_kind = {"rope1d": "mrope", "rope2d": "rope2d", "mrope": "mrope"}.get(cfg.lm_posenc, "none")
@@ -368,7 +439,7 @@ class TinyVLM(nn.Module):
         if positions is None:
             positions = self.positions(token_kind)
         if self.cfg.lm_posenc == "learned":
-            x = x + self.pos_emb(positions[..., 0].clamp(max=self.cfg.max_len - 1))
+            x = x + self.pos_emb(positions[..., 0].clamp(max=self.cfg.seq_len - 1))
         rot = positions if self.cfg.lm_posenc in ROTARY else None
         kind_keys = token_kind if cache is None or cache[0].get("kind") is None else torch.cat([cache[0]["kind"], token_kind], 1)
         if cache is not None:

@@ -1,17 +1,16 @@
-"""Training the model organism: config, presets, a pre-rendered example pool, and a seeded trainer.
+"""The seeded two-stage trainer of the model organism.
 
-    cfg = preset("quick", spatial_fraction=0.0)     # OrganismConfig (validated)
+    cfg = preset("quick", spatial_fraction=0.0)     # OrganismConfig (validated; see config.py)
     model, vocab, metrics = train(cfg)               # deterministic on CPU for a given config
 
-Examples come from the scene world (``spatialkit.world``): per training scene a caption, and its WhereBench
-"what" and "where" questions. ``spatial_fraction`` is the share of each batch drawn from the where-questions
-(0 = the "global caption / what only" regime the blog blames), ``caption_fraction`` the share of captions,
-the rest are what-questions. A fixed system prompt is prepended to ``system_prompt_fraction`` of the batches.
+Examples come from the scene world (``spatialkit.world``, see data.py): per training scene a caption, and its
+WhereBench "what" and "where" questions, mixed per batch by ``cfg.data``'s fractions.
 
-Two stages when ``vision_pretrain_steps`` > 0 (the presets): first the vision encoder alone learns which
-content words each image's caption contains (``pretrain_vision``; cached and shared between organisms that
-differ only later), then the VQA stage below, with the encoder frozen when ``vision_lr_scale`` is 0.
-With ``packed`` an image's questions share one LM row (``assemble_packed``), computed exactly as if alone.
+Two stages when ``cfg.optim.vision_pretrain_steps`` > 0 (the presets): first the vision encoder alone learns
+which content words each image's caption contains (``pretrain_vision``; cached and shared between organisms that
+differ only later, keyed by ``VISION_STAGE_FIELDS``), then the VQA stage below, with the encoder frozen when
+``cfg.optim.vision_lr_scale`` is 0. With ``cfg.optim.packed`` an image's questions share one LM row
+(``assemble_packed``), computed exactly as if alone.
 
 Sequence layout (``TokenKind`` per position): [system words?] [<img> x N] [prompt words] <ans> [answer] <eos>;
 the loss is next-token cross-entropy on the answer words and <eos> only.
@@ -33,28 +32,37 @@ from spatialkit.models.organism.data import Pool, assemble, assemble_packed, bui
 
 
 def lr_at(cfg: OrganismConfig, step: int, steps: int | None = None) -> float:
-    """One-cycle over ``steps`` (default ``cfg.steps``): linear warm-up to ``lr`` over ``warmup_frac`` of the
-    steps, then cosine down to lr/100."""
-    if cfg.lr_schedule == "constant":
-        return cfg.lr
-    steps = cfg.steps if steps is None else steps
-    warm = max(1, int(cfg.warmup_frac * steps))
+    """One-cycle over ``steps`` (default ``cfg.optim.steps``): linear warm-up to ``lr`` over ``warmup_frac`` of
+    the steps, then cosine down to lr/100."""
+    o = cfg.optim
+    if o.lr_schedule == "constant":
+        return o.lr
+    steps = o.steps if steps is None else steps
+    warm = max(1, int(o.warmup_frac * steps))
     if step < warm:
-        return cfg.lr * (0.04 + 0.96 * step / warm)
+        return o.lr * (0.04 + 0.96 * step / warm)
     progress = (step - warm) / max(1, steps - warm)
-    return cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    return o.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-# the fields that determine the stage-1 vision encoder (its checkpoint key): organisms that differ only in the
-# LM, the projector or the VQA mix share one pretrained encoder
-VISION_STAGE_FIELDS = ("image_size", "patch_size", "vision_dim", "vision_layers", "vision_heads", "vision_posenc",
-                       "vision_stem", "vision_embed_norm", "loc_grid", "scene_preset", "bench_seed",
-                       "n_train_scenes", "seed", "vision_pretrain_steps", "vision_pretrain_pool", "batch_size", "lr",
-                       "lr_schedule", "warmup_frac", "weight_decay", "grad_clip")
+# the fields (section.field) that determine the stage-1 vision encoder (its checkpoint key): organisms that
+# differ only in the LM, the projector or the VQA mix share one pretrained encoder
+VISION_STAGE_FIELDS = ("model.image_size", "model.patch_size", "model.vision_dim", "model.vision_layers",
+                       "model.vision_heads", "model.vision_posenc", "model.vision_stem", "model.vision_embed_norm",
+                       "data.loc_grid", "data.scene_preset", "data.bench_seed", "data.n_train_scenes", "seed",
+                       "optim.vision_pretrain_steps", "optim.vision_pretrain_pool", "optim.batch_size", "optim.lr",
+                       "optim.lr_schedule", "optim.warmup_frac", "optim.weight_decay", "optim.grad_clip")
+
+
+def _field(cfg: OrganismConfig, path: str):
+    obj = cfg
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def vision_stage_config(cfg: OrganismConfig) -> dict:
-    return {"stage": "vision_pretrain", **{name: getattr(cfg, name) for name in VISION_STAGE_FIELDS}}
+    return {"stage": "vision_pretrain", **{path: _field(cfg, path) for path in VISION_STAGE_FIELDS}}
 
 
 def pretrained_vision(model: TinyVLM, cfg: OrganismConfig, pool: Pool, vocab: Vocab, progress: bool,
@@ -75,7 +83,7 @@ def pretrained_vision(model: TinyVLM, cfg: OrganismConfig, pool: Pool, vocab: Vo
 
 
 def pretrain_vision(model: TinyVLM, cfg: OrganismConfig, pool: Pool, vocab: Vocab, progress: bool) -> list[float]:
-    """Train ``model.vision`` alone for ``cfg.vision_pretrain_steps`` on "which caption words does this image
+    """Train ``model.vision`` alone for ``cfg.optim.vision_pretrain_steps`` on "which caption words does this image
     have" (binary cross-entropy of pooled per-patch word logits, see ``vision_pretrain_pool``; the head is
     thrown away). Returns the losses. The encoder is re-initialised from its own seed first, so the result
     depends on ``VISION_STAGE_FIELDS`` only (not on the LM built around it); torch's global RNG is untouched.
@@ -87,28 +95,29 @@ def pretrain_vision(model: TinyVLM, cfg: OrganismConfig, pool: Pool, vocab: Voca
     from tqdm.auto import tqdm
 
     bags = caption_word_bags(pool, vocab)
+    m, o = cfg.model, cfg.optim
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed + 1_000_003)
-        fresh = type(model.vision)(cfg.image_size, cfg.patch_size, cfg.vision_dim, cfg.vision_layers, cfg.vision_heads,
-                                   cfg.vision_posenc, stem=cfg.vision_stem, embed_norm=cfg.vision_embed_norm)
+        fresh = type(model.vision)(m.image_size, m.patch_size, m.vision_dim, m.vision_layers, m.vision_heads,
+                                   m.vision_posenc, stem=m.vision_stem, embed_norm=m.vision_embed_norm)
         fresh.apply(TinyVLM._init)
-        head = torch.nn.Linear(cfg.vision_dim, bags.shape[1])
+        head = torch.nn.Linear(m.vision_dim, bags.shape[1])
     model.vision.load_state_dict(fresh.state_dict())
     params = list(model.vision.parameters()) + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(params, lr=o.lr, betas=(0.9, 0.98), weight_decay=o.weight_decay)
     rng = np.random.default_rng([cfg.seed, 23])
     losses = []
-    for step in tqdm(range(cfg.vision_pretrain_steps), desc="pretrain vision", disable=not progress, mininterval=2.0):
+    for step in tqdm(range(o.vision_pretrain_steps), desc="pretrain vision", disable=not progress, mininterval=2.0):
         for group in opt.param_groups:
-            group["lr"] = lr_at(cfg, step, cfg.vision_pretrain_steps)
-        images = rng.integers(0, len(pool.images), size=cfg.batch_size)
+            group["lr"] = lr_at(cfg, step, o.vision_pretrain_steps)
+        images = rng.integers(0, len(pool.images), size=o.batch_size)
         patches = model.vision(to_pixels(pool.images[images]))  # (B, N, d)
-        logits = head(patches).amax(1) if cfg.vision_pretrain_pool == "max" else head(patches.mean(1))
+        logits = head(patches).amax(1) if o.vision_pretrain_pool == "max" else head(patches.mean(1))
         loss = F.binary_cross_entropy_with_logits(logits, bags[images])
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        if o.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, o.grad_clip)
         opt.step()
         losses.append(loss.item())
     return losses
@@ -155,29 +164,30 @@ def _train(cfg: OrganismConfig, progress: bool, fail_at_step: int | None,
 
     torch.manual_seed(cfg.seed)
     model = TinyVLM(cfg.model_config(len(vocab)))
-    pretrain_loss = pretrained_vision(model, cfg, pool, vocab, progress, cache_vision) if cfg.vision_pretrain_steps else None
+    o, d = cfg.optim, cfg.data
+    pretrain_loss = pretrained_vision(model, cfg, pool, vocab, progress, cache_vision) if o.vision_pretrain_steps else None
     t_pretrain = time.perf_counter() - t0 - t_data
     groups = []
     for is_vision in (False, True):
         named = [(n, p) for n, p in model.named_parameters() if n.startswith("vision.") == is_vision]
-        scale = cfg.vision_lr_scale if is_vision else 1.0
-        groups += [{"params": [p for n, p in named if p.dim() >= 2], "weight_decay": cfg.weight_decay, "lr_scale": scale},
+        scale = o.vision_lr_scale if is_vision else 1.0
+        groups += [{"params": [p for n, p in named if p.dim() >= 2], "weight_decay": o.weight_decay, "lr_scale": scale},
                    {"params": [p for n, p in named if p.dim() < 2], "weight_decay": 0.0, "lr_scale": scale}]
     frozen_features = None
-    if cfg.vision_lr_scale == 0:
+    if o.vision_lr_scale == 0:
         model.vision.requires_grad_(False)
         with torch.no_grad():  # the encoder's output for every pool image, computed once (~1 s per 1000 images)
             frozen_features = torch.cat([model.vision(to_pixels(pool.images[i: i + 256]))
                                          for i in range(0, len(pool.images), 256)])
-    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=o.lr, betas=(0.9, 0.98))
     rng = np.random.default_rng(cfg.seed)
-    n_img = cfg.grid[0] * cfg.grid[1]
-    trained = [f for f in ("what", "where") if f != "where" or cfg.spatial_fraction > 0]
-    if cfg.caption_fraction + cfg.spatial_fraction >= 1.0:
+    n_img = cfg.model.grid[0] * cfg.model.grid[1]
+    trained = [f for f in ("what", "where") if f != "where" or d.spatial_fraction > 0]
+    if d.caption_fraction + d.spatial_fraction >= 1.0:
         trained = [f for f in trained if f != "what"]
     vlm = OrganismVLM(model, vocab, cfg)
     history, losses, eval_times, stopped_early = [], [], [], False
-    bar = tqdm(range(cfg.steps), desc="train organism", disable=not progress, mininterval=2.0)
+    bar = tqdm(range(o.steps), desc="train organism", disable=not progress, mininterval=2.0)
     step = 0
     for step in bar:
         if fail_at_step is not None and step == fail_at_step:
@@ -188,14 +198,14 @@ def _train(cfg: OrganismConfig, progress: bool, fail_at_step: int | None,
         idx = sample_batch(cfg, pool, rng)
         # the system prompt is drawn per batch, not per row: a batch is padded to its longest row, so mixing
         # rows with and without the ~17-word prompt would make every step pay for it
-        with_system = np.full(len(idx), rng.random() < cfg.system_prompt_fraction)
+        with_system = np.full(len(idx), rng.random() < d.system_prompt_fraction)
         # encode each distinct image once, then hand every row its image's visual tokens
         images, which = np.unique(pool.image_index[idx], return_inverse=True)
         if frozen_features is not None:  # frozen encoder: its outputs were computed once, only the projector runs
             tokens = model.projector(frozen_features[torch.from_numpy(images)])
         else:
             tokens = model.encode_image(to_pixels(pool.images[images]))  # (U, N, d)
-        if cfg.packed:  # one LM row per distinct image, holding all of its questions
+        if o.packed:  # one LM row per distinct image, holding all of its questions
             groups = [np.flatnonzero(which == u) for u in range(len(images))]
             ids, kind, tgt, pos, mask = assemble_packed(vocab, n_img, [idx[g] for g in groups], pool.tails,
                                                         pool.targets, bool(with_system[0]))
@@ -210,18 +220,18 @@ def _train(cfg: OrganismConfig, progress: bool, fail_at_step: int | None,
         loss = F.cross_entropy(model.lm_head(hidden[has_target]), tgt[has_target])
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        if o.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
         opt.step()
         losses.append(loss.item())
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+        if (step + 1) % o.eval_every == 0 or step + 1 == o.steps:
             model.eval()
             acc = accuracy_by_family(evaluate(vlm, bench, "val"))
-            history.append({"step": step + 1, "loss": float(np.mean(losses[-cfg.eval_every:])), **acc})
+            history.append({"step": step + 1, "loss": float(np.mean(losses[-o.eval_every:])), **acc})
             eval_times.append(time.perf_counter() - t0)
             bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", **{k: f"{v:.2f}" for k, v in acc.items()})
-            if cfg.target is not None and trained and all(acc.get(f, 0.0) >= cfg.target for f in trained):
-                stopped_early = step + 1 < cfg.steps
+            if o.target is not None and trained and all(acc.get(f, 0.0) >= o.target for f in trained):
+                stopped_early = step + 1 < o.steps
                 break
     bar.close()
     model.requires_grad_(True)  # undo the stage-2 freeze: later users (PIN, exercises) expect a normal module
