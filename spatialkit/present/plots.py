@@ -1,18 +1,4 @@
-"""Where the answer token looks: a last-row attention probe and its summaries (Chen et al., ICML 2025).
-
-    batch = vlm.prepare(images, prompts)
-    record = measure(vlm, batch)             # post-softmax attention of the last prompt token, every layer/head
-    kind_shares(record)                      # (layers, B, 3): share on system / image / text keys
-    maps = image_maps(record)                # per item (layers, h, w): attention on each visual token
-    attention_in_box(maps[0], cell_coverage(box_mask(boxes, (H, W)), grid))   # share of image attention in a box
-
-Why a probe and not ``output_attentions``: eager attention materialises every layer's (B, H, L, L) matrix,
-which at a few thousand tokens is gigabytes. The probe sits in ``vlm.attention_hook``: every layer still
-computes its output with fused SDPA (``call.sdpa()``), and the probe additionally computes softmax(q·kᵀ·scale +
-mask) for the chosen query rows only, from the call's q and k (already rotated, Qwen3-VL: already normed), in
-O(rows · L) memory. It records only on the prefill call (query length = prompt length), so it can stay on
-during generation.
-"""
+"""Figures shared by notebooks: attention heat maps over an image with the named objects' boxes."""
 
 from __future__ import annotations
 from typing import Sequence
