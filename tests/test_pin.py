@@ -151,10 +151,9 @@ def test_greedy_decoding_matches_teacher_forcing(vlm, data):
     readout = pin.readout_weight(vlm.model.lm_head.weight)
     with pin.applied(vlm):
         bins = P.predict_boxes(vlm, subset, readout, batch_size=5)
-        ids, kind, tgt = P._sequences(vlm, subset.prompts, bins)
+        batch, tgt = P.location_batch(vlm, subset.images[subset.image_index], subset.prompts, bins)
         with torch.no_grad():
-            visual = vlm.visual_tokens(vlm.prepare(subset.images[subset.image_index], ["a"] * len(subset))).tokens
-            hidden = vlm.model.hidden(None, ids, kind, visual=visual)
+            hidden = vlm.lm_hidden(batch)  # the image's visual tokens, insert added
     loc_ids = P.loc_token_ids(vlm.vocab)
     has = tgt != -100
     forced = (hidden[has] @ readout[loc_ids].T).argmax(-1).view(len(subset), 4)

@@ -268,7 +268,7 @@ def gaze_vs_correctness(vlm: VLM, bench, split: str = "test", *, limit: int | No
     from spatialkit import world as scenes
 
     if system_prompt and "system_prompt" not in inspect.signature(vlm.score_options).parameters:
-        raise ValueError(f"parameter 'system_prompt': {vlm.family} scoring takes no system prompt; allowed: None")
+        raise ValueError(f"parameter 'system_prompt': {vlm.name} scoring takes no system prompt; allowed: None")
     items = [(k, it) for k, it in enumerate(bench.splits[split][:limit]) if it.question.family == "where"]
     rows = []
     for start in tqdm(range(0, len(items), batch_size), desc="gaze vs correctness", disable=not progress):

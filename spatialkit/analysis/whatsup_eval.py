@@ -96,8 +96,7 @@ def evaluate(vlm, items: Sequence[QAItem], method: Method = Method.baseline(), *
         chunk = items[start: start + batch_size]
         imgs = images[start: start + batch_size] if images is not None else [load_image(it.image_path) for it in chunk]
         prompts = [it.native_prompt if prompt_style == "native" and it.native_prompt else it.prompt for it in chunk]
-        gens = method.generate(vlm, np.stack(imgs) if vlm.family == "organism" else list(imgs), prompts,
-                               max_new_tokens)
+        gens = method.generate(vlm, imgs, prompts, max_new_tokens)
         for k, (it, g) in enumerate(zip(chunk, gens)):
             confidence = getattr(g, "confidence", None)
             if confidence is None:  # the AdaptVis rounding (spatialkit.models.vlm.softmax_confidence)

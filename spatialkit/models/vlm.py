@@ -180,11 +180,32 @@ class Generation:
     first_token_prob: float  # max softmax probability of the first generated token (AdaptVis gate)
 
 
+@dataclass
+class Prefill:
+    """The prompt run once with a KV cache, ready for :meth:`VLM.decode` (see :meth:`VLM.prefill`).
+
+    ``first_logits`` (B, V): next-token logits at each item's last prompt position, in input order.
+    ``batch``: the prepared prompts. ``state``: the adapter's own cache and bookkeeping; nothing outside the
+    adapter reads it. A prefill is decoded at most once (decoding extends its cache in place).
+    """
+
+    first_logits: torch.Tensor
+    batch: Batch
+    state: object = None
+    decoded: bool = False
+
+
 class VLM(ABC):
     """A vision-language model as spatialkit sees it.
 
     Subclasses set ``family`` ("organism", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava"),
-    ``model`` (the torch module), ``device`` and ``dtype``.
+    ``model`` (the torch module), ``device`` and ``dtype``. Only the adapters read ``family``: code written
+    against this interface never branches on it (``tests/test_vlm_interface.py`` checks), so every
+    intervention runs unchanged on every kind.
+
+    Images, wherever a method takes them: a sequence of PIL images or HxWx3 uint8 arrays, or one stacked
+    (B, H, W, 3) array; both adapters accept either. ``options`` of :meth:`score_options` may hold a different
+    number of options per prompt.
     """
 
     family: str
@@ -204,7 +225,8 @@ class VLM(ABC):
 
     @abstractmethod
     def score_options(self, images: Sequence, prompts: Sequence[str], options: Sequence[Sequence[str]]) -> torch.Tensor:
-        """Sum log-likelihood of each option's tokens as the answer: (B, n_options) float tensor."""
+        """Sum log-likelihood of each option's tokens as the answer: (B, K) float tensor, K the most options
+        of any prompt; -inf where a prompt has fewer options."""
 
     @abstractmethod
     def generate(self, images: Sequence, prompts: Sequence[str], max_new_tokens: int = 8) -> list[Generation]:
@@ -237,6 +259,66 @@ class VLM(ABC):
     def text_embeddings(self, batch: Batch) -> torch.Tensor:
         """LM input embeddings of the text tokens (N_text, d); used for norm comparisons."""
         raise NotImplementedError
+
+    @property
+    def name(self) -> str:
+        """A short human-readable name of the model, for messages."""
+        return getattr(self, "family", type(self).__name__)
+
+    # -- model parts ----------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def lm_layers(self) -> torch.nn.ModuleList:
+        """The LM decoder layers in order; a forward hook on layer i sees its output hidden states first."""
+
+    @abstractmethod
+    def input_embeddings(self) -> torch.nn.Embedding:
+        """The LM's input embedding table (token id -> the vector the LM reads)."""
+
+    @abstractmethod
+    def output_embeddings(self) -> torch.nn.Module:
+        """The LM's unembedding (``.weight`` (V, d)): logits = final hidden states @ weightᵀ."""
+
+    def location_token_ids(self) -> torch.Tensor:
+        """Ids of the coordinate tokens loc0, loc1, ... of a coarse location grid, in order (PIN reads boxes
+        with them). Only models whose vocabulary has such tokens implement it."""
+        raise NotImplementedError(f"{self.name} has no location tokens (loc0, loc1, ...) in its vocabulary")
+
+    # -- differentiable LM pass -----------------------------------------------------------------
+    def append_tokens(self, batch: Batch, suffixes: Sequence[Sequence[int]]) -> Batch:
+        """The batch with token ids appended right after each row's last prompt token (kind TEXT)."""
+        raise NotImplementedError(f"{self.name} does not implement append_tokens")
+
+    def lm_hidden(self, batch: Batch, visual: torch.Tensor | None = None) -> torch.Tensor:
+        """Final (normalised) LM hidden states (B, L, d), with gradients: ``output_embeddings`` of them are
+        the logits. ``visual`` (N_total, d): visual tokens to use instead of the image's (as
+        :meth:`visual_tokens` lays them out); None = the image's, through the active visual hooks. Active
+        attention hooks apply. For training something outside a frozen model (PIN)."""
+        raise NotImplementedError(f"{self.name} does not implement lm_hidden")
+
+    # -- prefill, then decode -------------------------------------------------------------------
+    @abstractmethod
+    def prefill(self, images: Sequence, prompts: Sequence[str]) -> Prefill:
+        """Run the prompts once with a KV cache (through the active hooks): the first token's logits, and
+        the cache that :meth:`decode` continues from. ``decode(prefill(x), n)`` is ``generate(x, n)``."""
+
+    @abstractmethod
+    def decode(self, prefill: Prefill, max_new_tokens: int = 8, *,
+               attention_fn_for: Callable[[list[int]], AttentionFn] | None = None,
+               rerun_last: bool = False) -> list[Generation]:
+        """Greedy decoding from a :class:`Prefill` (consumes it).
+
+        ``attention_fn_for(items)``: the attention function for the steps decoded here (as an innermost
+        :meth:`attention_hook` would be), given the batch items (indices in input order) that one sequence
+        of forward passes runs; adapters may decode the batch in several such groups (the organism groups
+        rows by prompt length), so per-item settings index with ``items``. None = the active hooks.
+        ``rerun_last``: first drop the last prompt position from the cache and run it again alone over the
+        cache of the positions before it (one forward pass per group, under the group's function); the
+        first token comes from that rerun. The rows before never see the last one
+        (causal attention), so their cached keys and values hold whatever the last row does: a prefill
+        read unscaled can be decoded with the last row's attention changed (AdaptVis) at the cost of one
+        single-token step. ``Generation.first_token_prob`` is that of the token actually chosen first.
+        """
 
 
 @contextlib.contextmanager

@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 
@@ -213,96 +213,29 @@ class AdaptVis:
         check_number("max_new_tokens", max_new_tokens, 1, None, int)
         if len(images) != len(prompts):
             raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
-        if self.vlm.family == "organism":
-            return _organism_generate(self.vlm, images, prompts, max_new_tokens, self.choose)
-        return _hf_generate(self.vlm, images, prompts, max_new_tokens, self.choose)
+        # 1) unscaled prefill: the confidence, and the keys/values of rows 0..L-2 (no row sees the last one)
+        prefill = self.vlm.prefill(images, prompts)
+        confidence = [softmax_confidence(row) for row in prefill.first_logits]
+        alphas = [self.choose(c) for c in confidence]
+        # 2) the last prompt position again, alone over the cache, image logits scaled; 3) greedy decoding,
+        # unscaled (the scaled row lives on in the cache)
+        redos: list[LastRowScaling] = []
+
+        def redo_for(items: list[int]) -> LastRowScaling:  # scales one pass (the rerun), then decode steps pass
+            redos.append(LastRowScaling(torch.tensor([alphas[i] for i in items]), num_layers=self.vlm.num_layers,
+                                        armed_passes=1))
+            return redos[-1]
+
+        gens = self.vlm.decode(prefill, max_new_tokens, attention_fn_for=redo_for, rerun_last=True)
+        if not redos or any(r.armed_passes for r in redos):
+            raise RuntimeError("AdaptVis: the redo step did not reach every layer")
+        return [AdaptVisGeneration(text=g.text, token_ids=g.token_ids, first_token_prob=g.first_token_prob,
+                                   confidence=c, alpha=a) for g, c, a in zip(gens, confidence, alphas)]
 
 
 def adapt_vis(vlm: VLM, alpha1: float, alpha2: float, beta: float) -> AdaptVis:
     """AdaptVis with the official hyper-parameters' meaning (validated here, before any work)."""
     return AdaptVis(vlm, alpha1, alpha2, beta)
-
-
-Chooser = Callable[[float], float]
-
-
-def _organism_generate(vlm, images, prompts, max_new_tokens: int, choose: Chooser) -> list[AdaptVisGeneration]:
-    """Mirrors ``OrganismVLM.generate`` (rows grouped by prompt length, no padding inside a group)."""
-    from spatialkit.models.organism.model import EOS
-    from spatialkit.models.organism import greedy_continue
-
-    model = vlm.model
-    batch = vlm.prepare(images, prompts)
-    lengths = (batch.token_kind != TokenKind.PAD).sum(1).tolist()
-    visual = vlm._visual(batch.inputs["pixel_values"]).view(len(prompts), -1, model.cfg.lm_dim)
-    eos = vlm.vocab[EOS]
-    results: list[AdaptVisGeneration | None] = [None] * len(prompts)
-    for length in sorted(set(lengths)):
-        rows = [i for i, n in enumerate(lengths) if n == length]
-        ids = batch.inputs["input_ids"][rows, :length]
-        kind = batch.token_kind[rows, :length]
-        cache = model.new_cache()
-        # 1) unscaled prefill: the confidence, and the keys/values of rows 0..L-2 (no row sees the last one)
-        hidden = model.hidden(None, ids, kind, visual=visual[rows].reshape(-1, visual.shape[-1]), cache=cache)
-        first = model.lm_head(hidden[:, -1])
-        confidence = [softmax_confidence(row) for row in first]
-        alphas = [choose(c) for c in confidence]
-        # 2) drop the last position from the cache and redo it alone, image logits scaled
-        for layer in cache:
-            layer["k"], layer["v"] = layer["k"][:, :, :-1], layer["v"][:, :, :-1]
-        cache[0]["kind"] = kind[:, :-1]
-        redo = LastRowScaling(torch.tensor(alphas), num_layers=vlm.num_layers, armed_passes=1)
-        hidden = model.hidden(None, ids[:, -1:], kind[:, -1:], attention_fn=redo, cache=cache,
-                              positions=model.positions(kind)[:, -1:])
-        logits = model.lm_head(hidden[:, -1])
-        first_prob = logits.softmax(-1).max(-1).values
-        # 3) greedy decoding, unscaled (the scaled row lives on in the cache)
-        generated = greedy_continue(model, logits, kind, cache, eos, max_new_tokens)
-        for j, i in enumerate(rows):
-            token_ids = generated[j]
-            results[i] = AdaptVisGeneration(text=vlm.vocab.decode(token_ids), token_ids=token_ids,
-                                            first_token_prob=float(first_prob[j]), confidence=confidence[j],
-                                            alpha=alphas[j])
-    return results  # type: ignore[return-value]
-
-
-def _hf_generate(vlm, images, prompts, max_new_tokens: int, choose: Chooser) -> list[AdaptVisGeneration]:
-    """transformers: forward with a cache, crop it by one, then ``generate`` continues from the cache."""
-    batch = vlm.prepare(images, prompts)
-    model = vlm.model
-    with vlm._running(batch.token_kind):
-        # 1) unscaled prefill, with the position ids generate() itself would use (left padding shifts them)
-        positions = model._prepare_position_ids_for_generation(batch.inputs["input_ids"], dict(batch.inputs))
-        out = model(**batch.inputs, position_ids=positions, use_cache=True, logits_to_keep=1)
-        first = out.logits[:, -1]
-        confidence = [softmax_confidence(row) for row in first]
-        alphas = [choose(c) for c in confidence]
-        cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
-        cache.crop(-1)  # 2) forget the last prompt position; generate re-runs it (alone) under the hook
-        redo = LastRowScaling(torch.tensor(alphas), num_layers=vlm.num_layers, armed_passes=1)
-        # the image is already in the cache: no pixels (the vision tower would look for image tokens)
-        inputs = {k: v for k, v in batch.inputs.items() if k not in ("pixel_values",)}
-        with vlm.attention_hook(redo):
-            gen = model.generate(**inputs, cache=cache, max_new_tokens=max_new_tokens, do_sample=False,
-                                 num_beams=1, return_dict_in_generate=True, output_logits=True,
-                                 pad_token_id=vlm.tokenizer.pad_token_id)
-    if redo.armed_passes:
-        raise RuntimeError("AdaptVis: the redo step did not reach every layer")
-    prompt_len = batch.inputs["input_ids"].shape[1]
-    first_probs = gen.logits[0].float().softmax(-1).max(-1).values
-    eos = model.generation_config.eos_token_id
-    eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
-    results = []
-    for i in range(len(prompts)):
-        ids = gen.sequences[i, prompt_len:].tolist()
-        for j, t in enumerate(ids):
-            if t in eos:
-                ids = ids[: j + 1]
-                break
-        results.append(AdaptVisGeneration(text=vlm.tokenizer.decode(ids, skip_special_tokens=True), token_ids=ids,
-                                          first_token_prob=float(first_probs[i]), confidence=confidence[i],
-                                          alpha=alphas[i]))
-    return results
 
 
 # --------------------------------------------------------------------------------------------------

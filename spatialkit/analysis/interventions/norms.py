@@ -53,10 +53,7 @@ def rescale_to_norm(y: torch.Tensor, target: float) -> torch.Tensor:
 
 def text_embedding_norm(vlm: VLM) -> float:
     """Mean L2 norm of the rows of the LM's input embedding table (the "text" norm of the target rule)."""
-    if vlm.family == "organism":
-        table = vlm.model.tok_emb.weight
-    else:
-        table = vlm.model.get_input_embeddings().weight
+    table = vlm.input_embeddings().weight
     return float(table.detach().float().norm(dim=-1).mean())
 
 
@@ -101,8 +98,8 @@ def normalize_visual_norms(vlm: VLM, mode: str = "rmsclip", *, target: float | s
 
 # -- measuring loudness ----------------------------------------------------------------------------
 def layer_modules(vlm: VLM) -> torch.nn.ModuleList:
-    """The LM decoder layers (organism: ``model.blocks``; HF: ``model.model.language_model.layers``)."""
-    return vlm.model.blocks if vlm.family == "organism" else vlm.lm_layers
+    """The LM decoder layers (``VLM.lm_layers``)."""
+    return vlm.lm_layers
 
 
 def _hidden_of(value) -> torch.Tensor:

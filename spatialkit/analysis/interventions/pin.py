@@ -44,11 +44,12 @@ from spatialkit.common import checkpoints
 from spatialkit.common.boxes import box_iou
 from spatialkit.common.params import check_number
 from spatialkit.common.fingerprint import fingerprint
-from spatialkit.models.organism.model import ANS, PAD, Vocab, state_dict_sha256, to_pixels
+from spatialkit.models.organism.adapter import loc_token_ids  # noqa: F401  (a vocabulary's loc ids, kept here for callers)
+from spatialkit.models.organism.model import state_dict_sha256
 from spatialkit.models.posenc import sincos_2d
-from spatialkit.models.vlm import TokenKind, VisualTokens
+from spatialkit.models.vlm import VLM, Batch, VisualTokens
 
-__all__ = ["PinConfig", "PositionalInsert", "Pin", "train_pin", "load_or_train_pin", "LocationSet", "location_set",
+__all__ = ["PinConfig", "PositionalInsert", "Pin", "train_pin", "load_or_train_pin", "LocationSet", "location_set", "location_batch",
            "box_to_bins", "bins_to_box", "box_iou", "predict_boxes", "what_scores", "frozen", "pin_code_version"]
 
 
@@ -121,8 +122,8 @@ class Pin(nn.Module):
     def __init__(self, vlm, config: PinConfig = PinConfig()):
         super().__init__()
         self.config = config
-        lm_head = vlm.model.lm_head.weight
-        self.register_buffer("loc_ids", loc_token_ids(vlm.vocab, device=lm_head.device), persistent=False)
+        lm_head = vlm.output_embeddings().weight
+        self.register_buffer("loc_ids", vlm.location_token_ids().to(lm_head.device), persistent=False)
         with torch.random.fork_rng(devices=[]):  # the insert's init depends on the seed only
             torch.manual_seed(config.seed)
             self.insert = (PositionalInsert(lm_head.shape[1], config.table_dim, config.hidden, config.theta)
@@ -163,15 +164,6 @@ class Pin(nn.Module):
         insert = sum(p.numel() for p in self.insert.parameters()) if self.insert is not None else 0
         rows = self.loc_rows.numel() if isinstance(self.loc_rows, nn.Parameter) else 0
         return {"insert": insert, "loc_rows": rows}
-
-
-def loc_token_ids(vocab: Vocab, device=None) -> torch.Tensor:
-    """Ids of loc0, loc1, ... in order (as many as the vocabulary holds)."""
-    locs = [w for w in vocab.words if w.startswith("loc") and w[3:].isdigit()]
-    locs.sort(key=lambda w: int(w[3:]))
-    if len(locs) < 2:
-        raise ValueError("the organism's vocabulary has no loc tokens; PIN needs OrganismConfig.data.loc_grid >= 2")
-    return torch.tensor([vocab[w] for w in locs], dtype=torch.long, device=device)
 
 
 @contextlib.contextmanager
@@ -249,37 +241,25 @@ def split_seeds(bench_seed: int, split: str, n: int) -> list[int]:
     return list(islice(scenes.scene_seeds(bench_seed, split), n))
 
 
-def _sequences(vlm, prompts: Sequence[str], answers: np.ndarray | None):
-    """Right-padded [<img> x N][prompt <ans> answer...]: (input_ids, token_kind, targets or None).
-
-    Targets hold the gold loc token at the positions that predict it (the location tokens only; -100 elsewhere).
-    """
-    from spatialkit.models.organism.data import assemble
-
-    vocab = vlm.vocab
-    loc_ids = loc_token_ids(vocab).tolist()
-    rows, targets = [], []
-    for e, prompt in enumerate(prompts):
-        unknown = vocab.unknown(prompt)
-        if unknown:
-            raise ValueError(f"prompt {prompt!r} has words the organism does not know: {unknown}")
-        ids = vocab.encode(prompt) + [vocab[ANS]]
-        tg = [-100] * len(ids)
-        if answers is not None:
-            locs = [loc_ids[int(b)] for b in answers[e]]
-            tg = tg[:-1] + locs + [-100]
-            ids = ids + locs
-        rows.append(ids)
-        targets.append(tg)
-    width = max(len(r) for r in rows)
-    tails = np.full((len(rows), width), vocab[PAD], dtype=np.int64)
-    tgt = np.full((len(rows), width), -100, dtype=np.int64)
-    for e, (ids, tg) in enumerate(zip(rows, targets)):
-        tails[e, : len(ids)], tgt[e, : len(tg)] = ids, tg
-    n_img = vlm.model.grid[0] * vlm.model.grid[1]
-    ids, kind, t = assemble(vocab, n_img, tails, tgt if answers is not None else None, np.zeros(len(rows), bool))
-    dev = vlm.device
-    return ids.to(dev), kind.to(dev), (t.to(dev) if t is not None else None)
+def location_batch(vlm: VLM, images, prompts: Sequence[str], bins: np.ndarray | None = None
+                   ) -> tuple[Batch, torch.Tensor | None]:
+    """The prompts prepared with their images and, given gold ``bins`` (E, 4), the four loc tokens appended as
+    the answer ("... located at <ans> x1 y1 x2 y2"): (batch, targets). ``targets`` (B, L) hold the gold loc token
+    at the positions that predict one (the answer's last token predicts nothing), -100 elsewhere; None without
+    ``bins``."""
+    batch = vlm.prepare(images, prompts)
+    if bins is None:
+        return batch, None
+    answers = vlm.location_token_ids().cpu()[torch.as_tensor(np.asarray(bins), dtype=torch.long)]
+    batch = vlm.append_tokens(batch, answers.tolist())
+    ids = batch.inputs["input_ids"]
+    k, last = answers.shape[1], batch.last_index()
+    rows = torch.arange(ids.shape[0], device=ids.device)
+    targets = torch.full_like(ids, -100)
+    for j in range(k):  # the j-th answer token sits at last - (k - 1) + j; the position before predicts it
+        position = last - (k - 1) + j
+        targets[rows, position - 1] = ids[rows, position]
+    return batch, targets
 
 
 # --------------------------------------------------------------------------------------------------
@@ -307,36 +287,38 @@ def train_pin(vlm, config: PinConfig = PinConfig(), *, data: LocationSet | None 
     from spatialkit.models.organism import scene_config
 
     model = vlm.model
-    n_bins = len(loc_token_ids(vlm.vocab))
+    n_bins = len(vlm.location_token_ids())
     if data is None:
         data = location_set(scene_config(vlm.config), split_seeds(vlm.config.data.bench_seed, "train", config.n_train_scenes),
                             n_bins)
     pin = Pin(vlm, config)
     params = [p for p in pin.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, betas=(0.9, 0.98), weight_decay=0.0)
-    ids_all, kind_all, tgt_all = _sequences(vlm, data.prompts, data.bins)
-    grid = model.grid
     was_training = model.training
     model.eval()
     losses, history = [], []
     rng = np.random.default_rng([config.seed, 6])
+    per_image, grids = [], []
     with frozen(model), torch.no_grad():  # frozen visual tokens of every training image, once
-        visual_all = torch.cat([model.encode_image(to_pixels(data.images[i: i + 256]).to(vlm.device))
-                                for i in range(0, len(data.images), 256)])  # (S, N, d)
+        for i in range(0, len(data.images), 256):
+            chunk = data.images[i: i + 256]  # the prompt does not matter: only the image reaches visual_tokens
+            vt = vlm.visual_tokens(vlm.prepare(chunk, [data.prompts[0]] * len(chunk)))
+            per_image += vt.per_image()
+            grids += vt.grids
     try:
         with frozen(model):
             for step in tqdm(range(config.steps), desc="train PIN", disable=not progress, mininterval=2.0):
                 for group in opt.param_groups:
                     group["lr"] = _lr(config, step)
-                idx = torch.from_numpy(rng.integers(0, len(data), size=config.batch_size))
-                visual = visual_all[torch.from_numpy(data.image_index)[idx]]  # (B, N, d)
-                vt = pin.add_to(VisualTokens(tokens=visual.reshape(-1, visual.shape[-1]), grids=[grid] * len(idx)))
-                ids, kind, tgt = ids_all[idx], kind_all[idx], tgt_all[idx]
-                last = int((kind != TokenKind.PAD).sum(1).max())  # trim all-pad columns of this batch
-                hidden = model.hidden(None, ids[:, :last], kind[:, :last], visual=vt.tokens)
-                has_target = tgt[:, :last] != -100
-                logits = F.linear(hidden[has_target], pin.readout_weight(model.lm_head.weight))
-                loss = F.cross_entropy(logits, tgt[:, :last][has_target])
+                idx = rng.integers(0, len(data), size=config.batch_size)
+                scenes_of = data.image_index[idx]
+                vt = pin.add_to(VisualTokens(tokens=torch.cat([per_image[i] for i in scenes_of]),
+                                             grids=[grids[i] for i in scenes_of]))
+                batch, tgt = location_batch(vlm, data.images[scenes_of], [data.prompts[i] for i in idx], data.bins[idx])
+                hidden = vlm.lm_hidden(batch, vt.tokens)
+                has_target = tgt != -100
+                logits = F.linear(hidden[has_target], pin.readout_weight(vlm.output_embeddings().weight))
+                loss = F.cross_entropy(logits, tgt[has_target])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -389,42 +371,25 @@ def predict_boxes(vlm, data: LocationSet, readout: torch.Tensor | None = None, *
     Runs through the VLM's visual hooks (so inside ``pin.applied(vlm)`` the insert is there). ``readout``: the
     unembedding to read logits with (``pin.readout_weight(...)``); None = the frozen ``lm_head``.
     """
-    model = vlm.model
-    weight = model.lm_head.weight if readout is None else readout
-    loc_ids = loc_token_ids(vlm.vocab, device=vlm.device)
+    weight = vlm.output_embeddings().weight if readout is None else readout
+    loc_ids = vlm.location_token_ids()
     out = np.zeros((len(data), 4), dtype=np.int64)
     for start in range(0, len(data), batch_size):
         sl = slice(start, start + batch_size)
         prompts = data.prompts[sl]
-        images = data.images[data.image_index[sl]]
-        visual = vlm.visual_tokens(vlm.prepare(images, ["a"] * len(prompts))).tokens  # through active hooks
+        batch, _ = location_batch(vlm, data.images[data.image_index[sl]], prompts)
+        visual = vlm.visual_tokens(batch).tokens  # through active hooks (the insert, inside pin.applied)
         bins = np.zeros((len(prompts), 0), dtype=np.int64)
-        ids0, kind0, _ = _sequences(vlm, prompts, None)
         for _ in range(4):  # re-run the short sequence with the coordinates chosen so far (no cache needed)
-            ids, kind = ids0, kind0
-            if bins.shape[1]:  # append the chosen loc tokens after <ans>
-                ids, kind = _append(ids, kind, loc_ids[torch.from_numpy(bins).to(vlm.device)])
-            hidden = model.hidden(None, ids, kind, visual=visual)
-            last = (kind != TokenKind.PAD).sum(1) - 1
-            h = hidden[torch.arange(len(prompts), device=vlm.device), last]
+            step = batch
+            if bins.shape[1]:  # the chosen loc tokens after <ans>
+                step = vlm.append_tokens(batch, loc_ids.cpu()[torch.from_numpy(bins)].tolist())
+            hidden = vlm.lm_hidden(step, visual)
+            h = hidden[torch.arange(len(prompts), device=hidden.device), step.last_index()]
             logits = F.linear(h, weight[loc_ids])  # restricted to the loc tokens
             bins = np.concatenate([bins, logits.argmax(-1).cpu().numpy()[:, None]], 1)
         out[sl] = bins
     return out
-
-
-def _append(ids: torch.Tensor, kind: torch.Tensor, new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Put ``new`` (B, k) tokens right after each row's last non-pad token (rows are right-padded)."""
-    b, length = ids.shape
-    k = new.shape[1]
-    ids = torch.cat([ids, torch.zeros_like(ids[:, :k])], 1)
-    kind = torch.cat([kind, torch.full_like(kind[:, :k], int(TokenKind.PAD))], 1)
-    end = (kind != TokenKind.PAD).sum(1)
-    for r in range(b):
-        e = int(end[r])
-        ids[r, e: e + k] = new[r]
-        kind[r, e: e + k] = int(TokenKind.TEXT)
-    return ids, kind
 
 
 def predicted_ious(data: LocationSet, bins: np.ndarray) -> np.ndarray:

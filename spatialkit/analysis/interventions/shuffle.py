@@ -175,24 +175,10 @@ def blank_visual_tokens(vlm: VLM) -> Iterator[None]:
 
 # -- the permutation test on a benchmark ---------------------------------------------------------------
 def _evaluate(vlm: VLM, bench, split: str, *, batch_size: int, limit: int | None):
-    """``organism.evaluate``; for HF models (whose ``score_options`` needs the same number of options in a batch)
-    item groups with equal option counts are scored separately and put back in item order."""
-    import dataclasses
+    """``spatialkit.models.evaluate.evaluate`` (every ``score_options`` takes items with differing option counts)."""
+    from spatialkit.models.evaluate import evaluate
 
-    import pandas as pd
-
-    from spatialkit.models.organism import evaluate
-
-    items = bench.splits[split][:limit]
-    counts = sorted({len(it.question.options) for it in items})
-    if vlm.family == "organism" or len(counts) <= 1:
-        return evaluate(vlm, bench, split, batch_size=batch_size, limit=limit)
-    frames = []
-    for k in counts:
-        idx = [i for i, it in enumerate(items) if len(it.question.options) == k]
-        sub = dataclasses.replace(bench, splits={split: [items[i] for i in idx]})
-        frames.append(evaluate(vlm, sub, split, batch_size=batch_size).assign(item=idx))
-    return pd.concat(frames).sort_values("item").reset_index(drop=True)
+    return evaluate(vlm, bench, split, batch_size=batch_size, limit=limit)
 
 
 def permutation_test(vlm: VLM, bench, split: str = "test", *, fractions=(1.0,), seeds=(0,), limit: int | None = None,

@@ -38,7 +38,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from spatialkit.models.vlm import VLM, AttnCall, AttentionFn, Batch, Generation, TokenKind, VisualFn, VisualTokens
+from spatialkit.models.vlm import VLM, AttnCall, AttentionFn, Batch, Generation, Prefill, TokenKind, VisualFn, VisualTokens
 
 FAMILY_OF_MODEL_TYPE = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_5_vl", "qwen3_vl": "qwen3_vl", "llava": "llava"}
 ATTN_NAME = "spatialkit"
@@ -373,24 +373,42 @@ class HFVLM(VLM):
 
     @torch.no_grad()
     def score_options(self, images: Sequence, prompts: Sequence[str], options: Sequence[Sequence[str]]) -> torch.Tensor:
-        if len(options) != len(prompts) or len({len(o) for o in options}) != 1:
-            raise ValueError("options must hold the same number of options for every prompt (one list per prompt)")
-        n = len(options[0])
+        """(B, K) summed log-likelihood of each option's tokens; -inf pads prompts with fewer than K options."""
+        if len(options) != len(prompts) or any(len(o) == 0 for o in options):
+            raise ValueError("options must hold one non-empty list of options per prompt")
+        k_max = max(len(o) for o in options)
         texts = self.prompt_texts(prompts)
-        rep_images = [im for im in images for _ in range(n)]
-        rep_prompts = [p for p in prompts for _ in range(n)]
-        suffixes = [self.option_ids(texts[b], options[b][o]) for b in range(len(prompts)) for o in range(n)]
+        owner = [(b, o) for b in range(len(prompts)) for o in range(len(options[b]))]
+        rep_images = [images[b] for b, _ in owner]
+        rep_prompts = [prompts[b] for b, _ in owner]
+        suffixes = [self.option_ids(texts[b], options[b][o]) for b, o in owner]
         if any(len(s) == 0 for s in suffixes):
             raise ValueError("every option must be a non-empty string")
         batch = self._with_suffix(self.prepare(rep_images, rep_prompts), suffixes)
         logprobs = self.logits(batch).float().log_softmax(dim=-1)
         length = batch.inputs["input_ids"].shape[1]
-        scores = torch.empty(len(suffixes))
-        for row, suffix in enumerate(suffixes):
+        scores = torch.full((len(prompts), k_max), float("-inf"))
+        for row, ((b, o), suffix) in enumerate(zip(owner, suffixes)):
             positions = torch.arange(length - len(suffix), length, device=logprobs.device)
             targets = torch.tensor(suffix, device=logprobs.device)
-            scores[row] = logprobs[row, positions - 1, targets].sum()
-        return scores.view(len(prompts), n)
+            scores[b, o] = logprobs[row, positions - 1, targets].sum()
+        return scores
+
+    def _generation(self, new_ids: list[int], first_prob: float) -> Generation:
+        """A Generation from the generated ids, cut after the first end-of-sequence token."""
+        eos = self.model.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+        for j, t in enumerate(new_ids):
+            if t in eos:
+                new_ids = new_ids[: j + 1]
+                break
+        return Generation(text=self.tokenizer.decode(new_ids, skip_special_tokens=True), token_ids=new_ids,
+                          first_token_prob=first_prob)
+
+    def _greedy(self, inputs: dict, max_new_tokens: int, **kwargs):
+        return self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                   return_dict_in_generate=True, output_logits=True,
+                                   pad_token_id=self.tokenizer.pad_token_id, **kwargs)
 
     @torch.no_grad()
     def generate(self, images: Sequence, prompts: Sequence[str], max_new_tokens: int = 8) -> list[Generation]:
@@ -398,24 +416,68 @@ class HFVLM(VLM):
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         batch = self.prepare(images, prompts)
         with self._running(batch.token_kind):
-            out = self.model.generate(
-                **batch.inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                return_dict_in_generate=True, output_logits=True, pad_token_id=self.tokenizer.pad_token_id,
-            )
+            out = self._greedy(batch.inputs, max_new_tokens)
         prompt_len = batch.inputs["input_ids"].shape[1]
         first_probs = out.logits[0].float().softmax(dim=-1).max(dim=-1).values
-        eos = self.model.generation_config.eos_token_id
-        eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
-        results = []
-        for i in range(len(prompts)):
-            ids = out.sequences[i, prompt_len:].tolist()
-            for j, t in enumerate(ids):
-                if t in eos:
-                    ids = ids[: j + 1]
-                    break
-            text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            results.append(Generation(text=text, token_ids=ids, first_token_prob=float(first_probs[i])))
-        return results
+        return [self._generation(out.sequences[i, prompt_len:].tolist(), float(first_probs[i]))
+                for i in range(len(prompts))]
+
+    @torch.no_grad()
+    def prefill(self, images: Sequence, prompts: Sequence[str]) -> Prefill:
+        """``generate`` for one new token: it runs the prompt once (with the position ids generate itself
+        derives: left padding shifts them, Qwen's M-RoPE adds rope deltas) and stops before running that token,
+        so its cache holds exactly the prompt."""
+        batch = self.prepare(images, prompts)
+        with self._running(batch.token_kind):
+            out = self._greedy(batch.inputs, 1)
+        # Qwen keeps the M-RoPE offset of the last prompt it prefilled on the model and reuses it for cached
+        # steps; keep this prompt's, so another prefill in between cannot shift this one's decode positions
+        state = {"cache": out.cache, "rope_deltas": getattr(self.model.model, "rope_deltas", None)}
+        return Prefill(first_logits=out.logits[0], batch=batch, state=state)
+
+    @torch.no_grad()
+    def decode(self, prefill: Prefill, max_new_tokens: int = 8, *, attention_fn_for=None,
+               rerun_last: bool = False) -> list[Generation]:
+        """One group: the whole batch (left padding lets every row decode together)."""
+        if prefill.decoded:
+            raise ValueError("this Prefill was already decoded (decoding extends its cache in place)")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        prefill.decoded = True
+        batch, cache = prefill.batch, prefill.state["cache"]
+        # the image is already in the cache: no pixels (the vision tower would look for image tokens in the new ones)
+        inputs = {k: v for k, v in batch.inputs.items() if k != "pixel_values"}
+        first: list[int] = []
+        if rerun_last:
+            cache.crop(-1)  # generate runs the uncached last prompt position first, alone, under attention_fn
+            budget = max_new_tokens
+        else:  # the first token is the prefill's; generate continues from it
+            chosen = prefill.first_logits.argmax(-1)
+            first = chosen.tolist()
+            first_probs = prefill.first_logits.float().softmax(-1).max(-1).values.tolist()
+            if max_new_tokens == 1:
+                return [self._generation([t], p) for t, p in zip(first, first_probs)]
+            inputs = self._append_columns(inputs, chosen[:, None])
+            budget = max_new_tokens - 1
+        if "rope_deltas" in vars(self.model.model):
+            self.model.model.rope_deltas = prefill.state["rope_deltas"]
+        rows = list(range(len(prefill.first_logits)))
+        hook = self.attention_hook(attention_fn_for(rows)) if attention_fn_for is not None else contextlib.nullcontext()
+        with self._running(batch.token_kind), hook:
+            out = self._greedy(inputs, budget, cache=cache)
+        if rerun_last:
+            first_probs = out.logits[0].float().softmax(-1).max(-1).values.tolist()
+        return [self._generation(first[i:i + 1] + out.sequences[i, inputs["input_ids"].shape[1]:].tolist(), first_probs[i])
+                for i in range(len(first_probs))]
+
+    def _append_columns(self, inputs: dict, ids: torch.Tensor) -> dict:
+        """Inputs with (B, k) token ids appended to every row (rows are left-padded: all end at the last column)."""
+        out = dict(inputs, input_ids=torch.cat([inputs["input_ids"], ids.to(inputs["input_ids"])], 1),
+                   attention_mask=torch.cat([inputs["attention_mask"], torch.ones_like(ids).to(inputs["attention_mask"])], 1))
+        if "mm_token_type_ids" in inputs:  # 1 at image tokens, 0 elsewhere
+            extra = torch.zeros_like(ids).to(inputs["mm_token_type_ids"])
+            out["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], extra], 1)
+        return out
 
     # -- hooks ---------------------------------------------------------------------------------
     def _visual_tokens_of(self, args, kwargs, output) -> VisualTokens:
@@ -495,3 +557,21 @@ class HFVLM(VLM):
     def text_embeddings(self, batch: Batch) -> torch.Tensor:
         embeds = self.model.get_input_embeddings()(batch.inputs["input_ids"])
         return embeds[batch.text_mask]
+
+    def input_embeddings(self) -> torch.nn.Embedding:
+        return self.model.get_input_embeddings()
+
+    def output_embeddings(self) -> torch.nn.Module:
+        return self.model.get_output_embeddings()
+
+    def append_tokens(self, batch: Batch, suffixes) -> Batch:
+        return self._with_suffix(batch, [list(s) for s in suffixes])
+
+    def lm_hidden(self, batch: Batch, visual: torch.Tensor | None = None) -> torch.Tensor:
+        """The LM's final normed hidden states; ``visual`` is swapped in at the visual hook point."""
+
+        def replace_tokens(vt: VisualTokens) -> VisualTokens:
+            return vt if visual is None else vt.replace(tokens=visual.to(vt.tokens.dtype))
+
+        with self.visual_hook(replace_tokens), self._running(batch.token_kind):
+            return self.model.model(**batch.inputs, use_cache=False).last_hidden_state

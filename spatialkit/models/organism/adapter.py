@@ -14,13 +14,12 @@ import contextlib
 from typing import Sequence
 import torch
 from spatialkit.models.organism.model import ANS, EOS, IMG, PAD, SYSTEM_PROMPT, TinyVLM, Vocab, to_pixels
-from spatialkit.models.vlm import VLM, AttentionFn, Batch, Generation, TokenKind, VisualFn, VisualTokens
+from spatialkit.models.vlm import VLM, AttentionFn, Batch, Generation, Prefill, TokenKind, VisualFn, VisualTokens
 from spatialkit.models.organism.config import OrganismConfig
 
 
 
-__all__ = ["OrganismVLM", "OrganismConfig", "PRESETS", "preset", "load_or_train", "evaluate", "accuracy_by_task",
-           "accuracy_by_family", "code_version", "SYSTEM_PROMPT", "wherebench"]
+__all__ = ["OrganismVLM", "OrganismConfig", "SYSTEM_PROMPT", "greedy_continue", "loc_token_ids"]
 
 
 class OrganismVLM(VLM):
@@ -133,11 +132,17 @@ class OrganismVLM(VLM):
     @torch.no_grad()
     def generate(self, images, prompts, max_new_tokens: int = 8, *, system_prompt: str | None = None) -> list[Generation]:
         """Greedy decoding with a KV cache; rows are grouped by prompt length (no padding inside a group)."""
+        return self.decode(self.prefill(images, prompts, system_prompt=system_prompt), max_new_tokens)
+
+    @torch.no_grad()
+    def prefill(self, images, prompts, *, system_prompt: str | None = None) -> Prefill:
+        """One cached prefill per group of equal prompt length (right padding would otherwise put pad keys
+        between the prompt and the generated tokens)."""
         batch = self.prepare(images, prompts, system_prompt=system_prompt)
         lengths = (batch.token_kind != TokenKind.PAD).sum(1).tolist()
         visual = self._visual(batch.inputs["pixel_values"]).view(len(prompts), -1, self.model.cfg.lm_dim)
-        results: list[Generation | None] = [None] * len(prompts)
-        eos = self.vocab[EOS]
+        groups = []
+        first = None
         for length in sorted(set(lengths)):
             rows = [i for i, n in enumerate(lengths) if n == length]
             ids = batch.inputs["input_ids"][rows, :length]
@@ -146,9 +151,35 @@ class OrganismVLM(VLM):
             hidden = self.model.hidden(None, ids, kind, visual=visual[rows].reshape(-1, visual.shape[-1]),
                                        attention_fn=self._attention_fn, cache=cache)
             logits = self.model.lm_head(hidden[:, -1])
+            if first is None:
+                first = logits.new_empty(len(prompts), logits.shape[-1])
+            first[rows] = logits
+            groups.append({"rows": rows, "ids": ids, "kind": kind, "cache": cache, "logits": logits})
+        return Prefill(first_logits=first, batch=batch, state=groups)
+
+    @torch.no_grad()
+    def decode(self, prefill: Prefill, max_new_tokens: int = 8, *, attention_fn_for=None,
+               rerun_last: bool = False) -> list[Generation]:
+        if prefill.decoded:
+            raise ValueError("this Prefill was already decoded (decoding extends its cache in place)")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        prefill.decoded = True
+        results: list[Generation | None] = [None] * len(prefill.first_logits)
+        eos = self.vocab[EOS]
+        for group in prefill.state:
+            ids, kind, cache, logits = group["ids"], group["kind"], group["cache"], group["logits"]
+            fn = attention_fn_for(list(group["rows"])) if attention_fn_for is not None else self._attention_fn
+            if rerun_last:
+                for layer in cache:
+                    layer["k"], layer["v"] = layer["k"][:, :, :-1], layer["v"][:, :, :-1]
+                cache[0]["kind"] = kind[:, :-1]
+                hidden = self.model.hidden(None, ids[:, -1:], kind[:, -1:], attention_fn=fn, cache=cache,
+                                           positions=self.model.positions(kind)[:, -1:])
+                logits = self.model.lm_head(hidden[:, -1])
             first_prob = logits.softmax(-1).max(-1).values
-            generated = greedy_continue(self.model, logits, kind, cache, eos, max_new_tokens, self._attention_fn)
-            for j, i in enumerate(rows):
+            generated = greedy_continue(self.model, logits, kind, cache, eos, max_new_tokens, fn)
+            for j, i in enumerate(group["rows"]):
                 token_ids = generated[j]
                 results[i] = Generation(text=self.vocab.decode(token_ids), token_ids=token_ids,
                                         first_token_prob=float(first_prob[j]))
@@ -183,6 +214,52 @@ class OrganismVLM(VLM):
     @torch.no_grad()
     def text_embeddings(self, batch: Batch) -> torch.Tensor:
         return self.model.tok_emb(batch.inputs["input_ids"][batch.text_mask])
+
+    # -- model parts ----------------------------------------------------------------------------
+    @property
+    def lm_layers(self) -> torch.nn.ModuleList:
+        return self.model.blocks
+
+    def input_embeddings(self) -> torch.nn.Embedding:
+        return self.model.tok_emb
+
+    def output_embeddings(self) -> torch.nn.Module:
+        return self.model.lm_head
+
+    def location_token_ids(self) -> torch.Tensor:
+        return loc_token_ids(self.vocab, device=self.device)
+
+    # -- differentiable LM pass -----------------------------------------------------------------
+    def append_tokens(self, batch: Batch, suffixes) -> Batch:
+        """Rows are right-padded: each suffix goes right after its row's last non-pad token."""
+        if len(suffixes) != batch.token_kind.shape[0]:
+            raise ValueError(f"got {len(suffixes)} suffixes for a batch of {batch.token_kind.shape[0]}")
+        ends = (batch.token_kind != TokenKind.PAD).sum(1).tolist()
+        width = max(e + len(s) for e, s in zip(ends, suffixes))
+        old_ids, old_kind = batch.inputs["input_ids"], batch.token_kind
+        ids = torch.full((len(ends), width), self.vocab[PAD], dtype=old_ids.dtype, device=old_ids.device)
+        kind = torch.full((len(ends), width), int(TokenKind.PAD), dtype=old_kind.dtype, device=old_kind.device)
+        ids[:, : old_ids.shape[1]], kind[:, : old_kind.shape[1]] = old_ids[:, :width], old_kind[:, :width]
+        for r, (end, suffix) in enumerate(zip(ends, suffixes)):
+            ids[r, end: end + len(suffix)] = torch.as_tensor(list(suffix), dtype=ids.dtype)
+            kind[r, end: end + len(suffix)] = int(TokenKind.TEXT)
+        return Batch(inputs=dict(batch.inputs, input_ids=ids), token_kind=kind, grids=list(batch.grids),
+                     prompts=list(batch.prompts))
+
+    def lm_hidden(self, batch: Batch, visual: torch.Tensor | None = None) -> torch.Tensor:
+        if visual is None:
+            visual = self._visual(batch.inputs["pixel_values"])
+        return self.model.hidden(None, batch.inputs["input_ids"], batch.token_kind, visual=visual,
+                                 attention_fn=self._attention_fn)
+
+
+def loc_token_ids(vocab: Vocab, device=None) -> torch.Tensor:
+    """Ids of loc0, loc1, ... in order (as many as the vocabulary holds)."""
+    locs = [w for w in vocab.words if w.startswith("loc") and w[3:].isdigit()]
+    locs.sort(key=lambda w: int(w[3:]))
+    if len(locs) < 2:
+        raise ValueError("the organism's vocabulary has no loc tokens; PIN needs OrganismConfig.data.loc_grid >= 2")
+    return torch.tensor([vocab[w] for w in locs], dtype=torch.long, device=device)
 
 
 def greedy_continue(model: TinyVLM, logits: torch.Tensor, kind: torch.Tensor, cache: list, eos: int,
