@@ -1,18 +1,20 @@
-"""WhatsUp-format evaluation as AdaptVis runs it: generative QA, gold-word scoring, individual/pair/set accuracy.
+"""WhatsUp (Kamath et al., EMNLP 2023) as AdaptVis (Chen et al., ICML 2025) evaluates it: file formats, the
+question each caption list becomes, the scoring rule, the tuning split and individual/pair/set accuracy.
 
-    items = load_subset("/data/whatsup", "controlled_a")           # the real files, when present
-    items = from_export(scenes.to_whatsup(bench_items, bench_scenes, folder))   # WhereBench exported the same way
-    df = evaluate(vlm, items, method=Method.adaptvis(0.5, 1.5, 0.4))
-    accuracies(df)                                                  # individual / pair / set
+    items = load_subset("/data/whatsup", "controlled_a")                 # the real files, when present
+    items = from_export(to_whatsup(bench_items, bench_scenes, folder))   # WhereBench exported the same way
+    accuracies(df)                                                       # individual / pair / set
 
-WhatsUp (Kamath et al. 2023, REFERENCE §4) ships caption lists with the correct caption first; AdaptVis (Chen et
-al. 2025, §3) turns each into a question: ``Where is the {A} in relation to the {B}? Answer with {options}.``
-(one-object sets: ``Where is the {A} in the photo?``), greedy decoding, correct if the gold word appears in the
-output. The subject/object and the gold relation are parsed from the correct caption.
+Running a model on the items lives in ``spatialkit.analysis.whatsup_eval`` (this module imports no model code).
 
-Options per subset (4 by default, 6 with ``n_options=6``; the paper's exact per-subset lists were not readable
-here, so these are our reading of REFERENCE §3–4, declared once in ``OPTIONS``): What'sUp A left/right/on/under,
-What'sUp B left/right/front/behind, COCO/GQA two-object left/right/above/below, one-object left/right/top/bottom.
+WhatsUp ships caption lists with the correct caption first; AdaptVis turns each into a question:
+``Where is the {A} in relation to the {B}? Answer with {options}.`` (one-object sets: ``Where is the {A} in the
+photo?``), greedy decoding, correct if the gold word appears in the output. The subject/object and the gold
+relation are parsed from the correct caption.
+
+Options per subset (4 by default, 6 with ``n_options=6``, declared once in ``OPTIONS``): What'sUp A
+left/right/on/under, What'sUp B left/right/front/behind, COCO/GQA two-object left/right/above/below, one-object
+left/right/top/bottom.
 
 Pair and set accuracy (What'sUp): the items that show the same two objects form a set (4 images: one per
 relation); a set counts if every item in it is right, a pair (a relation and its opposite, e.g. left/right) if
@@ -293,8 +295,9 @@ def caption_for(scene: Scene, q: Question, option: str) -> str:
     if q.task == "where_two":
         rel = {"left": "to the left of", "right": "to the right of", "above": "above", "below": "below"}[option]
         return f"the {ref(q.objects[0])} is {rel} the {ref(q.objects[1])}"
-    if q.task == "depth":
-        rel = {"in front": "in front of", "behind": "behind"}[option]
+    if q.task in ("depth", "on_under", "whatsup_a", "whatsup_b"):  # the WhatsUp mirrors' relations too
+        rel = {"in front": "in front of", "behind": "behind", "on": "on", "under": "under",
+               "left": "to the left of", "right": "to the right of"}[option]
         return f"the {ref(q.objects[0])} is {rel} the {ref(q.objects[1])}"
     if q.task == "where_one":
         return f"the {ref(q.objects[0])} is {_POSITION_PHRASE[option]} of the image"

@@ -37,20 +37,44 @@ def scene_config(cfg: OrganismConfig):
 
 
 def tasks_for(scene_cfg) -> tuple[str, ...]:
-    """The scene world's tasks, without depth when the world cannot show depth (no occlusion, no ground)."""
+    """The scene world's tasks: its ``SceneConfig.tasks`` when set (the organism-zoo worlds: WhatsUp mirrors,
+    prior world), else ``TASKS`` without depth when the world cannot show depth (no occlusion, no ground)."""
     from spatialkit import world as scenes
 
+    if scene_cfg.tasks is not None:
+        return tuple(scene_cfg.tasks)
     has_depth = scene_cfg.occlusion or scene_cfg.ground
     return tuple(t for t in scenes.TASKS if t != "depth" or has_depth)
 
 
-def wherebench(cfg: OrganismConfig):
-    """The held-out WhereBench (val / test splits) the organism is measured on."""
+PRIOR_SPLITS = ("consistent", "counter")  # wherebench(cfg, prior=...) on a world with prior_relations
+
+
+def wherebench(cfg: OrganismConfig, prior: str | None = None, n_train: int = 0):
+    """The held-out WhereBench (val / test splits) the organism is measured on.
+
+    ``prior`` (worlds with ``prior_relations``, e.g. the "prior" organism's ``organism_prior``): None = the world
+    as drawn (its where_two relations follow the kinds in ~87.5 % of the items: accuracy there is mostly the
+    prior's); "consistent" / "counter" = val/test where_two items restricted to those whose relation is / is not
+    the prior one of their kinds (``build_wherebench(prior=...)``; every other task as drawn). Measure an
+    organism on both to see whether it reads the image or the prior (``prior_benches``). The trainer's val split
+    (early stop) is always the world as drawn. ``n_train`` > 0 also fills the train split (disjoint seeds; the
+    blind answerer ``spatialkit.world.blind_accuracy`` learns from it).
+    """
     from spatialkit import world as scenes
 
     sc = scene_config(cfg)
-    return scenes.build_wherebench(seed=cfg.data.bench_seed, n_train=0, n_val=cfg.data.n_val, n_test=cfg.data.n_test, config=sc,
-                                   tasks=tasks_for(sc))
+    return scenes.build_wherebench(seed=cfg.data.bench_seed, n_train=n_train, n_val=cfg.data.n_val,
+                                   n_test=cfg.data.n_test, config=sc, tasks=tasks_for(sc), prior=prior)
+
+
+def prior_benches(cfg: OrganismConfig, n_train: int = 0) -> dict:
+    """{"natural", "consistent", "counter"} -> ``wherebench(cfg, prior=...)`` for a world with prior relations
+    ({"natural"} only otherwise)."""
+    benches = {"natural": wherebench(cfg, n_train=n_train)}
+    if scene_config(cfg).prior_relations:
+        benches.update({p: wherebench(cfg, prior=p, n_train=n_train) for p in PRIOR_SPLITS})
+    return benches
 
 
 def build_vocab(cfg: OrganismConfig) -> Vocab:
@@ -61,11 +85,14 @@ def build_vocab(cfg: OrganismConfig) -> Vocab:
     sc = scene_config(cfg)
     texts = list(scenes.NAMES.values()) + list(scenes.COLORS) + list(scenes.RELATIONS_2D) + list(scenes.RELATIONS_DEPTH)
     texts += [SYSTEM_PROMPT, CAPTION_PROMPT]
+    if sc.tasks is not None:  # a zoo world asks its own tasks (the WhatsUp ones add "on", "under", "of", "or", ",")
+        texts += list(scenes.RELATIONS_ON) + list(scenes.WHATSUP_A_OPTIONS) + list(scenes.WHATSUP_B_OPTIONS)
+        texts += ["left of, right of, on or under", "left of, right of, in front of or behind"]
     for seed in range(200):
         scene = scenes.render_scene(10_000_000 + seed, sc)
         texts.append(scene.caption())
         texts += [scene.region_caption(i) for i in range(len(scene.objects))]
-        for q in scenes.make_questions(scene, np.random.default_rng(seed), tasks=scenes.TASKS):
+        for q in scenes.make_questions(scene, np.random.default_rng(seed), tasks=tasks_for(sc) if sc.tasks else scenes.TASKS):
             texts.append(q.text)
             texts += list(q.options)
     return Vocab.build(texts, loc_grid=cfg.data.loc_grid)
