@@ -210,8 +210,7 @@ def test_load_or_train_round_trip_and_interrupted_training(tmp_path, monkeypatch
     assert torch.equal(loaded.score_options(*args), trained.score_options(*args))
 
     # a truncated weights file: refused without training, retrained (same weights) with
-    key = checkpoints.config_key(cfg.to_dict(), code_version())
-    folder = checkpoints.checkpoint_dir("organism", key)
+    folder = store.checkpoint_folder(cfg)  # the key holds the config plus torch's version and thread count
     weights = folder / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="corrupt|sha256"):

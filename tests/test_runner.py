@@ -107,8 +107,10 @@ def test_failing_notebook_names_notebook_and_cell_and_keeps_partial_copy_aside(r
     with pytest.raises(runner.RunError) as info:
         runner.run(plan(root, fail=True), out, echo=lines.append)
     message = str(info.value)
-    # papermill's injected-parameters cell shifts the failing cell from index 3 to 4
-    assert message == "tiny: cell 4 failed: ValueError: asked to fail with n=3"
+    # the cell as the user finds it in notebooks/tiny.ipynb (index 3, its id), not papermill's index 4
+    # (which counts the injected parameters cell)
+    source_cell = json.loads((root / "notebooks" / "tiny.ipynb").read_text())["cells"][3]
+    assert message == f"tiny: cell 3 (id {source_cell['id']}) failed: ValueError: asked to fail with n=3"
     assert "FAILED" in lines[1] and "failed/tiny.ipynb" in lines[1] and "1 failed" in lines[2]
     partial = out / "failed" / "tiny.ipynb"
     assert partial.exists() and any(o["output_type"] == "error" for o in outputs(partial))

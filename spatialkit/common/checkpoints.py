@@ -13,6 +13,12 @@ files are complete: a run killed midway leaves a folder without a manifest, whic
 (never as a valid checkpoint). On load, a missing file, a sha256 mismatch or a config that differs from the
 requested one raises :class:`CheckpointError`; ``load_or_train`` then retrains, or re-raises with a clear
 message when training is not allowed.
+
+Concurrency: ``load_or_train`` holds a per-key lock, ``checkpoints/.locks/<kind>-<key>.lock`` (flock;
+outside the folder, which a retrain deletes): shared while loading, exclusive while checking, training and
+saving. So of several processes asking for one key, one trains and the others wait, then load its result;
+a loader never reads a folder a writer is rewriting (whose files would not match the manifest it read) and
+never deletes a good checkpoint. A read-only store is still loadable (without the lock).
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from typing import Callable
 import torch
 from safetensors.torch import load_file, save_file
 
+from spatialkit.common.locks import file_lock
+
 MANIFEST = "manifest.json"
 FILES = ("model.safetensors", "config.json", "metrics.json")
 
@@ -39,7 +47,7 @@ class CheckpointError(RuntimeError):
 def cache_dir() -> Path:
     """``$SPATIALKIT_CACHE`` if set, else ``~/.cache/spatialkit``."""
     root = os.environ.get("SPATIALKIT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "spatialkit")
-    return Path(root)
+    return Path(os.path.abspath(os.path.expanduser(root)))  # relative: to the current directory, read now
 
 
 def canonical_json(obj) -> str:
@@ -86,6 +94,12 @@ def checkpoint_dir(kind: str, key: str, root: Path | None = None) -> Path:
     return Path(root or cache_dir()) / "checkpoints" / f"{kind}-{key}"
 
 
+def lock_file(folder: Path) -> Path:
+    """The lock of a checkpoint folder: beside it, in ``.locks/``, so deleting the folder keeps the lock."""
+    folder = Path(folder)
+    return folder.parent / ".locks" / f"{folder.name}.lock"
+
+
 def save(folder: Path, state_dict: dict[str, torch.Tensor], config: dict, metrics: dict, key: str) -> Path:
     """Write the checkpoint files atomically, manifest last. Returns the folder."""
     folder = Path(folder)
@@ -113,9 +127,12 @@ def load(folder: Path, config: dict, key: str) -> tuple[dict[str, torch.Tensor],
         return None  # nothing, or a run that died before finishing: never loaded
     try:
         manifest = json.loads(manifest_path.read_text())
-        expected = manifest["files"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"checkpoint {folder}: unreadable manifest ({e})") from None
+    except (ValueError, OSError) as e:
+        raise CheckpointError(f"checkpoint {folder}: unreadable manifest ({e}) (corrupt)") from None
+    expected = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(expected, dict) or not all(isinstance(expected.get(n), str) for n in FILES):
+        raise CheckpointError(f"checkpoint {folder}: malformed manifest (needs 'key' and 'files' with a sha256 "
+                              f"for each of {', '.join(FILES)}) (corrupt)")
     if manifest.get("key") != key:
         raise CheckpointError(f"checkpoint {folder}: manifest key {manifest.get('key')} != requested {key}")
     for name in FILES:
@@ -125,11 +142,20 @@ def load(folder: Path, config: dict, key: str) -> tuple[dict[str, torch.Tensor],
         digest = sha256_file(path)
         if digest != expected.get(name):
             raise CheckpointError(f"checkpoint {folder}: {name} sha256 {digest[:12]} != manifest {str(expected.get(name))[:12]} (corrupt)")
-    stored = json.loads((folder / "config.json").read_text())
+    try:
+        stored = json.loads((folder / "config.json").read_text())
+        metrics = json.loads((folder / "metrics.json").read_text())
+        state = load_file(str(folder / "model.safetensors"))
+    except Exception as e:  # checksums matched a manifest written for broken files: still not trustworthy
+        raise CheckpointError(f"checkpoint {folder}: unreadable file ({type(e).__name__}: {e}) (corrupt)") from None
     if canonical_json(stored) != canonical_json(config):
         raise CheckpointError(f"checkpoint {folder}: stored config differs from the requested config")
-    metrics = json.loads((folder / "metrics.json").read_text())
-    return load_file(str(folder / "model.safetensors")), stored, metrics
+    return state, stored, metrics
+
+
+def _unwritable(root: Path, err: OSError) -> CheckpointError:
+    return CheckpointError(f"checkpoint store {root} is not writable ({err.strerror or err}); set SPATIALKIT_CACHE "
+                           "to a writable folder")
 
 
 def load_or_train(kind: str, config: dict, code_version: str, train: Callable[[], tuple[dict, dict]], *,
@@ -138,24 +164,57 @@ def load_or_train(kind: str, config: dict, code_version: str, train: Callable[[]
 
     ``config`` must be JSON-serialisable and hold everything that determines the result. ``train()`` returns
     (state_dict, metrics). A corrupt or mismatched checkpoint is retrained (and replaced) when ``allow_train``,
-    otherwise a CheckpointError says what is wrong and how to fix it.
+    otherwise a CheckpointError says what is wrong and how to fix it. Several processes asking for one key
+    train it once: the first trains under the key's lock, the others wait (``log`` says so) and load.
     """
     key = config_key(config, code_version)
     folder = checkpoint_dir(kind, key, root)
+    lock = lock_file(folder)
+    waiting = lambda holder: log(f"checkpoint {folder.name}: {holder} is training or saving it; waiting (lock {lock})")
+
+    try:
+        shared = file_lock(lock, shared=True, on_wait=waiting)
+        shared.__enter__()
+    except OSError:
+        shared = None  # a read-only store: loading needs no lock when nobody can write there
     try:
         found = load(folder, config, key)
+        problem = None
     except CheckpointError as e:
-        if not allow_train:
-            raise CheckpointError(f"{e}; retraining is disabled (allow_train=False): delete {folder} or allow training") from None
-        log(f"{e}; retraining")
-        shutil.rmtree(folder, ignore_errors=True)
-        found = None
+        found, problem = None, e
+    finally:
+        if shared is not None:
+            shared.__exit__(None, None, None)
     if found is not None:
         state, _, metrics = found
         return state, metrics, folder
     if not allow_train:
+        if problem is not None:
+            raise CheckpointError(f"{problem}; retraining is disabled (allow_train=False): delete {folder} or "
+                                  "allow training") from None
         raise CheckpointError(f"no checkpoint for {kind} key {key} in {folder.parent} and training is disabled "
                               "(allow_train=False)")
-    state, metrics = train()
-    save(folder, state, config, metrics, key)
-    return state, metrics, folder
+    store = Path(root or cache_dir())
+    try:
+        exclusive = file_lock(lock, on_wait=waiting)
+        exclusive.__enter__()
+    except OSError as e:
+        raise _unwritable(store, e) from None
+    try:
+        try:  # again, under the exclusive lock: another process may have trained it while we waited
+            found = load(folder, config, key)
+        except CheckpointError as e:
+            log(f"{e}; retraining")
+            shutil.rmtree(folder, ignore_errors=True)
+            found = None
+        if found is not None:
+            state, _, metrics = found
+            return state, metrics, folder
+        state, metrics = train()
+        try:
+            save(folder, state, config, metrics, key)
+        except OSError as e:
+            raise _unwritable(store, e) from None
+        return state, metrics, folder
+    finally:
+        exclusive.__exit__(None, None, None)

@@ -30,6 +30,11 @@ class Param:
     strings and list items may have ``choices``. ``item_kind`` types list elements. ``allow_other``
     lets a str parameter also accept values outside ``choices`` that pass ``other_check`` (used for
     ``model``: "tiny" or a Hugging Face id/path).
+
+    ``path`` marks a str parameter whose value (outside ``choices``) may be a file-system path: the runner
+    resolves it against the caller's working directory (the kernel runs in notebooks/) and checks it exists
+    before any kernel starts. ``path="config.json"`` also requires a folder holding that file; with
+    ``allow_other`` a value that does not exist but looks like a Hugging Face hub id ("org/name") is kept.
     """
 
     name: str
@@ -45,6 +50,7 @@ class Param:
     allow_other: bool = False
     low_open: bool = False
     high_open: bool = False
+    path: bool | str = False
 
     def _interval(self) -> str:
         return (f"{'(' if self.low_open else '['}{_fmt(self.low)}, {_fmt(self.high)}"

@@ -1,6 +1,6 @@
 """The ``spatialkit`` command (also ``python -m spatialkit``).
 
-    spatialkit run  [--profile quick|full|smoke] [--only NAME ...] [-p NAME VALUE ...] [--force]
+    spatialkit run  [--profile quick|full|smoke] [--only NAME ...] [-p NAME VALUE ...] [--force] [--no-wait]
     spatialkit book [same options]      # run, then build the HTML book into _build/html
     spatialkit assignments build|grade  # student notebooks / autograding (spatialkit/suite/assignments.py)
 
@@ -37,6 +37,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a parameter in every selected notebook that declares it "
                              "(VALUE is read as YAML: 5, 0.1, true, [1, 2], text)")
     parser.add_argument("--force", action="store_true", help="re-execute even if the cached copy is up to date")
+    parser.add_argument("--no-wait", dest="wait", action="store_false",
+                        help="fail at once (one line) instead of waiting when another run of a selected notebook "
+                             "is executing")
 
 
 def _plan(args: argparse.Namespace):
@@ -52,7 +55,8 @@ def _run(args: argparse.Namespace):
     from spatialkit.suite import runner
 
     jobs = _plan(args)  # validation first: a bad value never starts a kernel
-    return jobs, runner.run(jobs, runner.executed_dir(), force=args.force)
+    return jobs, runner.run(jobs, runner.executed_dir(), force=args.force, wait=args.wait,
+                            echo=lambda line: print(line, flush=True))
 
 
 @command("run", "execute the notebooks with papermill into book/executed/", add_run_arguments)
@@ -117,6 +121,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (RunError, BookError) as err:
         print(f"spatialkit: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # the running notebook's copy is not published; earlier results are kept
+        print("spatialkit: interrupted; nothing was published for the notebook that was running "
+              "(earlier executed copies are unchanged)", file=sys.stderr)
+        return 130
+    except OSError as err:  # e.g. an unwritable _build/ or book/ folder: one line, not a traceback
+        print(f"spatialkit: error: {err.strerror or err}{f': {err.filename}' if err.filename else ''}",
+              file=sys.stderr)
         return 1
 
 

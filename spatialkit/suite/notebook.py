@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
+import atexit
+import os
 import platform
 import random
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 from spatialkit.suite import catalog
+
+
+def run_tempdir(prefix: str = "tmp-") -> Path:
+    """A fresh scratch folder for this notebook run, removed when the run ends.
+
+    Under the runner (``spatialkit run``) it lies in the run's own folder, ``$SPATIALKIT_RUN_TMP``
+    (``book/executed/.running/NAME.XXXX/tmp/``), which the runner deletes however the run ends. Run by hand in
+    Jupyter it is a system temp folder deleted when the kernel exits. Use it instead of ``tempfile.mkdtemp``,
+    which leaves one folder in the system temp directory per run.
+    """
+    parent = os.environ.get("SPATIALKIT_RUN_TMP")
+    if parent and Path(parent).is_dir():
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    folder = Path(tempfile.mkdtemp(prefix=f"spatialkit-{prefix}"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def seed_everything(seed: int) -> None:

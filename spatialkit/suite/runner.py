@@ -9,6 +9,13 @@ The pipeline, in order:
    parameters, package version and sources) is written beside it, atomically, only after success.
    A failing notebook's partial copy goes to ``book/executed/failed/`` and never into the book.
 3. ``run`` does both for every selected notebook and prints one progress line per notebook.
+
+Concurrency and interruption: ``execute`` holds ``book/executed/.locks/NAME.lock`` (flock) from the
+freshness check to the key write, so two runs of one notebook never interleave (the second waits, or with
+``wait=False`` fails with one line). Each run executes into its own folder ``.running/NAME.XXXX/`` (the
+notebook, plus ``tmp/`` exported to the kernel as ``$SPATIALKIT_RUN_TMP``), removed when the run ends
+however it ends; a killed run's folder is removed by the next run of that notebook. Only the run's own
+file is ever moved into place, and the key is removed before and written after that move.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import shutil
 import sys
 import tempfile
 import time
@@ -28,7 +37,8 @@ import yaml
 
 import spatialkit
 from spatialkit.suite import catalog
-from spatialkit.common.params import NotebookSpec, ParameterError
+from spatialkit.common.locks import LockBusy, file_lock
+from spatialkit.common.params import NotebookSpec, Param, ParameterError
 
 PACKAGE_DIR = Path(spatialkit.__file__).resolve().parent
 PROFILES_FILE = PACKAGE_DIR / "suite" / "profiles.yml"
@@ -37,6 +47,10 @@ KERNEL = "python3"
 # ipykernel only picks its inline (PNG) backend when MPLBACKEND is unset; a caller's MPLBACKEND=Agg
 # (tests, CI) would otherwise leave every executed notebook without figures.
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+RUN_TMP_ENV = "SPATIALKIT_RUN_TMP"  # the kernel's scratch folder (spatialkit.suite.notebook.run_tempdir)
+PATH_ENV = ("SPATIALKIT_ROOT", "SPATIALKIT_CACHE")  # made absolute (caller's cwd) before a kernel starts
+# "org/name" on the Hugging Face hub (a value that is no existing path is taken as one when it looks like it)
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 class RunError(RuntimeError):
@@ -44,9 +58,10 @@ class RunError(RuntimeError):
 
 
 def default_root() -> Path:
-    """The repository root: $SPATIALKIT_ROOT, else the folder above the (editable) package, else cwd."""
+    """The repository root: $SPATIALKIT_ROOT (relative: to the current directory), else the folder above the
+    (editable) package, else cwd."""
     if os.environ.get("SPATIALKIT_ROOT"):
-        return Path(os.environ["SPATIALKIT_ROOT"]).resolve()
+        return Path(os.environ["SPATIALKIT_ROOT"]).expanduser().resolve()
     above = PACKAGE_DIR.parent
     if (above / "notebooks").is_dir():
         return above
@@ -107,7 +122,13 @@ def plan(
     profiles_file: Path = PROFILES_FILE,
     warn: Callable[[str], None] | None = None,
 ) -> list[Job]:
-    """Validate everything and return the jobs, in catalog order. Raises ParameterError (one line)."""
+    """Validate everything and return the jobs, in catalog order. Raises ParameterError (one line).
+
+    Path parameters (``Param.path``) come back absolute, resolved against the current directory, and are
+    checked here, before any kernel starts. Nothing to run is an error: a missing root, an ``--only``
+    notebook whose file is missing, or no notebook file at all; without ``--only``, a catalog notebook whose
+    file is not written yet is skipped with a warning.
+    """
     notebooks = catalog.NOTEBOOKS if notebooks is None else notebooks
     root = default_root() if root is None else Path(root)
     if profile not in PROFILES:
@@ -129,6 +150,18 @@ def plan(
         values = dict(profile_values.get(name, {}))
         values.update({k: v for k, v in overrides.items() if any(p.name == k for p in spec.params)})
         validated[name] = spec.validate(values)
+    if not (root / "notebooks").is_dir():
+        where = f"SPATIALKIT_ROOT={os.environ['SPATIALKIT_ROOT']}" if os.environ.get("SPATIALKIT_ROOT") else "root"
+        raise ParameterError(f"{where}: {root / 'notebooks'} is not a folder; nothing to run (point "
+                             "SPATIALKIT_ROOT at the repository, or unset it)")
+    for name in only or ():
+        if not (root / "notebooks" / f"{name}.ipynb").exists():
+            raise ParameterError(f"--only {name}: {root / 'notebooks' / f'{name}.ipynb'} does not exist")
+    cwd = Path.cwd()
+    for name, params in validated.items():
+        for p in notebooks[name].params:
+            if p.path and p.name in params:
+                params[p.name] = resolve_path_param(p, params[p.name], name, cwd)
     jobs = []
     for name, params in validated.items():
         path = root / "notebooks" / f"{name}.ipynb"
@@ -136,7 +169,37 @@ def plan(
             (warn or _warn)(f"skipping {name}: notebooks/{name}.ipynb does not exist yet")
             continue
         jobs.append(Job(name, path, params))
+    if not jobs:
+        raise ParameterError(f"nothing to run: no notebook of {', '.join(selected)} exists in {root / 'notebooks'}")
     return jobs
+
+
+def resolve_path_param(param: Param, value: Any, notebook: str, cwd: Path) -> Any:
+    """A path parameter's value made absolute against ``cwd`` and checked, or a one-line ParameterError.
+
+    Values among ``param.choices`` pass unchanged. An existing path comes back absolute (a folder holding
+    ``param.path`` when that is a file name). With ``param.allow_other`` a value that does not exist and is
+    not written as a path ("./x", "/x", "~/x", "a/b/c") but looks like a hub id ("org/name") is kept for the
+    kernel to look up.
+    """
+    if not isinstance(value, str) or (param.choices is not None and value in param.choices):
+        return value
+    path = Path(value).expanduser()
+    path = path if path.is_absolute() else cwd / path
+    head = f"{notebook}: parameter '{param.name}' = {value!r}"
+    if path.exists():
+        path = path.resolve()
+        if isinstance(param.path, str):
+            if not path.is_dir():
+                raise ParameterError(f"{head}: {path} is not a folder")
+            if not (path / param.path).is_file():
+                raise ParameterError(f"{head}: folder {path} has no {param.path}")
+        return str(path)
+    written_as_path = value.startswith((".", "/", "~")) or value.count("/") != 1
+    if param.allow_other and not written_as_path and HUB_ID.fullmatch(value):
+        return value
+    raise ParameterError(f"{head}: {path} does not exist (relative paths are read from the current directory, "
+                         f"{cwd})" + ("; a Hugging Face hub id looks like 'org/name'" if param.allow_other else ""))
 
 
 def _warn(message: str) -> None:
@@ -227,65 +290,155 @@ class Result:
     output: Path | None = None
 
 
-def describe_failure(err: Exception, notebook_name: str) -> str:
-    """'NAME: cell 7 failed: ValueError: bad thing' from papermill's execution error."""
-    cell = getattr(err, "cell_index", None)
+PAPERMILL_TAGS = ("injected-parameters", "papermill-error-cell-tag")  # cells papermill adds to the copy
+
+
+def failing_cell(executed: Path) -> tuple[int, str | None] | None:
+    """(index in the source notebook, cell id) of the first failing cell of an executed copy, or None.
+
+    papermill's own ``cell_index`` counts its injected parameters cell, and the kept copy in failed/ also
+    holds its two error-marker cells; neither exists in notebooks/NAME.ipynb, so both are skipped here.
+    """
+    try:
+        cells = json.loads(Path(executed).read_text()).get("cells", [])
+    except (OSError, ValueError, AttributeError):
+        return None
+    index = 0
+    for cell in cells:
+        if any(tag in PAPERMILL_TAGS for tag in cell.get("metadata", {}).get("tags", [])):
+            continue
+        errored = any(o.get("output_type") == "error" for o in cell.get("outputs", []) or [])
+        if errored or cell.get("metadata", {}).get("papermill", {}).get("exception") is True:
+            return index, cell.get("id")
+        index += 1
+    return None
+
+
+def describe_failure(err: Exception, notebook_name: str, executed: Path | None = None) -> str:
+    """'NAME: cell 6 (id 1a2b3c4d) failed: ValueError: bad thing' from papermill's execution error.
+
+    The cell is named as the user finds it in notebooks/NAME.ipynb (index among its cells, from 0, and the
+    cell id), read from the ``executed`` copy when given; else papermill's index less its injected cell.
+    """
     ename, evalue = getattr(err, "ename", type(err).__name__), getattr(err, "evalue", str(err))
-    where = f"cell {cell}" if cell is not None else "execution"
+    found = failing_cell(executed) if executed is not None else None
+    cell = getattr(err, "cell_index", None)
+    if found is not None:
+        where = f"cell {found[0]}" + (f" (id {found[1]})" if found[1] else "")
+    elif cell is not None:
+        where = f"cell {max(cell - 1, 0)}"
+    else:
+        where = "execution"
     line = str(evalue).strip().splitlines()[-1] if str(evalue).strip() else ""
     return f"{notebook_name}: {where} failed: {ename}: {line}"
 
 
-def execute(job: Job, out_dir: Path, *, force: bool = False, pkg_hash: str | None = None) -> Result:
-    """Execute one notebook into ``out_dir`` unless its cached copy is up to date."""
+def lock_path(out_dir: Path, name: str) -> Path:
+    return Path(out_dir) / ".locks" / f"{name}.lock"
+
+
+def execute(job: Job, out_dir: Path, *, force: bool = False, pkg_hash: str | None = None, wait: bool = True,
+            echo: Callable[[str], None] = print) -> Result:
+    """Execute one notebook into ``out_dir`` unless its cached copy is up to date.
+
+    Holds the notebook's lock (``out_dir/.locks/NAME.lock``) while executing and publishing; another run of
+    the same notebook waits (``echo`` says so) or, with ``wait=False``, raises RunError. An unwritable
+    ``out_dir`` raises RunError (one line). A KeyboardInterrupt publishes nothing and leaves the previous
+    copy and its key as they were.
+    """
     out_dir = Path(out_dir)
     key = cache_key(job, pkg_hash)
     final = out_dir / f"{job.name}.ipynb"
     if not force and is_fresh(job, out_dir, key):
         return Result(job.name, "cached", 0.0, output=final)
+    lock = lock_path(out_dir, job.name)
+    try:
+        with file_lock(lock, wait=wait, on_wait=lambda holder: echo(
+                f"  {job.name}: another run of it ({holder}) is executing; waiting for it to finish "
+                f"(lock {lock}) ...")):
+            return _execute_locked(job, out_dir, key, force)
+    except LockBusy as busy:
+        raise RunError(f"{job.name}: another run of this notebook is in progress ({busy}); "
+                       "wait for it, or run without --no-wait to queue behind it") from None
+    except OSError as err:  # papermill's own errors are handled inside: this is our writing into out_dir
+        raise RunError(f"{job.name}: cannot write into {out_dir}: {err.strerror or err}"
+                       f"{f' ({err.filename})' if err.filename else ''}; make the folder writable, or set "
+                       "SPATIALKIT_ROOT to a writable checkout") from None
+
+
+def _execute_locked(job: Job, out_dir: Path, key: str, force: bool) -> Result:
+    final = out_dir / f"{job.name}.ipynb"
+    if not force and is_fresh(job, out_dir, key):  # a run we waited for produced exactly this
+        return Result(job.name, "cached", 0.0, output=final)
 
     import papermill  # heavy: imported only when something really runs
 
     failed_dir = out_dir / "failed"
-    running = out_dir / ".running" / f"{job.name}.ipynb"
-    running.parent.mkdir(parents=True, exist_ok=True)
-    # A stale copy must never be mistaken for the new run's result.
-    key_path(out_dir, job.name).unlink(missing_ok=True)
+    running_root = out_dir / ".running"
+    running_root.mkdir(parents=True, exist_ok=True)
+    for stale in running_root.glob(f"{job.name}.*"):  # we hold the lock: these are from killed runs
+        if stale.name.rsplit(".", 1)[0] != job.name:
+            continue  # another notebook's (NAME.x)
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)  # an older runner's .running/NAME.ipynb
+    work = Path(tempfile.mkdtemp(dir=running_root, prefix=f"{job.name}."))  # this run's own, unique folder
+    running = work / f"{job.name}.ipynb"
+    (work / "tmp").mkdir()
     start = time.perf_counter()
     try:
-        with kernel_environment(INLINE_BACKEND):
-            papermill.execute_notebook(
-                str(job.path), str(running), parameters=job.params, kernel_name=KERNEL,
-                cwd=str(job.path.parent), progress_bar=False, log_output=False,
-            )
-    except Exception as err:  # PapermillExecutionError, dead kernel, missing kernel ...
+        try:
+            with kernel_environment(INLINE_BACKEND, run_tmp=work / "tmp"):
+                papermill.execute_notebook(
+                    str(job.path), str(running), parameters=job.params, kernel_name=KERNEL,
+                    cwd=str(job.path.parent), progress_bar=False, log_output=False,
+                )
+        except Exception as err:  # PapermillExecutionError, dead kernel, missing kernel ...
+            seconds = time.perf_counter() - start
+            failed_dir.mkdir(parents=True, exist_ok=True)
+            kept = failed_dir / f"{job.name}.ipynb"
+            if running.exists():
+                os.replace(running, kept)
+            else:
+                kept.unlink(missing_ok=True)  # an older failure's copy would name the wrong cell
+            # A stale good copy must never stand for parameters that fail.
+            key_path(out_dir, job.name).unlink(missing_ok=True)
+            final.unlink(missing_ok=True)
+            return Result(job.name, "failed", seconds, describe_failure(err, job.name, kept if kept.exists() else None),
+                          output=kept)
         seconds = time.perf_counter() - start
-        failed_dir.mkdir(parents=True, exist_ok=True)
-        kept = failed_dir / f"{job.name}.ipynb"
-        if running.exists():
-            os.replace(running, kept)
-        final.unlink(missing_ok=True)
-        return Result(job.name, "failed", seconds, describe_failure(err, job.name), output=kept)
-    seconds = time.perf_counter() - start
-    os.replace(running, final)
-    (failed_dir / f"{job.name}.ipynb").unlink(missing_ok=True)
-    _write_atomic(key_path(out_dir, job.name), key.encode() + b"\n")
-    return Result(job.name, "ok", seconds, output=final)
-
+        # key first: a crash between the two steps leaves a copy without a key, which simply re-executes
+        key_path(out_dir, job.name).unlink(missing_ok=True)
+        os.replace(running, final)
+        (failed_dir / f"{job.name}.ipynb").unlink(missing_ok=True)
+        _write_atomic(key_path(out_dir, job.name), key.encode() + b"\n")
+        return Result(job.name, "ok", seconds, output=final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 @contextlib.contextmanager
-def kernel_environment(mplbackend: str):
+def kernel_environment(mplbackend: str, *, run_tmp: Path | None = None):
     """Environment for a kernel started from here, restored on exit (also on error).
 
     Kernel "python3" must be this environment's (registered by `make` with --sys-prefix), not a same-named
     kernel in the user's ~/.local/share/jupyter, which Jupyter would otherwise prefer; ``mplbackend`` picks
-    how figures come out (inline PNG for the book, Agg for grading).
+    how figures come out (inline PNG for the book, Agg for grading). Relative $SPATIALKIT_ROOT and
+    $SPATIALKIT_CACHE are made absolute against the caller's directory (the kernel runs in notebooks/);
+    ``run_tmp`` becomes $SPATIALKIT_RUN_TMP, the run's scratch folder (the caller removes it).
     """
-    saved = {k: os.environ.get(k) for k in ("MPLBACKEND", "JUPYTER_PATH")}
+    saved = {k: os.environ.get(k) for k in ("MPLBACKEND", "JUPYTER_PATH", RUN_TMP_ENV, *PATH_ENV)}
     own = str(Path(sys.prefix) / "share" / "jupyter")
     os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in (own, saved["JUPYTER_PATH"]) if p)
     os.environ["MPLBACKEND"] = mplbackend
+    for name in PATH_ENV:
+        if saved[name]:
+            os.environ[name] = os.path.abspath(os.path.expanduser(saved[name]))
+    if run_tmp is not None:
+        os.environ[RUN_TMP_ENV] = str(Path(run_tmp).resolve())
+    else:
+        os.environ.pop(RUN_TMP_ENV, None)
     try:
         yield
     finally:
@@ -301,14 +454,18 @@ def run(
     out_dir: Path,
     *,
     force: bool = False,
+    wait: bool = True,
     echo: Callable[[str], None] = print,
 ) -> list[Result]:
     """Execute ``jobs`` in order, one progress line each. Raises RunError if any notebook failed
-    (after running the others, so one broken notebook does not hide the state of the rest)."""
+    (after running the others, so one broken notebook does not hide the state of the rest), or if there is
+    nothing to run. ``wait=False``: a notebook another process is running is an error, not a wait."""
+    if not jobs:
+        raise RunError("nothing to run: no notebook selected")
     results = []
     for i, job in enumerate(jobs, 1):
         echo(f"[{i}/{len(jobs)}] {job.name} ...")
-        result = execute(job, out_dir, force=force)
+        result = execute(job, out_dir, force=force, wait=wait, echo=echo)
         if result.status == "failed":
             echo(f"[{i}/{len(jobs)}] {job.name} FAILED after {result.seconds:.1f}s -- {result.error} "
                  f"(partial copy: {result.output})")

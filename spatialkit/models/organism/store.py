@@ -1,12 +1,7 @@
-"""``OrganismVLM``: the tiny trained VLM behind the one ``spatialkit.models.vlm.VLM`` interface.
+"""The organism through the checkpoint store: ``load_or_train(preset)`` loads a trained organism whose key is
+its config plus the code fingerprint of everything it depends on, or trains and stores it (atomic, checksummed).
 
-    vlm = load_or_train(preset("default"))          # loads from the checkpoint store, or trains (minutes on CPU)
-    df = evaluate(vlm, wherebench(vlm.config), "test")   # one row per item: family, task, correct, ...
-    accuracy_by_task(df)
-
-Prompts are plain words of the organism's vocabulary (unknown words raise a ValueError naming them); the
-model answers after an implicit ``<ans>`` token. ``system_prompt=SYSTEM_PROMPT`` (or any known words)
-prepends a system prompt, which the organism saw on ``system_prompt_fraction`` of its training examples.
+    vlm = load_or_train("quick")       # minutes on CPU the first time, then a second
 """
 
 from __future__ import annotations
@@ -25,6 +20,22 @@ def code_version() -> str:
     return fingerprint("spatialkit.models.organism.store")
 
 
+def checkpoint_config(cfg: OrganismConfig) -> dict:
+    """What the organism's checkpoint key (and its stored config.json) is made of: the full config, plus the
+    runtime facts the trained weights depend on although no config field holds them. torch's CPU thread count
+    changes how matmul and reduction kernels split their sums, so the same config and seed train different
+    weights with 1 or 2 threads (the notebooks' ``threads`` parameter); the torch version changes kernels too.
+    Without them, whichever thread count trained first would silently stand for all."""
+    import torch
+
+    return {**cfg.to_dict(), "runtime": {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}}
+
+
+def checkpoint_folder(cfg: OrganismConfig):
+    """The store folder that holds (or will hold) the organism trained for ``cfg`` in this process."""
+    return checkpoints.checkpoint_dir("organism", checkpoints.config_key(checkpoint_config(cfg), code_version()))
+
+
 def load_or_train(config: OrganismConfig | str = "default", allow_train: bool = True, *, progress: bool = True,
                   device="cpu") -> OrganismVLM:
     """The organism for ``config`` (a config or a preset name) from the checkpoint store, trained if absent.
@@ -39,7 +50,7 @@ def load_or_train(config: OrganismConfig | str = "default", allow_train: bool = 
         built.update(model=model, vocab=vocab)
         return model.state_dict(), {**metrics, "vocab": vocab.words}
 
-    state, metrics, _ = checkpoints.load_or_train("organism", cfg.to_dict(), code_version(), do_train,
+    state, metrics, _ = checkpoints.load_or_train("organism", checkpoint_config(cfg), code_version(), do_train,
                                                   allow_train=allow_train)
     if "model" in built:
         model, vocab = built["model"], built["vocab"]
