@@ -1,22 +1,8 @@
-"""WhatsUp-format evaluation as AdaptVis runs it: generative QA, gold-word scoring, individual/pair/set accuracy.
+"""Running a VLM on WhatsUp-format items: baseline, ScalingVis(α) or AdaptVis(α1, α2, β) generation, scored
+with ``spatialkit.data.whatsup``'s rule, one row per item.
 
-    items = load_subset("/data/whatsup", "controlled_a")           # the real files, when present
-    items = from_export(scenes.to_whatsup(bench_items, bench_scenes, folder))   # WhereBench exported the same way
     df = evaluate(vlm, items, method=Method.adaptvis(0.5, 1.5, 0.4))
-    accuracies(df)                                                  # individual / pair / set
-
-WhatsUp (Kamath et al. 2023, REFERENCE §4) ships caption lists with the correct caption first; AdaptVis (Chen et
-al. 2025, §3) turns each into a question: ``Where is the {A} in relation to the {B}? Answer with {options}.``
-(one-object sets: ``Where is the {A} in the photo?``), greedy decoding, correct if the gold word appears in the
-output. The subject/object and the gold relation are parsed from the correct caption.
-
-Options per subset (4 by default, 6 with ``n_options=6``; the paper's exact per-subset lists were not readable
-here, so these are our reading of REFERENCE §3–4, declared once in ``OPTIONS``): What'sUp A left/right/on/under,
-What'sUp B left/right/front/behind, COCO/GQA two-object left/right/above/below, one-object left/right/top/bottom.
-
-Pair and set accuracy (What'sUp): the items that show the same two objects form a set (4 images: one per
-relation); a set counts if every item in it is right, a pair (a relation and its opposite, e.g. left/right) if
-both are. On WhereBench exports sets are formed the same way, by the named object pair, across scenes.
+    table = scaling_table(vlm, items, alphas)     # every α once, for tuning AdaptVis on a split
 """
 
 from __future__ import annotations

@@ -1,12 +1,7 @@
-"""``OrganismVLM``: the tiny trained VLM behind the one ``spatialkit.models.vlm.VLM`` interface.
+"""Multiple-choice scoring of any ``VLM`` on WhereBench: option log-likelihoods, one row per item.
 
-    vlm = load_or_train(preset("default"))          # loads from the checkpoint store, or trains (minutes on CPU)
-    df = evaluate(vlm, wherebench(vlm.config), "test")   # one row per item: family, task, correct, ...
+    df = evaluate(vlm, bench, "test")     # family, task, relation, gold, predicted, correct
     accuracy_by_task(df)
-
-Prompts are plain words of the organism's vocabulary (unknown words raise a ValueError naming them); the
-model answers after an implicit ``<ans>`` token. ``system_prompt=SYSTEM_PROMPT`` (or any known words)
-prepends a system prompt, which the organism saw on ``system_prompt_fraction`` of its training examples.
 """
 
 from __future__ import annotations
