@@ -194,6 +194,14 @@ class Prefill:
     state: object = None
     decoded: bool = False
 
+    def start_decode(self, max_new_tokens: int) -> None:
+        """Checks every adapter's ``decode`` makes first, then marks this prefill as used."""
+        if self.decoded:
+            raise ValueError("this Prefill was already decoded (decoding extends its cache in place)")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        self.decoded = True
+
 
 class VLM(ABC):
     """A vision-language model as spatialkit sees it.

@@ -178,39 +178,30 @@ def make_questions(scene: Scene, rng: np.random.Generator, families: Sequence[st
             if where is not None:
                 out.append(_mc(rng, f"Where is the {scene.ref(i)} in the image?", where,
                                [w for w in WHERE_ONE_OPTIONS if w != where], "where_one", (i,), where))
+    # two-object tasks, in the order their questions are drawn (the rng sequence depends on it):
+    # (task, relation of object i to object j or None, question template, options)
+    pair_tasks = (
+        ("where_two", lambda i, j: relation_2d(objs[i], objs[j], cfg.margin, cfg.dominance),
+         "Where is the {a} relative to the {b}?", WHERE_TWO_OPTIONS),
+        ("depth", lambda i, j: relation_depth(scene, i, j),
+         "Is the {a} in front of or behind the {b}?", DEPTH_OPTIONS),
+        ("on_under", lambda i, j: relation_on(objs[i], objs[j], cfg.on_overlap, cfg.margin, cfg.dominance),
+         "Is the {a} on or under the {b}?", ON_UNDER_OPTIONS),
+        ("whatsup_a", lambda i, j: relation_whatsup_a(scene, i, j),
+         "Is the {a} left of, right of, on or under the {b}?", WHATSUP_A_OPTIONS),
+        ("whatsup_b", lambda i, j: relation_whatsup_b(scene, i, j),
+         "Is the {a} left of, right of, in front of or behind the {b}?", WHATSUP_B_OPTIONS),
+    )
     for i in range(len(objs)):
         for j in range(len(objs)):
             if i == j:
                 continue
-            if "where_two" in wanted:
-                rel = relation_2d(objs[i], objs[j], cfg.margin, cfg.dominance)
+            for task, relation, template, options in pair_tasks:
+                if task not in wanted:
+                    continue
+                rel = relation(i, j)
                 if rel is not None:
                     word = ANSWER_WORD[rel]
-                    out.append(_mc(rng, f"Where is the {scene.ref(i)} relative to the {scene.ref(j)}?", word,
-                                   [w for w in WHERE_TWO_OPTIONS if w != word], "where_two", (i, j), rel))
-            if "depth" in wanted:
-                rel = relation_depth(scene, i, j)
-                if rel is not None:
-                    word = ANSWER_WORD[rel]
-                    out.append(_mc(rng, f"Is the {scene.ref(i)} in front of or behind the {scene.ref(j)}?",
-                                   word, [w for w in DEPTH_OPTIONS if w != word], "depth", (i, j), rel))
-            if "on_under" in wanted:
-                rel = relation_on(objs[i], objs[j], cfg.on_overlap, cfg.margin, cfg.dominance)
-                if rel is not None:
-                    word = ANSWER_WORD[rel]
-                    out.append(_mc(rng, f"Is the {scene.ref(i)} on or under the {scene.ref(j)}?", word,
-                                   [w for w in ON_UNDER_OPTIONS if w != word], "on_under", (i, j), rel))
-            if "whatsup_a" in wanted:
-                rel = relation_whatsup_a(scene, i, j)
-                if rel is not None:
-                    word = ANSWER_WORD[rel]
-                    out.append(_mc(rng, f"Is the {scene.ref(i)} left of, right of, on or under the {scene.ref(j)}?",
-                                   word, [w for w in WHATSUP_A_OPTIONS if w != word], "whatsup_a", (i, j), rel))
-            if "whatsup_b" in wanted:
-                rel = relation_whatsup_b(scene, i, j)
-                if rel is not None:
-                    word = ANSWER_WORD[rel]
-                    out.append(_mc(rng, f"Is the {scene.ref(i)} left of, right of, in front of or behind the "
-                                        f"{scene.ref(j)}?", word, [w for w in WHATSUP_B_OPTIONS if w != word],
-                                   "whatsup_b", (i, j), rel))
+                    text = template.format(a=scene.ref(i), b=scene.ref(j))
+                    out.append(_mc(rng, text, word, [w for w in options if w != word], task, (i, j), rel))
     return out

@@ -439,11 +439,7 @@ class HFVLM(VLM):
     def decode(self, prefill: Prefill, max_new_tokens: int = 8, *, attention_fn_for=None,
                rerun_last: bool = False) -> list[Generation]:
         """One group: the whole batch (left padding lets every row decode together)."""
-        if prefill.decoded:
-            raise ValueError("this Prefill was already decoded (decoding extends its cache in place)")
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        prefill.decoded = True
+        prefill.start_decode(max_new_tokens)
         batch, cache = prefill.batch, prefill.state["cache"]
         # the image is already in the cache: no pixels (the vision tower would look for image tokens in the new ones)
         inputs = {k: v for k, v in batch.inputs.items() if k != "pixel_values"}

@@ -160,11 +160,7 @@ class OrganismVLM(VLM):
     @torch.no_grad()
     def decode(self, prefill: Prefill, max_new_tokens: int = 8, *, attention_fn_for=None,
                rerun_last: bool = False) -> list[Generation]:
-        if prefill.decoded:
-            raise ValueError("this Prefill was already decoded (decoding extends its cache in place)")
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        prefill.decoded = True
+        prefill.start_decode(max_new_tokens)
         results: list[Generation | None] = [None] * len(prefill.first_logits)
         eos = self.vocab[EOS]
         for group in prefill.state:
