@@ -162,15 +162,17 @@ def plan(
         for p in notebooks[name].params:
             if p.path and p.name in params:
                 params[p.name] = resolve_path_param(p, params[p.name], name, cwd)
-    jobs = []
+    jobs, skipped = [], []
     for name, params in validated.items():
         path = root / "notebooks" / f"{name}.ipynb"
         if not path.exists():
-            (warn or _warn)(f"skipping {name}: notebooks/{name}.ipynb does not exist yet")
+            skipped.append(name)
             continue
         jobs.append(Job(name, path, params))
     if not jobs:
         raise ParameterError(f"nothing to run: no notebook of {', '.join(selected)} exists in {root / 'notebooks'}")
+    for name in skipped:
+        (warn or _warn)(f"skipping {name}: notebooks/{name}.ipynb does not exist yet")
     return jobs
 
 
@@ -389,7 +391,7 @@ def _execute_locked(job: Job, out_dir: Path, key: str, force: bool) -> Result:
     start = time.perf_counter()
     try:
         try:
-            with kernel_environment(INLINE_BACKEND, run_tmp=work / "tmp"):
+            with kernel_environment(INLINE_BACKEND, run_tmp=work / "tmp"), output_to(work / "kernel.log"):
                 papermill.execute_notebook(
                     str(job.path), str(running), parameters=job.params, kernel_name=KERNEL,
                     cwd=str(job.path.parent), progress_bar=False, log_output=False,
@@ -402,6 +404,11 @@ def _execute_locked(job: Job, out_dir: Path, key: str, force: bool) -> Result:
                 os.replace(running, kept)
             else:
                 kept.unlink(missing_ok=True)  # an older failure's copy would name the wrong cell
+            log = failed_dir / f"{job.name}.kernel.log"
+            if (work / "kernel.log").stat().st_size:
+                os.replace(work / "kernel.log", log)
+            else:
+                log.unlink(missing_ok=True)
             # A stale good copy must never stand for parameters that fail.
             key_path(out_dir, job.name).unlink(missing_ok=True)
             final.unlink(missing_ok=True)
@@ -416,6 +423,29 @@ def _execute_locked(job: Job, out_dir: Path, key: str, force: bool) -> Result:
         return Result(job.name, "ok", seconds, output=final)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def output_to(log: Path):
+    """Send this process's file descriptors 1 and 2 to ``log`` meanwhile, so the kernel it starts inherits
+    them: the kernel's own chatter (ipykernel warnings, its tracebacks when interrupted) lands in the run's
+    kernel.log (kept as failed/NAME.kernel.log when the run fails), not between the CLI's one-line messages."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        yield
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for f in (fd, *saved):
+            os.close(f)
 
 
 @contextlib.contextmanager
