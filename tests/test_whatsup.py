@@ -50,7 +50,10 @@ def test_prompts_and_options():
 def test_gold_word_scoring():
     assert whatsup.is_correct("Left.", "left")
     assert whatsup.is_correct("the mug is in front", "front")
-    assert not whatsup.is_correct("leftover", "left")
+    # The official rule (AdaptVis model_zoo/llava15.py) is a substring match, so "leftover" counts for "left";
+    # the whole-word rule this test used to pin is kept as the named alternative.
+    assert whatsup.is_correct("leftover", "left")
+    assert not whatsup.is_correct("leftover", "left", "whole_word")
     assert not whatsup.is_correct("right", "left")
 
 
@@ -70,7 +73,7 @@ def test_pair_and_set_accuracy():
 
 def test_split_is_seeded_disjoint_and_twenty_percent():
     tune, report = whatsup.split_indices(100, seed=3)
-    assert len(tune) == 20 and len(report) == 80
+    assert len(tune) == 20 and len(report) == 80  # int(0.2 * n), Python's random.sample (the official split)
     assert not set(tune) & set(report)
     assert np.array_equal(tune, whatsup.split_indices(100, seed=3)[0])
     assert not np.array_equal(tune, whatsup.split_indices(100, seed=4)[0])

@@ -1,16 +1,86 @@
 """Running a VLM on WhatsUp-format items: baseline, ScalingVis(α) or AdaptVis(α1, α2, β) generation, scored
 with ``spatialkit.data.whatsup``'s rule, one row per item.
 
-    df = evaluate(vlm, items, method=Method.adaptvis(0.5, 1.5, 0.4))
+    subsets = load_benchmark("/data/whatsup_vlms")    # the real subsets (WhatsUp and/or AdaptVis files)
+    df = evaluate(vlm, subsets["controlled_a"].items, method=Method.adaptvis(0.5, 1.5, 0.4))
     table = scaling_table(vlm, items, alphas)     # every α once, for tuning AdaptVis on a split
+
+The official protocol is the default (``spatialkit.data.whatsup``'s docstring names each piece): greedy decoding of
+up to ``OFFICIAL_MAX_NEW_TOKENS`` (100) new tokens, stopping at EOS; the official substring rule
+(``scoring="official"``); and the prompt string AdaptVis used (``prompt_format="official"``): for LLaVA-1.5
+``<image>\nUSER: {question}\nASSISTANT:`` verbatim (``ADAPTVIS_LLAVA_TEMPLATE`` replaces the llava-hf chat
+template, ``USER: <image>\n{question} ASSISTANT:``, while the items run), for the Qwen families their own chat
+template around the same question (``prompt_format="chat"`` keeps every model's own template).
 """
 
 from __future__ import annotations
+import contextlib
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 import numpy as np
 import pandas as pd
-from spatialkit.data.whatsup import QAItem, group_of, is_correct
+from spatialkit.data.whatsup import (PAPER_CITATION, PAPER_LLAVA15, PAPER_NAMES, QAItem, RealSubset, group_of,
+                                     is_correct, load_real)
+
+OFFICIAL_MAX_NEW_TOKENS = 100  # model_zoo/llava15.py: generate(..., max_new_tokens=100), greedy, stops at EOS
+
+# AdaptVis' LLaVA-1.5 prompt string, "<image>\nUSER: {question}\nASSISTANT:", as a chat template (system turns,
+# which the official runs never have, are left out)
+ADAPTVIS_LLAVA_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}"
+    "{% if message['content'] is string %}<image>\nUSER: {{ message['content'] }}\n"
+    "{% else %}{% for content in message['content'] %}{% if content['type'] == 'image' %}<image>\n{% endif %}"
+    "{% endfor %}USER: {% for content in message['content'] %}{% if content['type'] == 'text' %}"
+    "{{ content['text'] }}{% endif %}{% endfor %}\n{% endif %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+PROMPT_FORMATS = ("official", "chat")
+
+
+@contextlib.contextmanager
+def use_prompt_format(vlm, fmt: str = "official") -> Iterator[None]:
+    """While inside, ``vlm`` renders prompts the ``fmt`` way: "official" swaps a LLaVA model's chat template for
+    ``ADAPTVIS_LLAVA_TEMPLATE`` (restored on exit); Qwen models and the organism are unchanged (their own
+    template is the official one); "chat" changes nothing."""
+    if fmt not in PROMPT_FORMATS:
+        raise ValueError(f"parameter 'prompt_format' = {fmt!r} is invalid; allowed: one of {list(PROMPT_FORMATS)}")
+    processor = getattr(vlm, "processor", None)
+    if fmt != "official" or getattr(vlm, "family", None) != "llava" or processor is None:
+        yield
+        return
+    old = processor.chat_template
+    processor.chat_template = ADAPTVIS_LLAVA_TEMPLATE
+    try:
+        yield
+    finally:
+        processor.chat_template = old
+
+
+def load_benchmark(data: str, subsets: Sequence[str] | None = None, *, n_options: int | None = None,
+                   check_images: bool = True, limit: int | None = None) -> dict[str, RealSubset]:
+    """The real WhatsUp subsets in folder ``data`` (a WhatsUp checkout, its data/ folder, and/or an AdaptVis
+    checkout with prompts/): ``{subset: RealSubset}`` in the official form (``spatialkit.data.whatsup.load_real``;
+    ``summary_table`` shows each file's items and quirks). ``data`` "" means the synthetic mirror: a ValueError
+    here, since the notebook builds that one itself."""
+    if not data:
+        raise ValueError("parameter 'data' = '': no benchmark folder (the notebook uses the synthetic mirror then)")
+    return load_real(data, subsets, n_options=n_options, check_images=check_images, limit=limit)
+
+
+def compare_with_paper(ours: pd.DataFrame, value: str = "accuracy") -> pd.DataFrame:
+    """Our per-subset accuracies (%) beside the paper's LLaVA-1.5 rows (``PAPER_LLAVA15``, ``PAPER_CITATION``).
+
+    ``ours``: rows with ``subset``, ``method`` (baseline / ScalingVis / AdaptVis) and ``value`` (a number in %
+    or a formatted estimate). One row per (subset, method): paper, ours, and the paper's name of the subset."""
+    rows = []
+    for (subset, method), g in ours.groupby(["subset", "method"], sort=False):
+        rows.append({"subset": PAPER_NAMES.get(subset, subset), "method": method,
+                     "paper (LLaVA-1.5)": PAPER_LLAVA15.get(method, {}).get(subset, float("nan")),
+                     "ours": g[value].iloc[0]})
+    out = pd.DataFrame(rows)
+    out.attrs["citation"] = PAPER_CITATION
+    return out
 
 
 
@@ -61,14 +131,28 @@ class Method:
 
 
 def evaluate(vlm, items: Sequence[QAItem], method: Method = Method.baseline(), *, images: Sequence | None = None,
-             prompt_style: str = "paper", batch_size: int = 32, max_new_tokens: int = 4,
-             load_image: Callable | None = None, progress: bool = False) -> pd.DataFrame:
+             prompt_style: str = "paper", batch_size: int = 32, max_new_tokens: int = OFFICIAL_MAX_NEW_TOKENS,
+             load_image: Callable | None = None, progress: bool = False, scoring: str = "official",
+             prompt_format: str = "official") -> pd.DataFrame:
     """One row per item: subset, set key, gold, output, correct, confidence (unscaled), alpha used.
 
+    The official protocol by default: greedy, up to ``max_new_tokens`` (100) new tokens stopping at EOS,
+    ``scoring`` "official" (``spatialkit.data.whatsup.SCORING``), ``prompt_format`` "official" (``use_prompt_format``).
     ``images``: the items' images (H, W, 3) aligned with ``items`` (else read from ``image_path``).
-    ``prompt_style``: "paper" (the AdaptVis question) or "native" (the record's own question text, for models
-    such as the organism that only read their training templates; falls back to "paper").
+    ``prompt_style``: "paper" (the item's prompt: the AdaptVis question) or "native" (the record's own question
+    text, for models such as the organism that only read their training templates; falls back to "paper").
     """
+    from spatialkit.data.whatsup import SCORING
+
+    if scoring not in SCORING:
+        raise ValueError(f"parameter 'scoring' = {scoring!r} is invalid; allowed: one of {list(SCORING)}")
+    with use_prompt_format(vlm, prompt_format):
+        return _evaluate(vlm, items, method, images, prompt_style, batch_size, max_new_tokens, load_image, progress,
+                         scoring)
+
+
+def _evaluate(vlm, items, method, images, prompt_style, batch_size, max_new_tokens, load_image, progress,
+              scoring) -> pd.DataFrame:
     from tqdm.auto import tqdm
 
     if prompt_style not in ("paper", "native"):
@@ -87,16 +171,17 @@ def evaluate(vlm, items: Sequence[QAItem], method: Method = Method.baseline(), *
             confidence = getattr(g, "confidence", None)
             if confidence is None:  # the AdaptVis rounding (spatialkit.models.vlm.softmax_confidence)
                 confidence = float(np.floor(g.first_token_prob * 100 + 0.5) / 100)
-            rows.append({"item": start + k, "subset": it.subset, "subject": it.subject, "object": it.object,
-                         "gold": it.gold, "output": g.text, "correct": is_correct(g.text, it.gold),
+            rows.append({"item": start + k, "index": it.index, "subset": it.subset, "set": "|".join(map(str, it.set_key)),
+                         "subject": it.subject, "object": it.object,
+                         "gold": it.gold, "output": g.text, "correct": is_correct(g.text, it.gold, scoring),
                          "confidence": confidence, "alpha": getattr(g, "alpha", method.alpha),
                          "method": method.label()})
     return pd.DataFrame(rows)
 
 
 def scaling_table(vlm, items: Sequence[QAItem], alphas: Sequence[float], *, images: Sequence | None = None,
-                  prompt_style: str = "paper", batch_size: int = 32, max_new_tokens: int = 4,
-                  progress: bool = False) -> pd.DataFrame:
+                  prompt_style: str = "paper", batch_size: int = 32, max_new_tokens: int = OFFICIAL_MAX_NEW_TOKENS,
+                  progress: bool = False, scoring: str = "official", prompt_format: str = "official") -> pd.DataFrame:
     """Baseline (α = 1) and ScalingVis(α) for every α: one row per (item, alpha) with ``correct``, ``output``,
     the group, and ``confidence`` = the *unscaled* pass's rounded first-token probability (the AdaptVis gate)."""
     from spatialkit.analysis.interventions.adaptvis import check_alpha
@@ -106,7 +191,7 @@ def scaling_table(vlm, items: Sequence[QAItem], alphas: Sequence[float], *, imag
     for alpha in alphas:
         method = Method.baseline() if alpha == 1.0 else Method.scalingvis(alpha)
         df = evaluate(vlm, items, method, images=images, prompt_style=prompt_style, batch_size=batch_size,
-                      max_new_tokens=max_new_tokens, progress=progress)
+                      max_new_tokens=max_new_tokens, progress=progress, scoring=scoring, prompt_format=prompt_format)
         frames.append(df.assign(alpha=alpha))
     table = pd.concat(frames, ignore_index=True)
     unscaled = table[table.alpha == 1.0].set_index("item")["confidence"]

@@ -196,6 +196,10 @@ register(NotebookSpec(
         SEED,
         DEVICE,
         MODEL,
+        Param("data", str, "", "real WhatsUp benchmark folder: a WhatsUp checkout (data/*.json + images) and/or an "
+              "AdaptVis checkout (prompts/*.jsonl); '' = the synthetic mirror. Existence is checked by the runner, the "
+              "layout at notebook setup (spatialkit.data.whatsup.detect_layout)", choices=("",), allow_other=True,
+              path=True),
         organism_param(),
         Param("organism_seeds", list, [0], "training seeds of the organisms evaluated (each its own checkpoint); "
               "CIs pool items over seeds", item_kind=int, low=0, high=2**31 - 1, min_len=1, max_len=10),
