@@ -8,7 +8,7 @@ and prints, from one run, medians of interleaved repeats and their ratios to the
 * prefill (``vlm.logits``): baseline fused SDPA | ScalingVis fast (goal <= 1.05x) | ScalingVis eager reference;
 * greedy generation end to end (``new_tokens`` tokens, EOS disabled so every variant decodes the same number
   of steps): baseline | AdaptVis fast: one prefill + one-token redo (goal <= 1.3x) | the official design on
-  fused attention: two full generations (REFERENCE §3 quotes ≈1.64x) | the official design on eager attention
+  fused attention: two full generations (Chen et al. quote ≈1.64x, second-hand) | the official design on eager attention
   (the reference implementation the tests compare against).
 
 Wall times on a shared CPU are noisy: repeats are interleaved (order reversed every round) so load spikes hit

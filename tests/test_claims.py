@@ -1,13 +1,13 @@
-"""Claims as data: the one CI formatter, the rule objects (each reproducing a verdict form the notebooks used
-before the rules moved into the package) and the table."""
+"""Claims as data: the one CI formatter, the one verdict function (reproduced / contradicted / inconclusive /
+not testable: none can overstate), controls, and the per-model table."""
 
 import math
 
 import pytest
 
 from spatialkit.common.stats import Estimate
-from spatialkit.present.claims import (COLUMNS, HOLDS, Claim, Every, Holds, Rule, Within, claims_table, covers,
-                                       format_estimate, verdict)
+from spatialkit.present.claims import (COLUMNS, HOLDS, Claim, Control, Every, Pairwise, Rule, Within, above_chance,
+                                       claims_table, covers, enough, fires, format_estimate, headroom, verdict)
 
 NAN = float("nan")
 E = Estimate
@@ -65,219 +65,128 @@ def test_format_estimate_rejects_non_estimates():
 
 # ------------------------------------------------------------------------------------------------------ rules
 
-HURTS = {"opposite": "not reproduced (it hurts)", "not": "not reproduced (no detectable change)"}
-
-# (old verdict form, new rule, measured, expected verdict)
-CASES = [
-    # verdict(e.low > 0, partly=e.mean > 0)  -- notebooks 02, 03, 05
-    ("lo>0 | est>0", Rule(">", 0.0), est(0.02, 0.01, 0.03), "reproduced"),
-    ("lo>0 | est>0", Rule(">", 0.0), est(0.02, -0.01, 0.05), "partly reproduced"),
-    ("lo>0 | est>0", Rule(">", 0.0), est(-0.02, -0.05, 0.01), "not reproduced"),
-    ("lo>0 | est>0", Rule(">", 0.0), est(0.0, 0.0, 0.0), "not reproduced"),
-    ("lo>0 | est>0", Rule(">", 0.0), est(-0.02, -0.05, -0.01), "not reproduced"),
-    # verdict(e.low > -M, partly=e.mean > -M)  -- 05 non-inferiority
-    ("lo>-M | est>-M", Rule(">", -0.02), est(0.0, -0.01, 0.01), "reproduced"),
-    ("lo>-M | est>-M", Rule(">", -0.02), est(0.0, -0.069, 0.069), "partly reproduced"),
-    ("lo>-M | est>-M", Rule(">", -0.02), est(-0.03, -0.06, 0.0), "not reproduced"),
-    # verdict(e.high < 10, partly=e.mean < 10)  -- 02 what-PSI
-    ("hi<10 | est<10", Rule("<", 10.0), (1.0, 0.0, 5.0), "reproduced"),
-    ("hi<10 | est<10", Rule("<", 10.0), (8.0, 0.0, 15.0), "partly reproduced"),
-    ("hi<10 | est<10", Rule("<", 10.0), (12.0, 9.0, 15.0), "not reproduced"),
-    # verdict(a.low > b.high, partly=a.mean > b.mean)  -- 02, comparing two estimates
-    ("a.lo>b.hi | a>b", Rule(">", (10.0, 5.0, 15.0)), (40.0, 20.0, 60.0), "reproduced"),
-    ("a.lo>b.hi | a>b", Rule(">", (10.0, 5.0, 15.0)), (40.0, 14.0, 60.0), "partly reproduced"),
-    ("a.lo>b.hi | a>b", Rule(">", (10.0, 5.0, 15.0)), (9.0, 4.0, 14.0), "not reproduced"),
-    ("a.lo>b.hi | a>b", Rule(">", est(0.1, 0.05, 0.15)), est(0.3, 0.2, 0.4), "reproduced"),
-    # sign_verdict(e, big=0.4)  -- 04: lo > big reproduced, lo > 0 partly, else why not
-    ("04 big", Rule(">", 0.0, min_effect=0.4, partly=None, say=HURTS), est(0.5, 0.45, 0.55), "reproduced"),
-    ("04 big", Rule(">", 0.0, min_effect=0.4, partly=None, say=HURTS), est(0.3, 0.1, 0.5), "partly reproduced"),
-    ("04 big", Rule(">", 0.0, min_effect=0.4, partly=None, say=HURTS), est(0.3, -0.1, 0.5),
-     "not reproduced (no detectable change)"),
-    ("04 big", Rule(">", 0.0, min_effect=0.4, partly=None, say=HURTS), est(-0.3, -0.5, -0.1),
-     "not reproduced (it hurts)"),
-    # "reproduced" if e.low > 0 else "not reproduced"  -- 04, 06
-    ("lo>0", Rule(">", 0.0, partly=None), est(0.03, -0.056, 0.101), "not reproduced"),
-    ("lo>0", Rule(">", 0.0, partly=None), est(0.03, 0.01, 0.101), "reproduced"),
-    # 04: NaN confidence gap -> "cannot tell"
-    ("04 nan", Rule(">", 0.0, partly=None, say={"nan": "cannot tell"}), (NAN, NAN, NAN), "cannot tell"),
-    ("04 nan", Rule(">", 0.0, partly=None, say={"nan": "cannot tell"}), (0.1, 0.05, 0.2), "reproduced"),
-    # verdict(e.low <= chance <= e.high)  -- 00
-    ("covers", covers(0.25), est(0.5, 0.2, 0.8), "reproduced"),
-    ("covers", covers(0.25), est(0.5, 0.25, 0.8), "reproduced"),
-    ("covers", covers(0.25), est(0.5, 0.3, 0.8), "not reproduced"),
-    ("covers", covers(0.5), est(0.3, 0.1, 0.45), "not reproduced"),
-    # verdict(3 <= x <= 30, partly=x > 1)  -- 02 loudness on a plain number
-    ("3<=x<=30 | x>1", Within(3, 30, partly=Rule(">", 1.0)), 10.0, "reproduced"),
-    ("3<=x<=30 | x>1", Within(3, 30, partly=Rule(">", 1.0)), 30.0, "reproduced"),
-    ("3<=x<=30 | x>1", Within(3, 30, partly=Rule(">", 1.0)), 2.0, "partly reproduced"),
-    ("3<=x<=30 | x>1", Within(3, 30, partly=Rule(">", 1.0)), 0.7, "not reproduced"),
-    ("3<=x<=30 | x>1", Within(3, 30, partly=Rule(">", 1.0)), 40.0, "partly reproduced"),
-    # verdict(e.high <= 0.20, partly=e.high < tokens)  -- 03 image share
-    ("hi<=.2 | hi<tok", Within(-math.inf, 0.20, need="inside", partly=Rule("<", 0.79)), est(.1, .05, .2),
-     "reproduced"),
-    ("hi<=.2 | hi<tok", Within(-math.inf, 0.20, need="inside", partly=Rule("<", 0.79)), est(.725, .717, .733),
-     "partly reproduced"),
-    ("hi<=.2 | hi<tok", Within(-math.inf, 0.20, need="inside", partly=Rule("<", 0.79)), est(.8, .7, .85),
-     "not reproduced"),
-    # verdict(lo <= .82 and hi >= .62, partly=lo > tokens)  -- 03 system share
-    ("overlap | lo>tok", Within(0.62, 0.82, partly=Rule(">", 0.25, partly=None)), est(.7, .6, .8), "reproduced"),
-    ("overlap | lo>tok", Within(0.62, 0.82, partly=Rule(">", 0.25, partly=None)), est(.5, .4, .6),
-     "partly reproduced"),
-    ("overlap | lo>tok", Within(0.62, 0.82, partly=Rule(">", 0.25, partly=None)), est(.232, .229, .236),
-     "not reproduced"),
-    # verdict(diff.low <= 0)  -- 03 gaze no better than uniform
-    ("lo<=0", Within(-math.inf, 0.0), est(-0.003, -0.02, 0.01), "reproduced"),
-    ("lo<=0", Within(-math.inf, 0.0), est(0.03, 0.0, 0.05), "reproduced"),
-    ("lo<=0", Within(-math.inf, 0.0), est(0.03, 0.01, 0.05), "not reproduced"),
-    # verdict(1/3 <= depth <= 2/3)  -- 03
-    ("middle", Within(1 / 3, 2 / 3), 0.5, "reproduced"),
-    ("middle", Within(1 / 3, 2 / 3), 0.0, "not reproduced"),
-    # 06 mIoU against the paper's range, worded
-    ("06 miou", Within(0.35, 0.45, say={"reproduced": "comparable", "above": "higher", "below": "lower"}),
-     est(.074, .026, .117), "lower"),
-    ("06 miou", Within(0.35, 0.45, say={"reproduced": "comparable", "above": "higher", "below": "lower"}),
-     est(.4, .3, .5), "comparable"),
-    ("06 miou", Within(0.35, 0.45, say={"reproduced": "comparable", "above": "higher", "below": "lower"}),
-     est(.6, .5, .7), "higher"),
-    # 06 what-answers: CI covers 0 -> no change, else lower / higher
-    ("06 delta", covers(0.0, say={"reproduced": "no change", "above": "higher", "below": "lower"}),
-     est(0.0, 0.0, 0.0), "no change"),
-    ("06 delta", covers(0.0, say={"reproduced": "no change", "above": "higher", "below": "lower"}),
-     est(-.1, -.2, -.05), "lower"),
-    ("06 delta", covers(0.0, say={"reproduced": "no change", "above": "higher", "below": "lower"}),
-     est(.1, .05, .2), "higher"),
-    # all / any over groups  -- 04 ScalingVis
-    ("all | any", Every(say={"not": "none"}), [est(.1, .05, .2), est(.1, .01, .2)], "reproduced"),
-    ("all | any", Every(say={"not": "none"}), [est(.1, .05, .2), est(.1, -.01, .2)], "partly reproduced"),
-    ("all | any", Every(say={"not": "none"}), [est(.1, -.05, .2), est(0, 0, 0)], "none"),
-    ("all | any", Every(say={"not": "none"}), [], "reproduced"),
-    # verdict(agrees, partly=weaker)  -- composite checks computed in the notebook (00, 01, 06)
-    ("bool", HOLDS, True, "reproduced"),
-    ("bool", HOLDS, False, "not reproduced"),
-    ("bool | partly", Holds(partly=True), False, "partly reproduced"),
-    ("bool | partly", Holds(partly=True), True, "reproduced"),
-    ("bool worded", Holds(partly=True, say={"partly": "partly (why)"}), False, "partly (why)"),
-    # fixed verdicts
-    ("fixed", "not testable (1 LM layer(s))", None, "not testable (1 LM layer(s))"),
-]
+R, C, I = "reproduced", "contradicted", "inconclusive"
 
 
-@pytest.mark.parametrize("form, rule, measured, expected", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
-def test_rule_reproduces_old_verdict(form, rule, measured, expected):
+@pytest.mark.parametrize("rule, measured, expected", [
+    # one-sided: the CI must clear the null (plus the stated minimal effect) in the claimed direction
+    (Rule(">", 0.0), est(0.05, 0.01, 0.09), R),
+    (Rule(">", 0.0), est(0.05, -0.01, 0.09), I),          # right side on the point estimate only: no "partly"
+    (Rule(">", 0.0), est(-0.05, -0.09, -0.01), C),        # the data go the other way
+    (Rule(">", 0.0, min_effect=0.4), est(0.30, 0.10, 0.50), I),   # clears 0 but not +0.4: inconclusive
+    (Rule(">", 0.0, min_effect=0.4), est(0.48, 0.42, 0.55), R),
+    (Rule("<", 0.5), est(0.3, 0.2, 0.45), R),
+    (Rule("<", 0.5), est(0.6, 0.55, 0.7), C),
+    (Rule(">", est(0.5, 0.4, 0.6)), est(0.65, 0.61, 0.7), R),     # vs another estimate: CIs separate
+    (Rule(">", est(0.5, 0.4, 0.6)), est(0.65, 0.55, 0.7), I),
+    (Rule(">", est(0.5, 0.4, 0.6)), est(0.3, 0.2, 0.39), C),
+    # "the value lies in the band": inside reproduces, outside contradicts, straddling is inconclusive
+    (Within(0.2, 0.3), est(0.25, 0.22, 0.28), R),
+    (Within(0.2, 0.3), est(0.28, 0.22, 0.34), I),
+    (Within(0.2, 0.3), est(0.9, 0.88, 0.95), C),
+    (covers(0.25, 0.05), est(0.273, 0.197, 0.348), I),
+    (Every(Rule(">", 0.0)), [est(0.1, 0.05, 0.2), est(0.1, 0.01, 0.2)], R),
+    (Every(Rule(">", 0.0)), [est(0.1, 0.05, 0.2), est(0.1, -0.01, 0.2)], I),
+    (Every(Rule(">", 0.0)), [est(-0.1, -0.2, -0.05), est(-0.1, -0.2, -0.01)], C),
+    (Every(Rule(">", 0.0)), [], I),
+    (Pairwise("<"), [(est(0.4, 0.3, 0.5), est(0.9, 0.85, 0.95)), (est(0.5, 0.4, 0.6), est(0.8, 0.7, 0.9))], R),
+    (Pairwise("<"), [(est(0.4, 0.3, 0.5), est(0.9, 0.85, 0.95)), (est(0.84, 0.8, 0.88), est(0.9, 0.85, 0.95))], I),
+    (Pairwise("<"), [(est(0.95, 0.93, 0.97), est(0.9, 0.85, 0.92))], C),
+    (HOLDS, True, R),
+    (HOLDS, False, C),
+    # NaN never reproduces
+    (Rule(">", 0.0), (NAN, NAN, NAN), I),
+    (Rule(">", 0.0), (0.1, NAN, 0.2), I),
+    (Within(0, 1), (NAN, NAN, NAN), I),
+])
+def test_rule_outcomes(rule, measured, expected):
     assert verdict(measured, rule) == expected
 
 
-@pytest.mark.parametrize("rule, measured", [
-    (Rule(">", 0.0), (NAN, NAN, NAN)),
-    (Rule("<", 10.0), NAN),
-    (Within(3, 30), NAN),
-    (covers(0.25), None),
-])
-def test_nan_is_not_measured(rule, measured):
-    assert verdict(measured, rule) == "not measured"
+# Each row a review found overstated, with the numbers it printed, judged by the one function.
+OVERSTATED = [
+    # 01: "a quiet position code is ignored" printed "partly reproduced" at 91.8 % vs 96.7 % (chance 25 %):
+    # the claim is that accuracy falls to chance; it is far above chance, so the data contradict it
+    ("01 quiet code ignored", est(0.918, 0.887, 0.946), covers(0.25, 0.05), [], C),
+    # 01: "APE breaks at a new resolution" printed "partly" although the interpolated learned APE is the most
+    # robust encoding there: its drop vs the other interpolated encodings is not below them
+    ("01 APE breaks (like for like)", est(0.02, -0.01, 0.05), Rule(">", 0.0, min_effect=0.05), [], I),
+    # 02: "a model never asked where ignores position" printed "reproduced" although the where-accuracy of that
+    # model is at chance (0.273 [0.197, 0.348]): a PSI of a model that cannot answer is not a test
+    ("02 never asked where", est(-0.028, -0.1, 0.05), covers(0.0, 0.05),
+     [above_chance(est(0.273, 0.197, 0.348), 0.25, "where-accuracy")], "not testable"),
+    # 03: "gaze predicts correctness" rested on 11 wrong answers
+    ("03 gaze vs correctness", est(0.137, 0.051, 0.219), Rule(">", 0.0), [enough(11, 100, "wrong answers")],
+     "not testable"),
+    # 04: AdaptVis >= ScalingVis printed +0.0 [+0.0, +0.0] with a gate that sent 0 % of items to alpha1 and a
+    # baseline of 0.90 (no headroom)
+    ("04 AdaptVis gate", est(0.0, 0.0, 0.0), Rule(">", 0.0), [fires(0.0, "the AdaptVis gate")], "not testable"),
+    ("04 AdaptVis headroom", est(0.0, 0.0, 0.0), Rule(">", 0.0), [headroom(est(0.90, 0.87, 0.93), 0.4, 0.75)],
+     "not testable"),
+    # 06: PIN printed "partly" while PIN minus a constant prior box is +0.7 [-1.7, +3.0] pp mIoU
+    ("06 PIN vs prior box", est(0.007, -0.017, 0.030), Rule(">", 0.0), [], I),
+]
 
 
-def test_nan_bounds_with_a_mean_do_not_reproduce():
-    assert verdict((0.5, NAN, NAN), Rule(">", 0.0, partly=None)) == "not reproduced"
+@pytest.mark.parametrize("name, measured, rule, controls, expected", OVERSTATED, ids=[o[0] for o in OVERSTATED])
+def test_overstated_rows_get_honest_verdicts(name, measured, rule, controls, expected):
+    got = verdict(measured, rule, controls)
+    assert got.split(" (")[0] == expected, got
+    assert "partly" not in got
 
 
-def test_nan_items_do_not_count_in_every():
-    assert verdict([est(.1, .05, .2), (NAN, NAN, NAN)], Every()) == "partly reproduced"
+def test_failed_control_names_its_reason_and_passing_controls_do_not_interfere():
+    assert verdict(est(0.1, 0.05, 0.2), Rule(">", 0.0), [enough(11, 100, "wrong answers")]) == \
+        "not testable (only 11 wrong answers (needs >= 100))"
+    ok = [enough(150, 100, "wrong answers"), fires(0.3), headroom(est(0.6, 0.55, 0.65), 0.4, 0.75),
+          above_chance(est(0.6, 0.55, 0.65), 0.25)]
+    assert all(c.ok for c in ok)
+    assert verdict(est(0.1, 0.05, 0.2), Rule(">", 0.0), ok) == "reproduced"
+    assert not fires(1.0).ok and not fires(NAN).ok and not above_chance((NAN, NAN, NAN), 0.25).ok
 
 
-@pytest.mark.parametrize("bad", [dict(direction=">="), dict(partly="mean")])
-def test_rule_rejects_unknown_forms(bad):
+def test_notes_explain_but_never_change_a_verdict():
+    rule = Rule(">", 0.0, note={"contradicted": "it hurts"})
+    assert verdict(est(-0.1, -0.2, -0.05), rule) == "contradicted (it hurts)"
+    assert verdict(est(0.1, 0.05, 0.2), rule) == "reproduced"
+
+
+def test_fixed_verdicts_can_only_say_not_testable():
+    assert verdict(None, "not testable (1 LM layer)") == "not testable (1 LM layer)"
+    with pytest.raises(ValueError, match="not testable"):
+        verdict(None, "reproduced")
+
+
+@pytest.mark.parametrize("bad", [dict(direction=">="), dict(min_effect=-1)])
+def test_rule_rejects_bad_forms(bad):
     with pytest.raises(ValueError):
         Rule(**bad)
 
 
-def test_within_rejects_unknown_need():
-    with pytest.raises(ValueError):
-        Within(0, 1, need="touch")
-
-
 def test_rules_are_replaceable_values():
-    a = Rule(">", 0.0)
-    assert a == Rule(">", 0.0) and a != Rule(">", 0.0, partly=None)
-    assert "CI > 0" in a.describe() and "estimate > 0" in a.describe()
-    assert "covers 0.25" in covers(0.25).describe()
+    assert Rule(">", 0.0) == Rule(">", 0.0) and Rule(">", 0.0) != Rule(">", 0.0, min_effect=0.1)
+    assert "0.1" in Rule(">", 0.0, min_effect=0.1).describe()
 
 
 # ------------------------------------------------------------------------------------------------------ table
 
-def test_claims_table_computes_verdicts_and_keeps_columns():
-    rows = [
-        Claim("gain", "paper §1", "+2.67", est(0.02, 0.01, 0.03), Rule(">", 0.0)),
-        Claim("gain, shown", "paper §2", "+2.67", est(0.02, -0.01, 0.05), Rule(">", 0.0),
-              text=f"where-acc {format_estimate(est(0.02, -0.01, 0.05), 'pts')}"),
-        Claim("check", "blog", "yes", True, HOLDS),
-        Claim("deep", "paper", "17 of 32", None, "not testable (1 LM layer(s))", text="layer 0 of 1"),
-    ]
+def test_claims_table_single_model_columns():
+    rows = [Claim("a", "s", "p", est(0.1, 0.05, 0.2), Rule(">", 0.0), text="x"),
+            Claim("b", "s", "p", True, HOLDS), Claim("c", "s", "p", None, "not testable (no data)")]
+    table = claims_table(rows, rules=True)
+    assert list(table.columns) == COLUMNS + ["rule"]
+    assert table["verdict"].tolist() == ["reproduced", "reproduced", "not testable (no data)"]
+    assert table["measured here"].tolist()[:2] == ["x", "yes"]
+
+
+def test_claims_table_has_a_column_pair_per_model_with_controls_per_model():
+    failing, healthy = est(0.1, 0.05, 0.2), est(0.0, -0.03, 0.02)
+    rows = [Claim("shuffle hurts where", "Qi et al. 2025", "41 %", {"llava": failing, "healthy": healthy},
+                  Rule(">", 0.0), controls={"llava": [above_chance(est(0.56, 0.5, 0.6), 0.25)]}),
+            Claim("only on one", "s", "p", {"healthy": est(0.3, 0.2, 0.4)}, Within(0.2, 0.45))]
     table = claims_table(rows)
-    assert list(table.columns) == COLUMNS
-    assert table["measured here"].tolist() == ["0.020 [0.010, 0.030]", "where-acc +2.0 pts [-1.0, +5.0]", "yes",
-                                               "layer 0 of 1"]
-    assert table["verdict"].tolist() == ["reproduced", "partly reproduced", "reproduced",
-                                         "not testable (1 LM layer(s))"]
-    with_rules = claims_table(rows, rules=True)
-    assert list(with_rules.columns) == COLUMNS + ["rule"]
-    assert with_rules["rule"].iloc[3] == "not testable (1 LM layer(s))"
-
-
-# ------------------------------------------------------------------ the old verdict code, on a grid of CIs
-
-def _old(agrees, partly=False):
-    return "reproduced" if agrees else ("partly reproduced" if partly else "not reproduced")
-
-
-def _old_sign(e, big=None):  # notebook 04's sign_verdict
-    if big is not None and e.low > big:
-        return "reproduced"
-    if e.low > 0:
-        return "partly reproduced" if big is not None else "reproduced"
-    return "not reproduced" + (" (it hurts)" if e.high < 0 else " (no detectable change)")
-
-
-GRID = [-0.5, -0.1, -0.02, 0.0, 0.02, 0.1, 0.2, 0.25, 0.35, 0.4, 0.45, 0.5, 0.62, 0.7, 0.82, 0.9]
-CIS = [est(m, lo, hi) for lo in GRID for hi in GRID if lo <= hi for m in {lo, (lo + hi) / 2, hi}]
-OTHER = est(0.25, 0.2, 0.35)
-# (old code as a function of the estimate e, the new rule)
-EQUIVALENT = [
-    (lambda e: _old(e.low > 0, partly=e.mean > 0), Rule(">", 0.0)),
-    (lambda e: _old(e.low > -0.02, partly=e.mean > -0.02), Rule(">", -0.02)),
-    (lambda e: _old(e.high < 0.2, partly=e.mean < 0.2), Rule("<", 0.2)),
-    (lambda e: _old(e.low > OTHER.high, partly=e.mean > OTHER.mean), Rule(">", OTHER)),
-    (lambda e: _old(e.high < OTHER.low, partly=e.mean < OTHER.mean), Rule("<", OTHER)),
-    (lambda e: _old_sign(e, big=0.4), Rule(">", 0.0, min_effect=0.4, partly=None, say=HURTS)),
-    (lambda e: _old_sign(e), Rule(">", 0.0, partly=None, say=HURTS)),
-    (lambda e: _old(e.low <= 0.25 <= e.high), covers(0.25)),
-    (lambda e: _old(e.high <= 0.2, partly=e.high < 0.7), Within(high=0.2, need="inside", partly=Rule("<", 0.7))),
-    (lambda e: _old(e.low <= 0.82 and e.high >= 0.62, partly=e.low > 0.25),
-     Within(0.62, 0.82, partly=Rule(">", 0.25))),
-    (lambda e: _old(e.low <= 0.0), Within(high=0.0)),
-    (lambda e: _old(e.low <= 0.25, partly=e.high < OTHER.low), Within(high=0.25, partly=Rule("<", OTHER))),
-    (lambda e: "comparable" if e.high >= 0.35 and e.low <= 0.45 else ("higher" if e.low > 0.45 else "lower"),
-     Within(0.35, 0.45, say={"reproduced": "comparable", "above": "higher", "below": "lower"})),
-    (lambda e: "same" if e.low <= 0 <= e.high else ("lower" if e.high < 0 else "higher"),
-     covers(0.0, say={"reproduced": "same", "above": "higher", "below": "lower"})),
-]
-
-
-@pytest.mark.parametrize("i", range(len(EQUIVALENT)))
-def test_rule_equals_old_code_on_every_ci(i):
-    old, rule = EQUIVALENT[i]
-    assert [verdict(e, rule) for e in CIS] == [old(e) for e in CIS]
-
-
-@pytest.mark.parametrize("x", GRID + [1.0, 3.0, 10.0, 30.0, 31.0])
-def test_plain_number_rules_equal_old_code(x):
-    assert verdict(x, Within(3, 30, partly=Rule(">", 1.0))) == _old(3 <= x <= 30, partly=x > 1)
-    assert verdict(x, Within(1 / 3, 2 / 3)) == _old(1 / 3 <= x <= 2 / 3)
-
-
-def test_every_equals_old_code():
-    rule = Every(Rule(">", 0.0, partly=None), say={"not": "none"})
-    for group in ([CIS[0], CIS[-1]], CIS[:5], CIS[-5:], CIS[::7]):
-        old = ("reproduced" if all(e.low > 0 for e in group)
-               else ("partly reproduced" if any(e.low > 0 for e in group) else "none"))
-        assert verdict(group, rule) == old
+    assert list(table.columns) == COLUMNS[:3] + ["measured: llava", "verdict: llava", "measured: healthy",
+                                                 "verdict: healthy"]
+    assert table.loc[0, "verdict: llava"] == "reproduced" and table.loc[0, "verdict: healthy"] == "inconclusive"
+    assert table.loc[1, "verdict: llava"] == "—" and table.loc[1, "verdict: healthy"] == "reproduced"
+    assert table.loc[0, "measured: llava"] == "0.100 [0.050, 0.200]"

@@ -31,3 +31,19 @@ def test_every_catalog_notebook_has_a_smoke_profile_entry():
     smoke = runner.load_profiles()["smoke"]
     missing = [name for name in WITH_FILES if name not in smoke and catalog.get(name).params]
     assert missing == [], f"add these notebooks to the smoke: section of spatialkit/suite/profiles.yml: {missing}"
+
+
+def test_the_book_names_no_internal_documents_or_work_items():
+    """Readers have the papers, not our notes: paper numbers cite the paper, second-hand numbers say so."""
+    import json
+    import re
+
+    internal = re.compile(r"REFERENCE(\.md| ?§)|STYLE\.md|\b[Ii]ssue\b|\b[Pp]rototype\b")
+    found = []
+    for path in sorted((REPO / "notebooks").glob("*.ipynb")) + sorted((REPO / "book").glob("*.md")):
+        cells = json.loads(path.read_text())["cells"] if path.suffix == ".ipynb" else [{"source": path.read_text()}]
+        for i, cell in enumerate(cells):
+            text = "".join(cell["source"])
+            found += [f"{path.name} cell {i}: ...{text[max(0, m.start() - 40): m.end() + 40]!r}..."
+                      for m in internal.finditer(text)]
+    assert not found, "\n".join(found)

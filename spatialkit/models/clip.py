@@ -1,7 +1,7 @@
 """Tiny CLIP and tiny CLOC, trained from scratch on the procedural scene world.
 
 CLOC (Chen et al., Apple, ICML 2025, "Contrastive Localized Language-Image Pre-training") has no public
-code; this module implements it from the paper's description (../shared/REFERENCE.md §5) at toy scale:
+code; this module implements it from the paper's description (Chen et al., ICML 2025) at toy scale:
 
     L = L_CLIP + lam * (L_CLOC + L_grounding)
 

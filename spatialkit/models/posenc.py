@@ -73,7 +73,7 @@ def qwen_rope_index(input_ids: Tensor, image_grid_thw: Tensor, *, image_token_id
                     spatial_merge_size: int = 2, attention_mask: Tensor | None = None) -> Tensor:
     """The (3, B, L) M-RoPE position ids Qwen2-VL / Qwen3-VL assign to a batch (images only).
 
-    Rules (REFERENCE §1): text tokens get t = h = w = running index. A run of image tokens starting at
+    Rules (Qwen2-VL, Wang et al. 2024; transformers' get_rope_index): text tokens get t = h = w = running index. A run of image tokens starting at
     index s, with an (h', w') grid after the spatial merge, gets (s, s + row, s + col) per token in raster
     order; the text after it resumes at s + max(h', w'), not at s + h'*w'. ``image_grid_thw`` is (n_images, 3)
     in *patch* units, as the processor returns it. Padding positions (``attention_mask == 0``) get 0.

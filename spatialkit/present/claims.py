@@ -3,49 +3,52 @@
 A notebook lists its claims as data and renders them with one call::
 
     claims_table([
-        Claim("+Normalize raises accuracy", "Qi et al. 2025, 2DS", "56.63 → 59.30 (+2.67)",
-              acc_gain, Rule(">", 0.0), text=f"where-acc {format_estimate(acc_gain, 'pts')}"),
+        Claim("+Normalize raises where-accuracy", "Qi et al. 2025, 2DS", "56.63 → 59.30 (+2.67)",
+              {"loud": gain_loud, "healthy": gain_healthy}, Rule(">", 0.0, min_effect=0.01),
+              controls={"loud": [above_chance(where_loud, 0.25)]}),
         ...
     ])
 
-Each row's verdict is computed here, from its ``measured`` value and its ``rule``; nothing is typed by hand.
-Rules are small frozen dataclasses (data, not code in the notebook), so a later change of what counts as
-"reproduced" is a change of the rule objects in one place:
+**One verdict function** (``verdict``), four verdicts, none of which can overstate:
 
-* ``Rule(direction, null, min_effect=None, partly="estimate")`` — one-sided: reproduced when the CI clears
-  ``null`` (or ``null + min_effect``) in ``direction``; ``null`` may itself be an estimate (then its CI).
-* ``Within(low, high, need="overlap")`` — the CI overlaps (or lies inside) an interval; ``covers(x)`` is
-  ``Within(x, x)``.
-* ``Every(rule)`` — a list of values: reproduced when ``rule`` reproduces on all, partly when on some.
-* ``Holds(partly=False)`` — a yes/no check already computed in the notebook (``measured`` is a bool).
-* a plain string — a fixed verdict such as ``"not testable (1 LM layer)"``.
+* **reproduced** — the CI excludes the null in the claimed direction by the rule's stated minimal effect;
+* **contradicted** — the CI excludes the null in the opposite direction (the data go the other way);
+* **inconclusive** — anything else (a CI that straddles the null, or clears it by less than the minimal effect);
+* **not testable** — a control says the model cannot show the effect (a blind control at chance, a baseline
+  without headroom, a gate that never fires, too few errors): the claim is neither reproduced nor not.
 
-Each rule returns an *outcome* (``"reproduced"``, ``"partly"``, ``"not"``, ``"opposite"``, ``"above"``,
-``"below"``, ``"nan"``), worded by ``VERDICTS`` unless the rule's ``say`` overrides a wording.
+There is no "partly": a point estimate on the right side of a CI that includes the null is inconclusive.
+
+Rules are small frozen dataclasses (data, not code in the notebook):
+
+* ``Rule(direction, null, min_effect=0)`` — one-sided; ``null`` may be another estimate (then its CI end);
+* ``Within(low, high)`` — the claim "the value lies in [low, high]" (e.g. at chance, or the paper's band):
+  reproduced when the CI lies inside, contradicted when it lies entirely outside;
+* ``Every(rule)`` — a list of values: reproduced when every item reproduces, contradicted when every item is
+  contradicted, else inconclusive;
+* ``Pairwise(direction)`` — a list of pairs (a, b), each a against b, aggregated as ``Every``;
+* ``Holds()`` — an exact yes/no check computed in the notebook (e.g. bit-identical outputs);
+* a plain string starting with "not testable" — a fixed verdict when no measurement can test the claim.
+
+``Claim.measured`` may be a dict ``{model: value}``: the table then has a measured and a verdict column per
+model (e.g. the failing organism beside the healthy control). ``controls`` (a list, or a dict per model) are
+``Control`` objects; one that fails makes that model's verdict "not testable (reason)".
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
 from spatialkit.common.stats import Estimate
 
-#: default wording of each outcome a rule can return
-VERDICTS: Mapping[str, str] = {
-    "reproduced": "reproduced",
-    "partly": "partly reproduced",
-    "not": "not reproduced",       # the CI includes the null / misses the target
-    "opposite": "not reproduced",  # the CI lies entirely on the other side of the null
-    "above": "not reproduced",     # ``Within``: entirely above the interval
-    "below": "not reproduced",     # ``Within``: entirely below the interval
-    "nan": "not measured",         # the point estimate is NaN
-}
+#: the four verdicts; a rule's outcome is one of the first three, a failed control gives the fourth
+VERDICTS = ("reproduced", "contradicted", "inconclusive", "not testable")
 
-COLUMNS = ["claim", "source", "paper's number", "measured here", "verdict"]
+COLUMNS = ["claim", "source", "paper's number", "measured here", "verdict"]  # one model; more: a pair per model
 
 # --------------------------------------------------------------------------------------------- formatting
 
@@ -123,186 +126,218 @@ def _bound(null: Any, side: str) -> float:
     return float(null)
 
 
-def _point(null: Any) -> float:
-    return _as_estimate(null).mean if isinstance(null, (Estimate, tuple, list)) else float(null)
-
-
 def _show(x: Any) -> str:
     if isinstance(x, (Estimate, tuple, list)):
         return "the other estimate's CI"
     return f"{float(x):g}"
 
 
+def _is_nan(measured: Any) -> bool:
+    e = _as_estimate(measured)
+    return e is None or math.isnan(e.mean) or math.isnan(e.low) or math.isnan(e.high)
+
+
 @dataclass(frozen=True)
 class RuleBase:
-    """What every rule has: ``outcome(measured)`` (a key of ``VERDICTS``), ``say`` (outcome -> wording
-    overrides), ``verdict(measured)`` (the wording) and ``describe()`` (the rule in words)."""
+    """What every rule has: ``outcome(measured)`` ("reproduced" | "contradicted" | "inconclusive"),
+    ``note`` (outcome -> a few words appended in brackets, e.g. ``{"contradicted": "it hurts"}``: a note can
+    explain a verdict, never change it) and ``describe()`` (the rule in words)."""
 
     def outcome(self, measured: Any) -> str:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def verdict(self, measured: Any) -> str:
-        return {**VERDICTS, **dict(self.say)}[self.outcome(measured)]
-
     def describe(self) -> str:  # pragma: no cover - abstract
         raise NotImplementedError
 
-
-def _partly(partly: Any, measured: Any) -> bool:
-    """``partly`` given as a rule: partly when that rule reproduces on the same measured value."""
-    return isinstance(partly, RuleBase) and partly.outcome(measured) == "reproduced"
+    def worded(self, outcome: str) -> str:
+        extra = dict(self.note).get(outcome)
+        return f"{outcome} ({extra})" if extra else outcome
 
 
 @dataclass(frozen=True)
 class Rule(RuleBase):
-    """One-sided: is the measured value above (``">"``) or below (``"<"``) ``null``?
+    """One-sided claim: the measured value is above (``">"``) or below (``"<"``) ``null``.
 
-    reproduced  the CI clears ``null + min_effect`` (``null - min_effect`` for "<"), strictly;
-    partly      ``min_effect`` is set and the CI clears only ``null``; or ``partly == "estimate"`` and the point
-                estimate clears ``null``; or ``partly`` is a rule that reproduces;
-    opposite    the CI lies entirely on the other side of ``null``;
-    not         otherwise; ``nan`` when the point estimate is NaN.
+    reproduced    the CI lies beyond ``null + min_effect`` (``null - min_effect`` for "<"), strictly;
+    contradicted  the CI lies entirely on the other side of ``null``;
+    inconclusive  otherwise (also when the point estimate or an end of the CI is NaN).
 
-    ``null`` may be a number or another estimate (then its facing CI end, and its mean for ``partly``).
+    ``null`` may be a number or another estimate (then the facing end of its CI).
     """
 
     direction: str = ">"
     null: Any = 0.0
-    min_effect: float | None = None
-    partly: Union[str, RuleBase, None] = "estimate"
-    say: Mapping[str, str] = field(default_factory=dict)
+    min_effect: float = 0.0
+    note: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.direction not in (">", "<"):
             raise ValueError(f"direction must be '>' or '<', got {self.direction!r}")
-        if not (self.partly is None or self.partly == "estimate" or isinstance(self.partly, RuleBase)):
-            raise ValueError(f"partly must be None, 'estimate' or a rule, got {self.partly!r}")
+        if not (isinstance(self.min_effect, (int, float)) and self.min_effect >= 0):
+            raise ValueError(f"min_effect must be a number >= 0, got {self.min_effect!r}")
 
     def outcome(self, measured: Any) -> str:
+        if _is_nan(measured) or _is_nan(self.null):
+            return "inconclusive"
         e = _as_estimate(measured)
-        if e is None or math.isnan(e.mean):
-            return "nan"
-        up = self.direction == ">"
-        sign = 1.0 if up else -1.0  # sign * (a - b) > 0 reads "a is beyond b in the claimed direction"
-        near, far = (e.low, e.high) if up else (e.high, e.low)  # the CI end that must clear the threshold
-        null_ci = _bound(self.null, "high" if up else "low")
-        if sign * (near - (null_ci + sign * (self.min_effect or 0.0))) > 0:
-            return "reproduced"
-        if self.min_effect is not None and sign * (near - null_ci) > 0:
-            return "partly"
-        if self.partly == "estimate" and sign * (e.mean - _point(self.null)) > 0:
-            return "partly"
-        if _partly(self.partly, measured):
-            return "partly"
-        if sign * (far - _bound(self.null, "low" if up else "high")) < 0:
-            return "opposite"
-        return "not"
+        if self.direction == ">":
+            if e.low > _bound(self.null, "high") + self.min_effect:
+                return "reproduced"
+            if e.high < _bound(self.null, "low"):
+                return "contradicted"
+        else:
+            if e.high < _bound(self.null, "low") - self.min_effect:
+                return "reproduced"
+            if e.low > _bound(self.null, "high"):
+                return "contradicted"
+        return "inconclusive"
 
     def describe(self) -> str:
-        d, null = self.direction, _show(self.null)
-        out = f"CI {d} {null}" + (f" by {self.min_effect:g}" if self.min_effect is not None else "")
-        if self.min_effect is not None:
-            out += f"; partly: CI {d} {null}"
-        elif self.partly == "estimate":
-            out += f"; partly: estimate {d} {null}"
-        elif isinstance(self.partly, RuleBase):
-            out += f"; partly: {self.partly.describe()}"
-        return out
+        effect = f" by more than {self.min_effect:g}" if self.min_effect else ""
+        return f"reproduced: CI {self.direction} {_show(self.null)}{effect}; contradicted: CI on the other side"
 
 
 @dataclass(frozen=True)
 class Within(RuleBase):
-    """Two-sided: the measured CI overlaps ``[low, high]`` (``need="overlap"``) or lies inside it
-    (``need="inside"``), bounds inclusive; a plain number is a CI of width 0. ``Within(high=x)`` is
-    "reaches x or lower".
+    """Claim "the value lies in [low, high]" (bounds inclusive; ``Within(high=x)``: "x or lower").
 
-    reproduced  the condition holds; partly  ``partly`` (a rule) reproduces;
-    above/below the CI lies entirely above/below the interval; not  otherwise; nan  NaN point estimate.
+    reproduced    the CI lies inside the interval;
+    contradicted  the CI lies entirely outside it;
+    inconclusive  the CI straddles a bound (or is NaN).
     """
 
     low: float = -math.inf
     high: float = math.inf
-    need: str = "overlap"
-    partly: RuleBase | None = None
-    say: Mapping[str, str] = field(default_factory=dict)
-
-    def __post_init__(self):
-        if self.need not in ("overlap", "inside"):
-            raise ValueError(f"need must be 'overlap' or 'inside', got {self.need!r}")
+    note: Mapping[str, str] = field(default_factory=dict)
 
     def outcome(self, measured: Any) -> str:
+        if _is_nan(measured):
+            return "inconclusive"
         e = _as_estimate(measured)
-        if e is None or math.isnan(e.mean):
-            return "nan"
-        if self.need == "overlap":
-            ok = e.low <= self.high and e.high >= self.low
-        else:
-            ok = e.low >= self.low and e.high <= self.high
-        if ok:
+        if e.low >= self.low and e.high <= self.high:
             return "reproduced"
-        if _partly(self.partly, measured):
-            return "partly"
-        if e.low > self.high:
-            return "above"
-        if e.high < self.low:
-            return "below"
-        return "not"
+        if e.low > self.high or e.high < self.low:
+            return "contradicted"
+        return "inconclusive"
 
     def describe(self) -> str:
-        if self.low == self.high:
-            out = f"CI covers {self.low:g}"
-        else:
-            out = f"CI {'overlaps' if self.need == 'overlap' else 'inside'} [{self.low:g}, {self.high:g}]"
-        return out + (f"; partly: {self.partly.describe()}" if self.partly is not None else "")
+        return f"reproduced: CI inside [{self.low:g}, {self.high:g}]; contradicted: CI outside it"
 
 
 @dataclass(frozen=True)
 class Every(RuleBase):
-    """``measured`` is a list: reproduced when ``rule`` reproduces on every item (vacuously on none), partly
-    when it does on some (``partly_if_any``), else not."""
+    """``measured`` is a list: reproduced when ``rule`` reproduces on every item, contradicted when it is
+    contradicted on every item, else inconclusive (an empty list is inconclusive)."""
 
-    rule: RuleBase = field(default_factory=lambda: Rule(">", 0.0, partly=None))
-    partly_if_any: bool = True
-    say: Mapping[str, str] = field(default_factory=dict)
+    rule: RuleBase = field(default_factory=lambda: Rule(">", 0.0))
+    note: Mapping[str, str] = field(default_factory=dict)
 
     def outcome(self, measured: Sequence[Any]) -> str:
-        hits = [self.rule.outcome(m) == "reproduced" for m in measured]
-        if all(hits):
-            return "reproduced"
-        return "partly" if self.partly_if_any and any(hits) else "not"
+        outcomes = {self.rule.outcome(m) for m in measured}
+        if len(outcomes) == 1 and outcomes != {"inconclusive"}:
+            return outcomes.pop()
+        return "inconclusive"
 
     def describe(self) -> str:
-        return f"every item: {self.rule.describe()}" + ("; partly: some item" if self.partly_if_any else "")
+        return f"every item: {self.rule.describe()}"
+
+
+@dataclass(frozen=True)
+class Pairwise(RuleBase):
+    """``measured`` is a list of pairs ``(a, b)``: each judged by ``Rule(direction, b, min_effect)`` on ``a``
+    (e.g. accuracy at an unseen resolution below the same model's at the training one), then aggregated as
+    ``Every`` does."""
+
+    direction: str = "<"
+    min_effect: float = 0.0
+    note: Mapping[str, str] = field(default_factory=dict)
+
+    def outcome(self, measured: Sequence[tuple]) -> str:
+        outcomes = {Rule(self.direction, b, self.min_effect).outcome(a) for a, b in measured}
+        if len(outcomes) == 1 and outcomes != {"inconclusive"}:
+            return outcomes.pop()
+        return "inconclusive"
+
+    def describe(self) -> str:
+        return f"every pair (a, b): CI of a {self.direction} CI of b; contradicted: every pair the other way"
 
 
 @dataclass(frozen=True)
 class Holds(RuleBase):
-    """A yes/no check computed in the notebook: ``measured`` is the bool; ``partly`` the weaker check."""
+    """An exact yes/no check computed in the notebook (no sampling error, e.g. bit-identical outputs):
+    True reproduces, False contradicts."""
 
-    partly: bool = False
-    say: Mapping[str, str] = field(default_factory=dict)
+    note: Mapping[str, str] = field(default_factory=dict)
 
     def outcome(self, measured: Any) -> str:
-        if measured:
-            return "reproduced"
-        return "partly" if self.partly else "not"
+        return "reproduced" if bool(measured) else "contradicted"
 
     def describe(self) -> str:
-        return "check holds" + ("; partly: weaker check holds" if self.partly else "")
+        return "exact check: holds = reproduced, fails = contradicted"
 
 
 #: the plain yes/no rule
 HOLDS = Holds()
 
 
-def covers(value: float, **kw) -> Within:
-    """Reproduced when the CI includes ``value`` (e.g. chance level)."""
-    return Within(value, value, **kw)
+def covers(value: float, tolerance: float, **kw) -> Within:
+    """The claim "the value is ``value`` within ± ``tolerance``" (e.g. chance level ± 5 points)."""
+    return Within(value - tolerance, value + tolerance, **kw)
 
 
-def verdict(measured: Any, rule: RuleBase | str) -> str:
-    """The verdict wording for ``measured`` under ``rule`` (a string rule is a fixed verdict)."""
-    return rule if isinstance(rule, str) else rule.verdict(measured)
+# ----------------------------------------------------------------------------------------------- controls
+
+@dataclass(frozen=True)
+class Control:
+    """A precondition for testing a claim on one model. ``ok`` False: the claim is not testable there."""
+
+    name: str
+    ok: bool
+    reason: str  # why it fails, shown in the verdict: "not testable (reason)"
+
+
+def above_chance(accuracy: Any, chance: float, what: str = "accuracy") -> Control:
+    """The model must answer above chance (its CI above ``chance``), or a test of *how* it answers is moot."""
+    e = _as_estimate(accuracy)
+    ok = e is not None and not _is_nan(e) and e.low > chance
+    return Control("above chance", ok, f"{what} {format_estimate(e, '%')} is not above chance {chance:.0%}")
+
+
+def headroom(accuracy: Any, low: float, high: float, what: str = "baseline") -> Control:
+    """An intervention can only show a gain where the baseline leaves room (point estimate in [low, high])."""
+    e = _as_estimate(accuracy)
+    ok = e is not None and not _is_nan(e) and low <= e.mean <= high
+    return Control("headroom", ok, f"{what} {format_estimate(e, '%')} is outside [{low:.0%}, {high:.0%}]")
+
+
+def enough(count: int, minimum: int, what: str) -> Control:
+    """At least ``minimum`` cases of ``what`` (e.g. wrong answers) to estimate a difference."""
+    return Control("enough cases", int(count) >= minimum, f"only {int(count)} {what} (needs >= {minimum})")
+
+
+def fires(share: float, what: str = "the gate") -> Control:
+    """A switch (e.g. AdaptVis's confidence gate) must take both branches on some items."""
+    ok = not math.isnan(float(share)) and 0.0 < float(share) < 1.0
+    return Control("fires", ok, f"{what} sent {float(share):.0%} of items one way")
+
+
+def decided(controls: Sequence[Control] = ()) -> Control | None:
+    """The first failing control, or None."""
+    return next((c for c in controls if not c.ok), None)
+
+
+def verdict(measured: Any, rule: RuleBase | str, controls: Sequence[Control] = ()) -> str:
+    """THE verdict function: a failed control -> "not testable (reason)"; else the rule's outcome
+    ("reproduced" / "contradicted" / "inconclusive", with the rule's note if any). A string rule must be a
+    fixed "not testable ..." verdict (a claim no measurement here can test)."""
+    failed = decided(controls)
+    if failed is not None:
+        return f"not testable ({failed.reason})"
+    if isinstance(rule, str):
+        if not rule.startswith("not testable"):
+            raise ValueError(f"a fixed verdict must start with 'not testable', got {rule!r}; use a rule instead")
+        return rule
+    return rule.worded(rule.outcome(measured))
 
 
 # -------------------------------------------------------------------------------------------------- table
@@ -312,8 +347,10 @@ class Claim:
     """One row: what the blog/paper says, what this notebook measured, and the rule that judges it.
 
     ``measured`` is what the rule judges: an ``Estimate``, a (mean, low, high) triple, a number, a bool (for
-    ``Holds``) or a list (for ``Every``). ``text`` is the "measured here" cell; by default
-    ``format_estimate(measured)``. ``rule`` is a rule object or a fixed verdict string (``"not testable"``).
+    ``Holds``) or a list (for ``Every``) — or a dict ``{model: value}`` to judge the claim on several models.
+    ``text`` is the "measured here" cell (a string, or a dict per model); by default
+    ``format_estimate(measured)``. ``rule`` is a rule object or a fixed "not testable ..." string.
+    ``controls``: a list of ``Control`` for every model, or a dict ``{model: [Control, ...]}``.
     """
 
     claim: str
@@ -321,28 +358,65 @@ class Claim:
     paper: str
     measured: Any
     rule: RuleBase | str
-    text: str | None = None
+    text: Any = None
+    controls: Any = ()
+
+    def models(self) -> list:
+        return list(self.measured) if isinstance(self.measured, dict) else [None]
+
+    def verdict_for(self, model: Any = None) -> str:
+        measured = self.measured[model] if isinstance(self.measured, dict) else self.measured
+        controls = self.controls.get(model, ()) if isinstance(self.controls, dict) else self.controls
+        return verdict(measured, self.rule, controls)
+
+    def shown_for(self, model: Any = None) -> str:
+        measured = self.measured[model] if isinstance(self.measured, dict) else self.measured
+        text = self.text.get(model) if isinstance(self.text, dict) else self.text
+        if text is not None:
+            return text
+        if isinstance(measured, str):
+            return measured
+        if isinstance(measured, bool):
+            return "yes" if measured else "no"
+        return format_estimate(measured, digits=3)
 
     @property
     def verdict(self) -> str:
-        return verdict(self.measured, self.rule)
+        return self.verdict_for(self.models()[0])
 
     @property
     def shown(self) -> str:
-        if self.text is not None:
-            return self.text
-        if isinstance(self.measured, str):
-            return self.measured
-        if isinstance(self.measured, bool):
-            return "yes" if self.measured else "no"
-        return format_estimate(self.measured, digits=3)
+        return self.shown_for(self.models()[0])
 
 
 def claims_table(claims: Sequence[Claim], *, rules: bool = False) -> pd.DataFrame:
-    """A DataFrame with one row per claim (claim, source, paper's number, measured here, verdict), the verdict
-    computed from each row's rule; ``rules=True`` adds a column describing the rule."""
-    rows = [(c.claim, c.source, c.paper, c.shown, c.verdict) for c in claims]
-    table = pd.DataFrame(rows, columns=COLUMNS)
+    """A DataFrame with one row per claim, the verdicts computed by ``verdict``.
+
+    Single-model claims: columns claim, source, paper's number, measured here, verdict. When any claim is
+    judged on several models (``measured`` a dict), one "measured: M" and one "verdict: M" column per model,
+    in order of first appearance ("—" where a claim was not measured on a model). ``rules=True`` adds a
+    column describing each rule.
+    """
+    names: list = []
+    for c in claims:
+        if isinstance(c.measured, dict):
+            names += [m for m in c.measured if m not in names]
+    if not names:
+        rows = [(c.claim, c.source, c.paper, c.shown, c.verdict) for c in claims]
+        table = pd.DataFrame(rows, columns=COLUMNS)
+    else:
+        columns = COLUMNS[:3] + [f"{kind}: {m}" for m in names for kind in ("measured", "verdict")]
+        rows = []
+        for c in claims:
+            row = [c.claim, c.source, c.paper]
+            for m in names:
+                if isinstance(c.measured, dict) and m not in c.measured:
+                    row += ["—", "—"]
+                else:
+                    key = m if isinstance(c.measured, dict) else None
+                    row += [c.shown_for(key), c.verdict_for(key)]
+            rows.append(row)
+        table = pd.DataFrame(rows, columns=columns)
     if rules:
         table["rule"] = [c.rule if isinstance(c.rule, str) else c.rule.describe() for c in claims]
     return table

@@ -4,7 +4,7 @@ No pretrained weights or tokenizers can be downloaded here, so tests (and benchm
 transformers model with long sequences) build their own: a byte-level BPE tokenizer trained in
 milliseconds on a small scene-world corpus, a chat template shaped like the real one, an image-only
 processor (the stock Qwen processors demand a video processor, which needs torchvision, which must
-never be installed), and a model from a small config (REFERENCE.md §7 lists the config rules).
+never be installed), and a model from a small config (the config rules are in this module).
 
     model, processor = build_tiny("qwen2_vl", seed=0)
     vlm = tiny_vlm("qwen3_vl")                  # an HFVLM adapter around a fresh tiny model

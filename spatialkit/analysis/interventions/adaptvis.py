@@ -4,7 +4,7 @@
         gens = vlm.generate(images, prompts)
     gens = adapt_vis(vlm, alpha1=0.5, alpha2=1.5, beta=0.4).generate(images, prompts)   # AdaptVis
 
-The official semantics (REFERENCE.md §3): multiply the pre-softmax logits q·k/√d of the *last prompt row*,
+The official semantics (Chen et al., ICML 2025, and their code): multiply the pre-softmax logits q·k/√d of the *last prompt row*,
 *image-key columns only*, by α, in every layer and head, during prefill only (decode steps are unscaled and
 see the effect only through the cache). AdaptVis picks α per item: α1 if the confidence C (max softmax
 probability of the first generated token of an unscaled greedy pass, rounded to 2 decimals) is below β,

@@ -7,7 +7,7 @@
 
 The two rules, applied to every visual token y (and to every DeepStack level of Qwen3-VL, by default):
 
-* ``"rmsclip"`` (REFERENCE §2): y₁ = w ⊙ y / sqrt(mean(y²) + ε) (RMSNorm; at inference w = 1),
+* ``"rmsclip"`` (Qi et al. 2025): y₁ = w ⊙ y / sqrt(mean(y²) + ε) (RMSNorm; at inference w = 1),
   s = min(clip / ‖y₁‖, 1), out = gain · scale · s · y₁. The paper's constants clip = 1.22 and gain = 0.83 are
   LLaVA-1.5's max and mean text-embedding norms, so every visual token ends near norm 1. ``scale`` = 1 is
   the paper; other values give the dose-response sweep.
@@ -32,7 +32,7 @@ from spatialkit.common.params import check_number
 from spatialkit.models.vlm import VLM, Batch, TokenKind, VisualTokens
 
 MODES = ("rmsclip", "target")
-PAPER_CLIP, PAPER_GAIN = 1.22, 0.83  # LLaVA-1.5 text-embedding norms: max and mean (REFERENCE §2)
+PAPER_CLIP, PAPER_GAIN = 1.22, 0.83  # LLaVA-1.5 text-embedding norms: max and mean (Qi et al. 2025)
 
 
 # -- the math --------------------------------------------------------------------------------------
