@@ -16,7 +16,7 @@ from typing import Sequence
 
 import yaml
 
-from spatialkit.suite.runner import _write_atomic, default_root, executed_dir
+from spatialkit.suite.runner import PAPERMILL_TAGS, _write_atomic, default_root, executed_dir
 
 LANDING_PAGE = "book/intro"
 BIBLIOGRAPHY_PAGE = "book/bibliography"  # the {bibliography} directive lives there, once
@@ -27,10 +27,13 @@ class BookError(RuntimeError):
 
 
 def error_outputs(path: Path) -> list[str]:
-    """'cell N: Ename: message' for every error output in an executed notebook."""
+    """'cell N: Ename: message' for every error output in an executed notebook; N is the cell's index in the
+    source notebook (papermill's injected parameters cell is not counted)."""
     nb = json.loads(Path(path).read_text())
     found = []
-    for index, cell in enumerate(nb.get("cells", [])):
+    cells = [c for c in nb.get("cells", [])
+             if not any(t in PAPERMILL_TAGS for t in c.get("metadata", {}).get("tags", []))]
+    for index, cell in enumerate(cells):
         for out in cell.get("outputs", []) or []:
             if out.get("output_type") == "error":
                 found.append(f"cell {index}: {out.get('ename')}: {str(out.get('evalue', '')).strip()[:200]}")
