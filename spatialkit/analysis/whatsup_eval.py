@@ -25,13 +25,14 @@ from spatialkit.data.whatsup import (PAPER_CITATION, PAPER_LLAVA15, PAPER_NAMES,
 OFFICIAL_MAX_NEW_TOKENS = 100  # model_zoo/llava15.py: generate(..., max_new_tokens=100), greedy, stops at EOS
 
 # AdaptVis' LLaVA-1.5 prompt string, "<image>\nUSER: {question}\nASSISTANT:", as a chat template (system turns,
-# which the official runs never have, are left out)
+# which the official runs never have, are left out; "{{ '\\n' }}" because transformers' Jinja trims a newline that
+# follows a block tag)
 ADAPTVIS_LLAVA_TEMPLATE = (
     "{% for message in messages %}{% if message['role'] == 'user' %}"
     "{% if message['content'] is string %}<image>\nUSER: {{ message['content'] }}\n"
     "{% else %}{% for content in message['content'] %}{% if content['type'] == 'image' %}<image>\n{% endif %}"
     "{% endfor %}USER: {% for content in message['content'] %}{% if content['type'] == 'text' %}"
-    "{{ content['text'] }}{% endif %}{% endfor %}\n{% endif %}{% endif %}{% endfor %}"
+    "{{ content['text'] }}{% endif %}{% endfor %}{{ '\\n' }}{% endif %}{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
 

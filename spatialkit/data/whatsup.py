@@ -441,10 +441,13 @@ def adaptvis_correct(table: pd.DataFrame, alpha1: float, alpha2: float, beta: fl
     return pd.Series(np.where(confidence < beta, matrix[alpha1], matrix[alpha2]), index=matrix.index, name="correct")
 
 
-def tune_and_report(table: pd.DataFrame, *, split_seed: int = OFFICIAL_SPLIT_SEED, alphas: Sequence[float], alpha1s: Sequence[float],
-                    alpha2s: Sequence[float], betas: Sequence[float], tune_fraction: float = 0.2) -> dict:
-    """The official protocol on one split (``split_indices``; the paper's split by default): pick ScalingVis' α and AdaptVis' (α1, α2, β) by accuracy on
-    the tuning share, report per-item correctness of baseline / ScalingVis / AdaptVis on the rest.
+def tune_and_report(table: pd.DataFrame, *, split_seed: int = OFFICIAL_SPLIT_SEED, alphas: Sequence[float],
+                    alpha1s: Sequence[float], alpha2s: Sequence[float], betas: Sequence[float],
+                    tune_fraction: float = 0.2) -> dict:
+    """The official protocol on one split (``split_indices``; the paper's split by default): pick ScalingVis' α
+    and AdaptVis' (α1, α2, β) by accuracy on the tuning share, report per-item correctness of baseline /
+    ScalingVis / AdaptVis on the rest. ``table``: one subset, items numbered in file order (``evaluate`` on the
+    whole subset), so the split indexes the same records as the official code.
 
     Returns ``{"alpha", "alpha1", "alpha2", "beta", "tune", "report"}``: ``tune``/``report`` item indices,
     and ``correct``: a DataFrame (report items x methods) of booleans.
