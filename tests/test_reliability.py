@@ -358,7 +358,7 @@ def test_relative_model_cache_and_root_resolve_against_the_callers_directory(roo
     ("./nope", r"parameter 'model' = './nope': .*/work/nope does not exist \(relative paths are read from the "
                r"current directory"),
     ("a_file", r"parameter 'model' = 'a_file': .*/work/a_file is not a folder"),
-    ("empty", r"parameter 'model' = 'empty': folder .*/work/empty has no config.json"),
+    ("empty", r"parameter 'model' = 'empty': folder .*/work/empty has no config.json \(not a model folder\)"),
 ])
 def test_bad_model_path_fails_before_any_kernel(root, tmp_path, value, match):
     work = tmp_path / "work"
@@ -373,9 +373,17 @@ def test_bad_model_path_fails_before_any_kernel(root, tmp_path, value, match):
 
 
 def test_hub_ids_and_choices_pass_path_resolution_unchanged(tmp_path):
+    from spatialkit.common.params import Param, ParameterError
+
     model = catalog.MODEL
     assert runner.resolve_path_param(model, "tiny", "nb", tmp_path) == "tiny"
     assert runner.resolve_path_param(model, "Qwen/Qwen2-VL-2B-Instruct", "nb", tmp_path) == "Qwen/Qwen2-VL-2B-Instruct"
+    data = Param("data", str, "", choices=("",), allow_other=True, path=True)  # a plain path: never a hub id
+    (tmp_path / "whatsup" / "data").mkdir(parents=True)
+    assert runner.resolve_path_param(data, "", "nb", tmp_path) == ""
+    assert runner.resolve_path_param(data, "whatsup/data", "nb", tmp_path) == str((tmp_path / "whatsup" / "data").resolve())
+    with pytest.raises(ParameterError, match=r"^nb: parameter 'data' = 'org/name': .*/org/name does not exist \(rel"):
+        runner.resolve_path_param(data, "org/name", "nb", tmp_path)
 
 
 # --- 4. nothing to run is an error ---------------------------------------------------------------

@@ -31,10 +31,10 @@ class Param:
     lets a str parameter also accept values outside ``choices`` that pass ``other_check`` (used for
     ``model``: "tiny" or a Hugging Face id/path).
 
-    ``path`` marks a str parameter whose value (outside ``choices``) may be a file-system path: the runner
+    ``path`` marks a str parameter whose value (outside ``choices``) is a file-system path: the runner
     resolves it against the caller's working directory (the kernel runs in notebooks/) and checks it exists
-    before any kernel starts. ``path="config.json"`` also requires a folder holding that file; with
-    ``allow_other`` a value that does not exist but looks like a Hugging Face hub id ("org/name") is kept.
+    before any kernel starts. ``path="model"``: a local model folder (holding config.json), or, when no such
+    path exists, a Hugging Face hub id ("org/name") left for the kernel to look up.
     """
 
     name: str

@@ -16,7 +16,7 @@ DEVICE = Param("device", str, "cpu", "torch device; 'auto' picks cuda when prese
 MODEL = Param(
     "model", str, "tiny",
     "'tiny' trains or loads the model organism; otherwise a Hugging Face id or local folder",
-    choices=("tiny",), allow_other=True, path="config.json",  # a local folder is checked before any kernel starts
+    choices=("tiny",), allow_other=True, path="model",  # a local folder is checked before any kernel starts
 )
 
 N_BOOT = Param("n_boot", int, 1000, "bootstrap resamples for the CIs", low=100, high=100_000)

@@ -179,10 +179,9 @@ def plan(
 def resolve_path_param(param: Param, value: Any, notebook: str, cwd: Path) -> Any:
     """A path parameter's value made absolute against ``cwd`` and checked, or a one-line ParameterError.
 
-    Values among ``param.choices`` pass unchanged. An existing path comes back absolute (a folder holding
-    ``param.path`` when that is a file name). With ``param.allow_other`` a value that does not exist and is
-    not written as a path ("./x", "/x", "~/x", "a/b/c") but looks like a hub id ("org/name") is kept for the
-    kernel to look up.
+    Values among ``param.choices`` pass unchanged. An existing path comes back absolute. ``path="model"``: it
+    must be a folder holding config.json, and a value that does not exist and is not written as a path
+    ("./x", "/x", "~/x", "a/b/c") but looks like a hub id ("org/name") is kept for the kernel to look up.
     """
     if not isinstance(value, str) or (param.choices is not None and value in param.choices):
         return value
@@ -191,17 +190,18 @@ def resolve_path_param(param: Param, value: Any, notebook: str, cwd: Path) -> An
     head = f"{notebook}: parameter '{param.name}' = {value!r}"
     if path.exists():
         path = path.resolve()
-        if isinstance(param.path, str):
+        if param.path == "model":
             if not path.is_dir():
                 raise ParameterError(f"{head}: {path} is not a folder")
-            if not (path / param.path).is_file():
-                raise ParameterError(f"{head}: folder {path} has no {param.path}")
+            if not (path / "config.json").is_file():
+                raise ParameterError(f"{head}: folder {path} has no config.json (not a model folder)")
         return str(path)
+    hub = param.path == "model"
     written_as_path = value.startswith((".", "/", "~")) or value.count("/") != 1
-    if param.allow_other and not written_as_path and HUB_ID.fullmatch(value):
+    if hub and not written_as_path and HUB_ID.fullmatch(value):
         return value
     raise ParameterError(f"{head}: {path} does not exist (relative paths are read from the current directory, "
-                         f"{cwd})" + ("; a Hugging Face hub id looks like 'org/name'" if param.allow_other else ""))
+                         f"{cwd})" + ("; a Hugging Face hub id looks like 'org/name'" if hub else ""))
 
 
 def _warn(message: str) -> None:
