@@ -5,7 +5,8 @@
 Prints steps/s, wall time (data + training + evals) and per-task accuracy on the test split with 95%
 bootstrap CIs, and checks the learning bars of issue 3 (what >= 95%, two-object where >= 90%, <= 5 min).
 Nothing is cached: the point is to time training from scratch. Wall times on a CPU shared with other jobs
-are inflated; the script prints the load average next to them.
+are inflated; the script prints the load average next to them. The organism zoo (organisms that fail for the
+blog's reasons) has its own table: benchmarks/bench_zoo.py.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="default", help="organism preset: default | quick | smoke")
+    ap.add_argument("--preset", default="default", help="organism preset (a presets.yml name: default | quick | smoke | a zoo organism)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     ap.add_argument("--spatial-fraction", type=float, default=None, help="override spatial_fraction (0 = captions/what only)")
     ap.add_argument("--steps", type=int, default=None, help="override the number of training steps")
