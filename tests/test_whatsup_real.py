@@ -339,3 +339,36 @@ def test_end_to_end_official_protocol_with_a_tiny_llava(tmp_path, checkout):
     assert cmp.iloc[0]["paper (LLaVA-1.5)"] == 60.3 and cmp.iloc[0]["subset"] == "Cont_A"
     vg = whatsup_eval.evaluate(vlm, subsets["vg_two"].items, max_new_tokens=2)
     assert vg["gold"].tolist() == ["front", "above"] and len(vg) == 2
+
+
+@pytest.mark.slow
+def test_notebook_04_runs_a_real_layout_folder_with_a_local_model_from_the_cli(tmp_path, checkout):
+    """`spatialkit run --only 04_adaptvis -p data <folder> -p model <local model>`, end to end."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from spatialkit.testing import hf_tiny
+
+    import shutil
+
+    repo = Path(__file__).resolve().parents[1]
+    root = tmp_path / "root"  # a private book root: the executed copy must not land in the real book/
+    (root / "notebooks").mkdir(parents=True)
+    shutil.copy(repo / "notebooks" / "04_adaptvis.ipynb", root / "notebooks")
+    for small in ("controlled_clevr_dataset.json", "coco_qa_one_obj.json", "coco_qa_two_obj.json",
+                  "vg_qa_one_obj.json", "vg_qa_two_obj.json"):
+        (checkout / "data" / small).unlink()  # 2-4 items each: too few for a 20/80 split; Controlled A has 6
+    hf_tiny.save_tiny("llava", tmp_path / "llava", seed=0)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SPATIALKIT_ROOT": str(root)}
+    out = root / "book" / "executed"
+    cmd = [sys.executable, "-m", "spatialkit", "run", "--profile", "smoke", "--only", "04_adaptvis", "--force",
+           "-p", "data", str(checkout), "-p", "model", str(tmp_path / "llava"), "-p", "max_new_tokens", "2"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    nb = json.loads((out / "04_adaptvis.ipynb").read_text())
+    text = "".join("".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", ""))
+                   for c in nb["cells"] for o in c.get("outputs", []))
+    assert "Cont_A" in text and "60.3" in text  # the real subset ran and sits beside the paper's row
