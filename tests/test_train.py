@@ -12,7 +12,8 @@ from spatialkit.models.organism import code_version
 from spatialkit.models.organism import preset, train
 from spatialkit.models.organism.data import (assemble, assemble_packed, build_pool, build_vocab, caption_word_bags,
                                              sample_batch)
-from spatialkit.models.organism.train import vision_stage_config
+from spatialkit.common.fingerprint import fingerprint
+from spatialkit.models.organism.train import vision_checkpoint_config, vision_stage_config
 from spatialkit.models.vlm import TokenKind
 
 
@@ -124,20 +125,25 @@ def test_vision_stage_is_cached_shared_and_identical(tmp_path, monkeypatch):
     cached, _, m_cached = train(cfg, progress=False, cache_vision=True)
     assert state_dict_sha256(cached) == state_dict_sha256(plain)
     assert m_cached["vision_pretrain_final_loss"] == m_plain["vision_pretrain_final_loss"]
-    folders = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    folders = sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if not p.name.startswith("."))  # .locks
     assert len(folders) == 1 and folders[0].startswith("vision-")
     # an organism that differs only after stage 1 reuses the encoder; the stage-1 result does not depend on it
     other = cfg.replace(spatial_fraction=0.2, lm_layers=2)
     assert vision_stage_config(other) == vision_stage_config(cfg)
     model, _, _ = train(other, progress=False, cache_vision=True)
-    assert len(list((tmp_path / "checkpoints").iterdir())) == 1
+    assert len([p for p in (tmp_path / "checkpoints").iterdir() if not p.name.startswith(".")]) == 1
     vision = lambda m: {k: v for k, v in m.state_dict().items() if k.startswith("vision.")}  # noqa: E731
     assert all(torch.equal(vision(model)[k], vision(plain)[k]) for k in vision(plain))
     # the frozen encoder is handed back as a normal trainable module
     assert all(p.requires_grad for p in model.parameters())
     assert vision_stage_config(cfg.replace(seed=1)) != vision_stage_config(cfg)
-    key = checkpoints.config_key(vision_stage_config(cfg), code_version())
+    key = checkpoints.config_key(vision_checkpoint_config(cfg), fingerprint("spatialkit.models.organism.train"))
     assert (tmp_path / "checkpoints" / f"vision-{key}").exists()
+    # the thread count is part of the key: 1 and 2 threads train different weights
+    with torch_threads_set(1):
+        one = vision_checkpoint_config(cfg)
+    with torch_threads_set(2):
+        assert vision_checkpoint_config(cfg) != one
 
 
 def test_init_is_fan_in_scaled():
@@ -147,3 +153,16 @@ def test_init_is_fan_in_scaled():
     assert abs(float(w.detach().std()) - 64 ** -0.5) < 0.02
     assert abs(float(model.tok_emb.weight.detach().std()) - 1.0) < 0.1
 
+
+class torch_threads_set:
+    """Set torch's thread count inside a with-block, restored after."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __enter__(self):
+        self.old = torch.get_num_threads()
+        torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.old)

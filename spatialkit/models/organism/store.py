@@ -10,7 +10,7 @@ from spatialkit.common.fingerprint import fingerprint
 from spatialkit.models.organism.model import TinyVLM, Vocab
 from spatialkit.models.organism.adapter import OrganismVLM
 from spatialkit.models.organism.config import OrganismConfig, preset
-from spatialkit.models.organism.train import train
+from spatialkit.models.organism.train import runtime_facts, train
 
 
 
@@ -26,9 +26,7 @@ def checkpoint_config(cfg: OrganismConfig) -> dict:
     changes how matmul and reduction kernels split their sums, so the same config and seed train different
     weights with 1 or 2 threads (the notebooks' ``threads`` parameter); the torch version changes kernels too.
     Without them, whichever thread count trained first would silently stand for all."""
-    import torch
-
-    return {**cfg.to_dict(), "runtime": {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}}
+    return {**cfg.to_dict(), "runtime": runtime_facts()}
 
 
 def checkpoint_folder(cfg: OrganismConfig):

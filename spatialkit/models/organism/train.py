@@ -65,6 +65,19 @@ def vision_stage_config(cfg: OrganismConfig) -> dict:
     return {"stage": "vision_pretrain", **{path: _field(cfg, path) for path in VISION_STAGE_FIELDS}}
 
 
+def runtime_facts() -> dict:
+    """What trained weights depend on although no config field holds it: torch's CPU thread count changes how
+    matmul and reduction kernels split their sums (1 and 2 threads train different weights from the same seed),
+    and the torch version changes kernels. Part of every organism / vision-stage checkpoint key."""
+    return {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+
+
+def vision_checkpoint_config(cfg: OrganismConfig) -> dict:
+    """The stage-1 encoder's checkpoint key: its own fields (shared by organisms that differ only later) plus
+    the runtime facts."""
+    return {**vision_stage_config(cfg), "runtime": runtime_facts()}
+
+
 def pretrained_vision(model: TinyVLM, cfg: OrganismConfig, pool: Pool, vocab: Vocab, progress: bool,
                       cache: bool) -> float:
     """Stage 1 into ``model.vision`` (from the checkpoint store when ``cache`` and present); its final loss."""
@@ -76,7 +89,7 @@ def pretrained_vision(model: TinyVLM, cfg: OrganismConfig, pool: Pool, vocab: Vo
         losses = pretrain_vision(model, cfg, pool, vocab, progress)
         return model.vision.state_dict(), {"final_loss": losses[-1], "steps": len(losses)}
 
-    state, metrics, _ = checkpoints.load_or_train("vision", vision_stage_config(cfg), fingerprint("spatialkit.models.organism.train"),
+    state, metrics, _ = checkpoints.load_or_train("vision", vision_checkpoint_config(cfg), fingerprint("spatialkit.models.organism.train"),
                                                   do_pretrain)
     model.vision.load_state_dict(state)
     return metrics["final_loss"]
