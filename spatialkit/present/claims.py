@@ -37,8 +37,14 @@ model (e.g. the failing organism beside the healthy control). ``controls`` (a li
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import tempfile
+import warnings
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import pandas as pd
@@ -419,4 +425,102 @@ def claims_table(claims: Sequence[Claim], *, rules: bool = False) -> pd.DataFram
         table = pd.DataFrame(rows, columns=columns)
     if rules:
         table["rule"] = [c.rule if isinstance(c.rule, str) else c.rule.describe() for c in claims]
+    record_claims(claims)
     return table
+
+
+# ------------------------------------------------------------------------------------- results recording
+#
+# Every claims_table() call also records its rows, so an executed notebook leaves machine-readable results
+# with no extra code: under the runner ($SPATIALKIT_RESULTS set to a file in the run's folder), the rows
+# recorded so far are merged into that JSON file (key "claims"; the runner publishes it beside the notebook
+# as book/executed/NAME.results.json, and `spatialkit results` / the book's Scorecard page read it). Outside
+# the runner nothing is written. Recording never changes a verdict: it stores what verdict() returned.
+
+RESULTS_ENV = "SPATIALKIT_RESULTS"
+#: the model key of a claim judged on one model (``measured`` not a dict)
+SINGLE_MODEL = ""
+_RECORDED: dict[tuple, dict] = {}  # (claim, source, paper) -> row; a re-run cell replaces its rows
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON data: an estimate -> {mean, low, high, n}; NaN -> None; unknown -> str."""
+    if isinstance(value, Estimate):
+        return {key: _plain(getattr(value, key)) for key in ("mean", "low", "high", "n")}
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if _is_number(value):
+        number = float(value)
+        if math.isnan(number) or math.isinf(number):
+            return None
+        integral = isinstance(value, int) or getattr(getattr(value, "dtype", None), "kind", "") in ("i", "u")
+        return int(number) if integral else number
+    return str(value)
+
+
+def outcome_of(verdict_text: str) -> str:
+    """The verdict's kind (one of ``VERDICTS``) without its note or reason."""
+    return next((v for v in VERDICTS if verdict_text.startswith(v)), verdict_text)
+
+
+def claim_record(c: Claim) -> dict:
+    """One claim as JSON data: texts, rule, and per model the measured value, its estimate and verdict."""
+    models = {}
+    for model in c.models():
+        measured = c.measured[model] if isinstance(c.measured, dict) else c.measured
+        estimate = None
+        if not isinstance(c.rule, (Every, Pairwise, str)) and not isinstance(measured, (bool, str)):
+            try:
+                estimate = _plain(_as_estimate(measured))
+            except (TypeError, ValueError):
+                estimate = None
+        text = c.verdict_for(model)
+        models[SINGLE_MODEL if model is None else str(model)] = {
+            "measured": c.shown_for(model), "value": _plain(measured), "estimate": estimate,
+            "verdict": text, "outcome": outcome_of(text),
+        }
+    return {"claim": c.claim, "source": c.source, "paper": c.paper,
+            "rule": c.rule if isinstance(c.rule, str) else c.rule.describe(), "models": models}
+
+
+def recorded_claims() -> list[dict]:
+    """The rows every ``claims_table`` call in this process recorded, in order."""
+    return list(_RECORDED.values())
+
+
+def record_claims(claims: Sequence[Claim], path: str | Path | None = None) -> Path | None:
+    """Record ``claims`` and, when ``path`` or ``$SPATIALKIT_RESULTS`` names a file, merge every recorded row
+    into it (atomically). Returns the file written, or None. A failure to write warns, never raises."""
+    for c in claims:
+        try:
+            _RECORDED[(c.claim, c.source, c.paper)] = claim_record(c)
+        except Exception as err:  # recording must never break a notebook's table
+            warnings.warn(f"claims: could not record {c.claim!r}: {err}", stacklevel=2)
+    target = path or os.environ.get(RESULTS_ENV)
+    if not target:
+        return None
+    target = Path(target)
+    try:
+        data = json.loads(target.read_text()) if target.exists() else {}
+    except (OSError, ValueError):
+        data = {}
+    rows = recorded_claims()
+    models: list[str] = []
+    for row in rows:
+        models += [m for m in row["models"] if m not in models]
+    data.update({"schema": 1, "claims": rows, "models": models,
+                 "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, default=str)
+        os.replace(tmp, target)
+    except OSError as err:
+        warnings.warn(f"claims: could not write results to {target}: {err}", stacklevel=2)
+        return None
+    return target

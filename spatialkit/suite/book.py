@@ -4,6 +4,11 @@ The table of contents is generated at build time from the catalog order and the 
 exist (``_build/_toc.yml``), so a notebook added to the catalog appears without editing any file, and
 a notebook that has not been executed never breaks the build. The committed ``_toc.yml`` is the same
 format with only the landing page, for a bare ``jupyter-book build .``.
+
+After the chapters comes the generated Scorecard page (``book/executed/scorecard.md``, from the chapters'
+``NAME.results.json``; see ``spatialkit.suite.scorecard``), then the bibliography. The build records what it
+was built from (spatialkit version, git commit, the Colab/Binder install spec) on that page and in
+``_build/html/spatialkit-build.json``.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import yaml
 from spatialkit.suite.runner import PAPERMILL_TAGS, _write_atomic, default_root, executed_dir
 
 LANDING_PAGE = "book/intro"
+SCORECARD_PAGE = "book/executed/scorecard"  # generated at build time (book/executed/ is build output)
+BUILD_INFO = "spatialkit-build.json"  # in the HTML root
 BIBLIOGRAPHY_PAGE = "book/bibliography"  # the {bibliography} directive lives there, once
 
 
@@ -59,6 +66,8 @@ def write_toc(paths: Sequence[Path], root: Path, toc_file: Path) -> Path:
         "root": LANDING_PAGE,
         "chapters": [{"file": p.relative_to(root).with_suffix("").as_posix()} for p in paths],
     }
+    if paths and (root / f"{SCORECARD_PAGE}.md").exists():  # the scorecard follows the chapters
+        toc["chapters"].append({"file": SCORECARD_PAGE})
     if (root / f"{BIBLIOGRAPHY_PAGE}.md").exists():  # the references page closes the book
         toc["chapters"].append({"file": BIBLIOGRAPHY_PAGE})
     if not toc["chapters"]:
@@ -68,11 +77,28 @@ def write_toc(paths: Sequence[Path], root: Path, toc_file: Path) -> Path:
     return toc_file
 
 
+def write_scorecard(paths: Sequence[Path], root: Path, info: dict | None = None) -> Path:
+    """The Scorecard page for the chapters ``paths`` (their results files beside them)."""
+    from spatialkit.suite import catalog, scorecard
+
+    names = [Path(p).stem for p in paths]
+    titles = {n: catalog.NOTEBOOKS[n].title for n in names if n in catalog.NOTEBOOKS}
+    page = root / f"{SCORECARD_PAGE}.md"
+    text = scorecard.markdown(executed_dir(root), names, info, titles)
+    _write_atomic(page, text.encode())
+    return page
+
+
 def build(names: Sequence[str], root: Path | None = None, *, echo=print) -> Path:
     """Check the executed notebooks and run ``jupyter-book build``; return the HTML folder."""
+    from spatialkit.suite import scorecard
+
     root = default_root() if root is None else Path(root)
     paths = chapters(names, root)
     check_no_errors(paths)
+    info = scorecard.build_info(root)
+    if paths:
+        write_scorecard(paths, root, info)
     toc = write_toc(paths, root, root / "_build" / "_toc.yml")
     jb = Path(sys.executable).parent / "jupyter-book"
     cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(root), "--toc", str(toc),
@@ -83,5 +109,6 @@ def build(names: Sequence[str], root: Path | None = None, *, echo=print) -> Path
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
         raise BookError(f"jupyter-book build failed (exit {proc.returncode}):\n{tail}")
     html = root / "_build" / "html"
+    _write_atomic(html / BUILD_INFO, (json.dumps(info, indent=1) + "\n").encode())
     echo(f"book written to {html / 'index.html'}")
     return html

@@ -1,6 +1,13 @@
 """Sphinx extension for the book (enabled in ``_config.yml`` under ``sphinx: extra_extensions``).
 
-Three page fixes, each small:
+Four page fixes, each small:
+
+* A chapter shows the experiment, not the plumbing. Before myst-nb parses an executed notebook
+  (``source-read``), papermill's injected ``# Parameters`` cell is folded into the notebook's own
+  ``parameters`` cell (one cell, showing the values the run used, with the notebook's default beside each
+  changed value) and dropped; the Colab/Binder install cell (``spatialkit.suite.bootstrap``) is removed and
+  the ``setup(...)`` cell's input hidden (its output, the environment, stays). The executed file on disk is
+  untouched (the page's .ipynb download serves it as run).
 
 * Launch buttons open the notebook a reader can run. The chapters are the executed copies in
   ``book/executed/`` (build output, never committed), so sphinx-book-theme's Binder/Colab links would
@@ -15,7 +22,11 @@ Three page fixes, each small:
 
 from __future__ import annotations
 
+import ast
+import json
 from typing import Any
+
+from spatialkit.suite.bootstrap import MARKER as BOOTSTRAP_MARKER
 
 EXECUTED_PREFIX = "book/executed/"
 SOURCE_PREFIX = "notebooks/"
@@ -38,6 +49,115 @@ def _rewrite(buttons: Any, old: str, new: str, inside_launch: bool = False) -> N
         if inside_launch and isinstance(buttons.get("url"), str):
             buttons["url"] = buttons["url"].replace(old, new)
         _rewrite(buttons.get("buttons"), old, new, inside_launch)
+
+
+# --- one parameters cell ---------------------------------------------------------------------------
+
+PARAMETERS_TAG, INJECTED_TAG = "parameters", "injected-parameters"
+SETUP_CALL = "from spatialkit.suite.notebook import setup"
+
+
+def _source(cell: dict) -> str:
+    source = cell.get("source", "")
+    return "".join(source) if isinstance(source, list) else source
+
+
+def _assignments(source: str) -> dict[str, ast.expr]:
+    """Top-level ``name = value`` (and ``name: type = value``) statements: name -> value node."""
+    found = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            found[node.targets[0].id] = node.value
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+            found[node.target.id] = node.value
+    return found
+
+
+def _same_value(a: str, b: str) -> bool:
+    try:
+        return ast.literal_eval(a) == ast.literal_eval(b)
+    except (ValueError, SyntaxError, TypeError):
+        return a.strip() == b.strip()
+
+
+def fold_parameters(parameters: str, injected: str) -> str:
+    """The ``parameters`` cell's source with the values of papermill's ``injected`` cell written in.
+
+    Each assignment keeps its place and its comment; a changed value gets ``default: OLD`` appended to the
+    line's comment (or as a new comment). Injected names the cell does not assign are appended at the end.
+    A cell that does not parse is returned unchanged (then the book shows the injected values below it).
+    """
+    try:
+        own, new = _assignments(parameters), _assignments(injected)
+    except SyntaxError:
+        return parameters
+    lines = parameters.splitlines(keepends=True)
+
+    def offset(lineno: int, col: int) -> int:  # ast columns are UTF-8 byte offsets
+        line = lines[lineno - 1]
+        return sum(len(x) for x in lines[: lineno - 1]) + len(line.encode()[:col].decode(errors="ignore"))
+
+    edits = []
+    for name, node in own.items():
+        if name not in new:
+            continue
+        old_text = ast.get_source_segment(parameters, node) or ""
+        new_text = ast.get_source_segment(injected, new[name]) or ""
+        if _same_value(old_text, new_text):
+            continue
+        edits.append((offset(node.lineno, node.col_offset), offset(node.end_lineno, node.end_col_offset),
+                      new_text, old_text))
+    text = parameters
+    for start, end, new_text, old_text in sorted(edits, reverse=True):
+        line_end = text.find("\n", end)
+        line_end = len(text) if line_end < 0 else line_end
+        rest = text[end:line_end]
+        default = " ".join(old_text.split())
+        note = (f"; default: {default}" if "#" in rest else f"  # default: {default}") if len(default) <= 40 else ""
+        text = text[:start] + new_text + rest.rstrip() + note + text[line_end:]
+    extra = [f"{name} = {ast.get_source_segment(injected, node)}" for name, node in new.items() if name not in own]
+    if extra:
+        text = text.rstrip("\n") + "\n" + "\n".join(extra)
+    return text
+
+
+def _tags(cell: dict) -> list:
+    return cell.setdefault("metadata", {}).setdefault("tags", [])
+
+
+def present_notebook(nb: dict) -> dict:
+    """The notebook as the book shows it: papermill's injected parameters folded into the parameters cell
+    (and dropped), the Colab/Binder install cell removed, the setup cell's input hidden."""
+    cells = nb.get("cells", [])
+    params = next((c for c in cells if PARAMETERS_TAG in c.get("metadata", {}).get("tags", [])), None)
+    injected = [c for c in cells if INJECTED_TAG in c.get("metadata", {}).get("tags", [])]
+    if params is not None and injected:
+        params["source"] = fold_parameters(_source(params), _source(injected[0]))
+        nb["cells"] = cells = [c for c in cells if c is not injected[0]]
+    for cell in cells:
+        if cell.get("cell_type") != "code":
+            continue
+        source = _source(cell)
+        if BOOTSTRAP_MARKER in source:
+            tags = _tags(cell)
+            if "remove-cell" not in tags:
+                tags.append("remove-cell")
+        elif SETUP_CALL in source:
+            tags = _tags(cell)
+            if "hide-input" not in tags:
+                tags.append("hide-input")
+    return nb
+
+
+def present_executed_notebooks(app, docname: str, source: list) -> None:
+    """``source-read``: rewrite an executed chapter's JSON before myst-nb parses it."""
+    if not docname.startswith(EXECUTED_PREFIX) or not source or not source[0].lstrip().startswith("{"):
+        return
+    try:
+        nb = json.loads(source[0])
+    except ValueError:
+        return  # myst-nb reports it
+    source[0] = json.dumps(present_notebook(nb), ensure_ascii=False)
 
 
 def point_launch_buttons_at_sources(app, pagename: str, templatename: str, context: dict, doctree) -> None:
@@ -76,6 +196,7 @@ def set_default_mode(app, config) -> None:
 
 def setup(app):
     app.connect("config-inited", set_default_mode)
+    app.connect("source-read", present_executed_notebooks)
     # sphinx-book-theme builds the launch buttons at priority 501; run after it
     app.connect("html-page-context", point_launch_buttons_at_sources, priority=600)
     app.connect("html-page-context", drop_duplicate_scripts, priority=900)

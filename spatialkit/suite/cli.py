@@ -3,6 +3,7 @@
     spatialkit run  [--profile quick|full|smoke] [--only NAME ...] [-p NAME VALUE ...] [--force] [--no-wait]
     spatialkit book [same options]      # run, then build the HTML book into _build/html
     spatialkit assignments build|grade  # student notebooks / autograding (spatialkit/suite/assignments.py)
+    spatialkit results [--format table|csv|json] [FOLDER ...]  # the scorecard; two folders: compared
 
 This module imports neither torch nor papermill at import time, so a bad parameter is reported in
 well under a second. To add a subcommand, call :func:`command` (see ``run`` and ``book`` below).
@@ -90,6 +91,27 @@ def cmd_assignments(args: argparse.Namespace) -> int:
     from spatialkit.suite.assignments import cmd_assignments as assignments
 
     return assignments(args)
+
+
+def _add_results_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("folders", nargs="*", metavar="FOLDER",
+                        help="folders holding NAME.results.json (default: book/executed); two or more: compared "
+                             "side by side, with a column saying whether their verdicts agree")
+    parser.add_argument("--format", default="table", choices=("table", "csv", "json"),
+                        help="output format (default: %(default)s)")
+
+
+@command("results", "print the reproduction scorecard (every claim's verdict per model) from results files",
+         _add_results_arguments)
+def cmd_results(args: argparse.Namespace) -> int:
+    from spatialkit.suite import runner, scorecard
+
+    try:
+        print(scorecard.render(scorecard.table(args.folders or [runner.executed_dir()]), args.format), end="")
+    except scorecard.ScorecardError as err:
+        print(f"spatialkit: error: {err}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:

@@ -79,6 +79,32 @@ def environment(device: str) -> dict[str, str]:
     return info
 
 
+RESULTS_ENV = "SPATIALKIT_RESULTS"  # the run's results file (set by the runner; claims tables add their rows)
+
+
+def record_context(name: str, title: str, params: dict[str, Any], env: dict[str, str]) -> Path | None:
+    """Under the runner, start the run's results file (``$SPATIALKIT_RESULTS``) with the notebook, its
+    parameters and the environment; ``spatialkit.present.claims.claims_table`` adds the claims. A no-op when
+    the variable is unset (a notebook run by hand)."""
+    import json
+
+    target = os.environ.get(RESULTS_ENV)
+    if not target:
+        return None
+    target = Path(target)
+    try:
+        data = json.loads(target.read_text()) if target.exists() else {}
+    except (OSError, ValueError):
+        data = {}
+    data.update({"schema": 1, "notebook": name, "title": title, "parameters": params, "environment": env})
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1, default=str)
+    os.replace(tmp, target)
+    return target
+
+
 def setup(name: str, namespace: dict[str, Any], *, quiet: bool = False) -> SimpleNamespace:
     """Validate the notebook's parameters (taken from ``namespace``), seed, and print the environment.
 
@@ -95,6 +121,7 @@ def setup(name: str, namespace: dict[str, Any], *, quiet: bool = False) -> Simpl
     if "seed" in params:
         seed_everything(params["seed"])
     env = environment(device)
+    record_context(name, spec.title, {**params, "device": device}, env)
     if not quiet:
         width = max(len(k) for k in env)
         print(f"{spec.title}\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in env.items()))

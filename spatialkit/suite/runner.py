@@ -391,7 +391,8 @@ def _execute_locked(job: Job, out_dir: Path, key: str, force: bool) -> Result:
     start = time.perf_counter()
     try:
         try:
-            with kernel_environment(INLINE_BACKEND, run_tmp=work / "tmp"), output_to(work / "kernel.log"):
+            with kernel_environment(INLINE_BACKEND, run_tmp=work / "tmp"), results_environment(work), \
+                    output_to(work / "kernel.log"):
                 papermill.execute_notebook(
                     str(job.path), str(running), parameters=job.params, kernel_name=KERNEL,
                     cwd=str(job.path.parent), progress_bar=False, log_output=False,
@@ -412,17 +413,67 @@ def _execute_locked(job: Job, out_dir: Path, key: str, force: bool) -> Result:
             # A stale good copy must never stand for parameters that fail.
             key_path(out_dir, job.name).unlink(missing_ok=True)
             final.unlink(missing_ok=True)
+            results_path(out_dir, job.name).unlink(missing_ok=True)  # results JSON: see publish_results
             return Result(job.name, "failed", seconds, describe_failure(err, job.name, kept if kept.exists() else None),
                           output=kept)
         seconds = time.perf_counter() - start
         # key first: a crash between the two steps leaves a copy without a key, which simply re-executes
         key_path(out_dir, job.name).unlink(missing_ok=True)
         os.replace(running, final)
+        publish_results(work, out_dir, job)  # results JSON: see publish_results
         (failed_dir / f"{job.name}.ipynb").unlink(missing_ok=True)
         _write_atomic(key_path(out_dir, job.name), key.encode() + b"\n")
         return Result(job.name, "ok", seconds, output=final)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+# --- results JSON (the scorecard's input; spatialkit/suite/scorecard.py reads it) ------------------------
+# The kernel writes the run's results (setup(): notebook, parameters, environment; every claims_table(): the
+# claims) into $SPATIALKIT_RESULTS, a file in the run's own folder; a successful run publishes it beside the
+# notebook as NAME.results.json, under the notebook's lock, after the notebook and before the key. A failed
+# run removes the old one (it would stand for parameters that fail).
+
+RESULTS_ENV = "SPATIALKIT_RESULTS"
+RESULTS_SUFFIX = ".results.json"
+
+
+def results_path(out_dir: Path, name: str) -> Path:
+    return Path(out_dir) / f"{name}{RESULTS_SUFFIX}"
+
+
+@contextlib.contextmanager
+def results_environment(work: Path):
+    """$SPATIALKIT_RESULTS = ``work/results.json`` meanwhile (restored on exit)."""
+    saved = os.environ.get(RESULTS_ENV)
+    os.environ[RESULTS_ENV] = str((Path(work) / "results.json").resolve())
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(RESULTS_ENV, None)
+        else:
+            os.environ[RESULTS_ENV] = saved
+
+
+def publish_results(work: Path, out_dir: Path, job: Job) -> None:
+    """Move the run's results file into place (atomic), or remove a previous one when the run wrote none.
+    The notebook's name, the parameters papermill injected and the spatialkit version are filled in where the
+    kernel did not record them (a notebook that never calls setup())."""
+    written, target = Path(work) / "results.json", results_path(out_dir, job.name)
+    if not written.is_file():
+        target.unlink(missing_ok=True)
+        return
+    try:
+        data = json.loads(written.read_text())
+    except ValueError:
+        data = None  # published as written; the reader names the file
+    if isinstance(data, dict):
+        data.setdefault("notebook", job.name)
+        data.setdefault("parameters", job.params)
+        data.setdefault("environment", {"spatialkit": spatialkit.__version__})
+        written.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(written, target)
 
 
 @contextlib.contextmanager
