@@ -369,3 +369,106 @@ def test_system_prompt_is_system_kind(vlm, family):
     text_text = vlm.tokenizer.decode(ids[batch.token_kind[0] == TokenKind.TEXT])
     assert "Answer with one word." in system_text and "helpful assistant" not in system_text
     assert PROMPTS[0] in text_text and "Answer with one word." not in text_text
+
+
+# -- option scoring that fits, parameters against the loaded model, load arguments ---------------------------
+RAGGED_PROMPTS = ["Where is the red square in relation to the blue circle?", "What colour?", "Which?"]
+RAGGED_OPTIONS = [["left", "right", "above", "in front of"], ["red", "blue"], ["behind", "purple triangle", "x"]]
+
+
+def test_score_options_equals_reference_and_encodes_each_image_once(vlm, family):
+    images = random_images(family, n=3)
+    calls = []
+    handle = vlm._visual_module.register_forward_hook(lambda m, a, out: calls.append(1))
+    try:
+        scores = vlm.score_options(images, RAGGED_PROMPTS, RAGGED_OPTIONS)
+    finally:
+        handle.remove()
+    assert len(calls) == 1  # one vision-tower pass for the whole batch (not one per option)
+    reference = vlm.score_options_reference(images, RAGGED_PROMPTS, RAGGED_OPTIONS)
+    assert scores.shape == (3, 4) and torch.isinf(scores[1, 2:]).all() and torch.isinf(scores[2, 3])
+    finite = torch.isfinite(reference)
+    assert torch.equal(finite, torch.isfinite(scores))
+    assert ((scores[finite] - reference[finite]).abs() <= 1e-4 * reference[finite].abs()).all()
+    lengths = [len(vlm.option_ids(vlm.prompt_texts([p])[0], o)) for p, opts in zip(RAGGED_PROMPTS, RAGGED_OPTIONS)
+               for o in opts]
+    assert max(lengths) > 1 and min(lengths) == 1  # both paths (prompt's last logits, cached continuation) ran
+
+
+def test_score_options_single_token_options_keep_no_cache(vlm, family):
+    images = random_images(family)
+    out = vlm.score_options(images, PROMPTS[:2], [["left", "right"], ["red"]])
+    torch.testing.assert_close(out, vlm.score_options_reference(images, PROMPTS[:2], [["left", "right"], ["red"]]),
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_token_logprobs_equals_log_softmax():
+    logits = torch.randn(5, 7, 11)
+    rows, targets = torch.tensor([0, 3, 3, 34]), torch.tensor([1, 0, 10, 5])
+    flat = logits.reshape(35, 11)
+    expected = flat.log_softmax(-1)[rows, targets]
+    torch.testing.assert_close(hf.token_logprobs(flat, rows, targets, chunk=2), expected)
+
+
+def test_check_layer_names_the_loaded_model(vlm):
+    from spatialkit.common.params import ParameterError
+
+    assert vlm.check_layer(-1) == -1 and vlm.check_layer(vlm.num_layers - 1) == vlm.num_layers - 1
+    with pytest.raises(ParameterError, match=rf"parameter 'layer' = 40 is invalid; allowed: int in \[-1, "
+                                             rf"{vlm.num_layers - 1}\] \(.+ has {vlm.num_layers} LM layers\)"):
+        vlm.check_layer(40)
+    with pytest.raises(ParameterError, match=r"03_attention_allocation: parameter 'layer' = 5"):
+        hf.check_against(vlm, layer=5, notebook="03_attention_allocation")
+
+
+def test_loaded_model_name_and_check_against(tmp_path):
+    from spatialkit.common.params import ParameterError
+
+    hf_tiny.save_tiny("qwen2_vl", tmp_path / "Qwen2-VL-7B-Instruct")
+    vlm = hf.load(tmp_path / "Qwen2-VL-7B-Instruct")
+    with pytest.raises(ParameterError, match=r"\(Qwen2-VL-7B-Instruct has 2 LM layers\)"):
+        vlm.check_layer(2)
+    ok = hf.check_against(vlm, layer=1, batch_size=8, image_size=224, steps=("score_options", "generate", "forward"),
+                          free_bytes=1 << 40)
+    assert ok["layer"] == 1 and ok["image_tokens"] == 64 and len(ok["estimates"]) == 3
+    need = ok["estimates"][0].running
+    with pytest.raises(ParameterError, match=r"parameter 'batch_size' = 8 is invalid for Qwen2-VL-7B-Instruct on cpu: "
+                                             r"score_options needs .* GiB are free; largest that fits: [1-7]$"):
+        hf.check_against(vlm, batch_size=8, image_size=224, free_bytes=need // 2)
+
+
+def test_load_arguments_attn_and_pixels(tmp_path):
+    with pytest.raises(ValueError, match=r"parameter 'attn_implementation' = 'flash' is invalid; allowed: one of"):
+        hf.load("nonexistent-org/nonexistent-vlm-7b", attn_implementation="flash")
+    import importlib.util
+
+    if importlib.util.find_spec("flash_attn") is None:
+        with pytest.raises(ValueError, match="needs the flash_attn package, which is not installed"):
+            hf.load("nonexistent-org/nonexistent-vlm-7b", attn_implementation="flash_attention_2")
+    with pytest.raises(ValueError, match=r"parameter 'min_pixels' = 5000 is invalid; allowed: at most max_pixels = 4000"):
+        hf.load("nonexistent-org/nonexistent-vlm-7b", min_pixels=5000, max_pixels=4000)
+    hf_tiny.save_tiny("qwen2_vl", tmp_path)
+    image = [np.zeros((280, 280, 3), np.uint8)]
+    full = hf.load(tmp_path).prepare(image, ["Where?"])
+    small = hf.load(tmp_path, max_pixels=112 * 112, attn_implementation="eager").prepare(image, ["Where?"])
+    assert full.grids == [(10, 10)] and small.grids == [(4, 4)]  # 28 px per token; 112 x 112 px at most
+    assert hf.image_tokens(hf.load(tmp_path).model.config, 280, max_pixels=112 * 112) == (16, 64)
+
+
+def test_memory_estimate_components():
+    from transformers import AutoConfig  # noqa: F401
+
+    model, _ = hf_tiny.build_tiny("llava")
+    config = model.config
+    assert hf.parameter_count(config) == sum(p.numel() for p in model.parameters())
+    new = hf.estimate_memory(config, 64, step="score_options", dtype="float32")
+    old = hf.estimate_memory(config, 64, step="score_options_reference", dtype="float32")
+    assert new.total < old.total and new.kv_cache == 0 and new.image_tokens == 16  # LLaVA: the config's fixed grid
+    assert hf.estimate_memory(config, 64, step="score_options", option_tokens=3).kv_cache > 0
+    assert hf.estimate_memory(config, 128, step="generate").running > hf.estimate_memory(config, 64, step="generate").running
+    kwargs = dict(model_config=config, step="forward", dtype="float32")
+    free = hf.estimate_memory(batch_size=50, **kwargs).total
+    best = hf.largest_batch(free, **kwargs)
+    assert 50 <= best < 52 and hf.estimate_memory(batch_size=best + 1, **kwargs).total > free
+    with pytest.raises(ValueError, match="step must be one of"):
+        hf.estimate_memory(config, 4, step="train")

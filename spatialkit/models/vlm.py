@@ -273,6 +273,20 @@ class VLM(ABC):
         """A short human-readable name of the model, for messages."""
         return getattr(self, "family", type(self).__name__)
 
+    def check_layer(self, layer: int, *, param: str = "layer", allow_minus_one: bool = True) -> int:
+        """``layer`` if it names one of this model's LM layers (``-1`` too when ``allow_minus_one``: the
+        caller's "default" layer), else a one-line ``ParameterError``: "parameter 'layer' = 40 is invalid;
+        allowed: int in [-1, 27] (Qwen2-VL-7B-Instruct has 28 LM layers)". Validates against the loaded model,
+        not against any other model a notebook also runs."""
+        from spatialkit.common.params import ParameterError
+
+        low = -1 if allow_minus_one else 0
+        n = self.num_layers
+        if isinstance(layer, bool) or not isinstance(layer, int) or not low <= layer <= n - 1:
+            raise ParameterError(f"parameter '{param}' = {layer!r} is invalid; allowed: int in [{low}, {n - 1}] "
+                                 f"({self.name} has {n} LM layers)")
+        return layer
+
     # -- model parts ----------------------------------------------------------------------------
     @property
     @abstractmethod

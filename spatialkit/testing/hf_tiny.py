@@ -245,3 +245,97 @@ def image_size(family: str, grid: tuple[int, int] = (2, 3), llava_grid: int = 4)
         return (7 * llava_grid, 7 * llava_grid)
     px = 32 if family == "qwen3_vl" else 28
     return (grid[0] * px, grid[1] * px)
+
+
+# -- hub-layout checkpoints ------------------------------------------------------------------------
+LLAMA_CORPUS_EXTRA = ["USER: <image>\nWhere is the chicken? ASSISTANT: left", "USER: ASSISTANT: right above below"]
+
+
+def train_llama_tokenizer(vocab_size: int = 700, *, legacy_layout: bool = True) -> PreTrainedTokenizerFast:
+    """A SentencePiece-style Llama tokenizer like llava-hf/llava-1.5-7b-hf's, trained offline in milliseconds.
+
+    Same layout as the Llama/LLaVA tokenizer.json: a BPE over "▁"-marked words with byte fallback
+    (ids 0-2 ``<unk> <s> </s>``, 3-258 the bytes ``<0x00>``...``<0xFF>``, then the pieces, then the added
+    ``<image>`` and ``<pad>``), BOS prepended. ``legacy_layout``: the normalizer Prepend("▁") + Replace(" ", "▁")
+    with no pre-tokenizer (what the hub's tokenizer.json holds: " left" alone becomes "▁" "▁left"); else a
+    Metaspace pre-tokenizer (prepend_scheme "first"). Saved, it reloads as transformers' ``LlamaTokenizer``.
+    """
+    import json
+
+    from tokenizers import normalizers, processors
+
+    trainer_tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    trainer_tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False)
+    trainer_tok.train_from_iterator(_corpus() + LLAMA_CORPUS_EXTRA * 4, trainer=trainer)
+    trained = json.loads(trainer_tok.to_str())["model"]
+    pieces = [t for t, _ in sorted(trained["vocab"].items(), key=lambda kv: kv[1]) if t not in ("<unk>", "<s>", "</s>")]
+    byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
+    vocab = {t: i for i, t in enumerate(["<unk>", "<s>", "</s>"] + byte_tokens + [p for p in pieces if p not in byte_tokens])}
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in trained["merges"]]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", fuse_unk=True, byte_fallback=True))
+    if legacy_layout:
+        tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                       special_tokens=[("<s>", 1)])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+    fast.add_special_tokens({"pad_token": "<pad>"})
+    fast.add_tokens(["<image>"], special_tokens=True)
+    fast.chat_template = LLAVA_CHAT_TEMPLATE
+    fast.padding_side = "left"
+    return fast
+
+
+def save_hub_layout(family: str, folder: str | Path, seed: int = 0, *, tokenizer: str = "default",
+                    max_shard_size: str = "200KB", **sizes) -> Path:
+    """A tiny model saved the way the hub ships the real one: bfloat16 weights in several safetensors shards
+    (+ model.safetensors.index.json), config.json with dtype bfloat16, chat_template.json,
+    preprocessor_config.json (Qwen: the hub's 12.8 MP max_pixels) and the tokenizer files.
+
+    ``tokenizer="sentencepiece"`` (LLaVA only): the Llama SentencePiece-style tokenizer of
+    :func:`train_llama_tokenizer` (saved with tokenizer_class LlamaTokenizer), as llava-hf ships it.
+    """
+    import json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if tokenizer not in ("default", "sentencepiece"):
+        raise ValueError(f"tokenizer must be 'default' or 'sentencepiece', got {tokenizer!r}")
+    if tokenizer == "sentencepiece":
+        if family != "llava":
+            raise ValueError("tokenizer='sentencepiece' is LLaVA's (Qwen ships a byte-level BPE)")
+        from spatialkit.models import hf
+
+        tok = train_llama_tokenizer()
+        config = build_config(family, tok, **sizes)
+        config.text_config.bos_token_id = tok.bos_token_id
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = hf.model_class(family)._from_config(config, attn_implementation="sdpa", dtype=torch.float32)
+        processor = build_processor(family, tok, llava_grid=sizes.get("llava_grid", 4))
+    else:
+        model, processor = build_tiny(family, seed, **sizes)
+    model.to(torch.bfloat16).save_pretrained(folder, max_shard_size=max_shard_size)
+    processor.save_pretrained(folder)
+    processor.image_processor.save_pretrained(folder)  # preprocessor_config.json, as the hub has it
+    template = processor.chat_template
+    for stale in ("chat_template.jinja", "processor_config.json") if family != "llava" else ("chat_template.jinja",):
+        (folder / stale).unlink(missing_ok=True)
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": template}, indent=2))
+    if family != "llava":
+        pre = json.loads((folder / "preprocessor_config.json").read_text())
+        pre.update(min_pixels=3136, max_pixels=12845056, image_processor_type="Qwen2VLImageProcessor")
+        pre["size"] = {"shortest_edge": 3136, "longest_edge": 12845056}
+        (folder / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))
+    if tokenizer == "sentencepiece":
+        cfg = json.loads((folder / "tokenizer_config.json").read_text())
+        cfg.update(tokenizer_class="LlamaTokenizer", add_bos_token=True, add_eos_token=False, legacy=False)
+        (folder / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2))
+    return folder

@@ -151,8 +151,12 @@ def _chat_template(folder: Path, tokenizer) -> str | None:
     return tokenizer.chat_template
 
 
-def load_processor(folder: str | os.PathLike, family: str):
-    """The processor, built from explicit classes (AutoProcessor would silently give only the tokenizer)."""
+def load_processor(folder: str | os.PathLike, family: str, *, min_pixels: int | None = None,
+                   max_pixels: int | None = None):
+    """The processor, built from explicit classes (AutoProcessor would silently give only the tokenizer).
+
+    ``min_pixels``/``max_pixels``: a Qwen image processor's pixel bounds (None: the folder's own); ignored for
+    LLaVA, whose processor resizes every image to its fixed square."""
     from transformers import AutoTokenizer
 
     folder = Path(folder)
@@ -170,22 +174,57 @@ def load_processor(folder: str | os.PathLike, family: str):
     from transformers import Qwen2VLImageProcessorPil
 
     image = Qwen2VLImageProcessorPil.from_pretrained(folder)
+    set_pixel_bounds(image, min_pixels, max_pixels)
     return processor_class(family)(image_processor=image, tokenizer=tokenizer, chat_template=template)
 
 
-def load(path_or_id: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None) -> "HFVLM":
+def set_pixel_bounds(image_processor, min_pixels: int | None = None, max_pixels: int | None = None) -> None:
+    """Set a Qwen image processor's pixel bounds in place (None leaves a bound as it is)."""
+    check_pixels(min_pixels, max_pixels)
+    size = image_processor.size
+    low = min_pixels if min_pixels is not None else size["shortest_edge"]
+    high = max_pixels if max_pixels is not None else size["longest_edge"]
+    if low > high:
+        raise ValueError(f"parameter 'min_pixels' = {low} is invalid; allowed: at most max_pixels = {high}")
+    if isinstance(size, dict):
+        image_processor.size = {**size, "shortest_edge": low, "longest_edge": high}
+    else:  # transformers' SizeDict (a dataclass)
+        import dataclasses
+
+        image_processor.size = dataclasses.replace(size, shortest_edge=low, longest_edge=high)
+
+
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+# The notebooks' default pixel bound for Qwen processors: Qwen's own recommended max (1280 visual tokens of 28 px
+# for Qwen2/2.5-VL), instead of the hub preprocessor_config's 12.8 MP (16384 tokens per image).
+DEFAULT_MAX_PIXELS = 1280 * 28 * 28
+
+
+def load(path_or_id: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None,
+         attn_implementation: str = "sdpa", min_pixels: int | None = None, max_pixels: int | None = None) -> "HFVLM":
     """Load a supported VLM from a local folder or the HF cache (never downloads).
 
-    ``dtype`` None: float32 on the CPU, the checkpoint's own dtype elsewhere.
+    ``dtype``: None = float32 on the CPU, the checkpoint's own dtype ("auto") elsewhere; or "auto", "bfloat16",
+    "float16", "float32" (or the torch dtype). ``attn_implementation``: the LM's and vision tower's attention
+    ("sdpa", "eager", or "flash_attention_2", which needs the ``flash_attn`` package and a CUDA device);
+    ``attention_hook`` swaps in its own function for the LM and restores this one on exit.
+    ``min_pixels``/``max_pixels``: pixel bounds of a Qwen processor (images are resized so that
+    h*w lies within them, in steps of the patch*merge size); None keeps the checkpoint's own (the hub's Qwen2-VL
+    preprocessor allows up to 12.8 MP per image; the notebooks pass :data:`DEFAULT_MAX_PIXELS`). LLaVA-1.5's
+    processor always resizes to its fixed square, so both are ignored there.
     """
     from transformers import AutoConfig
 
     dtype = _check_dtype(dtype, device)  # bad arguments fail before any file is read
+    attn_implementation = check_attn_implementation(attn_implementation, device)
+    check_pixels(min_pixels, max_pixels)
     folder = resolve_weights(path_or_id)
     family = family_of(AutoConfig.from_pretrained(folder))
-    model = model_class(family).from_pretrained(folder, dtype=dtype, attn_implementation="sdpa")
+    model = model_class(family).from_pretrained(folder, dtype=dtype, attn_implementation=attn_implementation)
     model.to(device).eval()
-    return HFVLM(model, load_processor(folder, family), family)
+    vlm = HFVLM(model, load_processor(folder, family, min_pixels=min_pixels, max_pixels=max_pixels), family)
+    vlm.source = str(path_or_id)
+    return vlm
 
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -203,6 +242,33 @@ def _check_dtype(dtype, device):
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be None or one of {DTYPES} (or the torch dtype), got {dtype!r}")
     return dtype if dtype == "auto" else getattr(torch, dtype)
+
+
+def check_attn_implementation(attn_implementation: str, device: str | torch.device = "cpu") -> str:
+    """``attn_implementation`` if it can run here, else a ValueError saying why (flash_attention_2 needs the
+    ``flash_attn`` package and a CUDA device)."""
+    import importlib.util
+
+    if attn_implementation not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(f"parameter 'attn_implementation' = {attn_implementation!r} is invalid; allowed: one of "
+                         f"{list(ATTN_IMPLEMENTATIONS)}")
+    if attn_implementation == "flash_attention_2":
+        if importlib.util.find_spec("flash_attn") is None:
+            raise ValueError("parameter 'attn_implementation' = 'flash_attention_2' needs the flash_attn package, "
+                             "which is not installed here (pip install flash-attn on a CUDA machine); use 'sdpa'")
+        if torch.device(device).type != "cuda":
+            raise ValueError(f"parameter 'attn_implementation' = 'flash_attention_2' runs on CUDA only, "
+                             f"not on device {str(device)!r}; use 'sdpa'")
+    return attn_implementation
+
+
+def check_pixels(min_pixels: int | None, max_pixels: int | None) -> None:
+    """ValueError unless the Qwen pixel bounds are None or positive ints with min_pixels <= max_pixels."""
+    for name, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"parameter '{name}' = {value!r} is invalid; allowed: None or an int >= 1")
+    if min_pixels is not None and max_pixels is not None and min_pixels > max_pixels:
+        raise ValueError(f"parameter 'min_pixels' = {min_pixels} is invalid; allowed: at most max_pixels = {max_pixels}")
 
 
 # -- the attention function ------------------------------------------------------------------------
@@ -244,6 +310,17 @@ def _to_pil(image) -> Image.Image:
     return Image.fromarray(array)
 
 
+def token_logprobs(logits: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """log softmax(logits[rows])[targets], (R,) float32, without a log-softmax over every row: the target's
+    logit minus the row's log-sum-exp, in float32, ``chunk`` rows at a time (memory: chunk x vocabulary)."""
+    out = []
+    for start in range(0, len(rows), chunk):
+        r, t = rows[start:start + chunk], targets[start:start + chunk]
+        picked = logits[r].float()  # (chunk, V)
+        out.append(picked.gather(1, t[:, None])[:, 0] - picked.logsumexp(-1))
+    return torch.cat(out) if out else torch.zeros(0)
+
+
 # -- the adapter -----------------------------------------------------------------------------------
 class HFVLM(VLM):
     """A transformers VLM of one of the supported families, as a :class:`spatialkit.models.vlm.VLM`."""
@@ -258,6 +335,15 @@ class HFVLM(VLM):
         self.device, self.dtype = first.device, first.dtype
         self.image_token_id = model.config.image_token_id
         self._running_kinds: torch.Tensor | None = None
+
+    @property
+    def name(self) -> str:
+        """The checkpoint's name for messages: the folder or hub id's last part ("Qwen2-VL-7B-Instruct")."""
+        source = getattr(self, "source", None) or getattr(self.model.config, "_name_or_path", "") or ""
+        source = str(source).rstrip("/")
+        if "/snapshots/" in source:  # an HF cache folder: models--org--name/snapshots/<hash>
+            source = source.split("/snapshots/")[0].rsplit("--", 1)[-1]
+        return Path(source).name or self.family
 
     # -- model parts ---------------------------------------------------------------------------
     @property
@@ -367,31 +453,127 @@ class HFVLM(VLM):
         return Batch(inputs=inputs, token_kind=self._token_kinds(inputs), grids=batch.grids, prompts=batch.prompts)
 
     def option_ids(self, prompt_text: str, option: str) -> list[int]:
-        """Token ids of an answer option as it would follow the assistant prefix ("ASSISTANT:" → " left")."""
+        """Token ids of an answer option as it follows the assistant prefix ("ASSISTANT:" → " left").
+
+        The option's own leading whitespace is dropped ("left" and " left" are the same answer); one space
+        joins it to a prefix that does not end in whitespace. The ids are those the tokenizer gives the option
+        *inside* the whole text (prompt + option) after the prompt's own ids, so a SentencePiece tokenizer's
+        word-start "▁" is handled as in the real sequence (never a lone "▁" token); only when the option's
+        first token merges with the prompt's last one are they the option's own ids.
+        """
+        option = option.lstrip()
+        if not option:
+            return []
         text = option if (not prompt_text or prompt_text[-1].isspace()) else " " + option
+        base = self.tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+        full = self.tokenizer(prompt_text + text, add_special_tokens=False)["input_ids"]
+        if len(full) > len(base) and full[: len(base)] == base:
+            return full[len(base):]
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    @torch.no_grad()
-    def score_options(self, images: Sequence, prompts: Sequence[str], options: Sequence[Sequence[str]]) -> torch.Tensor:
-        """(B, K) summed log-likelihood of each option's tokens; -inf pads prompts with fewer than K options."""
+    def _option_suffixes(self, prompts, options, system_prompt):
         if len(options) != len(prompts) or any(len(o) == 0 for o in options):
             raise ValueError("options must hold one non-empty list of options per prompt")
-        k_max = max(len(o) for o in options)
-        texts = self.prompt_texts(prompts)
-        owner = [(b, o) for b in range(len(prompts)) for o in range(len(options[b]))]
-        rep_images = [images[b] for b, _ in owner]
-        rep_prompts = [prompts[b] for b, _ in owner]
-        suffixes = [self.option_ids(texts[b], options[b][o]) for b, o in owner]
-        if any(len(s) == 0 for s in suffixes):
+        texts = self.prompt_texts(prompts, system_prompt)
+        suffixes = [[self.option_ids(texts[b], o) for o in opts] for b, opts in enumerate(options)]
+        if any(len(s) == 0 for row in suffixes for s in row):
             raise ValueError("every option must be a non-empty string")
-        batch = self._with_suffix(self.prepare(rep_images, rep_prompts), suffixes)
+        return suffixes
+
+    @torch.no_grad()
+    def score_options(self, images: Sequence, prompts: Sequence[str], options: Sequence[Sequence[str]], *,
+                      system_prompt: str | None = None) -> torch.Tensor:
+        """(B, K) summed log-likelihood of each option's tokens; -inf pads prompts with fewer than K options.
+
+        Each image goes through the vision tower once and each prompt through the LM once (with a KV cache
+        when some option has more than one token): an option's first token is read from the prompt's last
+        position (the LM head runs there only), its further tokens from one cached step per option slot, run
+        for every prompt at once and cropped off the cache again. Log-probabilities are taken only at the
+        option tokens (a log-sum-exp over the vocabulary per scored position, in float32, in row chunks).
+        Active hooks apply to every forward; an attention hook that changes the last row changes the row that
+        predicts the option's first token.
+        """
+        suffixes = self._option_suffixes(prompts, options, system_prompt)
+        k_max = max(len(row) for row in suffixes)
+        batch = self.prepare(images, prompts, system_prompt=system_prompt)
+        multi = any(len(s) > 1 for row in suffixes for s in row)
+        previous_deltas = vars(self.model.model).get("rope_deltas")
+        scores = torch.full((len(prompts), k_max), float("-inf"))
+        try:
+            with self._running(batch.token_kind):
+                out = self.model(**batch.inputs, use_cache=multi, logits_to_keep=1)
+            last = out.logits[:, -1]  # (B, V)
+            firsts = [(b, o, s[0]) for b, row in enumerate(suffixes) for o, s in enumerate(row)]
+            rows = torch.tensor([b for b, _, _ in firsts], device=last.device)
+            targets = torch.tensor([t for _, _, t in firsts], device=last.device)
+            first_lp = token_logprobs(last, rows, targets).cpu()
+            for (b, o, _), lp in zip(firsts, first_lp.tolist()):
+                scores[b, o] = lp
+            if multi:
+                self._score_continuations(batch, out.cache, suffixes, scores)
+        finally:
+            if "rope_deltas" in vars(self.model.model):
+                self.model.model.rope_deltas = previous_deltas
+        return scores
+
+    def _score_continuations(self, batch: Batch, cache, suffixes: list[list[list[int]]], scores: torch.Tensor) -> None:
+        """Add the log-probabilities of every option's tokens after its first (one cached step per slot)."""
+        n, length = batch.inputs["input_ids"].shape
+        attend = batch.inputs["attention_mask"]
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        deltas = vars(self.model.model).get("rope_deltas")  # Qwen: M-RoPE offset of each prompt, set by the prefill
+        for o in range(max(len(row) for row in suffixes)):
+            todo = [b for b, row in enumerate(suffixes) if o < len(row) and len(row[o]) > 1]
+            if not todo:
+                continue
+            m = max(len(suffixes[b][o]) for b in todo) - 1
+            ids = torch.full((n, m), pad_id, dtype=torch.long)
+            for b in todo:
+                tail = suffixes[b][o][:-1]  # the tokens that predict the option's 2nd..last token
+                ids[b, : len(tail)] = torch.tensor(tail)
+            ids = ids.to(self.device)
+            mask = torch.cat([attend, torch.ones((n, m), dtype=attend.dtype, device=attend.device)], 1)
+            steps = torch.arange(m, device=self.device)
+            if deltas is not None:  # Qwen: text after the prompt continues at (last M-RoPE position + 1), all 3 axes
+                start = attend.long().sum(1, keepdim=True) + deltas.to(self.device)  # valid length + delta
+                position_ids = (start + steps).unsqueeze(0).expand(3, -1, -1)
+            else:  # LLaVA: positions continue the padded prompt's, as the prefill counted them
+                position_ids = (length + steps).unsqueeze(0).expand(n, -1)
+            kinds = torch.cat([batch.token_kind, torch.full((n, m), int(TokenKind.TEXT), dtype=batch.token_kind.dtype,
+                                                           device=batch.token_kind.device)], 1)
+            with self._running(kinds):
+                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids,
+                                    cache=cache, use_cache=True).logits  # (n, m, V)
+            cache.crop(-m)
+            rows, cols, targets, owners = [], [], [], []
+            for b in todo:
+                for j, t in enumerate(suffixes[b][o][1:]):
+                    rows.append(b * m + j)
+                    targets.append(t)
+                    owners.append(b)
+            flat = logits.reshape(n * m, -1)
+            lp = token_logprobs(flat, torch.tensor(rows, device=flat.device), torch.tensor(targets, device=flat.device))
+            for b, value in zip(owners, lp.cpu().tolist()):
+                scores[b, o] += value
+
+    @torch.no_grad()
+    def score_options_reference(self, images: Sequence, prompts: Sequence[str], options: Sequence[Sequence[str]], *,
+                                system_prompt: str | None = None) -> torch.Tensor:
+        """The plain reference :meth:`score_options` checks against: one (image, prompt + option) row per option
+        through the whole model, log-softmax over every position. Memory grows with options x vocabulary x
+        sequence: for tests and small checks only."""
+        suffixes = self._option_suffixes(prompts, options, system_prompt)
+        owner = [(b, o) for b in range(len(prompts)) for o in range(len(options[b]))]
+        batch = self._with_suffix(self.prepare([images[b] for b, _ in owner], [prompts[b] for b, _ in owner],
+                                               system_prompt=system_prompt),
+                                  [suffixes[b][o] for b, o in owner])
         logprobs = self.logits(batch).float().log_softmax(dim=-1)
         length = batch.inputs["input_ids"].shape[1]
-        scores = torch.full((len(prompts), k_max), float("-inf"))
-        for row, ((b, o), suffix) in enumerate(zip(owner, suffixes)):
+        scores = torch.full((len(prompts), max(len(o) for o in options)), float("-inf"))
+        for row, (b, o) in enumerate(owner):
+            suffix = suffixes[b][o]
             positions = torch.arange(length - len(suffix), length, device=logprobs.device)
-            targets = torch.tensor(suffix, device=logprobs.device)
-            scores[b, o] = logprobs[row, positions - 1, targets].sum()
+            scores[b, o] = logprobs[row, positions - 1, torch.tensor(suffix, device=logprobs.device)].sum()
         return scores
 
     def _generation(self, new_ids: list[int], first_prob: float) -> Generation:
