@@ -472,3 +472,22 @@ def test_memory_estimate_components():
     assert 50 <= best < 52 and hf.estimate_memory(batch_size=best + 1, **kwargs).total > free
     with pytest.raises(ValueError, match="step must be one of"):
         hf.estimate_memory(config, 4, step="train")
+
+
+def test_load_for_reads_a_notebooks_parameters(tmp_path):
+    from types import SimpleNamespace
+
+    from spatialkit.suite import catalog
+
+    assert catalog.MAX_PIXELS.default == hf.DEFAULT_MAX_PIXELS
+    assert [p.name for p in catalog.HF_MODEL_PARAMS] == ["dtype", "attn_implementation", "min_pixels", "max_pixels"]
+    assert set(catalog.DTYPE.choices) == set(hf.DTYPES) and tuple(catalog.ATTN_IMPLEMENTATION.choices) == hf.ATTN_IMPLEMENTATIONS
+    hf_tiny.save_tiny("qwen2_vl", tmp_path)
+    bare = hf.load_for(SimpleNamespace(model=str(tmp_path), device="cpu"))  # a notebook without the new parameters
+    assert bare.dtype == torch.float32 and bare.processor.image_processor.size["longest_edge"] == hf.DEFAULT_MAX_PIXELS
+    full = hf.load_for(SimpleNamespace(model=str(tmp_path), device="cpu", dtype="bfloat16", attn_implementation="eager",
+                                       min_pixels=3136, max_pixels=200_000))
+    assert full.dtype == torch.bfloat16 and full.processor.image_processor.size["longest_edge"] == 200_000
+    assert full.lm_config._attn_implementation == "eager"
+    with pytest.raises(ValueError, match="at most max_pixels"):
+        hf.load_for(SimpleNamespace(model=str(tmp_path), min_pixels=300_000, max_pixels=200_000))

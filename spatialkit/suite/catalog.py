@@ -19,6 +19,19 @@ MODEL = Param(
     choices=("tiny",), allow_other=True, path="model",  # a local folder is checked before any kernel starts
 )
 
+# A Hugging Face model's runtime settings (spatialkit.models.hf.load's arguments; hf.load_for(P) reads them), shared by
+# the notebooks that take `model`. The organism ignores them.
+DTYPE = Param("dtype", str, "auto", "weights dtype of an HF model: 'auto' = float32 on the CPU, the checkpoint's own "
+              "(bfloat16) on CUDA", choices=("auto", "bfloat16", "float16", "float32"))
+ATTN_IMPLEMENTATION = Param("attn_implementation", str, "sdpa", "attention of an HF model (flash_attention_2 needs the "
+                            "flash_attn package and CUDA)", choices=("sdpa", "eager", "flash_attention_2"))
+MIN_PIXELS = Param("min_pixels", int, 3136, "smallest image area (pixels) a Qwen processor resizes to; LLaVA ignores it",
+                   low=784, high=16_777_216)
+MAX_PIXELS = Param("max_pixels", int, 1_003_520, "largest image area (pixels) a Qwen processor resizes to: 1280 tokens "
+                   "of 28 px (hf.DEFAULT_MAX_PIXELS; the hub's preprocessor allows 12.8 MP); LLaVA ignores it",
+                   low=3136, high=16_777_216)
+HF_MODEL_PARAMS = (DTYPE, ATTN_IMPLEMENTATION, MIN_PIXELS, MAX_PIXELS)  # after MODEL in a spec: *HF_MODEL_PARAMS
+
 N_BOOT = Param("n_boot", int, 1000, "bootstrap resamples for the CIs", low=100, high=100_000)
 THREADS = Param("threads", int, 1, "torch CPU threads (0 = torch's default); 1 is fastest on a shared 2-core machine",
                 low=0, high=256)

@@ -227,6 +227,19 @@ def load(path_or_id: str | os.PathLike, device: str | torch.device = "cpu", dtyp
     return vlm
 
 
+def load_for(params, **overrides) -> "HFVLM":
+    """:func:`load` with a notebook's validated parameters (``P`` from ``spatialkit.suite.notebook.setup``):
+    ``model``, ``device``, ``dtype`` ("auto" = None: float32 on the CPU, the checkpoint's own on CUDA),
+    ``attn_implementation``, ``min_pixels``, ``max_pixels``. Those the notebook does not declare take the
+    defaults of ``spatialkit.suite.catalog.HF_MODEL_PARAMS`` (max_pixels :data:`DEFAULT_MAX_PIXELS`);
+    ``overrides`` win over both. Checks min_pixels <= max_pixels."""
+    get = lambda name, default: overrides.get(name, getattr(params, name, default))  # noqa: E731
+    dtype = get("dtype", "auto")
+    return load(get("model", None), device=get("device", "cpu"), dtype=None if dtype == "auto" else dtype,
+                attn_implementation=get("attn_implementation", "sdpa"), min_pixels=get("min_pixels", None),
+                max_pixels=get("max_pixels", DEFAULT_MAX_PIXELS))
+
+
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
