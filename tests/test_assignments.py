@@ -246,3 +246,83 @@ def test_real_notebook_instructor_full_marks_student_zero(tmp_path):
     assert full.score == full.max_score > 0, full.summary()
     zero = A.grade(student, path, profile="smoke", timeout=120, report_dir=tmp_path / "student")
     assert zero.score == 0 and zero.max_score == full.max_score, zero.summary()
+
+
+# --- an nbgrader course, and many submissions into one gradebook ----------------------------------
+
+def test_course_layout_and_config(source, tmp_path):
+    course = tmp_path / "course"
+    [written] = A.build_course([source], course, timeout=45, echo=lambda _: None)
+    assert written == course / "source" / "hw" / "hw.ipynb"
+    nb = nbformat.read(written, as_version=4)
+    assert nb.cells[3].source == ADD_SOLUTION                               # the instructor version
+    assert nb.cells[4].metadata["nbgrader"] == {"solution": False, "grade": True, "locked": True, "points": 2.0,
+                                                "grade_id": "tests-add-tests", "schema_version": 3}
+    assert "widgets" not in nb.metadata
+    config = (course / "nbgrader_config.py").read_text()
+    assert "c.CourseDirectory.course_id = 'spatialkit'" in config and "c.Execute.timeout = 45" in config
+    compile(config, "nbgrader_config.py", "exec")
+
+
+def test_profile_values_are_written_into_the_parameters_cell():
+    nb = A.with_parameters(make_notebook(), {"offset": 5})
+    assert nb.cells[1].source == "offset = 5  # default: 0"
+    with pytest.raises(A.AssignmentError, match="no cell tagged 'parameters'"):
+        A.with_parameters(new_notebook(cells=[code("x = 1")]), {"offset": 5})
+
+
+@pytest.mark.slow  # nbgrader's CLI: two application starts and two kernels, about 30 s
+def test_nbgrader_accepts_the_course_and_grades_it(source, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    course = tmp_path / "course"
+    A.build_course([source], course, echo=lambda _: None)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    nbgrader = str(Path(sys.executable).parent / "nbgrader")
+
+    def run(*args):
+        done = subprocess.run([nbgrader, *args], cwd=course, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+
+    run("generate_assignment", "hw", "--force")
+    release = course / "release" / "hw" / "hw.ipynb"
+    assert "raise NotImplementedError()" in release.read_text() and "add(-1, 1)" not in release.read_text()
+    # the instructor's version (solutions in) and the untouched student copy
+    for student, notebook in (("solution", course / "source" / "hw" / "hw.ipynb"), ("blank", release)):
+        (course / "submitted" / student / "hw").mkdir(parents=True)
+        (course / "submitted" / student / "hw" / "hw.ipynb").write_bytes(notebook.read_bytes())
+    run("autograde", "hw")
+
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gradebook:
+        scores = {s: gradebook.find_submission("hw", s).score for s in ("solution", "blank")}
+        assert gradebook.find_assignment("hw").max_score == 3
+    assert scores == {"solution": 3, "blank": 0}
+
+
+def test_many_submissions_one_gradebook(source, tmp_path, capsys):
+    submitted = tmp_path / "submitted"
+    for student, nb in (("alice", make_notebook()), ("bob", A.student_version(make_notebook(), "hw"))):
+        write(nb, submitted / student / "hw" / "hw.ipynb")                  # nbgrader's layout
+    (submitted / "alice" / "hw" / "hw.graded.ipynb").write_text("{}")     # a graded copy is not a submission
+    code_ = cli.main(["assignments", "grade", str(submitted), "--source", str(source), "--timeout", "30",
+                      "--report-dir", str(tmp_path / "reports")])
+    assert code_ == 0
+    captured = capsys.readouterr()
+    assert "grading" in captured.err                                        # tqdm's bar
+    rows = (tmp_path / "reports" / "gradebook.csv").read_text().splitlines()
+    assert rows[0].startswith("student,notebook,score,max_score,tests-add-tests,tests-word-tests,seconds")
+    assert rows[1].startswith("alice,hw,3,3,2,1,") and rows[2].startswith("bob,hw,0,3,0,0,")
+    assert (tmp_path / "reports" / "alice" / "hw.grade.json").exists()
+    assert f"gradebook: {tmp_path / 'reports' / 'gradebook.csv'} (2 submission(s))" in captured.out
+
+
+def test_student_ids_from_the_usual_layouts(tmp_path):
+    assert A.student_id(tmp_path / "alice.ipynb", "hw") == "alice"
+    assert A.student_id(tmp_path / "bob" / "hw.ipynb", "hw") == "bob"
+    assert A.student_id(tmp_path / "submitted" / "carol" / "hw" / "hw.ipynb", "hw") == "carol"
+    with pytest.raises(ParameterError, match="no submissions"):
+        A.find_submissions([tmp_path])

@@ -167,3 +167,20 @@ def test_results_without_results_files_is_one_line(tmp_path, capsys):
     assert cli.main(["results", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "no *.results.json files" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow  # one kernel and a Jupyter Book build
+def test_built_book_has_one_parameters_cell_and_the_scorecard(root, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(runner, "package_hash", lambda notebook=None: "pinned")
+    shutil.copy(Path(__file__).resolve().parents[1] / "book" / "bibliography.md", root / "book")
+    tiny_with_claims(root / "notebooks" / "tiny.ipynb")
+    runner.run(plan(root, "smoke"), root / "book" / "executed", echo=lambda _: None)
+    html = book.build(["tiny"], root, echo=lambda _: None)
+    page = (html / "book" / "executed" / "tiny.html").read_text()
+    assert "# Parameters" not in page, "papermill's injected cell is folded into the parameters cell"
+    assert "default: 3" in page  # n = 2 (smoke) shown in the notebook's own parameters cell
+    card = (html / "book" / "executed" / "scorecard.html").read_text()
+    assert "n is positive" in card and "contradicted" in card and "tiny.html" in card
+    assert "scorecard.html" in (html / "book" / "executed" / "tiny.html").read_text()  # next page in the TOC
+    info = json.loads((html / "spatialkit-build.json").read_text())
+    assert info["spatialkit"] and "install" in info

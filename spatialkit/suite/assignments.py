@@ -15,8 +15,16 @@ their ``grade_id``, puts the full tests (hidden ones included) back, executes, a
 cell with ``nbgrader.utils.determine_grade`` (an error or stderr output scores 0).
 
     spatialkit assignments build [--out release/] [--only NAME ...]
-    spatialkit assignments grade SUBMISSION.ipynb [--source notebooks/NAME.ipynb] [--timeout 120]
+    spatialkit assignments build --course DIR [--profile quick|smoke|full] [--only NAME ...]
+    spatialkit assignments grade SUBMISSION|FOLDER ... [--source notebooks/NAME.ipynb] [--timeout 120]
                                  [--profile quick|smoke|full] [-p NAME VALUE ...] [--report-dir DIR]
+                                 [--gradebook CSV]
+
+``build --course DIR`` writes an nbgrader course instead (``DIR/source/NAME/NAME.ipynb`` with nbgrader cell
+metadata, and ``DIR/nbgrader_config.py``): teachers who use nbgrader's own workflow continue there
+(``nbgrader generate_assignment NAME``, ``nbgrader collect``/``autograde``/``formgrader``). ``grade`` takes
+many submissions (files, or folders searched for notebooks, e.g. nbgrader's ``submitted/``) and writes one
+gradebook CSV (a row per submission, a column per test cell), with a progress bar; each cell has a timeout.
 
 This module imports neither nbgrader nor nbformat at import time: with nbgrader installed, importing
 nbformat costs over a second of CPU (jsonschema's format checkers), and the CLI must stay fast.
@@ -158,6 +166,72 @@ def build(sources: Sequence[Path], out_dir: Path, *, echo=print) -> list[Path]:
         points = sum(c.metadata["nbgrader"]["points"] for c in grade_cells(student))
         echo(f"{source.name}: {len(grade_cells(student))} test cell(s), {points:g} point(s) -> {target}")
         written.append(target)
+    return written
+
+
+# --- an nbgrader course --------------------------------------------------------------------------
+
+COURSE_CONFIG = """# nbgrader configuration of the spatialkit course, written by `spatialkit assignments build --course`.
+# Run nbgrader from this folder: nbgrader generate_assignment NAME; nbgrader autograde NAME; nbgrader formgrader
+c = get_config()  # noqa: F821 (provided by nbgrader)
+c.CourseDirectory.course_id = {course_id!r}
+c.CourseDirectory.root = __import__("os").path.dirname(__import__("os").path.abspath(__file__))
+# the notebooks train small models: allow {timeout} s per cell when autograding (nbgrader's default is 30)
+c.Execute.timeout = {timeout}
+c.Execute.interrupt_on_timeout = True
+c.ClearSolutions.code_stub = {{"python": "# YOUR CODE HERE\\nraise NotImplementedError()"}}
+"""
+
+
+def with_parameters(nb, values: Mapping[str, Any]):
+    """``nb`` with ``values`` written into its ``parameters`` cell (a student sees one cell, as in the book)."""
+    from spatialkit.suite.book_ext import fold_parameters
+
+    if not values:
+        return nb
+    cell = next((c for c in nb.cells if "parameters" in c.metadata.get("tags", [])), None)
+    if cell is None:
+        raise AssignmentError("the notebook has no cell tagged 'parameters' to set "
+                              f"{', '.join(sorted(values))} in")
+    cell.source = fold_parameters(cell.source, "\n".join(f"{k} = {v!r}" for k, v in values.items()))
+    return nb
+
+
+def build_course(sources: Sequence[Path], course_dir: Path, *, course_id: str = "spatialkit",
+                 profile: str = "quick", timeout: float = DEFAULT_TIMEOUT, echo=print) -> list[Path]:
+    """Write an nbgrader course: ``source/NAME/NAME.ipynb`` (one assignment per notebook with exercises, its
+    cells carrying nbgrader metadata, the ``profile``'s parameter values written in) and
+    ``nbgrader_config.py``. nbgrader's ``generate_assignment`` makes the student versions from it."""
+    import nbformat
+
+    course_dir = Path(course_dir)
+    written = []
+    for source in sources:
+        source = Path(source)
+        nb = nbformat.read(source, as_version=4)
+        if not has_exercises(nb):
+            echo(f"skipping {source.name}: no cells tagged '{SOLUTION_TAG}' or '{TESTS_TAG}'")
+            continue
+        name = source.stem
+        nb = mark_cells(nb, name)
+        nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+        nb = with_parameters(nb, resolve_parameters(name, profile, {}))
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                cell.outputs, cell.execution_count = [], None
+        for key in ("widgets", "papermill"):
+            nb.metadata.pop(key, None)
+        target = course_dir / "source" / name / source.name
+        _write_notebook(nb, target)
+        points = sum(c.metadata["nbgrader"]["points"] for c in grade_cells(nb))
+        echo(f"{source.name}: assignment {name!r}, {len(grade_cells(nb))} test cell(s), {points:g} point(s) "
+             f"-> {target}")
+        written.append(target)
+    if written:
+        _write_text(course_dir / "nbgrader_config.py",
+                    COURSE_CONFIG.format(course_id=course_id, timeout=int(timeout)))
+        echo(f"nbgrader course in {course_dir}: cd {course_dir} && nbgrader generate_assignment "
+             f"{written[0].parent.name}")
     return written
 
 
@@ -372,6 +446,93 @@ def _write_text(path: Path, text: str) -> None:
         raise
 
 
+# --- many submissions, one gradebook ---------------------------------------------------------------
+
+def find_submissions(paths: Sequence[Path]) -> list[Path]:
+    """Notebook files among ``paths``; a folder contributes every notebook below it (graded copies and
+    checkpoints excluded), sorted."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*.ipynb")
+                            if not p.name.endswith(".graded.ipynb") and ".ipynb_checkpoints" not in p.parts)
+        else:
+            found.append(path)
+    if not found:
+        raise ParameterError(f"no submissions: no notebook in {', '.join(map(str, paths))}")
+    return found
+
+
+def student_id(submission: Path, notebook: str) -> str:
+    """Who submitted: ``alice.ipynb`` -> alice; ``alice/NAME.ipynb`` -> alice; nbgrader's
+    ``submitted/alice/NAME/NAME.ipynb`` -> alice."""
+    submission = Path(submission).resolve()
+    if submission.stem != notebook:
+        return submission.stem
+    parent = submission.parent
+    return parent.parent.name if parent.name == notebook else parent.name
+
+
+def grade_many(
+    submissions: Sequence[Path],
+    source: Path | None = None,
+    *,
+    gradebook: Path | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    profile: str = "quick",
+    overrides: Mapping[str, Any] | None = None,
+    report_dir: Path | None = None,
+    progress: bool = True,
+    notebooks_dir: Path | None = None,
+) -> tuple[list[GradeReport], Path]:
+    """Grade every submission (``source``: the instructor notebook, default ``notebooks/<file name>``) and
+    write one gradebook CSV: student, notebook, score, max_score, one column per test cell, seconds,
+    problems. Reports go into ``report_dir/<student>/`` (default: beside each submission)."""
+    import csv
+    import io
+
+    from tqdm.auto import tqdm
+
+    paths = find_submissions(submissions)
+    notebooks_dir = Path(notebooks_dir) if notebooks_dir is not None else _notebooks_dir()
+    plan = []
+    for path in paths:  # every source resolved before any kernel starts
+        src = Path(source) if source is not None else notebooks_dir / path.name
+        if not src.is_file():
+            raise ParameterError(f"{path}: no source notebook {src} (name it with --source)")
+        plan.append((path, src, student_id(path, src.stem)))
+    students = [s for _, _, s in plan]
+    if gradebook is None:
+        base = Path(report_dir) if report_dir is not None else Path(os.path.commonpath([p.resolve().parent
+                                                                                        for p in paths]))
+        gradebook = base / "gradebook.csv"
+    reports: list[GradeReport] = []
+    bar = tqdm(plan, desc="grading", unit="submission", file=sys.stderr, disable=not progress)
+    for path, src, student in bar:
+        bar.set_postfix_str(student)
+        where = None
+        if report_dir is not None:
+            where = Path(report_dir) / student if students.count(student) == 1 else Path(report_dir) / student / str(
+                len(reports))
+        report = grade(path, src, timeout=timeout, profile=profile, overrides=overrides, report_dir=where)
+        reports.append(report)
+        if progress:
+            bar.write(f"{student}: {report.score:g} / {report.max_score:g}")
+    test_ids: list[str] = []
+    for report in reports:
+        test_ids += [t.grade_id for t in report.tests if t.grade_id not in test_ids]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["student", "notebook", "score", "max_score", *test_ids, "seconds", "problems", "submission"])
+    for (path, src, student), report in zip(plan, reports):
+        points = {t.grade_id: t.points for t in report.tests}
+        writer.writerow([student, src.stem, f"{report.score:g}", f"{report.max_score:g}",
+                         *(f"{points[g]:g}" if g in points else "" for g in test_ids),
+                         f"{report.seconds:.1f}", "; ".join(report.problems), str(path)])
+    _write_text(Path(gradebook), buf.getvalue())
+    return reports, Path(gradebook)
+
+
 # --- CLI: `spatialkit assignments build|grade` ----------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -379,15 +540,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b = sub.add_parser("build", help="write student notebooks (solutions stripped, hidden tests removed)")
     b.add_argument("--out", default="release", type=Path, help="release folder (default: release/)")
     b.add_argument("--only", nargs="+", default=None, metavar="NAME", help="only these notebooks (stems)")
-    g = sub.add_parser("grade", help="execute a submission with the hidden tests and write a score report")
-    g.add_argument("submission", type=Path, help="the student's notebook (.ipynb)")
+    b.add_argument("--course", type=Path, default=None, metavar="DIR",
+                   help="write an nbgrader course instead (DIR/source/NAME/NAME.ipynb, DIR/nbgrader_config.py)")
+    b.add_argument("--profile", default="quick",
+                   help="with --course: parameter profile written into the notebooks (quick = their defaults)")
+    b.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                   help="with --course: seconds per cell when nbgrader autogrades (default: %(default)s)")
+    g = sub.add_parser("grade", help="execute submissions with the hidden tests; score reports and one gradebook CSV")
+    g.add_argument("submission", type=Path, nargs="+",
+                   help="student notebooks (.ipynb), or folders holding them (e.g. nbgrader's submitted/)")
     g.add_argument("--source", type=Path, default=None,
                    help="instructor notebook (default: notebooks/<submission name>.ipynb)")
     g.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per cell (default: %(default)s)")
     g.add_argument("--profile", default="quick", help="parameter profile (quick = the notebook's defaults)")
     g.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                    help="override a notebook parameter (VALUE read as YAML)")
-    g.add_argument("--report-dir", type=Path, default=None, help="where reports go (default: beside the submission)")
+    g.add_argument("--report-dir", type=Path, default=None,
+                   help="where reports go, one folder per student (default: beside each submission)")
+    g.add_argument("--gradebook", type=Path, default=None,
+                   help="the gradebook CSV (default: gradebook.csv in --report-dir, else in the submissions' "
+                        "common folder)")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
 def _notebooks_dir() -> Path:
@@ -405,16 +578,24 @@ def cmd_assignments(args: argparse.Namespace) -> int:
                 if unknown:
                     raise ParameterError(f"--only: unknown notebook(s) {unknown}; known: {', '.join(p.stem for p in sources)}")
                 sources = [p for p in sources if p.stem in args.only]
+            if args.course is not None:
+                written = build_course(sources, args.course, profile=args.profile, timeout=args.timeout)
+                print(f"{len(written)} assignment(s) in {args.course / 'source'}")
+                return 0
             written = build(sources, args.out)
             print(f"{len(written)} student notebook(s) in {args.out}")
             return 0
         from spatialkit.suite.runner import parse_value
 
-        source = args.source or _notebooks_dir() / args.submission.name
         overrides = {k: parse_value(v) for k, v in args.param}
-        report = grade(args.submission, source, timeout=args.timeout, profile=args.profile,
-                       overrides=overrides, report_dir=args.report_dir)
-        print(report.summary())
+        if not (isinstance(args.timeout, (int, float)) and 1 <= args.timeout <= 3600):
+            raise ParameterError(f"--timeout {args.timeout!r}: must be a number of seconds per cell in [1, 3600]")
+        reports, gradebook = grade_many(args.submission, args.source, gradebook=args.gradebook,
+                                        timeout=args.timeout, profile=args.profile, overrides=overrides,
+                                        report_dir=args.report_dir, progress=args.progress)
+        for report in reports:
+            print(report.summary())
+        print(f"gradebook: {gradebook} ({len(reports)} submission(s))")
         return 0
     except AssignmentError as err:
         print(f"spatialkit: error: {err}", file=sys.stderr)
