@@ -138,6 +138,173 @@ def where_splits(seed: int, n_train: int, n_test: int, image_size: int, unseen_s
     }
 
 
+
+@dataclass
+class ShiftedWhereSet(WhereSet):
+    """A translation test: each kept scene's two-object pair pasted at several absolute positions.
+
+    ``scene`` (N,) says which scene an image comes from (0 .. n_scenes-1) and ``shift`` (N, 2) the pair's
+    move (dx, dy) in pixels from the scene's own placement. ``relative`` is the same for every image of a
+    scene (a translation keeps the offset between the objects); ``absolute`` is recomputed per image.
+    """
+
+    scene: torch.Tensor = None
+    shift: torch.Tensor = None
+
+    @property
+    def n_scenes(self) -> int:
+        return int(self.scene.max()) + 1 if len(self) else 0
+
+
+def make_shifted_set(seeds, image_size: int, patch_size: int, *, min_move: int = 2) -> ShiftedWhereSet:
+    """Scenes of ``seeds`` (the training world: drawn at ``image_size - patch_size`` px, kept only when the
+    objects are at least a patch apart and have a relative label), each pasted at its own jittered place
+    and then with the pair moved *as far as it goes* toward each of the four image corners, in whole
+    patches (so every patch shows exactly the same content, only at another position on the grid).
+
+    Every pair stays inside the image (positions a model trained on this world has seen), the relation
+    between the two objects is unchanged, only absolute position changes. Scenes whose pair cannot move
+    at least ``min_move`` patches along some axis are dropped (no translation to test). Per scene: 5
+    images (own place, then top-left, top-right, bottom-left, bottom-right; a corner repeats a place
+    when an axis has no room).
+    """
+    check_number("patch_size", patch_size, 1, None, int)
+    check_number("min_move", min_move, 0, None, int)
+    inner = image_size - patch_size
+    cfg = where_config(inner)
+    _, rendered = scenes.render_batch(seeds, cfg)
+    images, rel, ab, scene_idx, shifts = [], [], [], [], []
+    for scene in rendered:
+        kinds = [o.kind for o in scene.objects]
+        ia, ib = kinds.index(TARGET), kinds.index(REFERENCE)
+        a, b = scene.objects[ia], scene.objects[ib]
+        r = scenes.relation_2d(a, b, cfg.margin, cfg.dominance)
+        if r is None or box_gap(a, b) < patch_size:
+            continue
+        rng = np.random.default_rng([scene.seed, patch_size])  # the same paste offset make_where_set uses
+        dx, dy = (int(v) for v in rng.integers(0, patch_size, size=2))
+        pix = {}
+        for i in (ia, ib):
+            ys, xs = np.nonzero(scene.mask(i))
+            pix[i] = (ys + dy, xs + dx)
+        all_y = np.concatenate([pix[ia][0], pix[ib][0]])
+        all_x = np.concatenate([pix[ia][1], pix[ib][1]])
+        if all_y.size == 0:
+            continue
+        # whole-patch moves keeping every painted pixel inside the image
+        kx = (-(int(all_x.min()) // patch_size), (image_size - 1 - int(all_x.max())) // patch_size)
+        ky = (-(int(all_y.min()) // patch_size), (image_size - 1 - int(all_y.max())) // patch_size)
+        if max(kx[1] - kx[0], ky[1] - ky[0]) < min_move:
+            continue
+        k = len(set(scene_idx))
+        for sx, sy in ((0, 0), (kx[0], ky[0]), (kx[1], ky[0]), (kx[0], ky[1]), (kx[1], ky[1])):
+            mx, my = sx * patch_size, sy * patch_size
+            canvas = np.full((image_size, image_size, 3), PAINT["background"], dtype=np.uint8)
+            for i, role in ((ia, TARGET), (ib, REFERENCE)):
+                canvas[pix[i][0] + my, pix[i][1] + mx] = PAINT[role]
+            x0, y0, x1, y1 = a.box
+            moved = replace(a, box=(x0 + dx + mx, y0 + dy + my, x1 + dx + mx, y1 + dy + my))
+            w = scenes.where_in_image(moved, image_size, cfg.where_margin, cfg.dominance)
+            images.append(canvas)
+            rel.append(RELATIVE_LABELS.index(r))
+            ab.append(ABSOLUTE_LABELS.index(w) if w else -1)
+            scene_idx.append(k)
+            shifts.append((mx, my))
+    stack = np.stack(images) if images else np.empty((0, image_size, image_size, 3), dtype=np.uint8)
+    pixels = torch.from_numpy(stack).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return ShiftedWhereSet(pixels, torch.tensor(rel, dtype=torch.long), torch.tensor(ab, dtype=torch.long),
+                           scene=torch.tensor(scene_idx, dtype=torch.long),
+                           shift=torch.tensor(shifts, dtype=torch.long).reshape(-1, 2))
+
+
+def collect_shifted_set(first_seed: int, n_scenes: int, image_size: int, patch_size: int,
+                        min_move: int = 2) -> ShiftedWhereSet:
+    """``n_scenes`` scenes (5 images each) from consecutive seeds starting at ``first_seed``."""
+    check_number("n_scenes", n_scenes, 1, None, int)
+    parts, have, start = [], 0, first_seed
+    for _ in range(1000):
+        chunk = make_shifted_set(range(start, start + 2 * max(n_scenes - have, 32)), image_size, patch_size,
+                                 min_move=min_move)
+        start += 2 * max(n_scenes - have, 32)
+        if len(chunk):
+            parts.append((chunk, have))
+            have += chunk.n_scenes
+        if have >= n_scenes:
+            break
+    else:
+        raise RuntimeError(f"could not collect {n_scenes} movable scenes at image_size={image_size}")
+    keep = lambda ws, off: (ws.scene + off) < n_scenes
+    cat = lambda f: torch.cat([getattr(ws, f)[keep(ws, off)] for ws, off in parts])
+    scene = torch.cat([(ws.scene + off)[keep(ws, off)] for ws, off in parts])
+    return ShiftedWhereSet(cat("images"), cat("relative"), cat("absolute"), scene=scene, shift=cat("shift"))
+
+
+@torch.no_grad()
+def translation_results(models, shifted: ShiftedWhereSet):
+    """Per (encoding, seed, scene) rows for the translation test, in ``accuracy_table``'s layout.
+
+    ``models`` is ``{(encoding, seed): model}``. Two "questions" per scene, both 0/1 (or a fraction):
+
+    * ``same answer``: the relative answer is identical at every placement of the scene (1 = invariant);
+    * ``accuracy``: the share of the scene's placements answered correctly (relative question);
+    * ``accuracy at own place`` / ``accuracy moved``: the same at the scene's own place / the four moves.
+    """
+    import pandas as pd
+
+    scene = shifted.scene.numpy()
+    moved = (shifted.shift != 0).any(dim=1).numpy()
+    gold = shifted.relative.numpy()
+    rows = []
+    for (name, s), model in models.items():
+        pred = predictions(model, shifted.images)[0].numpy()
+        correct = (pred == gold).astype(float)
+        frame = pd.DataFrame({"scene": scene, "pred": pred, "correct": correct, "moved": moved})
+        per = frame.groupby("scene").agg(same=("pred", lambda p: float(p.nunique() == 1)),
+                                         acc=("correct", "mean"))
+        own = frame[~frame.moved].groupby("scene").correct.mean()
+        away = frame[frame.moved].groupby("scene").correct.mean()
+        for question, values in (("same answer", per.same), ("accuracy", per.acc),
+                                 ("accuracy at own place", own), ("accuracy moved", away)):
+            rows.append(pd.DataFrame({"encoding": name, "seed": s, "split": "shifted", "question": question,
+                                      "item": values.index.to_numpy(), "correct": values.to_numpy()}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def contrast(results, terms, *, seed: int = 0, n_boot: int = 1000, alpha: float = 0.05):
+    """A weighted sum of accuracies, e.g. a difference or a difference of differences, with a bootstrap CI.
+
+    ``terms``: ``[(weight, encoding, split, question), ...]`` picking groups of ``results`` (the frame of
+    ``compare_encodings`` / ``translation_results``). Each replicate resamples, as ``accuracy_table``
+    does, the training seeds of every encoding (once per encoding, shared by all its terms: the same
+    models answer every split) and the test items of every (split, question) (once, shared by every
+    encoding: all models answer the same items). So a contrast of two encodings on one test set is paired
+    on items, and a model's own drop from one split to another is paired on seeds.
+    """
+    from spatialkit.common.stats import Estimate, percentile_interval, resample
+
+    check_number("n_boot", n_boot, 1, None, int)
+    rng = np.random.default_rng(seed)
+    mats, seed_count, item_count = [], {}, {}
+    for w, name, split, question in terms:
+        g = results[(results.encoding == name) & (results.split == split) & (results.question == question)]
+        if g.empty:
+            raise ValueError(f"contrast: no results for ({name!r}, {split!r}, {question!r})")
+        x = g.pivot_table(index="seed", columns="item", values="correct").to_numpy(dtype=np.float64)
+        mats.append((float(w), name, (split, question), x))
+        for key, count, store in ((name, x.shape[0], seed_count), ((split, question), x.shape[1], item_count)):
+            if store.setdefault(key, count) != count:
+                raise ValueError(f"contrast: {key!r} has {count} and {store[key]} seeds/items in different terms")
+    s_idx = {k: resample(rng, n, n_boot) for k, n in seed_count.items()}
+    i_idx = {k: resample(rng, n, n_boot) for k, n in item_count.items()}
+    point, boots = 0.0, np.zeros(n_boot)
+    for w, name, key, x in mats:
+        point += w * x.mean()
+        for lo in range(0, n_boot, 256):  # (seeds, chunk, items) at a time keeps memory small
+            item_means = x[:, i_idx[key][lo:lo + 256]].mean(axis=2)  # (seeds, chunk)
+            boots[lo:lo + 256] += w * np.take_along_axis(item_means, s_idx[name][lo:lo + 256].T, axis=0).mean(axis=0)
+    n = sum(x.size for *_, x in mats)
+    return Estimate(float(point), *percentile_interval(boots, alpha), int(n))
+
 LEARNED_APE_INIT_STD = 0.02  # spatialkit.models.posenc.LearnedAPE draws its table as randn * 0.02
 
 

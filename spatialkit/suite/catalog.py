@@ -116,6 +116,8 @@ register(NotebookSpec(
         Param("kernel_grid", int, 8, "grid side for the similarity heatmaps and rank correlations", low=2, high=32),
         Param("ape_stds", list, [0.02, 1.0], "init std of the learned APE table in the loudness experiment "
               "(0.02 = ViT's usual init)", item_kind=float, low=1e-4, high=100.0, min_len=2, max_len=6),
+        Param("n_shifted", int, 200, "scenes in the translation test (each pair pasted at 5 places on the "
+              "training grid)", low=10, high=100_000),
         N_BOOT,
         THREADS,
     ),
