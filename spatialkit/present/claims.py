@@ -302,11 +302,12 @@ class Control:
     reason: str  # why it fails, shown in the verdict: "not testable (reason)"
 
 
-def above_chance(accuracy: Any, chance: float, what: str = "accuracy") -> Control:
-    """The model must answer above chance (its CI above ``chance``), or a test of *how* it answers is moot."""
+def above_chance(accuracy: Any, chance: float, what: str = "accuracy", level: str = "chance") -> Control:
+    """The model must answer above chance (its CI above ``chance``), or a test of *how* it answers is moot.
+    ``level`` names the threshold in the message (e.g. "the most-frequent-answer level")."""
     e = _as_estimate(accuracy)
     ok = e is not None and not _is_nan(e) and e.low > chance
-    return Control("above chance", ok, f"{what} {format_estimate(e, '%')} is not above chance {chance:.0%}")
+    return Control("above chance", ok, f"{what} {format_estimate(e, '%')} is not above {level} {chance:.0%}")
 
 
 def headroom(accuracy: Any, low: float, high: float, what: str = "baseline") -> Control:
