@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# GPU check of the real-VLM path: builds tiny hub-layout checkpoints (sharded bf16 safetensors, chat_template.json,
+# preprocessor_config.json; LLaVA also with a Llama SentencePiece tokenizer), then on CUDA
+#   1. benchmarks/bench_memory.py per model: every notebook step's time and peak torch.cuda.max_memory_allocated
+#      next to hf.estimate_memory, at the full profile's batch size (256);
+#   2. the notebooks that take `model` (02, 03, 04) on each model with -p device cuda: the smoke profile's sizes
+#      (the organism side stays smoke-sized) plus the full profile's batch_size, timed, into book/executed/.
+# Prints one table per part. Without a CUDA device it runs nothing and exits 2 with a message;
+# --dry-run prints the plan (and builds nothing) anywhere.
+#
+#   bash benchmarks/gpu_check.sh [--dry-run]      # env: PY (python, default .venv/bin/python), BATCH (256)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+BATCH=${BATCH:-256}
+DRY=0
+[[ "${1:-}" == "--dry-run" ]] && DRY=1
+export HF_HUB_OFFLINE=1
+
+if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  if [[ $DRY == 0 ]]; then
+    echo "gpu_check: no CUDA device (torch.cuda.is_available() is False with $PY); nothing was built or run." >&2
+    echo "gpu_check: run it on a GPU machine, or pass --dry-run to print the plan." >&2
+    exit 2
+  fi
+fi
+
+if [[ $DRY == 1 ]]; then WORK=${WORK:-/tmp/spatialkit-gpu-check}; else WORK=${WORK:-$(mktemp -d -t spatialkit-gpu-check-XXXX)}; fi
+MODELS=(qwen2_vl:default qwen2_5_vl:default qwen3_vl:default llava:default llava:sentencepiece)
+NOTEBOOKS=(02_semantic_loudness 03_attention_allocation 04_adaptvis)
+
+run() {  # print, then execute unless dry
+  echo "+ $*"
+  [[ $DRY == 1 ]] || "$@"
+}
+
+for spec in "${MODELS[@]}"; do
+  family=${spec%%:*}; tok=${spec##*:}
+  run "$PY" -c "from spatialkit.testing import hf_tiny; hf_tiny.save_hub_layout('$family', '$WORK/$family-$tok', tokenizer='$tok')"
+done
+
+echo "== 1. notebook steps on cuda (batch $BATCH): time and peak memory"
+args=()
+for spec in "${MODELS[@]}"; do args+=(--model "$WORK/${spec%%:*}-${spec##*:}"); done
+run "$PY" benchmarks/bench_memory.py --device cuda --dtype bfloat16 --batch-size "$BATCH" "${args[@]}"
+
+echo "== 2. notebooks that take model, on cuda"
+results=()
+for spec in "${MODELS[@]}"; do
+  folder="$WORK/${spec%%:*}-${spec##*:}"
+  for nb in "${NOTEBOOKS[@]}"; do
+    extra=()
+    [[ $nb != 02_semantic_loudness ]] && extra=(-p batch_size "$BATCH")
+    start=$(date +%s)
+    status=ok; [[ $DRY == 1 ]] && status=planned
+    run "$PY" -m spatialkit run --profile smoke --only "$nb" --force -p model "$folder" -p device cuda "${extra[@]}" \
+      || status=FAILED
+    results+=("$(printf '%-28s %-26s %-7s %5ss' "${spec}" "$nb" "$status" "$(( $(date +%s) - start ))")")
+  done
+done
+printf '%-28s %-26s %-7s %6s\n' model notebook status time
+printf '%s\n' "${results[@]}"
+[[ $DRY == 1 ]] && echo "gpu_check: dry run, nothing executed (work folder would be $WORK)"
+exit 0
