@@ -8,7 +8,7 @@ with ``spatialkit.data.whatsup``'s rule, one row per item.
 The official protocol is the default (``spatialkit.data.whatsup``'s docstring names each piece): greedy decoding of
 up to ``OFFICIAL_MAX_NEW_TOKENS`` (100) new tokens, stopping at EOS; the official substring rule
 (``scoring="official"``); and the prompt string AdaptVis used (``prompt_format="official"``): for LLaVA-1.5
-``<image>\nUSER: {question}\nASSISTANT:`` verbatim (``ADAPTVIS_LLAVA_TEMPLATE`` replaces the llava-hf chat
+``<image>\nUSER: {question}\nASSISTANT:`` verbatim (the HF adapter's ``ADAPTVIS_LLAVA_TEMPLATE`` replaces the llava-hf chat
 template, ``USER: <image>\n{question} ASSISTANT:``, while the items run), for the Qwen families their own chat
 template around the same question (``prompt_format="chat"`` keeps every model's own template).
 """
@@ -16,7 +16,7 @@ template around the same question (``prompt_format="chat"`` keeps every model's 
 from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 from spatialkit.data.whatsup import (PAPER_CITATION, PAPER_LLAVA15, PAPER_NAMES, QAItem, RealSubset, group_of,
@@ -27,35 +27,16 @@ OFFICIAL_MAX_NEW_TOKENS = 100  # model_zoo/llava15.py: generate(..., max_new_tok
 # AdaptVis' LLaVA-1.5 prompt string, "<image>\nUSER: {question}\nASSISTANT:", as a chat template (system turns,
 # which the official runs never have, are left out; "{{ '\\n' }}" because transformers' Jinja trims a newline that
 # follows a block tag)
-ADAPTVIS_LLAVA_TEMPLATE = (
-    "{% for message in messages %}{% if message['role'] == 'user' %}"
-    "{% if message['content'] is string %}<image>\nUSER: {{ message['content'] }}\n"
-    "{% else %}{% for content in message['content'] %}{% if content['type'] == 'image' %}<image>\n{% endif %}"
-    "{% endfor %}USER: {% for content in message['content'] %}{% if content['type'] == 'text' %}"
-    "{{ content['text'] }}{% endif %}{% endfor %}{{ '\\n' }}{% endif %}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
-
 PROMPT_FORMATS = ("official", "chat")
 
 
-@contextlib.contextmanager
-def use_prompt_format(vlm, fmt: str = "official") -> Iterator[None]:
-    """While inside, ``vlm`` renders prompts the ``fmt`` way: "official" swaps a LLaVA model's chat template for
-    ``ADAPTVIS_LLAVA_TEMPLATE`` (restored on exit); Qwen models and the organism are unchanged (their own
-    template is the official one); "chat" changes nothing."""
+def use_prompt_format(vlm, fmt: str = "official") -> contextlib.AbstractContextManager:
+    """While inside, ``vlm`` renders prompts the ``fmt`` way: "official" = the prompt string AdaptVis' evaluation
+    used for this model (``VLM.prompt_format``: LLaVA-1.5's ``<image>\nUSER: ...\nASSISTANT:``; Qwen models and
+    the organism keep their own template, which is the official one); "chat" = the model's own template."""
     if fmt not in PROMPT_FORMATS:
         raise ValueError(f"parameter 'prompt_format' = {fmt!r} is invalid; allowed: one of {list(PROMPT_FORMATS)}")
-    processor = getattr(vlm, "processor", None)
-    if fmt != "official" or getattr(vlm, "family", None) != "llava" or processor is None:
-        yield
-        return
-    old = processor.chat_template
-    processor.chat_template = ADAPTVIS_LLAVA_TEMPLATE
-    try:
-        yield
-    finally:
-        processor.chat_template = old
+    return vlm.prompt_format(fmt)
 
 
 def load_benchmark(data: str, subsets: Sequence[str] | None = None, *, n_options: int | None = None,

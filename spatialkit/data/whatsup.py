@@ -47,7 +47,7 @@ default everywhere; each piece has a name:
   ========================  ======================================================================================
   LLaVA-1.5 (official)      ``<image>\nUSER: Where is the mug in relation to the plate? Answer with left, right,
                             on or under.\nASSISTANT:`` -- AdaptVis' string, used verbatim
-                            (``whatsup_eval.ADAPTVIS_LLAVA_TEMPLATE``; llava-hf's own chat template would render
+                            (``models.hf.adapter.ADAPTVIS_LLAVA_TEMPLATE``; llava-hf's own chat template would render
                             ``USER: <image>\n... ASSISTANT:`` instead)
   Qwen2-VL / Qwen2.5-VL     the model's chat template: ``<|im_start|>system\nYou are a helpful
                             assistant.<|im_end|>\n<|im_start|>user\n<|vision_start|><|image_pad|>...<|vision_end|>

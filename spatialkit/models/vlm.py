@@ -268,6 +268,13 @@ class VLM(ABC):
         """LM input embeddings of the text tokens (N_text, d); used for norm comparisons."""
         raise NotImplementedError
 
+    def prompt_format(self, fmt: str) -> contextlib.AbstractContextManager:
+        """Context manager: while inside, prompts are rendered the ``fmt`` way — "chat": the model's own chat
+        template; "official": the prompt string a benchmark's official evaluation used for this model (e.g.
+        AdaptVis' ``<image>\nUSER: ...\nASSISTANT:`` for LLaVA-1.5). Restored on exit. The default (the
+        organism, Qwen models): the model's own template is the official one."""
+        return contextlib.nullcontext()
+
     @property
     def name(self) -> str:
         """A short human-readable name of the model, for messages."""

@@ -335,6 +335,18 @@ def token_logprobs(logits: torch.Tensor, rows: torch.Tensor, targets: torch.Tens
 
 
 # -- the adapter -----------------------------------------------------------------------------------
+# the prompt string AdaptVis' official evaluation renders for LLaVA-1.5 (Chen et al., ICML 2025, their code)
+ADAPTVIS_LLAVA_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}"
+    "{% if message['content'] is string %}<image>\nUSER: {{ message['content'] }}\n"
+    "{% else %}{% for content in message['content'] %}{% if content['type'] == 'image' %}<image>\n{% endif %}"
+    "{% endfor %}USER: {% for content in message['content'] %}{% if content['type'] == 'text' %}"
+    "{{ content['text'] }}{% endif %}{% endfor %}{{ '\\n' }}{% endif %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+OFFICIAL_TEMPLATES = {"llava": ADAPTVIS_LLAVA_TEMPLATE}
+
+
 class HFVLM(VLM):
     """A transformers VLM of one of the supported families, as a :class:`spatialkit.models.vlm.VLM`."""
 
@@ -370,6 +382,22 @@ class HFVLM(VLM):
     @property
     def num_layers(self) -> int:
         return len(self.lm_layers)
+
+    @contextlib.contextmanager
+    def prompt_format(self, fmt: str):
+        """LLaVA-1.5's official AdaptVis prompt is ``<image>\nUSER: {question}\nASSISTANT:`` (not llava-hf's
+        ``USER: <image>\n...``): swap the processor's chat template while inside; Qwen's own template is the
+        official one."""
+        template = OFFICIAL_TEMPLATES.get(self.family) if fmt == "official" else None
+        if template is None:
+            yield
+            return
+        old = self.processor.chat_template
+        self.processor.chat_template = template
+        try:
+            yield
+        finally:
+            self.processor.chat_template = old
 
     @property
     def _visual_module(self) -> torch.nn.Module:
