@@ -85,7 +85,9 @@ def table(rows: list[dict], markdown: bool) -> str:
     cols = [("organism", "organism"), ("what", "what"), ("where_one", "where_one"), ("where_two", "where_two"),
             ("where_two_consistent", "where_two prior-consistent"), ("where_two_counter", "where_two counter-prior"),
             ("blind_where_two", "blind where_two"), ("wall_s", "train wall s"), ("cpu_s", "train CPU s"),
-            ("stage1_s", "of which stage 1 wall s"), ("threads", "threads")]
+            ("stage1_s", "of which stage 1 wall s"), ("threads", "threads"), ("mirror", "WhatsUp-mirror tasks")]
+    rows = [{**r, "mirror": ", ".join(f"{t} {r[t]:.3f}" for t in ("on_under", "whatsup_a", "depth", "whatsup_b")
+                                      if r.get(t) is not None) or None} for r in rows]
     lines = []
     head = [c[1] for c in cols]
     body = [[fmt(r.get(k), 1 if k.endswith("_s") else 3) for k, _ in cols] for r in rows]
@@ -134,7 +136,7 @@ def main() -> None:
                 saved[name] = {**row, "load_now": round(os.getloadavg()[0], 1)}
                 out.write_text(json.dumps(list(saved.values()), indent=1))
     print(f"\nload average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; train times as recorded when trained "
-          f"({path})\n")
+          f"({times_file()})\n")
     for name in names:
         print(f"  {name}: {PRESET_WHY.get(name, '')}")
     print()
