@@ -203,6 +203,13 @@ def check_page(browser, url: str, base: str, page_html: str, screenshot: Path) -
         page.wait_for_function("[...document.images].every(i => i.complete)", timeout=WIDGETS_TIMEOUT_MS)
         broken = page.evaluate("[...document.images].filter(i => !(i.naturalWidth > 0)).map(i => i.src.slice(0, 120))")
         log.problems += [f"image not loaded: {src}" for src in broken]
+        # the book shows the experiment, not the plumbing: one parameters cell, code that fits the page width
+        n_params = page.evaluate("document.querySelectorAll('.tag_parameters, .tag_injected-parameters').length")
+        if n_params > 1:
+            log.problems.append(f"{n_params} parameters cells shown (papermill's injected cell must be folded in)")
+        wide = page.evaluate("[...document.querySelectorAll('div.cell_input pre')]"
+                             ".filter(p => p.scrollWidth > p.clientWidth + 1).map(p => p.textContent.slice(0, 60))")
+        log.problems += [f"code cell scrolls horizontally: {text!r}" for text in wide]
         rendered = page.locator(".spatialkit-explorer")
         if rendered.count() != expected:
             log.problems.append(f"{expected} explorer(s) in the saved widget state, {rendered.count()} rendered")
