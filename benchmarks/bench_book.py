@@ -1,12 +1,17 @@
-"""Benchmark: cold and warm `spatialkit book`, and scene-generation throughput.
+"""Benchmark: cold and warm `spatialkit book`, per notebook and in total, the training time of every checkpoint,
+the speed-up of ``--jobs 2`` over ``--jobs 1``, and scene-generation throughput.
 
-    .venv/bin/python benchmarks/bench_book.py [--profile quick|smoke] [--scenes 300]
+    .venv/bin/python benchmarks/bench_book.py [--profile quick|smoke] [--jobs N] [--speedup-profile smoke]
+                                             [--skip-book] [--skip-speedup] [--scenes 300]
 
-Cold = empty execution cache (every notebook runs under papermill, then the book is built); warm =
-the same command again with nothing changed (every notebook skipped, only the book is rebuilt). Both
-run in a temporary copy of the book sources (SPATIALKIT_ROOT), so the repository's own book/executed
-cache is left alone. Prints the measured times and the warm/cold ratio from this one run; this is a
-benchmark, not a test: numbers depend on the machine and on its load.
+Cold = empty execution cache *and* empty checkpoint store (a fresh clone: every model is trained, every
+notebook runs under papermill, then the book is built); warm = the same command again with nothing changed
+(every notebook skipped, only the book is rebuilt). Each build runs in a temporary copy of the book sources
+(SPATIALKIT_ROOT) with its own SPATIALKIT_CACHE, so neither the repository's book/executed nor the user's
+checkpoint store is touched. The speed-up is measured in this one run: the same cold build (``--speedup-profile``,
+default smoke) with ``--jobs 1`` and with ``--jobs 2``, each from empty caches. CPU time is the build's and
+all its processes' (workers, kernels); on a machine shared with other jobs the wall times are inflated, so the
+load average is printed beside them. A benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -23,39 +30,83 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BOOK_SOURCES = ("notebooks", "book", "_vendor", "_config.yml", "_toc.yml")  # what `spatialkit book` reads
+NOTEBOOK_LINE = re.compile(r"^\[\d+/\d+\] (\S+) (ok in ([\d.]+)s|up to date, skipped)")
+TRAIN_LINE = re.compile(r"^train \[\d+/\d+\] (.*) ok in ([\d.]+)s \(CPU ([\d.]+)s\)")
 
 
-def timed_book(root: Path, profile: str) -> float:
-    env = dict(os.environ, SPATIALKIT_ROOT=str(root), HF_HUB_OFFLINE="1")
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "spatialkit", "book", "--profile", profile], env=env,
-                          capture_output=True, text=True)
-    seconds = time.perf_counter() - start
+def children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def copy_sources(root: Path) -> None:
+    for rel in BOOK_SOURCES:
+        src, dst = REPO / rel, root / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("executed", ".ipynb_checkpoints"))
+        elif src.exists():
+            shutil.copy(src, dst)
+
+
+def timed_book(root: Path, cache: Path, profile: str, jobs: int | None, verbose: bool = True) -> dict:
+    """One `spatialkit book` in ``root``: wall, CPU, load, per-notebook seconds, per-checkpoint training times."""
+    env = dict(os.environ, SPATIALKIT_ROOT=str(root), SPATIALKIT_CACHE=str(cache), HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "-m", "spatialkit", "book", "--profile", profile] + (["--jobs", str(jobs)] if jobs else [])
+    load0, cpu0, start = os.getloadavg()[0], children_cpu(), time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall, cpu = time.perf_counter() - start, children_cpu() - cpu0
     if proc.returncode != 0:
-        sys.exit(f"spatialkit book failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    ran = [line for line in proc.stdout.splitlines() if line.startswith("[") and "..." not in line]
-    for line in ran:
-        print(f"    {line}")
-    return seconds
+        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    notebooks, training = {}, []
+    for line in proc.stdout.splitlines():
+        if m := NOTEBOOK_LINE.match(line):
+            notebooks[m.group(1)] = float(m.group(3)) if m.group(3) else 0.0
+        elif m := TRAIN_LINE.match(line):
+            training.append((m.group(1), float(m.group(2)), float(m.group(3))))
+    out = {"wall": wall, "cpu": cpu, "load": (load0, os.getloadavg()[0]), "notebooks": notebooks,
+           "training": training}
+    if verbose:
+        for name, seconds in notebooks.items():
+            print(f"    {name:28s} {seconds:8.1f} s" + ("  (cached)" if not seconds else ""))
+        for label, w, c in training:
+            print(f"    train {label[:70]:70s} {w:7.1f} s wall, {c:7.1f} s CPU")
+    return out
 
 
-def bench_book(profile: str) -> None:
+def line(label: str, r: dict) -> str:
+    return (f"  {label:26s} {r['wall']:8.1f} s wall, {r['cpu']:8.1f} s CPU (load average {r['load'][0]:.1f} -> "
+            f"{r['load'][1]:.1f})")
+
+
+def bench_book(profile: str, jobs: int | None) -> None:
     with tempfile.TemporaryDirectory(prefix="spatialkit-bench-") as tmp:
-        root = Path(tmp)
-        for rel in BOOK_SOURCES:
-            src, dst = REPO / rel, root / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            if src.is_dir():
-                shutil.copytree(src, dst, ignore=shutil.ignore_patterns("executed", ".ipynb_checkpoints"))
-            elif src.exists():
-                shutil.copy(src, dst)
+        root, cache = Path(tmp) / "root", Path(tmp) / "cache"
+        copy_sources(root)
         n = len(list((root / "notebooks").glob("*.ipynb")))
-        print(f"spatialkit book --profile {profile} ({n} notebook file(s))")
-        cold = timed_book(root, profile)
-        print(f"  cold (empty cache):       {cold:8.1f} s")
-        warm = timed_book(root, profile)
-        print(f"  warm (nothing changed):   {warm:8.1f} s")
-        print(f"  warm / cold:              {warm / cold:8.3f}")
+        print(f"spatialkit book --profile {profile} --jobs {jobs or 'cores'} ({n} notebook file(s), empty caches)")
+        cold = timed_book(root, cache, profile, jobs)
+        print(line("cold (fresh clone):", cold))
+        train_wall = sum(w for _, w, _ in cold["training"])
+        train_cpu = sum(c for _, _, c in cold["training"])
+        print(f"  training: {len(cold['training'])} checkpoint(s), {train_wall:.1f} s of worker wall time, "
+              f"{train_cpu:.1f} s CPU; notebooks: {sum(cold['notebooks'].values()):.1f} s of kernel wall time")
+        warm = timed_book(root, cache, profile, jobs, verbose=False)
+        print(line("warm (nothing changed):", warm))
+        print(f"  warm / cold:               {warm['wall'] / cold['wall']:8.3f}")
+
+
+def bench_speedup(profile: str) -> None:
+    print(f"speed-up of --jobs 2 over --jobs 1: spatialkit book --profile {profile}, each from empty caches")
+    runs = {}
+    for jobs in (1, 2):
+        with tempfile.TemporaryDirectory(prefix="spatialkit-bench-") as tmp:
+            root, cache = Path(tmp) / "root", Path(tmp) / "cache"
+            copy_sources(root)
+            runs[jobs] = timed_book(root, cache, profile, jobs, verbose=False)
+            print(line(f"--jobs {jobs}:", runs[jobs]))
+    print(f"  speed-up (wall, jobs 1 / jobs 2): {runs[1]['wall'] / runs[2]['wall']:.2f}x "
+          f"(CPU {runs[1]['cpu']:.0f} s vs {runs[2]['cpu']:.0f} s)")
 
 
 def bench_scenes(n: int) -> None:
@@ -78,13 +129,18 @@ def bench_scenes(n: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="quick", choices=("quick", "smoke", "full"))
+    parser.add_argument("--jobs", type=int, default=None, help="--jobs of the cold/warm builds (default: cores)")
+    parser.add_argument("--speedup-profile", default="smoke", choices=("quick", "smoke", "full"))
     parser.add_argument("--scenes", type=int, default=300, help="scenes rendered per image size")
     parser.add_argument("--skip-book", action="store_true")
+    parser.add_argument("--skip-speedup", action="store_true")
     args = parser.parse_args()
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPU(s), python {platform.python_version()}, "
-          f"load average {os.getloadavg()[0]:.1f} (shared machines inflate every number)")
+          f"load average {os.getloadavg()[0]:.1f} (shared machines inflate every wall time; CPU times do not)")
     if not args.skip_book:
-        bench_book(args.profile)
+        bench_book(args.profile, args.jobs)
+    if not args.skip_speedup:
+        bench_speedup(args.speedup_profile)
     bench_scenes(args.scenes)
 
 

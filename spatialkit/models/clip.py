@@ -709,6 +709,8 @@ def train_or_load(model_cfg: CLIPConfig, data: SceneTextData, tc: TrainConfig, *
         state, metrics = fit()
     else:
         config = {"model": asdict(model_cfg), "train": asdict(tc), "seed": seed, "data": data_fingerprint(data)}
+        if torch.device(device).type != "cpu":  # trained on a GPU (weights differ): its own key; CPU keys unchanged
+            config["device"] = torch.device(device).type
         state, metrics, _ = checkpoints.load_or_train("cloc05", config, code_version(), fit)
     model = TinyCLIP(model_cfg)
     model.load_state_dict(state)

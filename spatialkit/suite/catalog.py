@@ -6,7 +6,9 @@ parameter is declared exactly once, with its type and allowed range.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Callable
 
 from spatialkit.common.params import NotebookSpec, Param, ParameterError
 
@@ -263,3 +265,89 @@ register(NotebookSpec(
         THREADS,
     ),
 ))
+
+
+# --- the checkpoints each notebook loads ----------------------------------------------------------
+# ``checkpoints(name, params)`` lists, from a notebook's validated parameters, the trained models its code
+# loads from the checkpoint store, as (kind, spec) pairs of plain data; ``spatialkit run`` trains the missing
+# ones first, in parallel worker processes (spatialkit.suite.parallel), so the notebook only loads them.
+# A declaration mirrors the notebook's own calls: one it misses is simply trained by the notebook itself
+# (slower, same result); one it has too many costs training time only. Kinds:
+#   ("organism", {"preset", "overrides", "threads", "device"}) = load_or_train(preset(preset, **overrides))
+#   under torch.set_num_threads(threads) (0 = torch's default; the thread count is in the organism's key).
+
+Checkpoint = tuple[str, dict]
+CHECKPOINTS: dict[str, Callable[[dict], list[Checkpoint]]] = {}
+
+
+def declares_checkpoints(name: str):
+    """Decorator: ``fn(params) -> [(kind, spec), ...]`` lists the checkpoints notebook ``name`` loads."""
+    def register_fn(fn):
+        CHECKPOINTS[name] = fn
+        return fn
+    return register_fn
+
+
+def checkpoints(name: str, params: dict) -> list[Checkpoint]:
+    """The (kind, spec) checkpoints notebook ``name`` loads with ``params`` (validated), without duplicates."""
+    fn = CHECKPOINTS.get(name)
+    out, seen = [], set()
+    for kind, spec in (fn(params) if fn else []):
+        ident = (kind, json.dumps(spec, sort_keys=True))
+        if ident not in seen:
+            seen.add(ident)
+            out.append((kind, spec))
+    return out
+
+
+def _organism(params: dict, preset_name: str | None = None, **overrides) -> Checkpoint:
+    return ("organism", {"preset": preset_name or params["organism"], "overrides": overrides,
+                         "threads": params.get("threads", 0), "device": params.get("device", "cpu")})
+
+
+@declares_checkpoints("00_wheres_the_chicken")
+def _checkpoints_00(p: dict) -> list[Checkpoint]:
+    return [_organism(p, name) for name in p["organisms"]]  # load_or_train(name) for each of P.organisms
+
+
+@declares_checkpoints("02_semantic_loudness")
+def _checkpoints_02(p: dict) -> list[Checkpoint]:
+    # load_or_train(name) for every organism the notebook compares: zoo presets, nothing trained inline
+    return [_organism(p, name) for name in [*p["organisms"], p["loud"], *p["loud_norm_arms"]]]
+
+
+@declares_checkpoints("03_attention_allocation")
+def _checkpoints_03(p: dict) -> list[Checkpoint]:
+    return [_organism(p, name) for name in [p["organism"], *p["failing"]]]  # load_or_train(name) each
+
+
+@declares_checkpoints("04_adaptvis")
+def _checkpoints_04(p: dict) -> list[Checkpoint]:
+    return [_organism(p, name, seed=s) for name in [p["organism"], *p["failing"]] for s in p["organism_seeds"]]
+
+
+@declares_checkpoints("06_pin")
+def _checkpoints_06(p: dict) -> list[Checkpoint]:
+    return [_organism(p, seed=p["seed"])]
+
+
+@declares_checkpoints("07_putting_it_together")
+def _checkpoints_07(p: dict) -> list[Checkpoint]:
+    # cell "loud+norm+2d" = preset(loud, seed, visual_norm=rmsclip, visual_norm_scale=1.0, lm_posenc=posenc_2d);
+    # healthy (the ceiling) and healthy never asked where (spatial_fraction 0, target None)
+    smoke = p["zoo"] == "smoke"
+
+    def name(organism: str) -> str:
+        return ("smoke" if organism == "healthy" else f"smoke_{organism}") if smoke else organism
+
+    fix = {"local": {"vision_pretrain_pool": "max"}, "norm": {"visual_norm": "rmsclip", "visual_norm_scale": 1.0},
+           "2d": {"lm_posenc": p["posenc_2d"]}}
+    out = [_organism(p, name("healthy"), seed=p["seed"]),
+           _organism(p, name("healthy"), seed=p["seed"], target=None, spatial_fraction=0.0)]
+    for cell in p["cells"]:
+        organism, *fixes = cell.split("+")
+        over = {"seed": p["seed"]}
+        for f in fixes:
+            over.update(fix[f])
+        out.append(_organism(p, name(organism), **over))
+    return out

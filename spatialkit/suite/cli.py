@@ -1,6 +1,7 @@
 """The ``spatialkit`` command (also ``python -m spatialkit``).
 
     spatialkit run  [--profile quick|full|smoke] [--only NAME ...] [-p NAME VALUE ...] [--force] [--no-wait]
+                    [--jobs N] [--no-pretrain]
     spatialkit book [same options]      # run, then build the HTML book into _build/html
     spatialkit assignments build|grade  # student notebooks / autograding (spatialkit/suite/assignments.py)
     spatialkit results [--format table|csv|json] [FOLDER ...]  # the scorecard; two folders: compared
@@ -41,6 +42,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-wait", dest="wait", action="store_false",
                         help="fail at once (one line) instead of waiting when another run of a selected notebook "
                              "is executing")
+    parser.add_argument("--jobs", "-j", type=int, default=None, metavar="N",
+                        help="worker processes (default: one per core): the checkpoints the notebooks load are "
+                             "trained first, N at a time, then N notebooks execute at once (one kernel each)")
+    parser.add_argument("--no-pretrain", dest="pretrain", action="store_false",
+                        help="do not train the notebooks' checkpoints ahead; each notebook trains what it loads")
 
 
 def _plan(args: argparse.Namespace):
@@ -56,8 +62,12 @@ def _run(args: argparse.Namespace):
     from spatialkit.suite import runner
 
     jobs = _plan(args)  # validation first: a bad value never starts a kernel
-    return jobs, runner.run(jobs, runner.executed_dir(), force=args.force, wait=args.wait,
-                            echo=lambda line: print(line, flush=True))
+    if args.jobs is not None and args.jobs < 1:
+        raise ParameterError(f"--jobs {args.jobs}: must be at least 1")
+    from spatialkit.suite import parallel
+
+    return jobs, parallel.run(jobs, runner.executed_dir(), n_jobs=args.jobs, force=args.force, wait_lock=args.wait,
+                              pretrain=args.pretrain, echo=lambda line: print(line, flush=True))
 
 
 @command("run", "execute the notebooks with papermill into book/executed/", add_run_arguments)

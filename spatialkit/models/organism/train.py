@@ -65,37 +65,71 @@ def vision_stage_config(cfg: OrganismConfig) -> dict:
     return {"stage": "vision_pretrain", **{path: _field(cfg, path) for path in VISION_STAGE_FIELDS}}
 
 
-def runtime_facts() -> dict:
+def resolve_device(device="cpu") -> torch.device:
+    """A torch device; "auto" = cuda when present, else cpu."""
+    if str(device) == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+def runtime_facts(device="cpu") -> dict:
     """What trained weights depend on although no config field holds it: torch's CPU thread count changes how
     matmul and reduction kernels split their sums (1 and 2 threads train different weights from the same seed),
-    and the torch version changes kernels. Part of every organism / vision-stage checkpoint key."""
-    return {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    and the torch version changes kernels. Part of every organism / vision-stage checkpoint key. Training on a
+    GPU adds its device type ("cuda"); CPU keys hold no device entry (they predate GPU training)."""
+    facts = {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    if resolve_device(device).type != "cpu":
+        facts["device"] = resolve_device(device).type
+    return facts
 
 
-def vision_checkpoint_config(cfg: OrganismConfig) -> dict:
+def vision_checkpoint_config(cfg: OrganismConfig, device="cpu") -> dict:
     """The stage-1 encoder's checkpoint key: its own fields (shared by organisms that differ only later) plus
     the runtime facts."""
-    return {**vision_stage_config(cfg), "runtime": runtime_facts()}
+    return {**vision_stage_config(cfg), "runtime": runtime_facts(device)}
+
+
+def vision_code_version() -> str:
+    return fingerprint("spatialkit.models.organism.train")
+
+
+def vision_checkpoint_folder(cfg: OrganismConfig, device="cpu"):
+    """The store folder of ``cfg``'s stage-1 encoder trained on ``device`` with this process's thread count."""
+    from spatialkit.common import checkpoints
+
+    return checkpoints.checkpoint_dir("vision", checkpoints.config_key(vision_checkpoint_config(cfg, device),
+                                                                       vision_code_version()))
 
 
 def pretrained_vision(model: TinyVLM, cfg: OrganismConfig, pool: Pool, vocab: Vocab, progress: bool,
-                      cache: bool) -> float:
+                      cache: bool, device="cpu") -> float:
     """Stage 1 into ``model.vision`` (from the checkpoint store when ``cache`` and present); its final loss."""
     if not cache:
-        return pretrain_vision(model, cfg, pool, vocab, progress)[-1]
+        return pretrain_vision(model, cfg, pool, vocab, progress, device)[-1]
     from spatialkit.common import checkpoints
 
     def do_pretrain():
-        losses = pretrain_vision(model, cfg, pool, vocab, progress)
+        losses = pretrain_vision(model, cfg, pool, vocab, progress, device)
         return model.vision.state_dict(), {"final_loss": losses[-1], "steps": len(losses)}
 
-    state, metrics, _ = checkpoints.load_or_train("vision", vision_checkpoint_config(cfg), fingerprint("spatialkit.models.organism.train"),
+    state, metrics, _ = checkpoints.load_or_train("vision", vision_checkpoint_config(cfg, device), vision_code_version(),
                                                   do_pretrain)
     model.vision.load_state_dict(state)
     return metrics["final_loss"]
 
 
-def pretrain_vision(model: TinyVLM, cfg: OrganismConfig, pool: Pool, vocab: Vocab, progress: bool) -> list[float]:
+def train_vision_stage(cfg: OrganismConfig, *, progress: bool = False, device="cpu") -> float:
+    """Stage 1 alone, into the checkpoint store (unless there): what ``train(cfg, cache_vision=True)`` would load.
+    Its final loss."""
+    device = resolve_device(device)
+    vocab = build_vocab(cfg)
+    pool = build_pool(cfg, vocab)
+    model = TinyVLM(cfg.model_config(len(vocab))).to(device)
+    return pretrained_vision(model, cfg, pool, vocab, progress, True, device)
+
+
+def pretrain_vision(model: TinyVLM, cfg: OrganismConfig, pool: Pool, vocab: Vocab, progress: bool,
+                    device="cpu") -> list[float]:
     """Train ``model.vision`` alone for ``cfg.optim.vision_pretrain_steps`` on "which caption words does this image
     have" (binary cross-entropy of pooled per-patch word logits, see ``vision_pretrain_pool``; the head is
     thrown away). Returns the losses. The encoder is re-initialised from its own seed first, so the result
@@ -115,6 +149,8 @@ def pretrain_vision(model: TinyVLM, cfg: OrganismConfig, pool: Pool, vocab: Voca
                                    m.vision_posenc, stem=m.vision_stem, embed_norm=m.vision_embed_norm)
         fresh.apply(TinyVLM._init)
         head = torch.nn.Linear(m.vision_dim, bags.shape[1])
+    device = resolve_device(device)
+    head, bags = head.to(device), bags.to(device)
     model.vision.load_state_dict(fresh.state_dict())
     params = list(model.vision.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=o.lr, betas=(0.9, 0.98), weight_decay=o.weight_decay)
@@ -124,9 +160,9 @@ def pretrain_vision(model: TinyVLM, cfg: OrganismConfig, pool: Pool, vocab: Voca
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, step, o.vision_pretrain_steps)
         images = rng.integers(0, len(pool.images), size=o.batch_size)
-        patches = model.vision(to_pixels(pool.images[images]))  # (B, N, d)
+        patches = model.vision(to_pixels(pool.images[images]).to(device))  # (B, N, d)
         logits = head(patches).amax(1) if o.vision_pretrain_pool == "max" else head(patches.mean(1))
-        loss = F.binary_cross_entropy_with_logits(logits, bags[images])
+        loss = F.binary_cross_entropy_with_logits(logits, bags[torch.from_numpy(images).to(device)])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if o.grad_clip > 0:
@@ -150,21 +186,23 @@ def torch_threads(n: int | None):
 
 
 def train(cfg: OrganismConfig, *, progress: bool = True, fail_at_step: int | None = None, cache_vision: bool = False,
-          threads: int | None = None) -> tuple[TinyVLM, Vocab, dict]:
+          threads: int | None = None, device="cpu") -> tuple[TinyVLM, Vocab, dict]:
     """Train an organism from scratch: (model in eval mode, vocab, metrics).
 
     Deterministic on CPU for a given config (seeded init, seeded numpy sampler, no dropout). Evaluates on the
     val split every ``eval_every`` steps and stops early once every trained family reaches ``target``.
     ``fail_at_step`` raises inside the loop (tests use it to simulate a run killed midway). ``threads`` sets
     torch's thread count for the run. ``cache_vision`` takes the stage-1 vision encoder from the checkpoint
-    store (and stores it) -- the same weights, without paying for them again.
+    store (and stores it) -- the same weights, without paying for them again. ``device`` ("cpu", "cuda", "auto")
+    is where both stages train (the model is initialised on the CPU, so a seed gives one init everywhere); the
+    model comes back on it.
     """
     with torch_threads(threads):
-        return _train(cfg, progress, fail_at_step, cache_vision)
+        return _train(cfg, progress, fail_at_step, cache_vision, resolve_device(device))
 
 
 def _train(cfg: OrganismConfig, progress: bool, fail_at_step: int | None,
-           cache_vision: bool) -> tuple[TinyVLM, Vocab, dict]:
+           cache_vision: bool, device: torch.device = torch.device("cpu")) -> tuple[TinyVLM, Vocab, dict]:
     from tqdm.auto import tqdm
 
     from spatialkit.models.organism import OrganismVLM, accuracy_by_family, evaluate
@@ -176,9 +214,10 @@ def _train(cfg: OrganismConfig, progress: bool, fail_at_step: int | None,
     t_data = time.perf_counter() - t0
 
     torch.manual_seed(cfg.seed)
-    model = TinyVLM(cfg.model_config(len(vocab)))
+    model = TinyVLM(cfg.model_config(len(vocab))).to(device)
     o, d = cfg.optim, cfg.data
-    pretrain_loss = pretrained_vision(model, cfg, pool, vocab, progress, cache_vision) if o.vision_pretrain_steps else None
+    pretrain_loss = (pretrained_vision(model, cfg, pool, vocab, progress, cache_vision, device)
+                     if o.vision_pretrain_steps else None)
     t_pretrain = time.perf_counter() - t0 - t_data
     groups = []
     for is_vision in (False, True):
@@ -190,7 +229,7 @@ def _train(cfg: OrganismConfig, progress: bool, fail_at_step: int | None,
     if o.vision_lr_scale == 0:
         model.vision.requires_grad_(False)
         with torch.no_grad():  # the encoder's output for every pool image, computed once (~1 s per 1000 images)
-            frozen_features = torch.cat([model.vision(to_pixels(pool.images[i: i + 256]))
+            frozen_features = torch.cat([model.vision(to_pixels(pool.images[i: i + 256]).to(device))
                                          for i in range(0, len(pool.images), 256)])
     opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=o.lr, betas=(0.9, 0.98))
     rng = np.random.default_rng(cfg.seed)
@@ -198,7 +237,7 @@ def _train(cfg: OrganismConfig, progress: bool, fail_at_step: int | None,
     trained = [f for f in ("what", "where") if f != "where" or d.spatial_fraction > 0]
     if d.caption_fraction + d.spatial_fraction >= 1.0:
         trained = [f for f in trained if f != "what"]
-    vlm = OrganismVLM(model, vocab, cfg)
+    vlm = OrganismVLM(model, vocab, cfg, device=device)
     history, losses, eval_times, stopped_early = [], [], [], False
     bar = tqdm(range(o.steps), desc="train organism", disable=not progress, mininterval=2.0)
     step = 0
@@ -215,20 +254,22 @@ def _train(cfg: OrganismConfig, progress: bool, fail_at_step: int | None,
         # encode each distinct image once, then hand every row its image's visual tokens
         images, which = np.unique(pool.image_index[idx], return_inverse=True)
         if frozen_features is not None:  # frozen encoder: its outputs were computed once, only the projector runs
-            tokens = model.projector(frozen_features[torch.from_numpy(images)])
+            tokens = model.projector(frozen_features[torch.from_numpy(images).to(device)])
         else:
-            tokens = model.encode_image(to_pixels(pool.images[images]))  # (U, N, d)
+            tokens = model.encode_image(to_pixels(pool.images[images]).to(device))  # (U, N, d)
         if o.packed:  # one LM row per distinct image, holding all of its questions
             groups = [np.flatnonzero(which == u) for u in range(len(images))]
-            ids, kind, tgt, pos, mask = assemble_packed(vocab, n_img, [idx[g] for g in groups], pool.tails,
-                                                        pool.targets, bool(with_system[0]))
+            ids, kind, tgt, pos, mask = (t.to(device) for t in assemble_packed(
+                vocab, n_img, [idx[g] for g in groups], pool.tails, pool.targets, bool(with_system[0])))
             positions = model.positions(kind)  # (B, L, 3) of the plain layout, re-indexed to each tail's own
             positions = positions.gather(1, pos[..., None].expand(-1, -1, 3).clamp(max=positions.shape[1] - 1))
             positions = torch.where(kind[..., None] == TokenKind.PAD, 0, positions)
             hidden = model.hidden(None, ids, kind, visual=tokens.flatten(0, 1), positions=positions, attn_mask=mask)
         else:
-            ids, kind, tgt = assemble(vocab, n_img, pool.tails[idx], pool.targets[idx], with_system)
-            hidden = model.hidden(None, ids, kind, visual=tokens[torch.from_numpy(which.reshape(-1))].flatten(0, 1))
+            ids, kind, tgt = (t.to(device) for t in assemble(vocab, n_img, pool.tails[idx], pool.targets[idx],
+                                                             with_system))
+            hidden = model.hidden(None, ids, kind,
+                                  visual=tokens[torch.from_numpy(which.reshape(-1)).to(device)].flatten(0, 1))
         has_target = tgt != -100
         loss = F.cross_entropy(model.lm_head(hidden[has_target]), tgt[has_target])
         opt.zero_grad(set_to_none=True)
