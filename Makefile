@@ -24,7 +24,7 @@ $(PY):
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install $(TORCH_PIP_ARGS) "$(TORCH)"
-	$(PY) -m pip install -e ".[test]"
+	$(PY) -m pip install -e ".[test,cluster]"  # cluster: Dask (tests/test_sweep.py starts a LocalCluster)
 	# papermill runs kernel "python3": register this venv's one, inside the venv (works in CI too)
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (spatialkit)"
 	touch $(STAMP)

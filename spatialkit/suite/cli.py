@@ -4,7 +4,9 @@
                     [--jobs N] [--no-pretrain]
     spatialkit book [same options]      # run, then build the HTML book into _build/html
     spatialkit assignments build|grade  # student notebooks / autograding (spatialkit/suite/assignments.py)
-    spatialkit results [--format table|csv|json] [FOLDER ...]  # the scorecard; two folders: compared
+    spatialkit results [--format table|csv|json] [--plot DIR] [FOLDER ...]  # scorecard; two folders: compared;
+                                                                           # runs/SWEEP: the sweep's points
+    spatialkit sweep NAME -p NAME '[v1, v2]' ... [--file sweep.yml] [--executor local|dask]  # a parameter grid
 
 This module imports neither torch nor papermill at import time, so a bad parameter is reported in
 well under a second. To add a subcommand, call :func:`command` (see ``run`` and ``book`` below).
@@ -109,6 +111,8 @@ def _add_results_arguments(parser: argparse.ArgumentParser) -> None:
                              "side by side, with a column saying whether their verdicts agree")
     parser.add_argument("--format", default="table", choices=("table", "csv", "json"),
                         help="output format (default: %(default)s)")
+    parser.add_argument("--plot", default=None, metavar="DIR",
+                        help="sweep folders (runs/SWEEP): also write one PNG per claim across the grid into DIR")
 
 
 @command("results", "print the reproduction scorecard (every claim's verdict per model) from results files",
@@ -117,11 +121,91 @@ def cmd_results(args: argparse.Namespace) -> int:
     from spatialkit.suite import runner, scorecard
 
     try:
-        print(scorecard.render(scorecard.table(args.folders or [runner.executed_dir()]), args.format), end="")
+        folders = args.folders or [runner.executed_dir()]
+        if _sweep_folders(folders):  # runs/SWEEP: one row per point and claim (spatialkit/suite/sweep.py)
+            from spatialkit.suite import sweep
+
+            print(scorecard.render(sweep.results_table(folders), args.format), end="")
+            for path in sweep.plot(folders, args.plot) if args.plot else ():
+                print(f"wrote {path}", file=sys.stderr)
+        else:
+            if args.plot:
+                raise scorecard.ScorecardError("--plot: only for sweep folders (runs/SWEEP)")
+            print(scorecard.render(scorecard.table(folders), args.format), end="")
     except scorecard.ScorecardError as err:
         print(f"spatialkit: error: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def _sweep_folders(folders) -> bool:
+    """True when every folder is a sweep's (runs/SWEEP); a mix with plain result folders is an error."""
+    from spatialkit.suite import scorecard, sweep
+
+    kinds = [sweep.is_sweep_folder(f) for f in folders]
+    if any(kinds) and not all(kinds):
+        raise scorecard.ScorecardError("give either sweep folders (runs/SWEEP) or result folders, not both")
+    return all(kinds)
+
+
+# --- spatialkit sweep (spatialkit/suite/sweep.py) -------------------------------------------------------
+
+def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("notebook", nargs="?", default=None, metavar="NAME",
+                        help="the notebook (optional with --file naming it)")
+    parser.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUES"),
+                        help="a YAML list is an axis of the grid (-p seed '[0, 1, 2]'); a scalar a fixed value; a list "
+                             "parameter's axis is a list of lists (-p organisms '[[smoke], [smoke, smoke_loud]]')")
+    parser.add_argument("--file", default=None, metavar="SWEEP.yml",
+                        help="a sweep file: notebook, name, profile, grid (axes), params (fixed), points")
+    parser.add_argument("--profile", default=None, choices=("quick", "full", "smoke"),
+                        help="parameter profile under the grid (default: the file's, else quick)")
+    parser.add_argument("--name", default=None, metavar="SWEEP",
+                        help="the sweep's folder under --out (default: the file's name, else the axes' names)")
+    parser.add_argument("--out", default=None, metavar="DIR", help="where sweeps go (default: runs/ in the repository)")
+    parser.add_argument("--executor", default="local", choices=("local", "dask"),
+                        help="local: a process pool here (default); dask: Dask distributed (pip install "
+                             "'spatialkit[cluster]'), a LocalCluster or the scheduler at --scheduler")
+    parser.add_argument("--workers", "-j", type=int, default=None, metavar="N",
+                        help="worker processes (default: one per core, or per GPU for a notebook on cuda)")
+    parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                        help="dask: a running scheduler (default: $DASK_SCHEDULER_ADDRESS, else a LocalCluster)")
+    parser.add_argument("--gpus-per-point", type=float, default=0, metavar="G",
+                        help="dask: each point asks for resource GPU=G (start workers with --resources GPU=1)")
+    parser.add_argument("--force", action="store_true", help="re-execute every point, fresh or not")
+    parser.add_argument("--dry-run", action="store_true", help="validate and list the points; run nothing")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+@command("sweep", "run one notebook over a grid of parameter sets, each point into runs/SWEEP/NAME/HASH/",
+         _add_sweep_arguments)
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from spatialkit.suite import catalog, sweep
+
+    spec_file = sweep.read_sweep_file(args.file) if args.file else {}
+    notebook = args.notebook or spec_file.get("notebook")
+    if not notebook:
+        raise ParameterError("sweep: name the notebook (spatialkit sweep NAME ..., or notebook: in --file)")
+    if args.notebook and spec_file.get("notebook") and args.notebook != spec_file["notebook"]:
+        raise ParameterError(f"sweep: NAME {args.notebook} differs from --file's notebook {spec_file['notebook']}")
+    axes, fixed = dict(spec_file.get("grid") or {}), dict(spec_file.get("params") or {})
+    cli_axes, cli_fixed = sweep.split_cli(args.param, catalog.get(notebook))
+    for key in [*cli_axes, *cli_fixed]:  # the command line overrides the file
+        axes.pop(key, None)
+        fixed.pop(key, None)
+    axes.update(cli_axes)
+    fixed.update(cli_fixed)
+    plan = sweep.plan_sweep(notebook, axes, fixed, spec_file.get("points"),
+                            profile=args.profile or spec_file.get("profile") or "quick",
+                            name=args.name or spec_file.get("name"), out=args.out)
+    if args.dry_run:
+        for p in plan.points:
+            print(f"{p.index}/{len(plan.points)} {p.folder}  {p.label()}")
+        return 0
+    results = sweep.run_sweep(plan, executor=args.executor, workers=args.workers, scheduler=args.scheduler,
+                              gpus_per_point=args.gpus_per_point, force=args.force, progress=args.progress,
+                              echo=lambda line: print(line, flush=True))
+    return 1 if any(r.status == "failed" for r in results) else 0
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:

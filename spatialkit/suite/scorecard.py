@@ -72,6 +72,7 @@ class Table:
     rows: list[dict[str, Any]]
     folders: list[str] = field(default_factory=list)
     details: list[dict[str, Any]] = field(default_factory=list)  # per row: measured text per column
+    counted: list[str] | None = None  # the columns counts() tallies (default: the verdict columns)
 
 
 def table(folders: Sequence[Path | str]) -> Table:
@@ -153,7 +154,7 @@ def _agree(cells: dict, labels: list) -> str:
 def counts(t: Table) -> dict[str, dict[str, int]]:
     """Per verdict column: how many claims got each outcome."""
     out = {}
-    for col in t.columns[3:]:
+    for col in t.columns[3:] if t.counted is None else t.counted:
         if col == "agree":
             continue
         values = [r[col] for r in t.rows if r[col] != "—"]
