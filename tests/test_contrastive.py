@@ -296,7 +296,10 @@ def test_prepare_data_on_the_scene_world():
     tok, train, test, test_scenes = C.prepare_data(0, S.SceneConfig(image_size=32), n_train=12, n_test=6, regions=2)
     assert train.images.shape == (12, 3, 32, 32) and len(test) == 6 and len(test_scenes) == 6
     assert (train.region_valid.sum(1) >= 1).all() and (train.region_valid.sum(1) <= 2).all()
-    assert test.captions == [s.caption() for s in test_scenes]
+    assert test.captions == [C.global_caption(s) for s in test_scenes]
+    ordered = C.prepare_data(0, S.SceneConfig(image_size=32), n_train=12, n_test=6, regions=2,
+                             caption_order="left_to_right")[2]
+    assert ordered.captions == [s.caption() for s in test_scenes]
     assert C.data_fingerprint(train) == C.data_fingerprint(C.prepare_data(0, S.SceneConfig(image_size=32), n_train=12,
                                                                           n_test=6, regions=2)[1])
 
@@ -323,3 +326,16 @@ def test_train_or_load_uses_the_checkpoint_store(tmp_path, monkeypatch):
     assert m1["history"] == m2["history"]
     for (name, a), b in zip(first.state_dict().items(), second.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_global_caption_is_order_free():
+    from spatialkit import world as S
+
+    scene = next(s for s in (S.render_scene(k, S.SceneConfig(image_size=32, min_objects=2)) for k in range(50))
+                 if len(s.objects) >= 2)
+    mirrored = S.Scene(scene.image, tuple(reversed(scene.objects)), scene.instance, scene.background, scene.seed)
+    assert C.global_caption(scene) == C.global_caption(mirrored)  # the object order never reaches the text
+    assert sorted(C.words(C.global_caption(scene))) == sorted(C.words(scene.caption()))
+    assert C.global_caption(scene, "left_to_right") == scene.caption()
+    with pytest.raises(ValueError):
+        C.global_caption(scene, "random")

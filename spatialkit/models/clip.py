@@ -435,6 +435,25 @@ class SceneTextData:
         return self.region_valid.nonzero(as_tuple=True)
 
 
+CAPTION_ORDERS = ("canonical", "left_to_right")
+
+
+def global_caption(scene, order: str = "canonical") -> str:
+    """The image-level caption CLIP is trained on: every object's region caption, joined like ``Scene.caption``.
+
+    ``order`` "canonical" sorts the region captions alphabetically (by kind, then colour, ...), so the text
+    says *what* is in the image and nothing about *where*: two scenes with the same objects get the same
+    caption whatever their layout. "left_to_right" is ``Scene.caption`` (objects from left to right), which
+    would hand a "global" objective horizontal-order supervision through the word order.
+    """
+    if order == "left_to_right":
+        return scene.caption()
+    if order != "canonical":
+        raise ValueError(f"caption order must be one of {CAPTION_ORDERS}, got {order!r}")
+    parts = sorted(scene.region_caption(i) for i in range(len(scene.objects)))
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
 def scene_texts(scenes) -> list[str]:
     """Every caption and region caption of some scenes (to build a vocabulary)."""
     out = []
@@ -451,8 +470,10 @@ def pick_regions(scene, max_regions: int, rng: np.random.Generator) -> list[int]
     return sorted(int(i) for i in order)
 
 
-def scenes_to_data(images: np.ndarray, scenes, tokenizer: WordTokenizer, *, max_regions: int, max_text_len: int, seed: int) -> SceneTextData:
-    """Tensors for training/evaluation. ``images`` (N, H, W, 3) uint8 as from ``render_batch``."""
+def scenes_to_data(images: np.ndarray, scenes, tokenizer: WordTokenizer, *, max_regions: int, max_text_len: int, seed: int,
+                   caption_order: str = "canonical") -> SceneTextData:
+    """Tensors for training/evaluation. ``images`` (N, H, W, 3) uint8 as from ``render_batch``; the global
+    captions are ``global_caption(scene, caption_order)`` (order-free by default)."""
     N = len(scenes)
     H, W = images.shape[1:3]
     rng = np.random.default_rng(seed)
@@ -473,11 +494,12 @@ def scenes_to_data(images: np.ndarray, scenes, tokenizer: WordTokenizer, *, max_
             valid[n, m] = True
         if caps:
             region_ids[n, : len(caps)] = tokenizer.encode(caps, max_text_len)
+    captions = [global_caption(s, caption_order) for s in scenes]
     return SceneTextData(
         images=torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0,
-        caption_ids=tokenizer.encode([s.caption() for s in scenes], max_text_len),
+        caption_ids=tokenizer.encode(captions, max_text_len),
         region_boxes=boxes, region_ids=region_ids, region_valid=valid,
-        captions=[s.caption() for s in scenes], region_captions=region_captions,
+        captions=captions, region_captions=region_captions,
         region_kinds=region_kinds, region_colors=region_colors,
         seeds=[int(s.seed) for s in scenes],
     )
@@ -658,10 +680,12 @@ def split_seeds(seed: int, n_train: int, n_test: int) -> tuple[list[int], list[i
     return [int(s) for s in drawn[:n_train]], [int(s) for s in drawn[n_train:]]
 
 
-def prepare_data(seed: int, scene_config, *, n_train: int, n_test: int, regions: int, max_text_len: int = 24):
+def prepare_data(seed: int, scene_config, *, n_train: int, n_test: int, regions: int, max_text_len: int = 24,
+                 caption_order: str = "canonical"):
     """Render the training and test scenes once; returns (tokenizer, train data, test data, test scenes).
 
-    The vocabulary comes from the training captions only (a test word never seen becomes <unk>).
+    The vocabulary comes from the training captions only (a test word never seen becomes <unk>). Global
+    captions list the objects in ``caption_order`` (``global_caption``; "canonical": no position in the text).
     """
     from spatialkit import world as S
 
@@ -669,8 +693,10 @@ def prepare_data(seed: int, scene_config, *, n_train: int, n_test: int, regions:
     train_images, train_scenes = S.render_batch(train_seeds, scene_config)
     test_images, test_scenes = S.render_batch(test_seeds, scene_config)
     tok = WordTokenizer.from_texts(scene_texts(train_scenes))
-    train = scenes_to_data(train_images, train_scenes, tok, max_regions=regions, max_text_len=max_text_len, seed=seed)
-    test = scenes_to_data(test_images, test_scenes, tok, max_regions=regions, max_text_len=max_text_len, seed=seed + 1)
+    train = scenes_to_data(train_images, train_scenes, tok, max_regions=regions, max_text_len=max_text_len, seed=seed,
+                           caption_order=caption_order)
+    test = scenes_to_data(test_images, test_scenes, tok, max_regions=regions, max_text_len=max_text_len, seed=seed + 1,
+                          caption_order=caption_order)
     return tok, train, test, test_scenes
 
 

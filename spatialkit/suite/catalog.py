@@ -132,8 +132,11 @@ register(NotebookSpec(
     params=(
         SEED,
         DEVICE,
-        Param("image_size", int, 64, "scene size in pixels (ViT patches are 8 px)", choices=(32, 48, 64, 96, 128)),
-        Param("max_objects", int, 3, "objects per scene (1 .. max_objects)", low=1, high=9),
+        Param("organism", str, "llava", "the LLaVA-recipe organism preset whose frozen stage-1 encoder fails 'where': "
+              "its scene world trains every encoder, its stage 2 runs on the CLIP and CLOC towers, its own encoder is "
+              "probed", choices=ORGANISM_PRESETS),
+        Param("control", str, "healthy", "the healthy control organism preset (same world; max-pooled stage 1)",
+              choices=ORGANISM_PRESETS),
         Param("n_train", int, 2000, "training scenes (rendered once, shared by every model)", low=64, high=1_000_000),
         Param("n_test", int, 300, "held-out test scenes", low=20, high=100_000),
         Param("steps", int, 300, "optimizer steps per model (same for CLIP, CLOC and the RoI ablation)", low=1, high=1_000_000),
@@ -146,7 +149,12 @@ register(NotebookSpec(
         Param("depth", int, 2, "ViT and text transformer layers", low=1, high=24),
         Param("embed_dim", int, 64, "dimension of the shared CLIP space", low=8, high=2048),
         Param("lr", float, 1e-3, "AdamW peak learning rate", low=1e-6, high=1.0),
-        Param("n_seeds", int, 1, "training seeds per model (seed, seed+1, ...)", low=1, high=10),
+        Param("n_seeds", int, 3, "training seeds per encoder and per swapped-tower organism (seed, seed+1, ...)",
+              low=1, high=10),
+        Param("probe_train", int, 1000, "training scenes the linear where-probe is fitted on (the first of the "
+              "encoders' training scenes); it is tested on the test scenes", low=10, high=1_000_000),
+        Param("swap_steps", int, 1000, "stage-2 steps of the organism on the CLIP / CLOC tower (0 = the preset's own)",
+              low=0, high=10_000_000),
         N_BOOT,
         THREADS,
     ),
@@ -249,7 +257,10 @@ register(NotebookSpec(
     params=(
         SEED,
         DEVICE,
-        organism_param("frozen organism preset, none of them ever trained to output boxes"),
+        Param("organism", str, "llava", "the frozen organism preset that fails 'where' (never trained to output "
+              "boxes), loaded from the checkpoint store or trained", choices=ORGANISM_PRESETS),
+        Param("control", str, "healthy", "the healthy control organism preset, given the same PIN training",
+              choices=ORGANISM_PRESETS),
         Param("n_train_scenes", int, 1000, "PIN training scenes (train split; every object is one example)",
               low=10, high=1_000_000),
         Param("n_test_scenes", int, 300, "held-out test scenes for the box mIoU (every object is one example)",

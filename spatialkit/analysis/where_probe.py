@@ -1,0 +1,157 @@
+"""A linear "where" probe of a frozen vision encoder: does its patch output say where each object is?
+
+    out = probe_where(features, scenes, kinds, train=train_idx, test=test_idx, seed=0)
+    out["point_hit"].mean(), out["relation_correct"].mean()      # per test object / per test pair, 0/1
+
+``features`` (S, P, d) are an encoder's final patch tokens of S scenes (P = g * g patches in raster order,
+patch side = image side / g); ``scenes`` the ``spatialkit.world.Scene`` objects they show (boxes and the
+visible-pixel ``instance`` map). One linear layer (multinomial logistic regression, L2-regularised, fitted
+full-batch with L-BFGS on standardised features) is trained on the **train** scenes' patches to name what each
+patch shows: background or one of ``kinds`` (the label of a patch is the majority of its pixels in the
+``instance`` map). The frozen encoder is never touched. Read out on the **test** scenes:
+
+* ``patch_correct`` (per test patch): the probe's label is right;
+* ``point_hit`` (per object whose kind occurs once in its scene): "where is the {kind}?" answered by the patch
+  with the highest probability of that kind -- a hit when that patch's centre lies inside the object's box.
+  ``point_chance`` is the same for a patch drawn uniformly (the share of patch centres inside the box);
+* ``relation_correct`` (per ordered pair of distinct-kind objects with an unambiguous 2D relation,
+  ``spatialkit.world.relation_2d``): each kind's location is the probability-weighted mean patch centre (its
+  probabilities renormalised over the patches); the predicted relation of A to B is the dominant axis of the
+  offset and its sign (left of / right of / above / below), compared with the gold one. Chance is 1/4.
+
+An encoder whose every patch carries the whole image's content ("there is a car", as a globally pooled
+objective teaches) gives every patch the same kind probabilities: the pointer lands anywhere and the
+relation is a coin toss, whatever the encoder knows about *what* is there.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from spatialkit.world import relation_2d
+
+RELATIONS = ("left of", "right of", "above", "below")
+
+
+def patch_labels(scenes: Sequence, kinds: Sequence[str], grid: int) -> np.ndarray:
+    """(S, g*g) int: per patch 0 = background or 1 + index in ``kinds`` of the object covering most of its
+    pixels (majority vote over the patch's pixels of each scene's visible ``instance`` map)."""
+    kinds = list(kinds)
+    out = np.zeros((len(scenes), grid * grid), dtype=np.int64)
+    for s, scene in enumerate(scenes):
+        inst = np.asarray(scene.instance)
+        size = inst.shape[0]
+        if size % grid:
+            raise ValueError(f"image side {size} is not a multiple of the grid {grid}")
+        p = size // grid
+        # (g, p, g, p) -> (g*g, p*p) pixel labels per patch, raster order
+        blocks = inst.reshape(grid, p, grid, p).transpose(0, 2, 1, 3).reshape(grid * grid, p * p)
+        label = np.zeros(len(scene.objects) + 1, dtype=np.int64)
+        label[1:] = [1 + kinds.index(o.kind) for o in scene.objects]
+        counts = np.stack([(blocks == v).sum(1) for v in range(len(scene.objects) + 1)], 1)  # (P, 1 + n_obj)
+        out[s] = label[counts.argmax(1)]
+    return out
+
+
+def fit_linear_probe(x: torch.Tensor, y: torch.Tensor, n_classes: int, *, l2: float = 1e-3, max_iter: int = 200,
+                     seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Multinomial logistic regression on ``x`` (n, d) -> (weight (C, d), bias (C,), mean, std): features are
+    standardised with the training mean/std, the loss is mean cross-entropy + ``l2`` * |W|^2, minimised with
+    full-batch L-BFGS from zero (deterministic: ``seed`` only seeds torch around the fit)."""
+    x = x.double()
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    z = (x - mean) / std
+    w = torch.zeros(n_classes, x.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(z @ w.T + b, y) + l2 * w.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        opt.step(closure)
+    return w.detach(), b.detach(), mean, std
+
+
+def _relation_of(dx: float, dy: float) -> str:
+    if abs(dx) >= abs(dy):
+        return "left of" if dx < 0 else "right of"
+    return "above" if dy < 0 else "below"
+
+
+def probe_where(features: torch.Tensor | np.ndarray, scenes: Sequence, kinds: Sequence[str], *,
+                train: Sequence[int], test: Sequence[int], l2: float = 1e-3, max_iter: int = 200,
+                seed: int = 0) -> dict:
+    """Fit the patch probe on ``train`` scenes, read it out on ``test`` scenes (module docstring).
+
+    Returns per-item 0/1 arrays ``patch_correct``, ``point_hit``, ``relation_correct``, the matching
+    ``point_chance`` (per object) and ``patch_majority`` (per test patch: the most frequent training label
+    is right), plus ``train_patch_accuracy`` (float) and ``probs`` (test scenes, P, 1 + n_kinds).
+    """
+    feats = torch.as_tensor(np.asarray(features) if not isinstance(features, torch.Tensor) else features).float()
+    if feats.dim() != 3 or feats.shape[0] != len(scenes):
+        raise ValueError(f"features must be (n_scenes={len(scenes)}, P, d), got {tuple(feats.shape)}")
+    n_patches = feats.shape[1]
+    grid = int(round(n_patches ** 0.5))
+    if grid * grid != n_patches:
+        raise ValueError(f"{n_patches} patches are not a square grid")
+    train, test = list(train), list(test)
+    if not train or not test or set(train) & set(test):
+        raise ValueError("train and test must be non-empty and disjoint scene indices")
+    kinds = list(kinds)
+    n_classes = 1 + len(kinds)
+    labels = patch_labels(scenes, kinds, grid)
+    y_train = torch.from_numpy(labels[train].reshape(-1))
+    w, b, mean, std = fit_linear_probe(feats[train].reshape(-1, feats.shape[2]), y_train, n_classes, l2=l2,
+                                       max_iter=max_iter, seed=seed)
+
+    def predict(index):
+        z = (feats[index].double() - mean) / std
+        return (z @ w.T + b).softmax(-1).float()  # (n, P, C)
+
+    train_acc = float((predict(train).argmax(-1).reshape(-1) == y_train).float().mean())
+    probs = predict(test)
+    majority = int(np.bincount(labels[train].reshape(-1), minlength=n_classes).argmax())
+    patch_correct = (probs.argmax(-1).numpy() == labels[test]).astype(float).reshape(-1)
+    patch_majority = (labels[test] == majority).astype(float).reshape(-1)
+
+    size = np.asarray(scenes[test[0]].instance).shape[0]
+    step = size / grid
+    centres = (np.arange(grid) + 0.5) * step
+    cy, cx = np.meshgrid(centres, centres, indexing="ij")
+    cx, cy = cx.reshape(-1), cy.reshape(-1)  # raster order, like the patches
+    hits, chance, relations = [], [], []
+    for row, s in enumerate(test):
+        scene = scenes[s]
+        kinds_here = [o.kind for o in scene.objects]
+        unique = [i for i, o in enumerate(scene.objects) if kinds_here.count(o.kind) == 1]
+        where = {}
+        for i in unique:
+            o = scene.objects[i]
+            p = probs[row, :, 1 + kinds.index(o.kind)].double().numpy()
+            x0, y0, x1, y1 = o.box
+            inside = (cx >= x0) & (cx < x1) & (cy >= y0) & (cy < y1)
+            hits.append(float(inside[int(p.argmax())]))
+            chance.append(float(inside.mean()))
+            weights = p / max(p.sum(), 1e-12)
+            where[i] = (float(weights @ cx), float(weights @ cy))
+        for i in unique:
+            for j in unique:
+                if i == j:
+                    continue
+                gold = relation_2d(scene.objects[i], scene.objects[j])
+                if gold is None:
+                    continue
+                dx, dy = where[i][0] - where[j][0], where[i][1] - where[j][1]
+                relations.append(float(_relation_of(dx, dy) == gold))
+    return {"patch_correct": patch_correct, "patch_majority": patch_majority, "point_hit": np.array(hits),
+            "point_chance": np.array(chance), "relation_correct": np.array(relations),
+            "train_patch_accuracy": train_acc, "probs": probs, "grid": grid}
