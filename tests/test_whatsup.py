@@ -47,6 +47,22 @@ def test_prompts_and_options():
         whatsup.options_for("controlled_b", False, 5)
 
 
+def test_export_options_follow_the_mirror_world():
+    """Exports of the What'sUp mirror worlds: on/under questions get What'sUp A's options, front/behind B's."""
+    assert whatsup.options_for("wherebench", False, gold="under") == ("left", "right", "on", "under")
+    assert whatsup.options_for("wherebench", False, gold="behind") == ("left", "right", "front", "behind")
+    assert whatsup.options_for("wherebench", False, gold="above") == ("left", "right", "above", "below")
+    from spatialkit import world as scenes
+
+    bench = scenes.build_wherebench(seed=0, n_train=0, n_val=0, n_test=8, config=scenes.PRESETS["organism_whatsup_a"],
+                                    tasks=("on_under",))
+    items = bench.splits["test"]
+    import tempfile
+
+    qa = whatsup.from_export(whatsup.to_whatsup(items, bench.scenes("test"), tempfile.mkdtemp()))
+    assert {q.gold for q in qa} <= {"on", "under"} and all(whatsup.group_of(q) == "two-object on/under" for q in qa)
+
+
 def test_gold_word_scoring():
     assert whatsup.is_correct("Left.", "left")
     assert whatsup.is_correct("the mug is in front", "front")

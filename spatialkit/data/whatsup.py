@@ -225,7 +225,8 @@ def parse_caption(caption: str) -> tuple[str, str, str | None]:
 def options_for(subset: str, one_object: bool, n_options: int | None = None, gold: str | None = None) -> tuple[str, ...]:
     """The answer options of a question, in the official order (``n_options`` None: the subset's official count,
     ``OFFICIAL_N_OPTIONS``; 4 for exports). "wherebench" exports: depth questions get What'sUp B's options,
-    one-object questions the one-object list, the rest the two-object list."""
+    on/under questions (the What'sUp A mirror world) What'sUp A's, one-object questions the one-object list, the
+    rest the two-object list."""
     subset = canonical_subset(subset)
     if n_options is None:
         n_options = OFFICIAL_N_OPTIONS.get(subset, 4)
@@ -237,6 +238,8 @@ def options_for(subset: str, one_object: bool, n_options: int | None = None, gol
         key = subset
     elif subset == "wherebench" and gold in ("front", "behind"):
         key = "controlled_b"
+    elif subset == "wherebench" and gold in ("on", "under"):
+        key = "controlled_a"
     else:
         key = "two"
     return SIX_OPTIONS[key] if n_options == 6 else OPTIONS[key]

@@ -51,10 +51,17 @@ def _organism_presets() -> tuple[str, ...]:
 ORGANISM_PRESETS = _organism_presets()
 
 
-def organism_param(role: str = "organism preset") -> Param:
+def organism_param(role: str = "organism preset", default: str = "quick") -> Param:
     """The ``organism`` parameter: which organism preset the notebook loads (or trains) from the checkpoint store."""
-    return Param("organism", str, "quick", f"{role} (spatialkit.models.organism.PRESETS), loaded from the checkpoint "
+    return Param("organism", str, default, f"{role} (spatialkit.models.organism.PRESETS), loaded from the checkpoint "
                  "store or trained", choices=ORGANISM_PRESETS)
+
+
+def failing_param(default: list[str]) -> Param:
+    """The ``failing`` parameter: the zoo organisms that fail at where (each for one of the blog's reasons),
+    measured beside the healthy control ``organism``."""
+    return Param("failing", list, default, "zoo organisms that fail at where, each judged beside the control "
+                 "(spatialkit.models.organism.PRESETS)", item_kind=str, choices=ORGANISM_PRESETS, min_len=0, max_len=8)
 
 
 NOTEBOOKS: dict[str, NotebookSpec] = {}
@@ -168,9 +175,10 @@ register(NotebookSpec(
         SEED,
         DEVICE,
         MODEL,
-        organism_param(),
-        Param("n_items", int, 400, "test-split items scanned; their where-questions feed the gaze analysis",
-              low=10, high=100_000),
+        organism_param("the healthy control organism", default="healthy"),
+        failing_param(["llava", "loud", "prior"]),
+        Param("n_items", int, 600, "held-out where-questions per organism (one- and two-object, test-split scenes); "
+              "enough for >= 100 wrong answers on the failing ones", low=10, high=100_000),
         Param("layer", int, -1, "LM layer shown in the heatmap; -1 = the middle layer (checked against the model)",
               low=-1, high=255),
         Param("with_system_prompt", bool, False, "prompt the heatmap and gaze sections with the system prompt"),
@@ -225,11 +233,12 @@ register(NotebookSpec(
               "AdaptVis checkout (prompts/*.jsonl); '' = the synthetic mirror. Existence is checked by the runner, the "
               "layout at notebook setup (spatialkit.data.whatsup.detect_layout)", choices=("",), allow_other=True,
               path=True),
-        organism_param(),
+        organism_param("the healthy control organism", default="healthy"),
+        failing_param(["llava", "prior", "whatsup_a", "whatsup_b"]),
         Param("organism_seeds", list, [0], "training seeds of the organisms evaluated (each its own checkpoint); "
               "CIs pool items over seeds", item_kind=int, low=0, high=2**31 - 1, min_len=1, max_len=10),
-        Param("n_items", int, 400, "WhereBench test items scanned; their where-questions are the WhatsUp-style set",
-              low=20, high=100_000),
+        Param("n_items", int, 400, "held-out questions per organism, on the relations it fails at (WhereBench "
+              "test-split scenes exported as a WhatsUp-style set)", low=20, high=100_000),
         Param("alphas", list, [0.5, 0.8, 1.2, 1.5, 2.0], "ScalingVis grid: α on the last row's image logits "
               "(1 = baseline)", item_kind=float, low=0.0, high=100.0, min_len=1, max_len=30),
         Param("alpha1s", list, [0.5, 0.8], "AdaptVis α1 grid (used when the confidence is below β)",
