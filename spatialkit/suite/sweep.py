@@ -45,6 +45,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 from dataclasses import dataclass, field
@@ -683,8 +684,11 @@ def plot(folders: Sequence[Path | str], out_dir: Path | str) -> list[Path]:
             ax.set_yticks(range(len(OUTCOMES) + 1), [*OUTCOMES, "other"])
         else:
             ax.set_ylabel("estimate (mean, interval)")
+        ax.set_xlim(-0.5, len(xs) - 0.5)
         ax.set_xticks(range(len(xs)), xs, rotation=30 if len(xs) > 3 else 0, ha="right" if len(xs) > 3 else "center")
-        ax.set_title(f"{notebook}: {claim}" if len(claim) < 70 else f"{notebook}: {claim[:67]}…", fontsize=9)
+        title = f"{notebook}: {claim}"
+        ax.set_title(textwrap.fill(title if len(title) <= 240 else title[:239] + "…",
+                                   width=int(fig.get_figwidth() * 13)), fontsize=9)
         if len(models) > 1 or models != ["result"]:
             ax.legend(fontsize=7)
         slug = re.sub(r"[^A-Za-z0-9]+", "_", claim).strip("_")[:60] or "claim"
