@@ -44,17 +44,27 @@ def jobs_for(tmp_path, names, code="print(n)"):
     return out
 
 
-def test_catalog_declares_the_organisms_notebooks_00_and_02_load():
-    p = catalog.get("02_semantic_loudness").validate({})
-    specs = [s for k, s in catalog.checkpoints("02_semantic_loudness", p) if k == "organism"]
+def test_catalog_declares_the_organisms_the_notebooks_load():
+    declare = catalog.CHECKPOINTS["02_semantic_loudness"]
     # zoo presets only, nothing trained inline: the permutation-test organisms, loud, and loud's +Normalize arms
+    zoo = {"organisms": ["healthy", "llava", "prior"], "loud": "loud", "loud_norm_arms": ["loud_norm", "loud_norm_text"],
+           "threads": 1, "device": "cpu"}
+    specs = [s for k, s in declare(zoo) if k == "organism"]
     assert [s["preset"] for s in specs] == ["healthy", "llava", "prior", "loud", "loud_norm", "loud_norm_text"]
-    assert all(s["threads"] == p["threads"] and s["overrides"] == {} for s in specs)
+    assert all(s["threads"] == 1 and s["overrides"] == {} for s in specs)
+    # the earlier preset-family version: base, normed, 3 spatial fractions (0.5 = the preset's: the base's key),
+    # 2 more seeds x 2 arms, 2 norm scales
+    family = {"seed": 0, "organism": "quick", "steps": 0, "norm_mode": "rmsclip", "spatial_fractions": [0.0, 0.15, 0.5],
+              "n_seeds": 3, "norm_scales": [0.1, 0.3, 1.0], "threads": 1, "device": "cpu"}
+    specs = [s for k, s in declare(family) if k == "organism"]
+    assert len(specs) == 11 and {"target": None, "seed": 0} in [s["overrides"] for s in specs]
     p00 = catalog.get("00_wheres_the_chicken").validate({})
-    assert [s["preset"] for _, s in catalog.checkpoints("00_wheres_the_chicken", p00)] == p00["organisms"]
-    smoke = runner.plan("smoke")
-    for job in smoke:
-        for kind, spec in catalog.checkpoints(job.name, job.params):
+    assert [s["preset"] for _, s in catalog.checkpoints("00_wheres_the_chicken", p00)] == p00.get("organisms", [])
+    assert catalog.checkpoints("01_positional_encodings", {}) == []
+    warnings = []  # a declaration that no longer fits the parameters declares nothing, with a warning
+    assert catalog.checkpoints("06_pin", {"threads": 1}, warn=warnings.append) == [] and "06_pin" in warnings[0]
+    for job in runner.plan("smoke"):  # every declaration fits the catalog's current parameters
+        for kind, spec in catalog.checkpoints(job.name, job.params, warn=pytest.fail):
             assert kind == "organism" and spec["preset"].startswith("smoke"), (job.name, spec)
 
 

@@ -292,9 +292,10 @@ register(NotebookSpec(
 # loads from the checkpoint store, as (kind, spec) pairs of plain data; ``spatialkit run`` trains the missing
 # ones first, in parallel worker processes (spatialkit.suite.parallel), so the notebook only loads them.
 # A declaration mirrors the notebook's own calls: one it misses is simply trained by the notebook itself
-# (slower, same result); one it has too many costs training time only. Kinds:
-#   ("organism", {"preset", "overrides", "threads", "device"}) = load_or_train(preset(preset, **overrides))
-#   under torch.set_num_threads(threads) (0 = torch's default; the thread count is in the organism's key).
+# (slower, same result); one too many costs training time only; a declaration that fails (e.g. a parameter
+# renamed since) is reported and skipped. Kinds:
+#   ("organism", {"preset", "overrides", "threads", "device"}) = load_or_train(preset(preset, **overrides),
+#   device=device) under torch.set_num_threads(threads) (0 = torch's default; the thread count is in the key).
 
 Checkpoint = tuple[str, dict]
 CHECKPOINTS: dict[str, Callable[[dict], list[Checkpoint]]] = {}
@@ -308,11 +309,19 @@ def declares_checkpoints(name: str):
     return register_fn
 
 
-def checkpoints(name: str, params: dict) -> list[Checkpoint]:
-    """The (kind, spec) checkpoints notebook ``name`` loads with ``params`` (validated), without duplicates."""
+def checkpoints(name: str, params: dict, warn: Callable[[str], None] | None = None) -> list[Checkpoint]:
+    """The (kind, spec) checkpoints notebook ``name`` loads with ``params`` (validated), without duplicates.
+    A declaration that raises declares nothing (``warn`` says why): the notebook then trains what it loads."""
     fn = CHECKPOINTS.get(name)
+    try:
+        declared = fn(params) if fn else []
+    except Exception as err:  # noqa: BLE001 -- a stale declaration must never stop a run
+        if warn:
+            warn(f"{name}: its checkpoint declaration failed ({type(err).__name__}: {err}); the notebook trains "
+                 "what it loads itself")
+        declared = []
     out, seen = [], set()
-    for kind, spec in (fn(params) if fn else []):
+    for kind, spec in declared:
         ident = (kind, json.dumps(spec, sort_keys=True))
         if ident not in seen:
             seen.add(ident)
@@ -320,30 +329,45 @@ def checkpoints(name: str, params: dict) -> list[Checkpoint]:
     return out
 
 
-def _organism(params: dict, preset_name: str | None = None, **overrides) -> Checkpoint:
+def _organism(params: dict, preset_name: str | None = None, device: str | None = None, **overrides) -> Checkpoint:
     return ("organism", {"preset": preset_name or params["organism"], "overrides": overrides,
-                         "threads": params.get("threads", 0), "device": params.get("device", "cpu")})
+                         "threads": params.get("threads", 0), "device": device or params.get("device", "cpu")})
 
 
 @declares_checkpoints("00_wheres_the_chicken")
 def _checkpoints_00(p: dict) -> list[Checkpoint]:
-    return [_organism(p, name) for name in p["organisms"]]  # load_or_train(name) for each of P.organisms
+    return [_organism(p, name, device="cpu") for name in p.get("organisms", [])]  # load_or_train(name)
 
 
 @declares_checkpoints("02_semantic_loudness")
 def _checkpoints_02(p: dict) -> list[Checkpoint]:
-    # load_or_train(name) for every organism the notebook compares: zoo presets, nothing trained inline
-    return [_organism(p, name) for name in [*p["organisms"], p["loud"], *p["loud_norm_arms"]]]
+    if "organisms" in p:  # the zoo version: load_or_train(name) for organisms, loud, loud_norm_arms
+        return [_organism(p, name) for name in [*p["organisms"], p["loud"], *p["loud_norm_arms"]]]
+    # the preset-family version: organism_vlm(offset, **changes) = preset(organism, target=None, seed=seed+offset,
+    # [steps], **changes)
+    def arm(offset: int = 0, **changes) -> Checkpoint:
+        over = dict(target=None, seed=p["seed"] + offset, **changes)
+        if p["steps"]:
+            over["steps"] = p["steps"]
+        return _organism(p, **over)
+
+    mode = p["norm_mode"]
+    out = [arm(), arm(visual_norm=mode)]
+    out += [arm(spatial_fraction=sf) for sf in p["spatial_fractions"]]  # sf == the preset's: the same key as arm()
+    for k in range(1, p["n_seeds"]):
+        out += [arm(k), arm(k, visual_norm=mode)]
+    out += [arm(visual_norm=mode, visual_norm_scale=s) for s in p["norm_scales"] if s != 1.0]
+    return out
 
 
 @declares_checkpoints("03_attention_allocation")
 def _checkpoints_03(p: dict) -> list[Checkpoint]:
-    return [_organism(p, name) for name in [p["organism"], *p["failing"]]]  # load_or_train(name) each
+    return [_organism(p, name) for name in [p["organism"], *p.get("failing", [])]]  # load_or_train(name)
 
 
 @declares_checkpoints("04_adaptvis")
 def _checkpoints_04(p: dict) -> list[Checkpoint]:
-    return [_organism(p, name, seed=s) for name in [p["organism"], *p["failing"]] for s in p["organism_seeds"]]
+    return [_organism(p, name, seed=s) for name in [p["organism"], *p.get("failing", [])] for s in p["organism_seeds"]]
 
 
 @declares_checkpoints("06_pin")
@@ -353,8 +377,9 @@ def _checkpoints_06(p: dict) -> list[Checkpoint]:
 
 @declares_checkpoints("07_putting_it_together")
 def _checkpoints_07(p: dict) -> list[Checkpoint]:
-    # cell "loud+norm+2d" = preset(loud, seed, visual_norm=rmsclip, visual_norm_scale=1.0, lm_posenc=posenc_2d);
-    # healthy (the ceiling) and healthy never asked where (spatial_fraction 0, target None)
+    # cell "loud+norm+2d" = preset(loud, seed, visual_norm=rmsclip, visual_norm_scale=1.0, lm_posenc=posenc_2d)
+    # (spatialkit.analysis.combine; tests/test_combine.py checks both agree); healthy (the ceiling) and healthy
+    # never asked where (spatial_fraction 0, target None)
     smoke = p["zoo"] == "smoke"
 
     def name(organism: str) -> str:

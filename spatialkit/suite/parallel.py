@@ -54,8 +54,16 @@ def call(target: str, *args):
         return getattr(importlib.import_module(module), name)(*args)
 
 
-def _worker_init() -> None:
+def _worker_init(parent: int) -> None:
     signal.signal(signal.SIGINT, _interrupted)
+    # A worker must not outlive its run: killed with it (even SIGKILL), it gets a SIGINT from the kernel and stops
+    # its task as on Ctrl-C (a notebook waiting for a lock must not run after its CLI is gone). Linux only.
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
 
 
 _busy = False  # in a worker: running a task (an idle worker waits for the parent's shutdown instead)
@@ -109,7 +117,7 @@ def plan_training(executor, jobs: Sequence[runner.Job], checkpoints_of: Callable
     specs: dict[str, list] = {}
     wanted: dict[str, list[tuple[str, int]]] = {}
     for job in jobs:
-        for kind, spec in checkpoints_of(job.name, job.params):
+        for kind, spec in _declared(checkpoints_of, job, echo):
             if kind not in KINDS:
                 echo(f"  note: {job.name} declares a checkpoint of unknown kind '{kind}'; it trains it itself")
                 continue
@@ -131,6 +139,19 @@ def plan_training(executor, jobs: Sequence[runner.Job], checkpoints_of: Callable
     ids = {t["id"] for t in tasks if not t["done"]}
     needs = {name: sorted({by_spec[w] for w in pairs if by_spec.get(w) in ids}) for name, pairs in wanted.items()}
     return [t for t in tasks if not t["done"]], needs
+
+
+def _declared(checkpoints_of, job: runner.Job, echo) -> list:
+    """``checkpoints_of(name, params[, warn=])`` for one job; a declaration that raises declares nothing."""
+    import inspect
+
+    try:
+        if "warn" in inspect.signature(checkpoints_of).parameters:
+            return checkpoints_of(job.name, job.params, warn=lambda line: echo(f"  note: {line}"))
+        return checkpoints_of(job.name, job.params)
+    except Exception as err:  # noqa: BLE001 -- the notebook then trains what it loads itself
+        echo(f"  note: {job.name}: its checkpoint declaration failed ({type(err).__name__}: {err})")
+        return []
 
 
 def run(
@@ -170,7 +191,8 @@ def run(
     context = multiprocessing.get_context("fork")
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
-    executor = ProcessPoolExecutor(max_workers=n_jobs, mp_context=context, initializer=_worker_init)
+    executor = ProcessPoolExecutor(max_workers=n_jobs, mp_context=context, initializer=_worker_init,
+                                   initargs=(os.getpid(),))
     try:
         tasks, needs = plan_training(executor, stale, checkpoints_of, echo) if pretrain else ([], {})
         if tasks:
