@@ -1,4 +1,5 @@
-"""Figures shared by notebooks: attention heat maps over an image with the named objects' boxes."""
+"""Figures shared by notebooks: attention heat maps over an image with the named objects' boxes; the what-vs-where
+plane and gain heatmaps of notebook 07."""
 
 from __future__ import annotations
 from typing import Sequence
@@ -23,3 +24,74 @@ def plot_overlay(ax, image: np.ndarray, amap: torch.Tensor | np.ndarray, *, boxe
     ax.set_title(title, fontsize=9)
     ax.axis("off")
     return handle
+
+
+def plot_tradeoff_plane(points, *, ceiling=None, panel: str = "organism", x: str = "where", y: str = "what",
+                        label: str = "arm", base: str = "none", chance: dict | None = None, axes=None,
+                        height: float = 3.6):
+    """The what-vs-where plane: one panel per ``panel`` value, each arm a point with its 95% CIs as error bars
+    and an arrow from the panel's ``base`` arm (the failing organism) to every other arm; ``ceiling`` (a dict
+    with ``x``/``y`` estimates, e.g. the healthy organism) is drawn as a star with its CI box.
+
+    ``points``: a DataFrame with columns ``panel``, ``label``, and per axis ``{x}``, ``{x}_low``, ``{x}_high``,
+    ``{y}``, ``{y}_low``, ``{y}_high`` (fractions). ``chance``: {"x": level, "y": level} dotted lines.
+    Returns the matplotlib axes (one per panel)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    panels = list(dict.fromkeys(points[panel]))
+    if axes is None:
+        _, axes = plt.subplots(1, len(panels), figsize=(height * 1.25 * len(panels), height), squeeze=False)
+        axes = axes[0]
+    labels = list(dict.fromkeys(points[label]))
+    colors = dict(zip(labels, sns.color_palette("tab10", max(len(labels), 3))))
+    for ax, name in zip(axes, panels):
+        g = points[points[panel] == name]
+        origin = g[g[label] == base]
+        for _, r in g.iterrows():
+            ax.errorbar(r[x], r[y], xerr=[[r[x] - r[f"{x}_low"]], [r[f"{x}_high"] - r[x]]],
+                        yerr=[[r[y] - r[f"{y}_low"]], [r[f"{y}_high"] - r[y]]], fmt="o", ms=6, capsize=2,
+                        color=colors[r[label]], label=r[label], zorder=3)
+            if len(origin) and r[label] != base:
+                o = origin.iloc[0]
+                ax.annotate("", xy=(r[x], r[y]), xytext=(o[x], o[y]),
+                            arrowprops=dict(arrowstyle="->", color=colors[r[label]], lw=1.2, alpha=0.8))
+        if ceiling is not None:
+            cx, cy = ceiling[x], ceiling[y]
+            ax.add_patch(plt.Rectangle((cx.low, cy.low), cx.high - cx.low, cy.high - cy.low, color="gold", alpha=0.3))
+            ax.plot(cx.mean, cy.mean, marker="*", ms=14, color="goldenrod", ls="", label="healthy (ceiling)", zorder=4)
+        if chance:
+            if "x" in chance:
+                ax.axvline(chance["x"], color="gray", ls=":", lw=1)
+            if "y" in chance:
+                ax.axhline(chance["y"], color="gray", ls=":", lw=1)
+        ax.set(title=str(name), xlabel=f"{x} accuracy", ylabel=f"{y} accuracy")
+    handles, names = [], []
+    for ax in axes:
+        for h, n in zip(*ax.get_legend_handles_labels()):
+            if n not in names:
+                handles.append(h)
+                names.append(n)
+    axes[-1].legend(handles, names, fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    return axes
+
+
+def plot_gain_heatmap(table, *, ax=None, title: str = "", cmap: str = "RdBu", limit: float | None = None,
+                      annot=None):
+    """A diverging heatmap of gains (in percentage points; rows = arms, columns = measurements), centred on 0.
+
+    ``table``: a DataFrame of gains as fractions; ``annot``: an optional DataFrame of strings (same shape) shown
+    in the cells, else the gain in points. Missing cells stay blank."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    values = 100 * table.astype(float)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(1.3 * values.shape[1] + 3, 0.45 * values.shape[0] + 1.5))
+    lim = limit if limit is not None else max(5.0, float(np.nanmax(np.abs(values.to_numpy()))) if values.size else 5.0)
+    sns.heatmap(values, ax=ax, cmap=cmap, center=0.0, vmin=-lim, vmax=lim, linewidths=0.5,
+                annot=annot if annot is not None else True, fmt="" if annot is not None else "+.0f",
+                cbar_kws={"label": "gain (pp)"}, annot_kws={"fontsize": 7})
+    ax.set(title=title, xlabel="", ylabel="")
+    ax.grid(False)
+    return ax

@@ -287,6 +287,59 @@ register(NotebookSpec(
 ))
 
 
+# --- 07 -----------------------------------------------------------------------------------------
+# The grid's cells as plain data (spatialkit.analysis.combine holds their meaning; tests/test_combine.py checks that
+# both agree): a failing organism, then its training-time fixes in canonical order.
+GRID_ORGANISMS = ("llava", "loud", "prior")
+GRID_FIXES = ("local", "norm", "2d")
+
+
+def _grid_cells() -> tuple[str, ...]:
+    from itertools import combinations
+
+    cells = []
+    for organism in GRID_ORGANISMS:
+        fixes = [f for f in GRID_FIXES if not (organism == "loud" and f == "local")]  # loud's stage 1 is localized
+        for k in range(len(fixes) + 1):
+            cells += ["+".join((organism, *c)) for c in combinations(fixes, k)]
+    return tuple(cells)
+
+
+GRID_CELLS = _grid_cells()
+
+register(NotebookSpec(
+    name="07_putting_it_together",
+    title="Putting it together: every fix alone and combined, and the what-vs-where trade-off",
+    params=(
+        SEED,
+        DEVICE,
+        Param("zoo", str, "zoo", "organism presets: the zoo (llava, loud, prior, healthy) or their smoke-sized twins "
+              "(smoke_llava, ...; tests)", choices=("zoo", "smoke")),
+        Param("cells", list, ["llava", "llava+local", "llava+2d", "loud", "loud+norm", "loud+2d", "loud+norm+2d",
+                              "prior", "prior+2d"],
+              "trained cells of the grid: a failing organism + its training-time fixes (local = localized stage 1, "
+              "norm = +Normalize trained in, 2d = 2D position code in the LM); each new one trains an organism "
+              "(~2 min CPU); every cell is also measured with AdaptVis on top", item_kind=str, choices=GRID_CELLS,
+              min_len=1, max_len=len(GRID_CELLS)),
+        Param("posenc_2d", str, "mrope", "the LM's 2D position code of the '2d' fix", choices=("mrope", "rope2d")),
+        Param("n_items", int, 900, "held-out test items per world (balanced over its what and where tasks)",
+              low=20, high=100_000),
+        Param("n_tune", int, 450, "val items per world: tune AdaptVis and pick each organism's best arm",
+              low=20, high=100_000),
+        Param("n_counter", int, 200, "counter-prior where_two items per split (the prior world)", low=10, high=100_000),
+        Param("alpha1s", list, [0.5, 0.8], "AdaptVis α1 grid (confidence below β; 1 = plain is always a candidate)",
+              item_kind=float, low=0.0, high=100.0, min_len=1, max_len=10),
+        Param("alpha2s", list, [1.5, 2.0, 3.0], "AdaptVis α2 grid (confidence at least β)",
+              item_kind=float, low=0.0, high=100.0, min_len=1, max_len=10),
+        Param("betas", list, [0.3, 0.5, 0.7, 0.9], "AdaptVis confidence thresholds β", item_kind=float, low=0.0,
+              high=1.0, min_len=1, max_len=21),
+        Param("batch_size", int, 256, "prompts per forward pass", low=1, high=8192),
+        N_BOOT,
+        THREADS,
+    ),
+))
+
+
 # --- the checkpoints each notebook loads ----------------------------------------------------------
 # ``checkpoints(name, params)`` lists, from a notebook's validated parameters, the trained models its code
 # loads from the checkpoint store, as (kind, spec) pairs of plain data; ``spatialkit run`` trains the missing

@@ -1,0 +1,355 @@
+"""Fixes alone and together on failing organisms: the grid behind notebook 07 ("putting it together").
+
+A *cell* is a failing organism preset with a set of training-time fixes, written ``"loud+norm+2d"``; every trained
+cell is also measured with AdaptVis (inference-time, free) on top. The fixes:
+
+* ``2d``     a 2D position code in the LM (``lm_posenc`` = ``mrope`` or ``rope2d``; Qwen2-VL's (t, h, w) ids)
+* ``norm``   +Normalize trained in (``visual_norm: rmsclip`` at scale 1, Qi et al. 2025)
+* ``local``  a localized (max-pooled, per-patch) stage-1 encoder instead of the global mean-pooled one
+* AdaptVis   (Chen et al. 2025) the answer row's image-attention temperature, α1/α2/β tuned on the val split
+
+    cfg = cell_config("loud+norm+2d")                     # preset("loud", visual_norm="rmsclip", ..., lm_posenc="mrope")
+    sets = item_sets(cfg, n_items=600, n_tune=300)        # what / where_one / where_two (/ counter) items
+    run = score_cell(vlm, sets, alphas=(0.5, 1, 2))       # option scores at the answer row, per α
+    df = cell_results(run, adaptvis=tune_adaptvis(run, ...))   # one row per item x method, ``correct``
+
+Scoring: every option of the organism's WhereBench questions is one word, so an option's log-likelihood is the
+answer row's (the ``<ans>`` token's) log-probability of that word, exactly ``evaluate``'s ``score_options``; under
+``scaling_vis`` that row is the row AdaptVis scales. One forward per α gives every α's scores, and AdaptVis with
+any (α1, α2, β) is a per-item choice among them (the gate reads the unscaled pass's confidence).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+#: the failing organisms a cell starts from, and the healthy control (the ceiling)
+FAILING = ("llava", "loud", "prior")
+HEALTHY = "healthy"
+NEVER = "never"  # healthy's recipe never asked where (never_config)
+CONTROLS = (HEALTHY, NEVER)  # cells that are not a failing organism + fixes
+#: training-time fixes in their canonical order inside a cell name
+FIX_ORDER = ("local", "norm", "2d")
+POSENC_2D = ("mrope", "rope2d")
+FIX_LABELS = {"local": "localized stage 1", "norm": "+Normalize", "2d": "2D position code", "adaptvis": "AdaptVis"}
+# a fix that is already part of an organism's recipe is not a fix there
+NOT_APPLICABLE = {("loud", "local"): "loud's stage 1 is already the localized (max-pooled) one"}
+METRICS = ("what", "where_one", "where_two", "counter")
+WHERE_TASKS = ("where_one", "where_two")
+
+
+def fix_overrides(fix: str, posenc_2d: str = "mrope") -> dict:
+    """The preset overrides that train ``fix`` into an organism."""
+    if fix == "2d":
+        if posenc_2d not in POSENC_2D:
+            raise ValueError(f"posenc_2d must be one of {POSENC_2D}, got {posenc_2d!r}")
+        return {"lm_posenc": posenc_2d}
+    if fix == "norm":
+        return {"visual_norm": "rmsclip", "visual_norm_scale": 1.0}
+    if fix == "local":
+        return {"vision_pretrain_pool": "max"}
+    raise ValueError(f"unknown training fix {fix!r}; known: {', '.join(FIX_ORDER)}")
+
+
+def parse_cell(cell: str) -> tuple[str, tuple[str, ...]]:
+    """``"loud+2d+norm"`` -> ("loud", ("norm", "2d")): the organism and its fixes in canonical order."""
+    organism, *fixes = str(cell).split("+")
+    if organism not in FAILING:
+        raise ValueError(f"cell {cell!r}: organism must be one of {FAILING}, got {organism!r}")
+    unknown = [f for f in fixes if f not in FIX_ORDER]
+    if unknown or len(set(fixes)) != len(fixes):
+        raise ValueError(f"cell {cell!r}: fixes must be distinct, from {FIX_ORDER}; got {fixes}")
+    for f in fixes:
+        if (organism, f) in NOT_APPLICABLE:
+            raise ValueError(f"cell {cell!r}: {NOT_APPLICABLE[(organism, f)]}")
+    return organism, tuple(f for f in FIX_ORDER if f in fixes)
+
+
+def cell_name(organism: str, fixes: Iterable[str]) -> str:
+    fixes = tuple(f for f in FIX_ORDER if f in set(fixes))
+    return "+".join((organism, *fixes))
+
+
+def cell_overrides(cell: str, posenc_2d: str = "mrope") -> tuple[str, dict]:
+    """(preset name, overrides) of a cell: the failing organism's preset plus each fix's overrides."""
+    organism, fixes = parse_cell(cell)
+    over: dict = {}
+    for f in fixes:
+        over.update(fix_overrides(f, posenc_2d))
+    return organism, over
+
+
+ZOOS = ("zoo", "smoke")  # the zoo presets, or their smoke-sized twins (smoke_llava, ...; healthy -> smoke)
+
+
+def preset_name(organism: str, zoo: str = "zoo") -> str:
+    """The preset of ``organism`` (a failing one or "healthy") in ``zoo``."""
+    if zoo not in ZOOS:
+        raise ValueError(f"zoo must be one of {ZOOS}, got {zoo!r}")
+    if zoo == "zoo":
+        return organism
+    return "smoke" if organism == HEALTHY else f"smoke_{organism}"
+
+
+def cell_config(cell: str, posenc_2d: str = "mrope", seed: int = 0, zoo: str = "zoo"):
+    """The ``OrganismConfig`` a cell trains (``preset(organism, seed=seed, **overrides)``)."""
+    from spatialkit.models.organism import preset
+
+    organism, over = cell_overrides(cell, posenc_2d)
+    return preset(preset_name(organism, zoo), seed=seed, **over)
+
+
+def healthy_config(seed: int = 0, zoo: str = "zoo"):
+    """The ceiling: the healthy organism (the quick recipe under its zoo name)."""
+    from spatialkit.models.organism import preset
+
+    return preset(preset_name(HEALTHY, zoo), seed=seed)
+
+
+def never_config(seed: int = 0, zoo: str = "zoo"):
+    """The healthy recipe never asked a where-question (``spatial_fraction`` 0, all steps: ``target`` None): an
+    organism that never learned a relation, for AdaptVis to steer (notebook 02 trains the same one)."""
+    from spatialkit.models.organism import preset
+
+    return preset(preset_name(HEALTHY, zoo), seed=seed, target=None, spatial_fraction=0.0)
+
+
+def fix_label(fixes: Sequence[str], adaptvis: bool = False) -> str:
+    """"none", "2D position code", "+Normalize + AdaptVis", ..."""
+    parts = [FIX_LABELS[f] for f in fixes] + (["AdaptVis"] if adaptvis else [])
+    return " + ".join(parts) if parts else "none"
+
+
+# --------------------------------------------------------------------------------------------------- items
+
+@dataclass
+class ItemSet:
+    """Held-out multiple-choice items of one world, grouped by metric, with their images (rendered once)."""
+
+    world: object
+    items: dict[str, dict[str, list]] = field(default_factory=dict)  # split -> metric -> WhereBench items
+    images: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+    def count(self, split: str = "test") -> dict[str, int]:
+        return {m: len(v) for m, v in self.items.get(split, {}).items()}
+
+
+def item_sets(cfg, n_items: int, n_tune: int, n_counter: int = 0) -> ItemSet:
+    """What / where_one / where_two items of ``cfg``'s world on the test split (``n_items`` in all, balanced over
+    the world's tasks) and the val split (``n_tune``, for choosing AdaptVis' settings and the best fix), plus
+    ``n_counter`` counter-prior where_two items per split when the world has prior relations."""
+    from spatialkit import world as scenes
+    from spatialkit.models.organism import scene_config, tasks_for
+
+    sc = scene_config(cfg)
+    tasks = tasks_for(sc)
+    bench = scenes.build_wherebench(seed=cfg.data.bench_seed, n_train=0, n_val=n_tune, n_test=n_items, config=sc,
+                                    tasks=tasks)
+    out = ItemSet(world=sc)
+    for split in ("val", "test"):
+        groups: dict[str, list] = {"what": [], "where_one": [], "where_two": []}
+        for it in bench.splits[split]:
+            key = "what" if it.question.family == "what" else it.question.task
+            if key in groups:
+                groups[key].append(it)
+        out.items[split] = {k: v for k, v in groups.items() if v}
+    if n_counter and sc.prior_relations:
+        counter = scenes.build_wherebench(seed=cfg.data.bench_seed, n_train=0, n_val=n_counter, n_test=n_counter,
+                                          config=sc, tasks=("where_two",), prior="counter")
+        for split in ("val", "test"):
+            out.items[split]["counter"] = list(counter.splits[split])
+    for split, groups in out.items.items():
+        out.images[split] = {k: np.stack([scenes.render_scene(it.scene_seed, sc).image for it in v])
+                             for k, v in groups.items()}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- scoring
+
+def option_ids(vlm, items) -> tuple[torch.Tensor, bool]:
+    """((N, K) vocabulary id of each option's first word, -1 padding ragged lists; whether every option is one
+    word)."""
+    rows, single = [], True
+    for it in items:
+        ids = [vlm.vocab.encode(o) for o in it.question.options]
+        single &= all(len(i) == 1 for i in ids)
+        rows.append([i[0] for i in ids])
+    k = max(len(r) for r in rows)
+    return torch.tensor([r + [-1] * (k - len(r)) for r in rows], dtype=torch.long), single
+
+
+@torch.no_grad()
+def answer_row_scores(vlm, images, items, alpha: float = 1.0, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(scores (N, K), confidence (N,)): each option's log-likelihood as the answer (-inf pads ragged option
+    lists) with the answer row's image logits scaled by ``alpha`` (ScalingVis; 1 = plain), and the AdaptVis gate's
+    confidence (max softmax probability over the vocabulary at the answer row, rounded to 2 decimals).
+
+    One-word options (the zoo's worlds): the answer row's log-probability of the word, exactly ``score_options``.
+    Longer options (e.g. "dog house" on the default world): ``score_options``' plain score with its first word's
+    term replaced by the scaled answer row's (the later words' rows are left unscaled)."""
+    from spatialkit.analysis.interventions.adaptvis import scaling_vis
+
+    ids, single = option_ids(vlm, items)
+    scores, conf = [], []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start: start + batch_size]
+        imgs = images[start: start + batch_size]
+        batch = vlm.prepare(imgs, [it.question.text for it in chunk])
+        rows = torch.arange(len(chunk))
+        plain = vlm.logits(batch)[rows, batch.last_index()].float().log_softmax(-1).cpu()
+        if alpha == 1.0:
+            last = plain
+        else:
+            with scaling_vis(vlm, alpha):
+                last = vlm.logits(batch)[rows, batch.last_index()].float().log_softmax(-1).cpu()
+        cid = ids[start: start + batch_size]
+        s = last.gather(1, cid.clamp(min=0))
+        if not single:
+            full = vlm.score_options(imgs, [it.question.text for it in chunk],
+                                     [list(it.question.options) for it in chunk]).float().cpu()
+            s = full - plain.gather(1, cid.clamp(min=0)) + s
+        s[cid < 0] = float("-inf")
+        scores.append(s.numpy())
+        conf.append(np.floor(plain.exp().max(-1).values.numpy() * 100 + 0.5) / 100)
+    return np.concatenate(scores), np.concatenate(conf)
+
+
+@dataclass
+class CellRun:
+    """Per split and metric: gold indices, and per α the option scores; the unscaled confidence."""
+
+    gold: dict[tuple[str, str], np.ndarray]
+    chance: dict[tuple[str, str], np.ndarray]
+    scores: dict[tuple[str, str, float], np.ndarray]
+    confidence: dict[tuple[str, str], np.ndarray]
+    alphas: tuple[float, ...]
+
+    def correct(self, split: str, metric: str, alpha: float = 1.0) -> np.ndarray:
+        return (self.scores[(split, metric, alpha)].argmax(1) == self.gold[(split, metric)]).astype(float)
+
+    def adaptvis_correct(self, split: str, metric: str, alpha1: float, alpha2: float, beta: float) -> np.ndarray:
+        """Per item: AdaptVis' answer is right (α1 where the unscaled confidence < β, else α2)."""
+        use1 = self.confidence[(split, metric)] < beta
+        return np.where(use1, self.correct(split, metric, alpha1), self.correct(split, metric, alpha2))
+
+
+def score_cell(vlm, sets: ItemSet, alphas: Sequence[float] = (1.0,), batch_size: int = 256) -> CellRun:
+    """Scores of every item of ``sets`` under every α (1 always included): one forward per α and metric."""
+    alphas = tuple(sorted({1.0, *map(float, alphas)}))
+    gold, chance, scores, conf = {}, {}, {}, {}
+    for split, groups in sets.items.items():
+        for metric, items in groups.items():
+            gold[(split, metric)] = np.array([it.question.answer for it in items])
+            chance[(split, metric)] = np.array([1.0 / len(it.question.options) for it in items])
+            for a in alphas:
+                s, c = answer_row_scores(vlm, sets.images[split][metric], items, a, batch_size)
+                scores[(split, metric, a)] = s
+                if a == 1.0:
+                    conf[(split, metric)] = c
+    return CellRun(gold, chance, scores, conf, alphas)
+
+
+def tune_adaptvis(run: CellRun, alpha1s: Sequence[float], alpha2s: Sequence[float], betas: Sequence[float],
+                  metrics: Sequence[str] = WHERE_TASKS) -> dict:
+    """The (α1, α2, β) with the best mean accuracy on the val split's ``metrics`` items (ties: the first, in the
+    order plain settings first). α1 = α2 = 1 (plain) is always a candidate, so tuning never loses on val."""
+    metrics = [m for m in metrics if ("val", m) in run.gold]
+    best, best_acc = {"alpha1": 1.0, "alpha2": 1.0, "beta": 0.5}, -1.0
+    for a1 in (1.0, *alpha1s):
+        for a2 in (1.0, *alpha2s):
+            for b in betas:
+                if a1 not in run.alphas or a2 not in run.alphas:
+                    raise ValueError(f"α {a1} / {a2} was not scored; score_cell(alphas=...) must include it")
+                acc = float(np.mean(np.concatenate([run.adaptvis_correct("val", m, a1, a2, b) for m in metrics])))
+                if acc > best_acc + 1e-12:
+                    best, best_acc = {"alpha1": float(a1), "alpha2": float(a2), "beta": float(b)}, acc
+    return {**best, "val_accuracy": best_acc}
+
+
+def cell_results(run: CellRun, cell: str, adaptvis: dict | None = None) -> pd.DataFrame:
+    """One row per (split, metric, item, method): ``correct`` (0/1), ``chance``; methods "plain" and, with
+    ``adaptvis`` settings, "adaptvis". ``cell`` is a grid cell or one of ``CONTROLS`` (its own organism)."""
+    organism, fixes = (cell, ()) if cell in CONTROLS else parse_cell(cell)
+    frames = []
+    for (split, metric), gold in run.gold.items():
+        methods = {"plain": run.correct(split, metric)}
+        if adaptvis is not None:
+            methods["adaptvis"] = run.adaptvis_correct(split, metric, adaptvis["alpha1"], adaptvis["alpha2"],
+                                                       adaptvis["beta"])
+        for method, correct in methods.items():
+            frames.append(pd.DataFrame({"cell": cell, "organism": organism, "fixes": "+".join(fixes),
+                                        "n_fixes": len(fixes) + (method == "adaptvis"), "method": method,
+                                        "split": split, "metric": metric, "item": np.arange(len(gold)),
+                                        "correct": correct, "chance": run.chance[(split, metric)]}))
+    return pd.concat(frames, ignore_index=True)
+
+
+# ---------------------------------------------------------------------------------------------- summaries
+
+def arm_label(fixes: str, method: str) -> str:
+    """A grid arm's label: the fixes of a cell (``"norm+2d"``) plus the inference method."""
+    return fix_label(tuple(f for f in fixes.split("+") if f), adaptvis=(method == "adaptvis"))
+
+
+def summarize(results: pd.DataFrame, *, seed: int, n_boot: int, split: str = "test") -> pd.DataFrame:
+    """Accuracy with a bootstrap CI per (organism, arm, metric) on ``split``: columns organism, cell, method,
+    arm, n_fixes, metric, mean, low, high, n."""
+    from spatialkit.common.stats import bootstrap_ci
+
+    rows = []
+    sub = results[results.split == split]
+    for (organism, cell, method, metric), g in sub.groupby(["organism", "cell", "method", "metric"], sort=False):
+        e = bootstrap_ci(g.correct.to_numpy(float), seed=seed, n_boot=n_boot)
+        rows.append({"organism": organism, "cell": cell, "method": method, "arm": arm_label(g.fixes.iloc[0], method),
+                     "n_fixes": int(g.n_fixes.iloc[0]), "metric": metric, "mean": e.mean, "low": e.low,
+                     "high": e.high, "n": e.n})
+    return pd.DataFrame(rows)
+
+
+def paired(results: pd.DataFrame, a: tuple[str, str], b: tuple[str, str], metric: str, split: str = "test"):
+    """(correct of arm a, correct of arm b) on the same items; an arm is (cell, method)."""
+    def get(arm):
+        g = results[(results.cell == arm[0]) & (results.method == arm[1]) & (results.metric == metric)
+                    & (results.split == split)].sort_values("item")
+        return g.correct.to_numpy(float)
+
+    xa, xb = get(a), get(b)
+    if xa.size == 0 or xa.shape != xb.shape:
+        raise ValueError(f"arms {a} and {b} have no common {metric} items on {split}")
+    return xa, xb
+
+
+def gains(results: pd.DataFrame, *, seed: int, n_boot: int, split: str = "test") -> pd.DataFrame:
+    """Every arm against its organism's plain failing cell, per metric (paired bootstrap CI on the same items):
+    columns organism, cell, method, arm, n_fixes, metric, gain, low, high."""
+    from spatialkit.common.stats import bootstrap_diff_ci
+
+    rows = []
+    sub = results[results.split == split]
+    for (organism, cell, method, metric), g in sub.groupby(["organism", "cell", "method", "metric"], sort=False):
+        if cell == organism and method == "plain":
+            continue
+        a, b = paired(results, (cell, method), (organism, "plain"), metric, split)
+        e = bootstrap_diff_ci(a, b, seed=seed, n_boot=n_boot)
+        rows.append({"organism": organism, "cell": cell, "method": method, "arm": arm_label(g.fixes.iloc[0], method),
+                     "n_fixes": int(g.n_fixes.iloc[0]), "metric": metric, "gain": e.mean, "low": e.low,
+                     "high": e.high})
+    return pd.DataFrame(rows)
+
+
+def best_arm(results: pd.DataFrame, organism: str, metric: str, n_fixes: Iterable[int], split: str = "val"):
+    """The (cell, method) of ``organism`` with the highest ``metric`` accuracy on ``split`` among arms with a
+    number of fixes in ``n_fixes`` (chosen on val, reported on test, so the choice is not fitted to the test
+    items); None when there is no such arm."""
+    wanted = set(n_fixes)
+    sub = results[(results.organism == organism) & (results.metric == metric) & (results.split == split)
+                  & results.n_fixes.isin(wanted)]
+    if sub.empty:
+        return None
+    acc = sub.groupby(["cell", "method"], sort=False).correct.mean()
+    return tuple(acc.idxmax())

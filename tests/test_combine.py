@@ -1,0 +1,127 @@
+"""Notebook 07's grid (spatialkit.analysis.combine): cell names, the catalog's plain-data declaration agreeing
+with the package's configs, answer-row scoring = score_options, AdaptVis tuning and arm choice on val, the figures."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from spatialkit.analysis import combine
+from spatialkit.models.organism import preset, train
+from spatialkit.models.organism.adapter import OrganismVLM
+from spatialkit.suite import catalog
+
+
+def test_cells_parse_in_canonical_order_and_reject_what_does_not_apply():
+    assert combine.parse_cell("loud+2d+norm") == ("loud", ("norm", "2d"))
+    assert combine.cell_name("prior", ["2d", "local"]) == "prior+local+2d"
+    for bad in ("healthy+2d", "loud+local", "llava+2d+2d", "llava+pin"):
+        with pytest.raises(ValueError):
+            combine.parse_cell(bad)
+    assert combine.cell_overrides("loud+norm+2d", "rope2d") == (
+        "loud", {"visual_norm": "rmsclip", "visual_norm_scale": 1.0, "lm_posenc": "rope2d"})
+    # LLaVA's recipe with a localized stage 1 is the healthy organism; loud with +Normalize is loud_norm
+    assert combine.cell_config("llava+local").to_dict() == preset("healthy").to_dict()
+    assert combine.cell_config("loud+norm").to_dict() == preset("loud_norm").to_dict()
+    assert combine.cell_config("loud+norm", zoo="smoke").to_dict() == preset("smoke_loud_norm").to_dict()
+    assert combine.fix_label(("norm", "2d"), adaptvis=True) == "+Normalize + 2D position code + AdaptVis"
+
+
+@pytest.mark.parametrize("zoo", ["zoo", "smoke"])
+def test_catalog_declares_exactly_the_organisms_the_notebook_loads(zoo):
+    assert set(catalog.GRID_CELLS) == {c for c in catalog.GRID_CELLS if combine.parse_cell(c)}
+    params = catalog.get("07_putting_it_together").validate({"zoo": zoo, "cells": list(catalog.GRID_CELLS),
+                                                             "posenc_2d": "rope2d"})
+    declared = {str(preset(spec["preset"], **spec["overrides"]).to_dict())
+                for _, spec in catalog.checkpoints("07_putting_it_together", params)}
+    loaded = {str(c.to_dict()) for c in [combine.healthy_config(0, zoo), combine.never_config(0, zoo)]
+              + [combine.cell_config(c, "rope2d", 0, zoo) for c in catalog.GRID_CELLS]}
+    assert declared == loaded
+
+
+@pytest.fixture(scope="module")
+def smoke_vlm():
+    cfg = preset("smoke", steps=3, eval_every=3, vision_pretrain_steps=2, scene_preset="organism_easy")
+    model, vocab, _ = train(cfg, progress=False)
+    return OrganismVLM(model.eval(), vocab, cfg)
+
+
+def test_answer_row_scores_are_score_options_and_alpha_moves_them(smoke_vlm):
+    sets = combine.item_sets(smoke_vlm.config, n_items=24, n_tune=12)
+    items, images = sets.items["test"]["where_two"], sets.images["test"]["where_two"]
+    plain, conf = combine.answer_row_scores(smoke_vlm, images, items, 1.0)
+    ref = smoke_vlm.score_options(images, [it.question.text for it in items],
+                                  [list(it.question.options) for it in items]).numpy()
+    assert np.allclose(plain, ref, atol=1e-5)
+    assert ((0 <= conf) & (conf <= 1)).all() and np.allclose(conf, np.round(conf, 2))
+    scaled, _ = combine.answer_row_scores(smoke_vlm, images, items, 3.0)
+    assert not np.allclose(scaled, plain)
+    run = combine.score_cell(smoke_vlm, sets, alphas=(0.5, 2.0))
+    assert run.alphas == (0.5, 1.0, 2.0) and set(sets.count("test")) <= {m for _, m in run.gold}
+    df = combine.cell_results(run, "llava", combine.tune_adaptvis(run, [0.5], [2.0], [0.5]))
+    assert set(df.method) == {"plain", "adaptvis"} and set(df.split) == {"val", "test"}
+
+
+def _run(val_correct: dict, test_correct: dict, conf_val, conf_test) -> combine.CellRun:
+    """A CellRun whose α's answers are right exactly where ``*_correct[α]`` is 1 (gold 0, 2 options)."""
+    scores, gold, chance, confidence = {}, {}, {}, {}
+    for split, table, c in (("val", val_correct, conf_val), ("test", test_correct, conf_test)):
+        n = len(c)
+        gold[(split, "where_two")] = np.zeros(n, int)
+        chance[(split, "where_two")] = np.full(n, 0.5)
+        confidence[(split, "where_two")] = np.asarray(c, float)
+        for a, right in table.items():
+            right = np.asarray(right)
+            scores[(split, "where_two", a)] = np.stack([right * 1.0, 1.0 - right], axis=1)
+    return combine.CellRun(gold, chance, scores, confidence, tuple(sorted(val_correct)))
+
+
+def test_adaptvis_gate_and_tuning_choose_on_val():
+    # unsure items (conf < 0.5) are right at α 0.5, sure ones at α 2; plain gets half of each
+    val = {0.5: [1, 1, 0, 0], 1.0: [1, 0, 1, 0], 2.0: [0, 0, 1, 1]}
+    run = _run(val, val, [0.1, 0.2, 0.9, 0.8], [0.1, 0.2, 0.9, 0.8])
+    assert run.adaptvis_correct("val", "where_two", 0.5, 2.0, 0.5).tolist() == [1, 1, 1, 1]
+    best = combine.tune_adaptvis(run, [0.5], [2.0], [0.5, 0.95], metrics=("where_two",))
+    assert (best["alpha1"], best["alpha2"], best["beta"], best["val_accuracy"]) == (0.5, 2.0, 0.5, 1.0)
+    # nothing beats plain on val: plain (α1 = α2 = 1) is kept
+    flat = {a: [1, 0, 1, 0] for a in (0.5, 1.0, 2.0)}
+    keep = combine.tune_adaptvis(_run(flat, flat, [0.1] * 4, [0.1] * 4), [0.5], [2.0], [0.5], metrics=("where_two",))
+    assert (keep["alpha1"], keep["alpha2"]) == (1.0, 1.0)
+
+
+def test_best_arm_is_chosen_on_val_and_gains_are_paired():
+    rows = []
+    for cell, val_acc, test_acc in (("llava", 0.2, 0.2), ("llava+2d", 0.6, 0.3), ("llava+local", 0.4, 0.9),
+                                    ("llava+local+2d", 0.7, 0.5)):
+        organism, fixes = combine.parse_cell(cell)
+        for split, acc in (("val", val_acc), ("test", test_acc)):
+            correct = (np.arange(10) < round(10 * acc)).astype(float)
+            rows.append(pd.DataFrame({"cell": cell, "organism": organism, "fixes": "+".join(fixes),
+                                      "n_fixes": len(fixes), "method": "plain", "split": split, "metric": "where_two",
+                                      "item": np.arange(10), "correct": correct, "chance": 0.25}))
+    results = pd.concat(rows, ignore_index=True)
+    assert combine.best_arm(results, "llava", "where_two", [1]) == ("llava+2d", "plain")  # by val, not test
+    assert combine.best_arm(results, "llava", "where_two", [2, 3]) == ("llava+local+2d", "plain")
+    assert combine.best_arm(results, "llava", "where_two", [5]) is None
+    g = combine.gains(results, seed=0, n_boot=200).set_index("cell")
+    assert g.loc["llava+local", "gain"] == pytest.approx(0.7) and g.loc["llava+local", "low"] > 0
+    s = combine.summarize(results, seed=0, n_boot=200)
+    assert set(s.arm) == {"none", "2D position code", "localized stage 1", "localized stage 1 + 2D position code"}
+
+
+def test_plane_and_heatmap_draw():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from spatialkit.common.stats import Estimate
+    from spatialkit.present.plots import plot_gain_heatmap, plot_tradeoff_plane
+
+    pts = pd.DataFrame([{"organism": o, "arm": a, "where": w, "where_low": w - 0.05, "where_high": w + 0.05,
+                         "what": 0.9, "what_low": 0.85, "what_high": 0.95}
+                        for o in ("llava", "loud") for a, w in (("none", 0.4), ("2D position code", 0.6))])
+    axes = plot_tradeoff_plane(pts, ceiling={"where": Estimate(0.9, 0.85, 0.95, 10), "what": Estimate(0.9, 0.8, 1, 10)},
+                               chance={"x": 0.25})
+    assert len(axes) == 2 and len(axes[0].texts) == 1  # one arrow per non-base arm
+    ax = plot_gain_heatmap(pd.DataFrame({"llava · where_two": [0.2, -0.1]}, index=["2D", "AdaptVis"]))
+    assert ax.get_title() == ""
+    matplotlib.pyplot.close("all")
