@@ -275,12 +275,15 @@ def test_from_whatsup_reads_original_formats(tmp_path):
         {"image_path": "data/controlled_images/beer-bottle_on_armchair.jpeg",
          "caption_options": ["A beer bottle on a armchair", "A beer bottle under a armchair",
                              "A beer bottle to the left of a armchair", "A beer bottle to the right of a armchair"]}]))
-    (tmp_path / "b.json").write_text(json.dumps([[397133, "A man to the left of a dog", "A man to the right of a dog"]]))
+    # COCO-QA rows carry an image id: the file name tells COCO (val2017/{id:012d}.jpg) from VG (vg_images/{id}.jpg)
+    (tmp_path / "coco_qa_two_obj.json").write_text(json.dumps([[397133, "A man to the left of a dog",
+                                                                "A man to the right of a dog"]]))
     a = whatsup.from_whatsup(tmp_path / "a.json", image_root="/data/whatsup")
     assert a[0].image_path == "/data/whatsup/data/controlled_images/beer-bottle_on_armchair.jpeg"
     assert a[0].caption_options[0] == "A beer bottle on a armchair" and a[0].answer == 0 and a[0].question is None
-    b = whatsup.from_whatsup(tmp_path / "b.json")
+    b = whatsup.from_whatsup(tmp_path / "coco_qa_two_obj.json")
     assert b[0].caption_options == ("A man to the left of a dog", "A man to the right of a dog")
+    assert b[0].image_path == str(tmp_path / "val2017" / "000000397133.jpg")
 
 
 def test_blind_baselines_sit_at_chance_on_a_balanced_bench(bench):

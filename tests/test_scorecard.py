@@ -87,6 +87,7 @@ def test_results_recording_is_silent_outside_the_runner(monkeypatch, tmp_path):
     from spatialkit.present import claims as C
 
     monkeypatch.delenv("SPATIALKIT_RESULTS", raising=False)
+    monkeypatch.setattr(C, "_RECORDED", {})  # this process may have rendered other tables before
     assert C.record_claims([C.Claim("c", "s", "1", 1.0, C.Rule(">", 0.0))]) is None
     target = C.record_claims([C.Claim("c", "s", "1", 2.0, C.Rule(">", 0.0))], tmp_path / "r.json")
     rows = json.loads(target.read_text())["claims"]

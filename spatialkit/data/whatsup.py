@@ -596,15 +596,18 @@ def _subset_of_file(path: Path) -> str | None:
     return None
 
 
-def _resolve_image(root: Path, rel: str) -> str:
+def _resolve_image(root: Path, rel: str, root_is_repository: bool = False) -> str:
     """A What'sUp A/B ``image_path``: relative to the WhatsUp repository root (the folder above ``data/``), so
     "data/controlled_images/x.jpeg" is tried against the JSON folder's parent first, then the JSON folder (with
-    and without the leading "data/"); the first that exists wins (else the repository-root reading)."""
+    and without the leading "data/"); the first that exists wins (else the repository-root reading).
+    ``root_is_repository``: ``root`` was given as the repository root itself (``image_root=``), tried first."""
     if os.path.isabs(rel):
         return rel
     candidates = [root / rel]
     if rel.startswith("data/"):
         candidates = [root.parent / rel, root / rel, root / rel[len("data/"):]]
+        if root_is_repository:
+            candidates = [root / rel, root.parent / rel, root / rel[len("data/"):]]
     for c in candidates:
         if c.exists():
             return str(c)
@@ -690,7 +693,7 @@ def from_whatsup(path: str | os.PathLike, image_root: str | os.PathLike | None =
                                     tuple(q["objects"]), q["relation"])
             except (KeyError, TypeError, ValueError) as e:
                 raise ValueError(f"{where}: field 'question' is malformed ({type(e).__name__}: {e})") from None
-        out.append(WhatsUpItem(_resolve_image(root, image_path), captions, question, rec.get("scene_seed"), answer))
+        out.append(WhatsUpItem(_resolve_image(root, image_path, image_root is not None), captions, question, rec.get("scene_seed"), answer))
     return out
 
 
