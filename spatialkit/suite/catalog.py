@@ -93,6 +93,12 @@ register(NotebookSpec(
         SEED,
         Param("image_size", int, 128, "rendered scene size in pixels", low=32, high=1024),
         Param("n_scenes", int, 200, "scenes for the statistics section", low=1, high=100_000),
+        Param("organisms", list, ["healthy", "llava", "loud", "prior"], "organism presets whose what and where "
+              "accuracy open the notebook (the first is the control), loaded from the checkpoint store or trained",
+              item_kind=str, choices=ORGANISM_PRESETS, min_len=1, max_len=8),
+        Param("n_items", int, 400, "held-out test items per organism (what and where questions)", low=20, high=100_000),
+        N_BOOT,
+        THREADS,
     ),
 ))
 
@@ -198,21 +204,20 @@ register(NotebookSpec(
         SEED,
         DEVICE,
         MODEL,
-        organism_param("organism preset family: every organism of the notebook is this preset with one setting "
-                       "changed"),
-        Param("steps", int, 0, "training steps of every organism (0 = the preset's own); all arms get the same budget",
-              low=0, high=1_000_000),
+        Param("organisms", list, ["healthy", "llava", "prior"], "organisms of the permutation test, each with its "
+              "blind control: the healthy control first, then organisms that fail", item_kind=str,
+              choices=ORGANISM_PRESETS, min_len=1, max_len=8),
+        Param("loud", str, "loud", "the organism with loud visual tokens (norm analysis, +Normalize at inference, "
+              "dose-response)", choices=ORGANISM_PRESETS),
+        Param("loud_norm_arms", list, ["loud_norm", "loud_norm_text"], "the loud organism retrained with +Normalize "
+              "(the trained-in arms)", item_kind=str, choices=ORGANISM_PRESETS, min_len=1, max_len=4),
         Param("n_items", int, 400, "WhereBench test items per evaluation (what and where questions)", low=20, high=100_000),
         Param("fractions", list, [0.0, 0.25, 0.5, 0.75, 1.0], "shuffled fractions of the visual tokens (PSI curve)",
               item_kind=float, low=0.0, high=1.0, min_len=2, max_len=21),
         Param("shuffle_seeds", int, 2, "random permutations averaged per shuffled evaluation", low=1, high=50),
-        Param("spatial_fractions", list, [0.0, 0.15, 0.5], "training-objective dial: share of where-questions in "
-              "training (0.5 = the preset's default)", item_kind=float, low=0.0, high=0.9, min_len=1, max_len=9),
-        Param("n_seeds", int, 3, "training seeds per arm of the norm-normalization comparison", low=1, high=10),
-        Param("norm_mode", str, "rmsclip", "visual-norm rule for the trained arm: the paper's rmsclip, or target",
-              choices=("rmsclip", "target")),
-        Param("norm_scales", list, [0.1, 0.3, 1.0], "dose-response sweep of OrganismConfig.visual_norm_scale",
-              item_kind=float, low=0.01, high=100.0, min_len=1, max_len=12),
+        Param("norm_ratios", list, [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 12.0], "visual/text norm ratios at the LM input of "
+              "the inference-time dose-response (every visual token rescaled to ratio x the text-token norm)",
+              item_kind=float, low=0.01, high=1000.0, min_len=2, max_len=16),
         Param("n_norm_images", int, 32, "test images for the per-layer norm measurements", low=2, high=4096),
         Param("image_size", int, 224, "scene size in pixels for an HF model (the organism uses its own)",
               low=56, high=1024),
