@@ -56,8 +56,10 @@ def timed_book(root: Path, cache: Path, profile: str, jobs: int | None, verbose:
     load0, cpu0, start = os.getloadavg()[0], children_cpu(), time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall, cpu = time.perf_counter() - start, children_cpu() - cpu0
-    if proc.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    if proc.returncode != 0:  # the training and notebook lines first: what it measured before failing
+        lines = [ln for ln in proc.stdout.splitlines() if TRAIN_LINE.match(ln) or NOTEBOOK_LINE.match(ln)]
+        sys.exit("\n".join(lines) + f"\n{' '.join(cmd)} failed after {wall:.0f} s wall, {cpu:.0f} s CPU:\n"
+                 f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     notebooks, training = {}, []
     for line in proc.stdout.splitlines():
         if m := NOTEBOOK_LINE.match(line):
