@@ -79,13 +79,15 @@ def ensure(url: str | None = None, ref: str | None = None, *,
 
 
 def snippet(url: str | None = None, ref: str | None = None) -> str:
-    """The notebooks' first code cell (every line under 100 characters)."""
+    """The notebooks' first code cell (every line under 100 characters; already in ``ruff format``'s layout,
+    so formatting the notebooks leaves it as generated)."""
     default_url, default_ref = read_repository()
     return "\n".join([
         f"try:  {MARKER}",
         "    import spatialkit",
         "except ModuleNotFoundError:",
         "    import subprocess, sys",
+        "",
         f'    SPEC = "{requirement(url or default_url, ref or default_ref)}"',
         '    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", SPEC])',
     ])
