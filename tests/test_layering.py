@@ -35,3 +35,23 @@ def test_every_subpackage_says_what_lives_there_and_what_it_may_import():
         assert len(doc.split()) >= 15, f"spatialkit.{name} needs a docstring describing its room"
         if name not in ("testing",):
             assert "import" in doc.lower(), f"spatialkit.{name}'s docstring must say what it may import"
+
+
+def test_imports_inside_functions_are_rare_and_say_why():
+    """Imports live at the top of a module; one inside a function is for an optional heavy dependency (or the
+    CLI's start-up time, or an import cycle) and carries its one-line reason as a comment."""
+    import ast
+
+    missing = []
+    for path in sorted((REPO / "spatialkit").rglob("*.py")):
+        lines = path.read_text().splitlines()
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    line, above = lines[node.lineno - 1], lines[node.lineno - 2] if node.lineno > 1 else ""
+                    if "#" not in line and not above.strip().startswith("#"):
+                        missing.append(f"{path.relative_to(REPO)}:{node.lineno}: {line.strip()}")
+    assert not missing, "in-function imports without a reason (move them to the top, or say why):\n" + \
+        "\n".join(sorted(set(missing)))

@@ -141,7 +141,6 @@ def test_ruff_is_configured_for_the_page_width():
     assert ruff["line-length"] == LINE_LENGTH
 
 
-@pytest.mark.xfail(strict=False, reason="notebooks reformatted at the end")
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_every_notebook_code_line_fits_the_page(path):
     long = []

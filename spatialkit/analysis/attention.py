@@ -23,6 +23,9 @@ import pandas as pd
 import torch
 from spatialkit.common.stats import bootstrap_gap
 from spatialkit.models.vlm import VLM, AttnCall, Batch, TokenKind
+from tqdm.auto import tqdm
+import inspect
+from spatialkit import world as scenes
 
 
 
@@ -243,7 +246,6 @@ def attention_in_box(maps: torch.Tensor | np.ndarray, coverage: np.ndarray) -> n
 def allocation(vlm: VLM, images: Sequence, prompts: Sequence[str], *, system_prompt: str | None = None,
                batch_size: int = 64, progress: bool = False) -> pd.DataFrame:
     """Per-layer attention shares (system / image / text) of the last prompt token, one row per (layer, item)."""
-    from tqdm.auto import tqdm
 
     frames = []
     for start in tqdm(range(0, len(prompts), batch_size), desc="attention shares", disable=not progress):
@@ -261,11 +263,8 @@ def gaze_vs_correctness(vlm: VLM, bench, split: str = "test", *, limit: int | No
     the boxes of the objects the question names, ``area`` = that union's share of the image (the in-box
     share of a uniform gaze), ``correct``: the highest-likelihood option is the gold one (as ``spatialkit.models.organism.evaluate`` scores).
     """
-    from tqdm.auto import tqdm
 
-    import inspect
 
-    from spatialkit import world as scenes
 
     if system_prompt and "system_prompt" not in inspect.signature(vlm.score_options).parameters:
         raise ValueError(f"parameter 'system_prompt': {vlm.name} scoring takes no system prompt; allowed: None")

@@ -27,6 +27,12 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from spatialkit.models.organism import preset
+from spatialkit import world as scenes
+from spatialkit.models.organism import scene_config, tasks_for
+from spatialkit.analysis.interventions.adaptvis import scaling_vis
+from spatialkit.common.stats import bootstrap_ci
+from spatialkit.common.stats import bootstrap_diff_ci
 
 #: the failing organisms a cell starts from, and the healthy control (the ceiling)
 FAILING = ("llava", "loud", "prior")
@@ -98,7 +104,6 @@ def preset_name(organism: str, zoo: str = "zoo") -> str:
 
 def cell_config(cell: str, posenc_2d: str = "mrope", seed: int = 0, zoo: str = "zoo"):
     """The ``OrganismConfig`` a cell trains (``preset(organism, seed=seed, **overrides)``)."""
-    from spatialkit.models.organism import preset
 
     organism, over = cell_overrides(cell, posenc_2d)
     return preset(preset_name(organism, zoo), seed=seed, **over)
@@ -106,7 +111,6 @@ def cell_config(cell: str, posenc_2d: str = "mrope", seed: int = 0, zoo: str = "
 
 def healthy_config(seed: int = 0, zoo: str = "zoo"):
     """The ceiling: the healthy organism (the quick recipe under its zoo name)."""
-    from spatialkit.models.organism import preset
 
     return preset(preset_name(HEALTHY, zoo), seed=seed)
 
@@ -114,7 +118,6 @@ def healthy_config(seed: int = 0, zoo: str = "zoo"):
 def never_config(seed: int = 0, zoo: str = "zoo"):
     """The healthy recipe never asked a where-question (``spatial_fraction`` 0, all steps: ``target`` None): an
     organism that never learned a relation, for AdaptVis to steer (notebook 02 trains the same one)."""
-    from spatialkit.models.organism import preset
 
     return preset(preset_name(HEALTHY, zoo), seed=seed, target=None, spatial_fraction=0.0)
 
@@ -143,8 +146,6 @@ def item_sets(cfg, n_items: int, n_tune: int, n_counter: int = 0) -> ItemSet:
     """What / where_one / where_two items of ``cfg``'s world on the test split (``n_items`` in all, balanced over
     the world's tasks) and the val split (``n_tune``, for choosing AdaptVis' settings and the best fix), plus
     ``n_counter`` counter-prior where_two items per split when the world has prior relations."""
-    from spatialkit import world as scenes
-    from spatialkit.models.organism import scene_config, tasks_for
 
     sc = scene_config(cfg)
     tasks = tasks_for(sc)
@@ -192,7 +193,6 @@ def answer_row_scores(vlm, images, items, alpha: float = 1.0, batch_size: int = 
     One-word options (the zoo's worlds): the answer row's log-probability of the word, exactly ``score_options``.
     Longer options (e.g. "dog house" on the default world): ``score_options``' plain score with its first word's
     term replaced by the scaled answer row's (the later words' rows are left unscaled)."""
-    from spatialkit.analysis.interventions.adaptvis import scaling_vis
 
     ids, single = option_ids(vlm, items)
     scores, conf = [], []
@@ -299,7 +299,6 @@ def arm_label(fixes: str, method: str) -> str:
 def summarize(results: pd.DataFrame, *, seed: int, n_boot: int, split: str = "test") -> pd.DataFrame:
     """Accuracy with a bootstrap CI per (organism, arm, metric) on ``split``: columns organism, cell, method,
     arm, n_fixes, metric, mean, low, high, n."""
-    from spatialkit.common.stats import bootstrap_ci
 
     rows = []
     sub = results[results.split == split]
@@ -327,7 +326,6 @@ def paired(results: pd.DataFrame, a: tuple[str, str], b: tuple[str, str], metric
 def gains(results: pd.DataFrame, *, seed: int, n_boot: int, split: str = "test") -> pd.DataFrame:
     """Every arm against its organism's plain failing cell, per metric (paired bootstrap CI on the same items):
     columns organism, cell, method, arm, n_fixes, metric, gain, low, high."""
-    from spatialkit.common.stats import bootstrap_diff_ci
 
     rows = []
     sub = results[results.split == split]

@@ -21,6 +21,12 @@ import numpy as np
 import pandas as pd
 from spatialkit.data.whatsup import (PAPER_CITATION, PAPER_LLAVA15, PAPER_NAMES, QAItem, RealSubset, group_of,
                                      is_correct, load_real)
+from spatialkit.data.whatsup import SCORING
+from spatialkit.data.whatsup import load_image as read_image
+from tqdm.auto import tqdm
+from spatialkit.analysis.interventions.adaptvis import check_alpha
+from spatialkit.analysis.interventions.adaptvis import check_alpha, check_beta
+from spatialkit.analysis.interventions.adaptvis import adapt_vis, scaling_vis
 
 OFFICIAL_MAX_NEW_TOKENS = 100  # model_zoo/llava15.py: generate(..., max_new_tokens=100), greedy, stops at EOS
 
@@ -82,13 +88,11 @@ class Method:
 
     @classmethod
     def scalingvis(cls, alpha: float) -> "Method":
-        from spatialkit.analysis.interventions.adaptvis import check_alpha
 
         return cls("scalingvis", alpha=check_alpha(alpha))
 
     @classmethod
     def adaptvis(cls, alpha1: float, alpha2: float, beta: float) -> "Method":
-        from spatialkit.analysis.interventions.adaptvis import check_alpha, check_beta
 
         return cls("adaptvis", alpha1=check_alpha(alpha1, "alpha1"), alpha2=check_alpha(alpha2, "alpha2"),
                    beta=check_beta(beta))
@@ -102,7 +106,6 @@ class Method:
 
     def generate(self, vlm, images, prompts, max_new_tokens: int):
         """Generations with ``confidence`` (rounded first-token max prob, unscaled) and ``alpha`` per item."""
-        from spatialkit.analysis.interventions.adaptvis import adapt_vis, scaling_vis
 
         if self.name == "adaptvis":
             return adapt_vis(vlm, self.alpha1, self.alpha2, self.beta).generate(images, prompts, max_new_tokens)
@@ -124,7 +127,6 @@ def evaluate(vlm, items: Sequence[QAItem], method: Method = Method.baseline(), *
     ``prompt_style``: "paper" (the item's prompt: the AdaptVis question) or "native" (the record's own question
     text, for models such as the organism that only read their training templates; falls back to "paper").
     """
-    from spatialkit.data.whatsup import SCORING
 
     if scoring not in SCORING:
         raise ValueError(f"parameter 'scoring' = {scoring!r} is invalid; allowed: one of {list(SCORING)}")
@@ -135,14 +137,13 @@ def evaluate(vlm, items: Sequence[QAItem], method: Method = Method.baseline(), *
 
 def _evaluate(vlm, items, method, images, prompt_style, batch_size, max_new_tokens, load_image, progress,
               scoring) -> pd.DataFrame:
-    from tqdm.auto import tqdm
 
     if prompt_style not in ("paper", "native"):
         raise ValueError(f"parameter 'prompt_style' = {prompt_style!r} is invalid; allowed: 'paper' or 'native'")
     if images is not None and len(images) != len(items):
         raise ValueError(f"got {len(images)} images for {len(items)} items")
     if load_image is None:
-        from spatialkit.data.whatsup import load_image
+        load_image = read_image
     rows = []
     for start in tqdm(range(0, len(items), batch_size), desc=method.label(), disable=not progress):
         chunk = items[start: start + batch_size]
@@ -166,7 +167,6 @@ def scaling_table(vlm, items: Sequence[QAItem], alphas: Sequence[float], *, imag
                   progress: bool = False, scoring: str = "official", prompt_format: str = "official") -> pd.DataFrame:
     """Baseline (α = 1) and ScalingVis(α) for every α: one row per (item, alpha) with ``correct``, ``output``,
     the group, and ``confidence`` = the *unscaled* pass's rounded first-token probability (the AdaptVis gate)."""
-    from spatialkit.analysis.interventions.adaptvis import check_alpha
 
     alphas = sorted({1.0, *(check_alpha(a, "alphas") for a in alphas)})
     frames = []

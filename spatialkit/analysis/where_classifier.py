@@ -31,6 +31,9 @@ from spatialkit import world as scenes
 from spatialkit.models.organism.model import ViTEncoder
 from spatialkit.common.params import check_number
 from spatialkit.common.stats import seed_item_bootstrap
+import pandas as pd
+from spatialkit.common.stats import Estimate, percentile_interval, resample
+from tqdm.auto import tqdm
 
 TARGET, REFERENCE = "chick", "cup"
 RELATIVE_LABELS = scenes.RELATIONS_2D  # chick relative to cup
@@ -249,7 +252,6 @@ def translation_results(models, shifted: ShiftedWhereSet):
     * ``accuracy``: the share of the scene's placements answered correctly (relative question);
     * ``accuracy at own place`` / ``accuracy moved``: the same at the scene's own place / the four moves.
     """
-    import pandas as pd
 
     scene = shifted.scene.numpy()
     moved = (shifted.shift != 0).any(dim=1).numpy()
@@ -280,7 +282,6 @@ def contrast(results, terms, *, seed: int = 0, n_boot: int = 1000, alpha: float 
     encoding: all models answer the same items). So a contrast of two encodings on one test set is paired
     on items, and a model's own drop from one split to another is paired on seeds.
     """
-    from spatialkit.common.stats import Estimate, percentile_interval, resample
 
     check_number("n_boot", n_boot, 1, None, int)
     rng = np.random.default_rng(seed)
@@ -399,8 +400,6 @@ def compare_encodings(encodings, data: dict[str, WhereSet], *, seeds, progress: 
     Returns (per-item results DataFrame, {(encoding, seed): model}). The frame has one row per
     (encoding, seed, split, question, item) with the gold label index and 0/1 ``correct``.
     """
-    import pandas as pd
-    from tqdm.auto import tqdm
 
     for name in encodings:
         if name not in pe_mod.ENCODINGS:
@@ -424,7 +423,6 @@ def compare_encodings(encodings, data: dict[str, WhereSet], *, seeds, progress: 
 
 def accuracy_table(results, *, by=("encoding", "split", "question"), seed: int = 0, n_boot: int = 1000):
     """Mean accuracy with the seed-and-item bootstrap CI for every group of ``results`` rows."""
-    import pandas as pd
 
     out = []
     for key, group in results.groupby(list(by), sort=False):

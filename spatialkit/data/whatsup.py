@@ -86,6 +86,7 @@ from spatialkit.common.params import check_number
 from spatialkit.world.questions import Question
 from spatialkit.world.scene import Scene, _POSITION_PHRASE, _article
 from spatialkit.world.wherebench import Item
+import io
 
 
 
@@ -539,9 +540,8 @@ def _atomic_write(path: Path, data: bytes) -> str:
 
 
 def _png_bytes(image: np.ndarray) -> bytes:
-    import io
 
-    from PIL import Image
+    from PIL import Image  # image files only when reading/writing them
 
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG")
@@ -941,7 +941,7 @@ def paper_table() -> pd.DataFrame:
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
     """(H, W, 3) uint8 image from a file (for WhatsUp items)."""
-    from PIL import Image
+    from PIL import Image  # image files only when reading/writing them
 
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB")).copy()

@@ -56,6 +56,14 @@ import torch.nn.functional as F
 from spatialkit.common import checkpoints
 from spatialkit.common.boxes import box_iou
 from spatialkit.common.fingerprint import fingerprint
+from tqdm.auto import tqdm
+from spatialkit import world as S
+import hashlib
+import time
+from dataclasses import asdict
+import pandas as pd
+from spatialkit.common.stats import bootstrap_ci
+from spatialkit.common.stats import bootstrap_diff_ci
 
 REGION_HEADS = ("none", "prompter", "roi")
 
@@ -543,7 +551,6 @@ def train(model: TinyCLIP, data: SceneTextData, tc: TrainConfig, *, seed: int, d
     history = []
     steps = range(tc.steps)
     if progress:
-        from tqdm.auto import tqdm
 
         steps = tqdm(steps, desc=f"train {model.cfg.region_head if model.has_regions else 'clip'}", leave=False)
     for step in steps:
@@ -687,7 +694,6 @@ def prepare_data(seed: int, scene_config, *, n_train: int, n_test: int, regions:
     The vocabulary comes from the training captions only (a test word never seen becomes <unk>). Global
     captions list the objects in ``caption_order`` (``global_caption``; "canonical": no position in the text).
     """
-    from spatialkit import world as S
 
     train_seeds, test_seeds = split_seeds(seed, n_train, n_test)
     train_images, train_scenes = S.render_batch(train_seeds, scene_config)
@@ -707,7 +713,6 @@ def code_version() -> str:
 
 
 def data_fingerprint(data: SceneTextData) -> str:
-    import hashlib
 
     h = hashlib.sha256(data.images.numpy().tobytes())
     for t in (data.caption_ids, data.region_boxes, data.region_ids, data.region_valid):
@@ -722,8 +727,6 @@ def train_or_load(model_cfg: CLIPConfig, data: SceneTextData, tc: TrainConfig, *
     Goes through the checkpoint store (spatialkit.common.checkpoints): the key covers the model and training
     configs, the seed, a fingerprint of the training tensors and this module's source.
     """
-    import time
-    from dataclasses import asdict
 
     def fit():
         model = build_model(model_cfg, seed)
@@ -746,9 +749,7 @@ def train_or_load(model_cfg: CLIPConfig, data: SceneTextData, tc: TrainConfig, *
 def summarize(scores: dict[str, list[dict]], metrics: Sequence[str], *, seed: int, n_boot: int) -> "pd.DataFrame":
     """Mean and bootstrap CI per (variant, metric). Per-item scores are first averaged over training
     seeds (the same test items for every seed), then items are resampled."""
-    import pandas as pd
 
-    from spatialkit.common.stats import bootstrap_ci
 
     rows = []
     for variant, runs in scores.items():
@@ -765,7 +766,6 @@ def summarize(scores: dict[str, list[dict]], metrics: Sequence[str], *, seed: in
 
 def paired_difference(scores: dict[str, list[dict]], a: str, b: str, metric: str, *, seed: int, n_boot: int):
     """Bootstrap CI of mean(a) - mean(b) on ``metric`` (paired over the same test items, seed-averaged)."""
-    from spatialkit.common.stats import bootstrap_diff_ci
 
     xa = np.mean([r[metric] for r in scores[a]], axis=0)
     xb = np.mean([r[metric] for r in scores[b]], axis=0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from spatialkit.models.vlm import VLM
+from spatialkit import world as scenes
 
 
 
@@ -15,7 +16,6 @@ _SCENE_CACHE: dict = {}
 
 
 def _render(seed: int, scene_config):
-    from spatialkit import world as scenes
 
     key = (seed, scene_config)
     if key not in _SCENE_CACHE:

@@ -497,7 +497,7 @@ def distance_rank_correlation(kernel: Tensor, grid: tuple[int, int]) -> float:
     1 means similarity falls off monotonically with true 2D distance. A constant kernel (no position)
     has no ranking at all and gets 0.
     """
-    from scipy.stats import spearmanr
+    from scipy.stats import spearmanr  # heavy: only this statistic needs it
 
     dist = grid_distances(grid)
     if kernel.shape != dist.shape:

@@ -26,6 +26,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
+from spatialkit.common.params import ParameterError
 
 
 class TokenKind(enum.IntEnum):
@@ -285,7 +286,6 @@ class VLM(ABC):
         caller's "default" layer), else a one-line ``ParameterError``: "parameter 'layer' = 40 is invalid;
         allowed: int in [-1, 27] (Qwen2-VL-7B-Instruct has 28 LM layers)". Validates against the loaded model,
         not against any other model a notebook also runs."""
-        from spatialkit.common.params import ParameterError
 
         low = -1 if allow_minus_one else 0
         n = self.num_layers

@@ -13,7 +13,7 @@ def plot_overlay(ax, image: np.ndarray, amap: torch.Tensor | np.ndarray, *, boxe
     """The image with an attention map (h, w) stretched over it (nearest cells, no smoothing) and boxes.
 
     Returns the map's image handle (for a colorbar: ``fig.colorbar(handle, ax=ax)``)."""
-    import matplotlib.patches as patches
+    import matplotlib.patches as patches  # plotting only when drawing
 
     height, width = image.shape[:2]
     ax.imshow(image, extent=(0, width, height, 0))
@@ -36,8 +36,8 @@ def plot_tradeoff_plane(points, *, ceiling=None, panel: str = "organism", x: str
     ``points``: a DataFrame with columns ``panel``, ``label``, and per axis ``{x}``, ``{x}_low``, ``{x}_high``,
     ``{y}``, ``{y}_low``, ``{y}_high`` (fractions). ``chance``: {"x": level, "y": level} dotted lines.
     Returns the matplotlib axes (one per panel)."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
+    import matplotlib.pyplot as plt  # plotting only when drawing
+    import seaborn as sns  # plotting only when drawing
 
     panels = list(dict.fromkeys(points[panel]))
     if axes is None:
@@ -82,8 +82,8 @@ def plot_gain_heatmap(table, *, ax=None, title: str = "", cmap: str = "RdBu", li
 
     ``table``: a DataFrame of gains as fractions; ``annot``: an optional DataFrame of strings (same shape) shown
     in the cells, else the gain in points. Missing cells stay blank."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
+    import matplotlib.pyplot as plt  # plotting only when drawing
+    import seaborn as sns  # plotting only when drawing
 
     values = 100 * table.astype(float)
     if ax is None:

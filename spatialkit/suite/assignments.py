@@ -114,7 +114,7 @@ def has_exercises(nb) -> bool:
 def student_version(nb, name: str = "notebook"):
     """Solutions replaced by ``# YOUR CODE HERE`` + ``raise NotImplementedError()``, hidden tests
     removed, outputs and saved widget state cleared, exercise cells locked, checksums recorded."""
-    from nbgrader.preprocessors import (ClearHiddenTests, ClearOutput, ClearSolutions, ComputeChecksums,
+    from nbgrader.preprocessors import (ClearHiddenTests, ClearOutput, ClearSolutions, ComputeChecksums,  # lazy: the CLI starts without it
                                         LockCells)
 
     nb = mark_cells(nb, name)
@@ -136,7 +136,7 @@ def student_version(nb, name: str = "notebook"):
 
 def _write_notebook(nb, path: Path) -> None:
     """Atomic write: a half-written release notebook never replaces a good one."""
-    import nbformat
+    import nbformat  # lazy: the CLI starts without it
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -151,7 +151,7 @@ def _write_notebook(nb, path: Path) -> None:
 
 def build(sources: Sequence[Path], out_dir: Path, *, echo=print) -> list[Path]:
     """Write the student version of every source notebook that has exercises into ``out_dir``."""
-    import nbformat
+    import nbformat  # lazy: the CLI starts without it
 
     written = []
     for source in sources:
@@ -185,7 +185,7 @@ c.ClearSolutions.code_stub = {{"python": "# YOUR CODE HERE\\nraise NotImplemente
 
 def with_parameters(nb, values: Mapping[str, Any]):
     """``nb`` with ``values`` written into its ``parameters`` cell (a student sees one cell, as in the book)."""
-    from spatialkit.suite.book_ext import fold_parameters
+    from spatialkit.suite.book_ext import fold_parameters  # lazy: the CLI starts without it
 
     if not values:
         return nb
@@ -202,7 +202,7 @@ def build_course(sources: Sequence[Path], course_dir: Path, *, course_id: str = 
     """Write an nbgrader course: ``source/NAME/NAME.ipynb`` (one assignment per notebook with exercises, its
     cells carrying nbgrader metadata, the ``profile``'s parameter values written in) and
     ``nbgrader_config.py``. nbgrader's ``generate_assignment`` makes the student versions from it."""
-    import nbformat
+    import nbformat  # lazy: the CLI starts without it
 
     course_dir = Path(course_dir)
     written = []
@@ -310,8 +310,8 @@ def merge_tests(submission, source, name: str = "submission"):
 
 def resolve_parameters(name: str, profile: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
     """Profile values + overrides, validated against the catalog when ``name`` is a catalog notebook."""
-    from spatialkit.suite import catalog
-    from spatialkit.suite import runner
+    from spatialkit.suite import catalog  # lazy: the CLI starts without it
+    from spatialkit.suite import runner  # lazy: the CLI starts without it
 
     if profile not in runner.PROFILES:
         raise ParameterError(f"--profile '{profile}' is invalid; allowed: {', '.join(runner.PROFILES)}")
@@ -327,9 +327,9 @@ def resolve_parameters(name: str, profile: str, overrides: Mapping[str, Any]) ->
 def _execute(nb, cwd: Path, timeout: float):
     """Run ``nb`` with nbgrader's Execute (errors and timeouts recorded per cell); a dead kernel or a
     failure to start one is returned as a problem string, never raised."""
-    from nbgrader.preprocessors import Execute
+    from nbgrader.preprocessors import Execute  # lazy: the CLI starts without it
 
-    from spatialkit.suite.runner import kernel_environment
+    from spatialkit.suite.runner import kernel_environment  # lazy: the CLI starts without it
 
     executor = Execute(timeout=int(timeout), kernel_name=KERNEL, allow_errors=True, interrupt_on_timeout=True)
     try:
@@ -351,8 +351,8 @@ def grade(
 ) -> GradeReport:
     """Execute a submission with the full tests and score it. Writes NAME.grade.json, NAME.grade.txt
     and the executed NAME.graded.ipynb into ``report_dir`` (default: beside the submission)."""
-    import nbformat
-    from nbgrader.utils import determine_grade
+    import nbformat  # lazy: the CLI starts without it
+    from nbgrader.utils import determine_grade  # lazy: the CLI starts without it
 
     submission_path, source_path = Path(submission_path), Path(source_path)
     if not (isinstance(timeout, (int, float)) and 1 <= timeout <= 3600):
@@ -385,7 +385,7 @@ def grade(
             if cell.cell_type == "code":
                 cell.outputs, cell.execution_count = [], None
         if params:
-            from papermill.parameterize import parameterize_notebook
+            from papermill.parameterize import parameterize_notebook  # lazy: the CLI starts without it
 
             merged.metadata.setdefault("papermill", {})  # papermill expects its own metadata slots
             for cell in merged.cells:
@@ -488,10 +488,10 @@ def grade_many(
     """Grade every submission (``source``: the instructor notebook, default ``notebooks/<file name>``) and
     write one gradebook CSV: student, notebook, score, max_score, one column per test cell, seconds,
     problems. Reports go into ``report_dir/<student>/`` (default: beside each submission)."""
-    import csv
-    import io
+    import csv  # lazy: the CLI starts without it
+    import io  # lazy: the CLI starts without it
 
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # lazy: the CLI starts without it
 
     paths = find_submissions(submissions)
     notebooks_dir = Path(notebooks_dir) if notebooks_dir is not None else _notebooks_dir()
@@ -564,7 +564,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _notebooks_dir() -> Path:
-    from spatialkit.suite.runner import default_root
+    from spatialkit.suite.runner import default_root  # lazy: the CLI starts without it
 
     return default_root() / "notebooks"
 
@@ -585,7 +585,7 @@ def cmd_assignments(args: argparse.Namespace) -> int:
             written = build(sources, args.out)
             print(f"{len(written)} student notebook(s) in {args.out}")
             return 0
-        from spatialkit.suite.runner import parse_value
+        from spatialkit.suite.runner import parse_value  # lazy: the CLI starts without it
 
         overrides = {k: parse_value(v) for k, v in args.param}
         if not (isinstance(args.timeout, (int, float)) and 1 <= args.timeout <= 3600):

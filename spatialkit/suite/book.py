@@ -79,7 +79,7 @@ def write_toc(paths: Sequence[Path], root: Path, toc_file: Path) -> Path:
 
 def write_scorecard(paths: Sequence[Path], root: Path, info: dict | None = None) -> Path:
     """The Scorecard page for the chapters ``paths`` (their results files beside them)."""
-    from spatialkit.suite import catalog, scorecard
+    from spatialkit.suite import catalog, scorecard  # lazy: the CLI starts without it
 
     names = [Path(p).stem for p in paths]
     titles = {n: catalog.NOTEBOOKS[n].title for n in names if n in catalog.NOTEBOOKS}
@@ -91,7 +91,7 @@ def write_scorecard(paths: Sequence[Path], root: Path, info: dict | None = None)
 
 def build(names: Sequence[str], root: Path | None = None, *, echo=print) -> Path:
     """Check the executed notebooks and run ``jupyter-book build``; return the HTML folder."""
-    from spatialkit.suite import scorecard
+    from spatialkit.suite import scorecard  # lazy: the CLI starts without it
 
     root = default_root() if root is None else Path(root)
     paths = chapters(names, root)

@@ -42,7 +42,7 @@ THREADS = Param("threads", int, 1, "torch CPU threads (0 = torch's default); 1 i
 def _organism_presets() -> tuple[str, ...]:
     """The organism presets' names, read as data from their one file, spatialkit/models/organism/presets.yml
     (importing spatialkit.models.organism would load torch for every parameter check)."""
-    import yaml
+    import yaml  # lazy: the CLI starts without it
 
     path = Path(__file__).resolve().parent.parent / "models" / "organism" / "presets.yml"
     return tuple(name for name in yaml.safe_load(path.read_text()) if not name.startswith("_"))
@@ -300,7 +300,7 @@ GRID_FIXES = ("local", "norm", "2d")
 
 
 def _grid_cells() -> tuple[str, ...]:
-    from itertools import combinations
+    from itertools import combinations  # lazy: the CLI starts without it
 
     cells = []
     for organism in GRID_ORGANISMS:

@@ -52,7 +52,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _plan(args: argparse.Namespace):
-    from spatialkit.suite import runner
+    from spatialkit.suite import runner  # lazy: the CLI starts without it
 
     overrides = {}
     for name, value in args.param:
@@ -61,12 +61,12 @@ def _plan(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace):
-    from spatialkit.suite import runner
+    from spatialkit.suite import runner  # lazy: the CLI starts without it
 
     jobs = _plan(args)  # validation first: a bad value never starts a kernel
     if args.jobs is not None and args.jobs < 1:
         raise ParameterError(f"--jobs {args.jobs}: must be at least 1")
-    from spatialkit.suite import parallel
+    from spatialkit.suite import parallel  # lazy: the CLI starts without it
 
     return jobs, parallel.run(jobs, runner.executed_dir(), n_jobs=args.jobs, force=args.force, wait_lock=args.wait,
                               pretrain=args.pretrain, echo=lambda line: print(line, flush=True))
@@ -80,8 +80,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 @command("book", "run the notebooks, then build the HTML book into _build/html", add_run_arguments)
 def cmd_book(args: argparse.Namespace) -> int:
-    from spatialkit.suite import book
-    from spatialkit.suite import catalog
+    from spatialkit.suite import book  # lazy: the CLI starts without it
+    from spatialkit.suite import catalog  # lazy: the CLI starts without it
 
     jobs, _ = _run(args)
     ran = {job.name for job in jobs}
@@ -100,7 +100,7 @@ def _add_assignments_arguments(parser: argparse.ArgumentParser) -> None:
 
 @command("assignments", "build student notebooks into release/, or grade a submission", _add_assignments_arguments)
 def cmd_assignments(args: argparse.Namespace) -> int:
-    from spatialkit.suite.assignments import cmd_assignments as assignments
+    from spatialkit.suite.assignments import cmd_assignments as assignments  # lazy: the CLI starts without it
 
     return assignments(args)
 
@@ -118,12 +118,12 @@ def _add_results_arguments(parser: argparse.ArgumentParser) -> None:
 @command("results", "print the reproduction scorecard (every claim's verdict per model) from results files",
          _add_results_arguments)
 def cmd_results(args: argparse.Namespace) -> int:
-    from spatialkit.suite import runner, scorecard
+    from spatialkit.suite import runner, scorecard  # lazy: the CLI starts without it
 
     try:
         folders = args.folders or [runner.executed_dir()]
         if _sweep_folders(folders):  # runs/SWEEP: one row per point and claim (spatialkit/suite/sweep.py)
-            from spatialkit.suite import sweep
+            from spatialkit.suite import sweep  # lazy: the CLI starts without it
 
             print(scorecard.render(sweep.results_table(folders), args.format), end="")
             for path in sweep.plot(folders, args.plot) if args.plot else ():
@@ -140,7 +140,7 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 def _sweep_folders(folders) -> bool:
     """True when every folder is a sweep's (runs/SWEEP); a mix with plain result folders is an error."""
-    from spatialkit.suite import scorecard, sweep
+    from spatialkit.suite import scorecard, sweep  # lazy: the CLI starts without it
 
     kinds = [sweep.is_sweep_folder(f) for f in folders]
     if any(kinds) and not all(kinds):
@@ -180,7 +180,7 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
 @command("sweep", "run one notebook over a grid of parameter sets, each point into runs/SWEEP/NAME/HASH/",
          _add_sweep_arguments)
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from spatialkit.suite import catalog, sweep
+    from spatialkit.suite import catalog, sweep  # lazy: the CLI starts without it
 
     spec_file = sweep.read_sweep_file(args.file) if args.file else {}
     notebook = args.notebook or spec_file.get("notebook")
@@ -227,8 +227,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
-    from spatialkit.suite.book import BookError
-    from spatialkit.suite.runner import RunError
+    from spatialkit.suite.book import BookError  # lazy: the CLI starts without it
+    from spatialkit.suite.runner import RunError  # lazy: the CLI starts without it
 
     try:
         return args.handler(args)

@@ -34,8 +34,8 @@ def run_tempdir(prefix: str = "tmp-") -> Path:
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA) from one integer."""
-    import numpy as np
-    import torch
+    import numpy as np  # lazy: the CLI starts without it
+    import torch  # lazy: the CLI starts without it
 
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -43,7 +43,7 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(device: str) -> str:
-    import torch
+    import torch  # lazy: the CLI starts without it
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -54,10 +54,10 @@ def resolve_device(device: str) -> str:
 
 def environment(device: str) -> dict[str, str]:
     """Versions and device, recorded in every executed notebook."""
-    import numpy as np
-    import torch
+    import numpy as np  # lazy: the CLI starts without it
+    import torch  # lazy: the CLI starts without it
 
-    import spatialkit
+    import spatialkit  # lazy: the CLI starts without it
 
     info = {
         "spatialkit": spatialkit.__version__,
@@ -69,7 +69,7 @@ def environment(device: str) -> dict[str, str]:
         "torch_threads": str(torch.get_num_threads()),
     }
     try:
-        import transformers
+        import transformers  # lazy: the CLI starts without it
 
         info["transformers"] = transformers.__version__
     except Exception:  # transformers is optional for the organism-only notebooks
@@ -86,7 +86,7 @@ def record_context(name: str, title: str, params: dict[str, Any], env: dict[str,
     """Under the runner, start the run's results file (``$SPATIALKIT_RESULTS``) with the notebook, its
     parameters and the environment; ``spatialkit.present.claims.claims_table`` adds the claims. A no-op when
     the variable is unset (a notebook run by hand)."""
-    import json
+    import json  # lazy: the CLI starts without it
 
     target = os.environ.get(RESULTS_ENV)
     if not target:

@@ -59,7 +59,7 @@ def _worker_init(parent: int) -> None:
     # A worker must not outlive its run: killed with it (even SIGKILL), it gets a SIGINT from the kernel and stops
     # its task as on Ctrl-C (a notebook waiting for a lock must not run after its CLI is gone). Linux only.
     with contextlib.suppress(Exception):
-        import ctypes
+        import ctypes  # lazy: the CLI starts without it
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:  # the parent died before the line above
@@ -143,7 +143,7 @@ def plan_training(executor, jobs: Sequence[runner.Job], checkpoints_of: Callable
 
 def _declared(checkpoints_of, job: runner.Job, echo) -> list:
     """``checkpoints_of(name, params[, warn=])`` for one job; a declaration that raises declares nothing."""
-    import inspect
+    import inspect  # lazy: the CLI starts without it
 
     try:
         if "warn" in inspect.signature(checkpoints_of).parameters:

@@ -212,7 +212,7 @@ def _warn(message: str) -> None:
 
 def notebook_modules(path: Path) -> list[str]:
     """The spatialkit modules a notebook's code cells import (any cell, any depth)."""
-    import ast
+    import ast  # lazy: the CLI starts without it
 
     names = {"spatialkit.suite.notebook"}
     nb = json.loads(Path(path).read_text())
@@ -241,7 +241,7 @@ def package_hash(notebook: Path | None = None) -> str:
     profiles.yml is not code: the parameters it sets are in the key already, and a teammate adding an entry
     for one notebook must not invalidate every other notebook's cache.
     """
-    from spatialkit.common.fingerprint import fingerprint
+    from spatialkit.common.fingerprint import fingerprint  # lazy: the CLI starts without it
 
     if notebook is not None:
         return fingerprint(*notebook_modules(notebook))

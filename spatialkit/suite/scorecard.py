@@ -35,7 +35,7 @@ class ScorecardError(RuntimeError):
 
 def load(folder: Path | str) -> list[dict]:
     """The results files in ``folder``, in catalog order (then by name); each dict gains ``notebook``."""
-    from spatialkit.suite import catalog
+    from spatialkit.suite import catalog  # lazy: the CLI starts without it
 
     folder = Path(folder)
     order = {name: i for i, name in enumerate(catalog.NOTEBOOKS)}
@@ -196,8 +196,8 @@ def _clip(text: str, width: int) -> str:
 def build_info(root: Path | str) -> dict[str, Any]:
     """What the book was built from: spatialkit version, git commit (and whether the tree had changes),
     the repository and branch the launch buttons and the Colab/Binder install cell use."""
-    import spatialkit
-    from spatialkit.suite.bootstrap import read_repository, requirement
+    import spatialkit  # lazy: the CLI starts without it
+    from spatialkit.suite.bootstrap import read_repository, requirement  # lazy: the CLI starts without it
 
     root = Path(root)
     url, branch = read_repository(root / "_config.yml")

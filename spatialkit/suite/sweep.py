@@ -268,7 +268,7 @@ def visible_gpus() -> list[str]:
     exe = shutil.which("nvidia-smi")
     if not exe:
         return []
-    import subprocess
+    import subprocess  # lazy: the CLI starts without it
 
     try:
         out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=10).stdout
@@ -376,7 +376,7 @@ def _status(r: PointResult, previous: Path | None = None) -> dict:
 def _progress(total: int, initial: int, enabled: bool):
     if not enabled:
         return None
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # lazy: the CLI starts without it
 
     return tqdm(total=total, initial=initial, unit="point", desc="sweep", file=sys.stderr, dynamic_ncols=True)
 
@@ -413,8 +413,8 @@ def _local_worker_init(gpu_queue) -> None:
 
 def _run_local(tasks: Mapping[str, dict], workers: int, done: Callable[[str, dict], None]) -> None:
     """A process pool on this machine (fork from the light CLI; spawn once torch is loaded, e.g. under pytest)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    import multiprocessing  # lazy: the CLI starts without it
+    from concurrent.futures import ProcessPoolExecutor, as_completed  # lazy: the CLI starts without it
 
     method = "fork" if sys.platform == "linux" and "torch" not in sys.modules else "spawn"
     context = multiprocessing.get_context(method)
@@ -444,7 +444,7 @@ def dask_client(scheduler: str | None, workers: int):
     """(client, cluster): the scheduler at ``scheduler`` / $DASK_SCHEDULER_ADDRESS, else a LocalCluster of
     ``workers`` processes with one thread each (cluster is None for an external scheduler)."""
     try:
-        from dask.distributed import Client, LocalCluster
+        from dask.distributed import Client, LocalCluster  # lazy: the CLI starts without it
     except ImportError:
         raise ParameterError(f"--executor dask needs Dask distributed: {CLUSTER_EXTRA}") from None
     address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
@@ -453,7 +453,7 @@ def dask_client(scheduler: str | None, workers: int):
             return Client(address, timeout="30s"), None
         except OSError as err:
             raise ParameterError(f"--scheduler {address}: cannot connect ({err})") from None
-    import logging
+    import logging  # lazy: the CLI starts without it
 
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
                            silence_logs=logging.ERROR)
@@ -466,7 +466,7 @@ def _run_dask(tasks: Mapping[str, dict], workers: int, scheduler: str | None, gp
     workers with ``--resources GPU=1``). A worker that dies takes its point to Dask's retries, then to failed."""
     client, cluster = dask_client(scheduler, workers)
     try:
-        from dask.distributed import as_completed
+        from dask.distributed import as_completed  # lazy: the CLI starts without it
 
         resources = {"GPU": gpus_per_point} if gpus_per_point else None
         futures = {client.submit(execute_point, task, key=f"spatialkit-sweep-{h}-{time.time_ns()}", pure=False,
@@ -595,7 +595,7 @@ def load_points(folder: Path | str) -> list[dict]:
 def results_table(folders: Sequence[Path | str]):
     """The scorecard's Table over sweep folders: one row per point and claim and model, the grid parameters as
     columns; a failed point is one row with its error, a point that never finished says 'not run'."""
-    from spatialkit.suite.scorecard import ScorecardError, Table
+    from spatialkit.suite.scorecard import ScorecardError, Table  # lazy: the CLI starts without it
 
     points = []
     for folder in folders:
@@ -637,10 +637,10 @@ def _cell(value: Any) -> str:
 def plot(folders: Sequence[Path | str], out_dir: Path | str) -> list[Path]:
     """One PNG per claim (and notebook) across the sweep's points: each model's estimate (mean, interval) per
     point, or its outcome where the claim has no numeric estimate. Returns the files written."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # lazy: the CLI starts without it
+    from matplotlib.figure import Figure  # lazy: the CLI starts without it
 
-    from spatialkit.suite.scorecard import OUTCOMES
+    from spatialkit.suite.scorecard import OUTCOMES  # lazy: the CLI starts without it
 
     points = [p for f in folders for p in load_points(f)]
     out_dir = Path(out_dir)

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
+from spatialkit.models import hf
+import json
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava")
 
@@ -135,7 +137,7 @@ def build_config(family: str, tok, *, hidden: int = 64, heads: int = 4, kv_heads
     Qwen families take images of any size (one LM token per 28 px, Qwen3-VL 32 px, up to 4096 tokens);
     LLaVA's grid is fixed by the config: ``llava_grid`` x ``llava_grid`` tokens from 7·llava_grid px images.
     """
-    from transformers import LlavaConfig, Qwen2_5_VLConfig, Qwen2VLConfig, Qwen3VLConfig
+    from transformers import LlavaConfig, Qwen2_5_VLConfig, Qwen2VLConfig, Qwen3VLConfig  # optional heavy dependency: only HF-model paths load transformers
 
     text = _text_kwargs(tok, hidden, heads, kv_heads, layers)
     half = hidden // heads // 2
@@ -180,10 +182,9 @@ def build_config(family: str, tok, *, hidden: int = 64, heads: int = 4, kv_heads
 
 def build_processor(family: str, tok, llava_grid: int = 4):
     """The image-only processor of a tiny model (no video processor, so no torchvision)."""
-    from spatialkit.models import hf
 
     if family == "llava":
-        from transformers import CLIPImageProcessorPil
+        from transformers import CLIPImageProcessorPil  # optional heavy dependency: only HF-model paths load transformers
 
         side = 7 * llava_grid
         image = CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
@@ -191,7 +192,7 @@ def build_processor(family: str, tok, llava_grid: int = 4):
             image_processor=image, tokenizer=tok, chat_template=LLAVA_CHAT_TEMPLATE,
             patch_size=7, vision_feature_select_strategy="default", num_additional_image_tokens=1,
         )
-    from transformers import Qwen2VLImageProcessorPil
+    from transformers import Qwen2VLImageProcessorPil  # optional heavy dependency: only HF-model paths load transformers
 
     if family == "qwen3_vl":
         image = Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, temporal_patch_size=2,
@@ -205,7 +206,6 @@ def build_processor(family: str, tok, llava_grid: int = 4):
 
 def build_tiny(family: str, seed: int = 0, **sizes):
     """(model, processor) of a tiny random model; same seed → same weights. ``sizes``: see build_config."""
-    from spatialkit.models import hf
 
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
@@ -221,7 +221,6 @@ def build_tiny(family: str, seed: int = 0, **sizes):
 
 def tiny_vlm(family: str, seed: int = 0, **sizes):
     """An :class:`spatialkit.models.hf.HFVLM` around a fresh tiny model."""
-    from spatialkit.models import hf
 
     model, processor = build_tiny(family, seed, **sizes)
     return hf.HFVLM(model, processor, family)
@@ -260,9 +259,8 @@ def train_llama_tokenizer(vocab_size: int = 700, *, legacy_layout: bool = True) 
     with no pre-tokenizer (what the hub's tokenizer.json holds: " left" alone becomes "▁" "▁left"); else a
     Metaspace pre-tokenizer (prepend_scheme "first"). Saved, it reloads as transformers' ``LlamaTokenizer``.
     """
-    import json
 
-    from tokenizers import normalizers, processors
+    from tokenizers import normalizers, processors  # only when building a tokenizer
 
     trainer_tok = Tokenizer(models.BPE(unk_token="<unk>"))
     trainer_tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
@@ -302,7 +300,6 @@ def save_hub_layout(family: str, folder: str | Path, seed: int = 0, *, tokenizer
     ``tokenizer="sentencepiece"`` (LLaVA only): the Llama SentencePiece-style tokenizer of
     :func:`train_llama_tokenizer` (saved with tokenizer_class LlamaTokenizer), as llava-hf ships it.
     """
-    import json
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -311,7 +308,6 @@ def save_hub_layout(family: str, folder: str | Path, seed: int = 0, *, tokenizer
     if tokenizer == "sentencepiece":
         if family != "llava":
             raise ValueError("tokenizer='sentencepiece' is LLaVA's (Qwen ships a byte-level BPE)")
-        from spatialkit.models import hf
 
         tok = train_llama_tokenizer()
         config = build_config(family, tok, **sizes)

@@ -12,6 +12,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from spatialkit.common.params import check_number
+import pandas as pd
 
 
 
@@ -839,7 +840,6 @@ def chick_and_cup(image_size: int = 128, background: str = "wood", hidden: float
 
 def object_table(scenes: Sequence[Scene]) -> "pandas.DataFrame":  # noqa: F821
     """One row per object of every scene: ground truth plus how much of it is visible."""
-    import pandas as pd
 
     rows = []
     for sc in scenes:

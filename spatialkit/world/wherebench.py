@@ -10,6 +10,8 @@ from spatialkit.common.params import check_number
 from spatialkit.world.questions import Question, make_questions
 from spatialkit.world.scene import PRESETS, NAMES, RELATIONS_2D, RELATIONS_DEPTH, RELATIONS_ONE, Scene, SceneConfig, TASKS, render_scene
 from spatialkit.world.scene import ALL_TASKS, RELATIONS_ON, prior_relation
+from collections import Counter
+import pandas as pd
 
 
 
@@ -61,7 +63,6 @@ class WhereBench:
 
     def stats(self) -> "pandas.DataFrame":  # noqa: F821
         """One row per (split, task, label, gold index): the counts behind the balance claims."""
-        import pandas as pd
 
         rows = []
         for split, items in self.splits.items():
@@ -196,7 +197,6 @@ def prior_baselines(bench: WhereBench, split: str = "test") -> dict[str, np.ndar
     often in the train split (ties broken alphabetically). "chance": the expected accuracy 1/#options.
     On a balanced benchmark all three sit at chance.
     """
-    from collections import Counter
 
     prior: dict[str, Counter] = {}
     for it in bench.splits["train"]:
@@ -229,7 +229,6 @@ def blind_answers(bench: WhereBench, split: str = "test") -> np.ndarray:
     with the highest (text count, task count), ties to the first option. On a world where the text says
     nothing about the answer it sits at chance; on a prior world it reads off the prior.
     """
-    from collections import Counter
 
     by_text: dict[tuple[str, str], Counter] = {}
     by_task: dict[str, Counter] = {}

@@ -37,6 +37,9 @@ import torch
 
 from spatialkit.common.params import check_number
 from spatialkit.models.vlm import VLM, AttnCall, Generation, TokenKind, softmax_confidence
+from spatialkit.analysis.attention import AttentionRecord
+from dataclasses import replace
+from spatialkit.analysis.attention import row_probs
 
 __all__ = ["scaling_vis", "adapt_vis", "AdaptVis", "AdaptVisGeneration", "LastRowScaling", "check_alpha",
            "check_beta", "gate", "measure_scaled", "reference_attention", "reference_scaling_vis", "reference_adapt_vis"]
@@ -304,9 +307,7 @@ class _ScaledProbe(LastRowScaling):
 
     def __call__(self, call: AttnCall) -> torch.Tensor:
         if call.query.shape[-2] > 1:
-            from dataclasses import replace
 
-            from spatialkit.analysis.attention import row_probs
 
             is_image = call.token_kind[:, : call.key.shape[-2]] == TokenKind.IMAGE
             factor = torch.where(is_image, float(self.alpha), 1.0).to(call.key.dtype)
@@ -319,7 +320,6 @@ def measure_scaled(vlm: VLM, batch, alpha: float):
     """``spatialkit.analysis.attention.measure`` under ScalingVis(α): the last prompt token's attention in every layer,
     with its image logits scaled (later layers also differ through the scaled rows' outputs). α = 1 gives the
     unscaled probe's record."""
-    from spatialkit.analysis.attention import AttentionRecord
 
     alpha = check_alpha(alpha)
     rows = batch.last_index().view(-1, 1).cpu()

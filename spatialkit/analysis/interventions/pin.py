@@ -48,6 +48,11 @@ from spatialkit.models.organism.adapter import loc_token_ids  # noqa: F401  (a v
 from spatialkit.models.organism.model import state_dict_sha256
 from spatialkit.models.posenc import sincos_2d
 from spatialkit.models.vlm import VLM, Batch, VisualTokens
+from spatialkit import world as scenes
+from itertools import islice
+from tqdm.auto import tqdm
+from spatialkit.models.organism import scene_config
+from spatialkit.models.evaluate import _render
 
 __all__ = ["PinConfig", "PositionalInsert", "Pin", "train_pin", "load_or_train_pin", "LocationSet", "location_set", "location_batch",
            "box_to_bins", "bins_to_box", "box_iou", "predict_boxes", "what_scores", "frozen", "pin_code_version"]
@@ -217,7 +222,6 @@ class LocationSet:
 
 def location_set(scene_config, seeds: Sequence[int], n_bins: int) -> LocationSet:
     """Render ``seeds`` and make one location example per object."""
-    from spatialkit import world as scenes
 
     images, index, prompts, boxes = [], [], [], []
     for slot, seed in enumerate(seeds):
@@ -234,9 +238,7 @@ def location_set(scene_config, seeds: Sequence[int], n_bins: int) -> LocationSet
 
 
 def split_seeds(bench_seed: int, split: str, n: int) -> list[int]:
-    from itertools import islice
 
-    from spatialkit import world as scenes
 
     return list(islice(scenes.scene_seeds(bench_seed, split), n))
 
@@ -282,9 +284,7 @@ def train_pin(vlm, config: PinConfig = PinConfig(), *, data: LocationSet | None 
     untouched). The frozen visual tokens of the training images are computed once: the insert is added after them.
     Deterministic on CPU for a given (organism, config): seeded init and a seeded numpy batch sampler.
     """
-    from tqdm.auto import tqdm
 
-    from spatialkit.models.organism import scene_config
 
     model = vlm.model
     n_bins = len(vlm.location_token_ids())
@@ -404,7 +404,6 @@ def what_scores(vlm, items, scene_config, *, batch_size: int = 256) -> torch.Ten
 
     Ragged option lists are padded with -inf (as ``score_options`` does per batch).
     """
-    from spatialkit.models.evaluate import _render
 
     k_max = max(len(it.question.options) for it in items)
     out = torch.full((len(items), k_max), float("-inf"))

@@ -28,6 +28,11 @@ import torch
 
 from spatialkit.common.params import check_number
 from spatialkit.models.vlm import VLM, VisualTokens
+from spatialkit.models.evaluate import evaluate
+import pandas as pd
+from tqdm.auto import tqdm
+from spatialkit.common.stats import bootstrap_ci, bootstrap_diff_ci, psi_ci
+from spatialkit.common.stats import Estimate
 
 
 MOVES = ("all", "content", "position")
@@ -176,7 +181,6 @@ def blank_visual_tokens(vlm: VLM) -> Iterator[None]:
 # -- the permutation test on a benchmark ---------------------------------------------------------------
 def _evaluate(vlm: VLM, bench, split: str, *, batch_size: int, limit: int | None):
     """``spatialkit.models.evaluate.evaluate`` (every ``score_options`` takes items with differing option counts)."""
-    from spatialkit.models.evaluate import evaluate
 
     return evaluate(vlm, bench, split, batch_size=batch_size, limit=limit)
 
@@ -199,7 +203,6 @@ def permutation_test(vlm: VLM, bench, split: str = "test", *, fractions=(1.0,), 
     base = _evaluate(vlm, bench, split, batch_size=batch_size, limit=limit)
     runs = [(f, s) for f in fractions for s in seeds]
     if progress:
-        from tqdm.auto import tqdm
 
         runs = tqdm(runs, desc="shuffled evaluations", leave=False)
     perm: dict[float, list] = {f: [] for f in fractions}
@@ -209,7 +212,6 @@ def permutation_test(vlm: VLM, bench, split: str = "test", *, fractions=(1.0,), 
             continue
         with shuffle_visual_tokens(vlm, fraction, seed, move=move, position_code=position_code):
             perm[fraction].append(_evaluate(vlm, bench, split, batch_size=batch_size, limit=limit)["correct"].to_numpy(dtype=float))
-    import pandas as pd
 
     blind_correct = None
     if blind:
@@ -231,9 +233,7 @@ def psi_summary(df, by=("family",), *, seed: int = 0, n_boot: int = 1000):
     """Accuracy, shuffled accuracy and PSI (with paired bootstrap CIs, in %) per group of a
     :func:`permutation_test` frame. Groups whose unshuffled accuracy is 0 get PSI NaN. With a ``correct_blind``
     column: ``acc_blind`` and ``image_gain_low`` (lower CI end of acc − acc_blind; > 0: the image is used)."""
-    import pandas as pd
 
-    from spatialkit.common.stats import bootstrap_ci, bootstrap_diff_ci, psi_ci
 
     by = [by] if isinstance(by, str) else list(by)
     rows = []
@@ -258,7 +258,6 @@ def psi_summary(df, by=("family",), *, seed: int = 0, n_boot: int = 1000):
 def psi_difference(a, b, *, seed: int = 0, n_boot: int = 1000):
     """PSI(a) − PSI(b) in percentage points with a paired bootstrap CI, for two :func:`permutation_test`
     frames over the same items in the same order (e.g. two training arms). Returns a ``stats.Estimate``."""
-    from spatialkit.common.stats import Estimate
 
     ca, pa = a["correct"].to_numpy(float), a["correct_perm"].to_numpy(float)
     cb, pb = b["correct"].to_numpy(float), b["correct_perm"].to_numpy(float)

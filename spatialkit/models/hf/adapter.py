@@ -39,6 +39,8 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from spatialkit.models.vlm import VLM, AttnCall, AttentionFn, Batch, Generation, Prefill, TokenKind, VisualFn, VisualTokens
+import dataclasses
+import importlib.util
 
 FAMILY_OF_MODEL_TYPE = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_5_vl", "qwen3_vl": "qwen3_vl", "llava": "llava"}
 ATTN_NAME = "spatialkit"
@@ -55,7 +57,7 @@ class UnsupportedModelError(ValueError):
 
 # -- classes per family ----------------------------------------------------------------------------
 def model_class(family: str):
-    import transformers as t
+    import transformers as t  # optional heavy dependency: only HF-model paths load transformers
 
     classes = {
         "qwen2_vl": t.Qwen2VLForConditionalGeneration,
@@ -84,7 +86,7 @@ _PROCESSORS: dict[str, type] = {}
 
 def processor_class(family: str):
     if family not in _PROCESSORS:
-        import transformers as t
+        import transformers as t  # optional heavy dependency: only HF-model paths load transformers
 
         bases = {"qwen2_vl": t.Qwen2VLProcessor, "qwen2_5_vl": t.Qwen2_5_VLProcessor, "qwen3_vl": t.Qwen3VLProcessor}
         if family == "llava":
@@ -115,7 +117,7 @@ def resolve_weights(path_or_id: str | os.PathLike) -> Path:
             raise WeightsNotFoundError(f"Model folder {str(path)!r} does not exist. {_how_to_provide(text)}")
         folder = path
     else:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download  # optional: only for hub ids
 
         try:
             folder = Path(snapshot_download(text, local_files_only=True))
@@ -157,13 +159,13 @@ def load_processor(folder: str | os.PathLike, family: str, *, min_pixels: int | 
 
     ``min_pixels``/``max_pixels``: a Qwen image processor's pixel bounds (None: the folder's own); ignored for
     LLaVA, whose processor resizes every image to its fixed square."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # optional heavy dependency: only HF-model paths load transformers
 
     folder = Path(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     template = _chat_template(folder, tokenizer)
     if family == "llava":
-        from transformers import CLIPImageProcessorPil
+        from transformers import CLIPImageProcessorPil  # optional heavy dependency: only HF-model paths load transformers
 
         extra = {}
         if (folder / "processor_config.json").is_file():
@@ -171,7 +173,7 @@ def load_processor(folder: str | os.PathLike, family: str, *, min_pixels: int | 
             extra = {k: saved[k] for k in ("patch_size", "vision_feature_select_strategy", "num_additional_image_tokens") if k in saved}
         image = CLIPImageProcessorPil.from_pretrained(folder)
         return processor_class(family)(image_processor=image, tokenizer=tokenizer, chat_template=template, **extra)
-    from transformers import Qwen2VLImageProcessorPil
+    from transformers import Qwen2VLImageProcessorPil  # optional heavy dependency: only HF-model paths load transformers
 
     image = Qwen2VLImageProcessorPil.from_pretrained(folder)
     set_pixel_bounds(image, min_pixels, max_pixels)
@@ -189,7 +191,6 @@ def set_pixel_bounds(image_processor, min_pixels: int | None = None, max_pixels:
     if isinstance(size, dict):
         image_processor.size = {**size, "shortest_edge": low, "longest_edge": high}
     else:  # transformers' SizeDict (a dataclass)
-        import dataclasses
 
         image_processor.size = dataclasses.replace(size, shortest_edge=low, longest_edge=high)
 
@@ -213,7 +214,7 @@ def load(path_or_id: str | os.PathLike, device: str | torch.device = "cpu", dtyp
     preprocessor allows up to 12.8 MP per image; the notebooks pass :data:`DEFAULT_MAX_PIXELS`). LLaVA-1.5's
     processor always resizes to its fixed square, so both are ignored there.
     """
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # optional heavy dependency: only HF-model paths load transformers
 
     dtype = _check_dtype(dtype, device)  # bad arguments fail before any file is read
     attn_implementation = check_attn_implementation(attn_implementation, device)
@@ -260,7 +261,6 @@ def _check_dtype(dtype, device):
 def check_attn_implementation(attn_implementation: str, device: str | torch.device = "cpu") -> str:
     """``attn_implementation`` if it can run here, else a ValueError saying why (flash_attention_2 needs the
     ``flash_attn`` package and a CUDA device)."""
-    import importlib.util
 
     if attn_implementation not in ATTN_IMPLEMENTATIONS:
         raise ValueError(f"parameter 'attn_implementation' = {attn_implementation!r} is invalid; allowed: one of "

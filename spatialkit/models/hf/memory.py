@@ -36,6 +36,10 @@ from dataclasses import dataclass
 import torch
 
 from spatialkit.common.params import ParameterError
+from spatialkit.models.hf.adapter import family_of
+from spatialkit.models.hf.adapter import model_class
+from spatialkit.models.hf.adapter import DEFAULT_MAX_PIXELS
+import os
 
 GiB = 1024**3
 STEPS = ("forward", "score_options", "generate", "score_options_reference")
@@ -82,14 +86,12 @@ class MemoryEstimate:
 
 # -- config facts ----------------------------------------------------------------------------------
 def _family(config) -> str:
-    from spatialkit.models.hf.adapter import family_of
 
     return family_of(config)
 
 
 def parameter_count(config) -> int:
     """Exact parameter count of the model a config describes (built on the meta device: no memory)."""
-    from spatialkit.models.hf.adapter import model_class
 
     with torch.device("meta"):
         model = model_class(_family(config))._from_config(config)
@@ -124,7 +126,6 @@ def image_tokens(config, image_size: int | tuple[int, int] = 224, *, min_pixels:
     :data:`spatialkit.models.hf.adapter.DEFAULT_MAX_PIXELS`), one token per (patch x merge)² pixels. LLaVA: the
     config's fixed square, whatever ``image_size`` is (plus the CLS patch in the tower).
     """
-    from spatialkit.models.hf.adapter import DEFAULT_MAX_PIXELS
 
     h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
     vision = config.vision_config
@@ -262,7 +263,6 @@ def free_memory(device) -> int:
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    import os
 
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
@@ -322,7 +322,7 @@ def check_against(vlm, *, layer: int | None = None, batch_size: int | None = Non
 def reference_config(name: str):
     """The config of a published checkpoint, written out from its hub config.json (for estimates offline):
     "Qwen2-VL-7B-Instruct", "Qwen2.5-VL-7B-Instruct", "Qwen3-VL-8B-Instruct", "llava-1.5-7b-hf"."""
-    from transformers import LlavaConfig, Qwen2_5_VLConfig, Qwen2VLConfig, Qwen3VLConfig
+    from transformers import LlavaConfig, Qwen2_5_VLConfig, Qwen2VLConfig, Qwen3VLConfig  # optional heavy dependency: only HF-model paths load transformers
 
     special = dict(image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653)
     qwen_text = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,

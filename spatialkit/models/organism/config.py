@@ -38,6 +38,9 @@ from pathlib import Path
 
 from spatialkit.models.organism.data import FAMILIES, max_sequence_length  # noqa: F401  (FAMILIES re-exported)
 from spatialkit.models.organism.model import ModelConfig, check_fields, knob
+import yaml
+from spatialkit import world as scenes
+from spatialkit.common.params import Param
 
 
 @dataclass(frozen=True)
@@ -56,8 +59,6 @@ class DataConfig:
 
     def __post_init__(self):
         check_fields(self)
-        from spatialkit import world as scenes
-        from spatialkit.common.params import Param
 
         Param("scene_preset", str, "organism", choices=tuple(scenes.PRESETS)).coerce(self.scene_preset, "DataConfig")
         if self.spatial_fraction + self.caption_fraction > 1.0 + 1e-9:
@@ -234,7 +235,6 @@ PRESETS_FILE = Path(__file__).with_name("presets.yml")
 
 
 def _load_presets() -> tuple[dict[str, dict], dict[str, str]]:
-    import yaml
 
     presets, why = {}, {}
     for name, body in yaml.safe_load(PRESETS_FILE.read_text()).items():

@@ -20,6 +20,8 @@ import torch
 from spatialkit.models.organism.model import ANS, CAPTION_PROMPT, EOS, IMG, PAD, SYSTEM_PROMPT, Vocab, default_max_len
 from spatialkit.models.vlm import TokenKind
 from typing import TYPE_CHECKING
+from spatialkit import world as scenes
+from itertools import islice
 
 if TYPE_CHECKING:  # annotations only: config imports this module
     from spatialkit.models.organism.config import OrganismConfig
@@ -31,7 +33,6 @@ FAMILIES = ("caption", "what", "where")
 
 def scene_config(cfg: OrganismConfig):
     """The SceneConfig of the organism's world: the scene preset at the organism's image size."""
-    from spatialkit import world as scenes
 
     return dataclasses.replace(scenes.PRESETS[cfg.data.scene_preset], image_size=cfg.model.image_size)
 
@@ -39,7 +40,6 @@ def scene_config(cfg: OrganismConfig):
 def tasks_for(scene_cfg) -> tuple[str, ...]:
     """The scene world's tasks: its ``SceneConfig.tasks`` when set (the organism-zoo worlds: WhatsUp mirrors,
     prior world), else ``TASKS`` without depth when the world cannot show depth (no occlusion, no ground)."""
-    from spatialkit import world as scenes
 
     if scene_cfg.tasks is not None:
         return tuple(scene_cfg.tasks)
@@ -61,7 +61,6 @@ def wherebench(cfg: OrganismConfig, prior: str | None = None, n_train: int = 0):
     (early stop) is always the world as drawn. ``n_train`` > 0 also fills the train split (disjoint seeds; the
     blind answerer ``spatialkit.world.blind_accuracy`` learns from it).
     """
-    from spatialkit import world as scenes
 
     sc = scene_config(cfg)
     return scenes.build_wherebench(seed=cfg.data.bench_seed, n_train=n_train, n_val=cfg.data.n_val,
@@ -80,7 +79,6 @@ def prior_benches(cfg: OrganismConfig, n_train: int = 0) -> dict:
 def build_vocab(cfg: OrganismConfig) -> Vocab:
     """Deterministic vocabulary: the organism's templates + the scene world's words (kinds, colours, relations,
     accessories) + every word of the captions/questions/options of a fixed set of sample scenes."""
-    from spatialkit import world as scenes
 
     sc = scene_config(cfg)
     texts = list(scenes.NAMES.values()) + list(scenes.COLORS) + list(scenes.RELATIONS_2D) + list(scenes.RELATIONS_DEPTH)
@@ -137,9 +135,7 @@ def unordered_caption(scene, rng: np.random.Generator) -> str:
 def build_pool(cfg: OrganismConfig, vocab: Vocab) -> Pool:
     """Render the training scenes once (WhereBench *train* seeds, disjoint from val/test): per scene one
     caption example and every question the scene supports (``make_questions``)."""
-    from itertools import islice
 
-    from spatialkit import world as scenes
 
     sc = scene_config(cfg)
     tasks = tasks_for(sc)

@@ -31,6 +31,9 @@ import torch.nn as nn
 
 from spatialkit.models.posenc import build as build_posenc, grid_positions
 from spatialkit.models.vlm import AttnCall, TokenKind, VisualTokens
+from spatialkit.common.params import Param, ParameterError
+import numpy as np
+import hashlib
 
 # --------------------------------------------------------------------------------------------------
 # vocabulary
@@ -269,7 +272,6 @@ def knob(default, low=None, high=None, choices=None, *, kind: type | None = None
 def check_fields(obj) -> None:
     """ValueError (``spatialkit.common.params.ParameterError``, one line naming the class, the field and what is
     allowed) for the first field of the dataclass ``obj`` whose value breaks its ``knob``."""
-    from spatialkit.common.params import Param, ParameterError
 
     where = type(obj).__name__
     for f in fields(obj):
@@ -460,7 +462,6 @@ class TinyVLM(nn.Module):
 
 def to_pixels(images) -> torch.Tensor:
     """(B, H, W, 3) uint8 array/tensor, or a list of PIL images / arrays -> (B, 3, H, W) float in [-1, 1]."""
-    import numpy as np
 
     if not isinstance(images, (np.ndarray, torch.Tensor)):
         images = np.stack([np.asarray(im.convert("RGB") if hasattr(im, "convert") else im) for im in images])
@@ -472,7 +473,6 @@ def to_pixels(images) -> torch.Tensor:
 
 def state_dict_sha256(model: nn.Module) -> str:
     """sha256 over every tensor of the state dict (names, dtypes, shapes and bytes) in name order."""
-    import hashlib
 
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):

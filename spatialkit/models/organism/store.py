@@ -16,6 +16,7 @@ from spatialkit.models.organism.adapter import OrganismVLM
 from spatialkit.models.organism.config import OrganismConfig, preset
 from spatialkit.models.organism.train import (resolve_device, runtime_facts, torch_threads, train,
                                               train_vision_stage, vision_checkpoint_folder)
+import argparse
 
 
 
@@ -132,7 +133,6 @@ def build_checkpoint(task: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """``python -m spatialkit.models.organism --preset quick --threads 1 --overrides '{"seed": 1}'``: train the
     organism (and its stage-1 encoder) into the checkpoint store unless it is there; prints one JSON line."""
-    import argparse
 
     ap = argparse.ArgumentParser(prog="python -m spatialkit.models.organism", description=main.__doc__.split(":")[0])
     ap.add_argument("--preset", default="quick")

@@ -28,6 +28,10 @@ from spatialkit.models.vlm import TokenKind
 from spatialkit.common.fingerprint import fingerprint
 from spatialkit.models.organism.config import OrganismConfig
 from spatialkit.models.organism.data import Pool, assemble, assemble_packed, build_pool, build_vocab, caption_word_bags, sample_batch, wherebench
+from spatialkit.common import checkpoints
+from tqdm.auto import tqdm
+from spatialkit.models.organism import OrganismVLM, accuracy_by_family, evaluate
+from spatialkit.models.organism.model import state_dict_sha256
 
 
 
@@ -95,7 +99,6 @@ def vision_code_version() -> str:
 
 def vision_checkpoint_folder(cfg: OrganismConfig, device="cpu"):
     """The store folder of ``cfg``'s stage-1 encoder trained on ``device`` with this process's thread count."""
-    from spatialkit.common import checkpoints
 
     return checkpoints.checkpoint_dir("vision", checkpoints.config_key(vision_checkpoint_config(cfg, device),
                                                                        vision_code_version()))
@@ -106,7 +109,6 @@ def pretrained_vision(model: TinyVLM, cfg: OrganismConfig, pool: Pool, vocab: Vo
     """Stage 1 into ``model.vision`` (from the checkpoint store when ``cache`` and present); its final loss."""
     if not cache:
         return pretrain_vision(model, cfg, pool, vocab, progress, device)[-1]
-    from spatialkit.common import checkpoints
 
     def do_pretrain():
         losses = pretrain_vision(model, cfg, pool, vocab, progress, device)
@@ -139,7 +141,6 @@ def pretrain_vision(model: TinyVLM, cfg: OrganismConfig, pool: Pool, vocab: Voca
     LM's attention, which at first looks nowhere in particular -- kinds were the organism's bottleneck. The
     objective is global (pooled, position-free) like CLIP's, so any spatial skill is still learned in stage 2.
     """
-    from tqdm.auto import tqdm
 
     bags = caption_word_bags(pool, vocab)
     m, o = cfg.model, cfg.optim
@@ -203,9 +204,7 @@ def train(cfg: OrganismConfig, *, progress: bool = True, fail_at_step: int | Non
 
 def _train(cfg: OrganismConfig, progress: bool, fail_at_step: int | None,
            cache_vision: bool, device: torch.device = torch.device("cpu")) -> tuple[TinyVLM, Vocab, dict]:
-    from tqdm.auto import tqdm
 
-    from spatialkit.models.organism import OrganismVLM, accuracy_by_family, evaluate
 
     t0 = time.perf_counter()
     bench = wherebench(cfg)
@@ -290,7 +289,6 @@ def _train(cfg: OrganismConfig, progress: bool, fail_at_step: int | None,
     bar.close()
     model.requires_grad_(True)  # undo the stage-2 freeze: later users (PIN, exercises) expect a normal module
     model.eval()
-    from spatialkit.models.organism.model import state_dict_sha256
 
     # everything but "timing" is deterministic for a given config (the determinism test compares it)
     metrics = {"history": history, "steps_run": step + 1, "stopped_early": stopped_early,
