@@ -243,6 +243,12 @@ def screenshot_path(rel: str, suffix: str = "") -> Path:
     return ARTIFACTS / (rel[: -len(".html")].replace("/", "__") + suffix + ".png")
 
 
+def chapter_pages(html_dir: Path) -> list[Path]:
+    """The notebooks' pages (the generated Scorecard page beside them is not a notebook)."""
+    return [p for p in sorted((html_dir / "book" / "executed").glob("*.html"))
+            if (REPO / "notebooks" / f"{p.stem}.ipynb").exists()]
+
+
 # --- the tests ------------------------------------------------------------------------------------
 
 @in_browser
@@ -263,7 +269,7 @@ def test_every_page_loads_cleanly_and_every_explorer_responds(html_dir, server, 
 @pytest.mark.slow  # builds the book, needs no browser
 def test_explorers_are_there_to_check(html_dir):
     """Not vacuous: every notebook that builds an explorer has it in its page's saved widget state."""
-    for page in (html_dir / "book" / "executed").glob("*.html"):
+    for page in chapter_pages(html_dir):
         source = (REPO / "notebooks" / f"{page.stem}.ipynb").read_text()
         if re.search(r"\b(frame|tab)_explorer\(", source):
             assert explorer_views(page.read_text()) >= 1, f"{page.name}: explorer missing from the saved widget state"
@@ -271,7 +277,7 @@ def test_explorers_are_there_to_check(html_dir):
 
 @pytest.mark.slow  # builds the book, needs no browser
 def test_notebook_pages_offer_launch_buttons_and_ipynb_download(html_dir):
-    chapters = sorted((html_dir / "book" / "executed").glob("*.html"))
+    chapters = chapter_pages(html_dir)
     assert chapters, "no notebook page in the book"
     for page in chapters:
         text = page.read_text()

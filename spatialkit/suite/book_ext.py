@@ -23,6 +23,7 @@ Four page fixes, each small:
 from __future__ import annotations
 
 import ast
+from pathlib import Path
 import json
 from typing import Any
 
@@ -80,6 +81,9 @@ def _same_value(a: str, b: str) -> bool:
         return a.strip() == b.strip()
 
 
+PAGE_WIDTH = 100  # code columns that fit the book's page (ruff's line-length for the notebooks)
+
+
 def fold_parameters(parameters: str, injected: str) -> str:
     """The ``parameters`` cell's source with the values of papermill's ``injected`` cell written in.
 
@@ -114,6 +118,13 @@ def fold_parameters(parameters: str, injected: str) -> str:
         rest = text[end:line_end]
         default = " ".join(old_text.split())
         note = (f"; default: {default}" if "#" in rest else f"  # default: {default}") if len(default) <= 40 else ""
+        line_start = text.rfind("\n", 0, start) + 1
+        shown = text[line_start:start] + new_text + rest.rstrip() + note
+        if len(shown) > PAGE_WIDTH:  # the page's width: keep the value and the default, drop the long comment
+            rest = ""
+            note = f"  # default: {default}" if len(default) <= 40 else ""
+            if len(text[line_start:start] + new_text + note) > PAGE_WIDTH:
+                note = ""
         text = text[:start] + new_text + rest.rstrip() + note + text[line_end:]
     extra = [f"{name} = {ast.get_source_segment(injected, node)}" for name, node in new.items() if name not in own]
     if extra:
@@ -194,8 +205,17 @@ def set_default_mode(app, config) -> None:
     config.html_context = context
 
 
+STATIC = Path(__file__).resolve().parent / "static"  # spatialkit.css: the page width the code is formatted for
+
+
+def add_static(app, config) -> None:
+    config.html_static_path = [*config.html_static_path, str(STATIC)]
+
+
 def setup(app):
     app.connect("config-inited", set_default_mode)
+    app.connect("config-inited", add_static)
+    app.add_css_file("spatialkit.css")
     app.connect("source-read", present_executed_notebooks)
     # sphinx-book-theme builds the launch buttons at priority 501; run after it
     app.connect("html-page-context", point_launch_buttons_at_sources, priority=600)
