@@ -37,10 +37,7 @@ model (e.g. the failing organism beside the healthy control). ``controls`` (a li
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -49,6 +46,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
+from spatialkit.common.results import RESULTS_ENV, results_target, update_results  # noqa: F401 (RESULTS_ENV re-exported)
 from spatialkit.common.stats import Estimate
 
 #: the four verdicts; a rule's outcome is one of the first three, a failed control gives the fourth
@@ -438,7 +436,6 @@ def claims_table(claims: Sequence[Claim], *, rules: bool = False) -> pd.DataFram
 # as book/executed/NAME.results.json, and `spatialkit results` / the book's Scorecard page read it). Outside
 # the runner nothing is written. Recording never changes a verdict: it stores what verdict() returned.
 
-RESULTS_ENV = "SPATIALKIT_RESULTS"
 #: the model key of a claim judged on one model (``measured`` not a dict)
 SINGLE_MODEL = ""
 _RECORDED: dict[tuple, dict] = {}  # (claim, source, paper) -> row; a re-run cell replaces its rows
@@ -501,27 +498,16 @@ def record_claims(claims: Sequence[Claim], path: str | Path | None = None) -> Pa
             _RECORDED[(c.claim, c.source, c.paper)] = claim_record(c)
         except Exception as err:  # recording must never break a notebook's table
             warnings.warn(f"claims: could not record {c.claim!r}: {err}", stacklevel=2)
-    target = path or os.environ.get(RESULTS_ENV)
-    if not target:
+    target = results_target(path)
+    if target is None:
         return None
-    target = Path(target)
-    try:
-        data = json.loads(target.read_text()) if target.exists() else {}
-    except (OSError, ValueError):
-        data = {}
     rows = recorded_claims()
     models: list[str] = []
     for row in rows:
         models += [m for m in row["models"] if m not in models]
-    data.update({"schema": 1, "claims": rows, "models": models,
-                 "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, default=str)
-        os.replace(tmp, target)
+        return update_results(target, {"schema": 1, "claims": rows, "models": models,
+                                       "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     except OSError as err:
         warnings.warn(f"claims: could not write results to {target}: {err}", stacklevel=2)
         return None
-    return target

@@ -149,17 +149,25 @@ def _write_notebook(nb, path: Path) -> None:
         raise
 
 
-def build(sources: Sequence[Path], out_dir: Path, *, echo=print) -> list[Path]:
-    """Write the student version of every source notebook that has exercises into ``out_dir``."""
+def with_exercises(sources: Sequence[Path], echo):
+    """(path, notebook) for each source notebook that has exercise cells; the others are named and skipped."""
     import nbformat  # lazy: the CLI starts without it
 
-    written = []
     for source in sources:
         source = Path(source)
         nb = nbformat.read(source, as_version=4)
         if not has_exercises(nb):
             echo(f"skipping {source.name}: no cells tagged '{SOLUTION_TAG}' or '{TESTS_TAG}'")
             continue
+        yield source, nb
+
+
+def build(sources: Sequence[Path], out_dir: Path, *, echo=print) -> list[Path]:
+    """Write the student version of every source notebook that has exercises into ``out_dir``."""
+    import nbformat  # lazy: the CLI starts without it
+
+    written = []
+    for source, nb in with_exercises(sources, echo):
         student = student_version(nb, source.stem)
         target = Path(out_dir) / source.name
         _write_notebook(student, target)
@@ -206,12 +214,7 @@ def build_course(sources: Sequence[Path], course_dir: Path, *, course_id: str = 
 
     course_dir = Path(course_dir)
     written = []
-    for source in sources:
-        source = Path(source)
-        nb = nbformat.read(source, as_version=4)
-        if not has_exercises(nb):
-            echo(f"skipping {source.name}: no cells tagged '{SOLUTION_TAG}' or '{TESTS_TAG}'")
-            continue
+    for source, nb in with_exercises(sources, echo):
         name = source.stem
         nb = mark_cells(nb, name)
         nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]

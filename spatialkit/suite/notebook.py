@@ -13,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from spatialkit.common.results import RESULTS_ENV, results_target, update_results  # noqa: F401 (RESULTS_ENV re-exported)
 from spatialkit.suite import catalog
 
 
@@ -79,30 +80,17 @@ def environment(device: str) -> dict[str, str]:
     return info
 
 
-RESULTS_ENV = "SPATIALKIT_RESULTS"  # the run's results file (set by the runner; claims tables add their rows)
 
 
 def record_context(name: str, title: str, params: dict[str, Any], env: dict[str, str]) -> Path | None:
     """Under the runner, start the run's results file (``$SPATIALKIT_RESULTS``) with the notebook, its
     parameters and the environment; ``spatialkit.present.claims.claims_table`` adds the claims. A no-op when
     the variable is unset (a notebook run by hand)."""
-    import json  # lazy: the CLI starts without it
-
-    target = os.environ.get(RESULTS_ENV)
-    if not target:
+    target = results_target()
+    if target is None:
         return None
-    target = Path(target)
-    try:
-        data = json.loads(target.read_text()) if target.exists() else {}
-    except (OSError, ValueError):
-        data = {}
-    data.update({"schema": 1, "notebook": name, "title": title, "parameters": params, "environment": env})
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1, default=str)
-    os.replace(tmp, target)
-    return target
+    return update_results(target, {"schema": 1, "notebook": name, "title": title, "parameters": params,
+                                   "environment": env})
 
 
 def setup(name: str, namespace: dict[str, Any], *, quiet: bool = False) -> SimpleNamespace:

@@ -281,12 +281,7 @@ def _schedule(executor, nodes: dict[str, Node], out_dir: Path, force: bool, wait
                 result = runner.Result(node.label, "failed", time.perf_counter() - t0,
                                        f"{node.label}: worker failed: {type(err).__name__}: {err}")
             results[node.label] = result
-            if result.status == "failed":
-                echo(f"[{i}/{total}] {node.label} FAILED after {result.seconds:.1f}s -- {result.error} "
-                     f"(partial copy: {result.output})")
-            else:
-                label = "up to date, skipped" if result.status == "cached" else f"ok in {result.seconds:.1f}s"
-                echo(f"[{i}/{total}] {node.label} {label}")
+            echo(runner.progress_line(i, total, node.label, result))
 
 
 def _summary(jobs: Sequence[runner.Job], results: dict[str, runner.Result], echo) -> list[runner.Result]:

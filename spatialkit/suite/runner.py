@@ -36,6 +36,7 @@ from typing import Any, Callable, Mapping, Sequence
 import yaml
 
 import spatialkit
+from spatialkit.common.results import RESULTS_ENV  # one name for the runner, setup() and claims tables
 from spatialkit.suite import catalog
 from spatialkit.common.locks import LockBusy, file_lock
 from spatialkit.common.params import NotebookSpec, Param, ParameterError
@@ -434,7 +435,6 @@ def _execute_locked(job: Job, out_dir: Path, key: str, force: bool) -> Result:
 # notebook as NAME.results.json, under the notebook's lock, after the notebook and before the key. A failed
 # run removes the old one (it would stand for parameters that fail).
 
-RESULTS_ENV = "SPATIALKIT_RESULTS"
 RESULTS_SUFFIX = ".results.json"
 
 
@@ -530,6 +530,15 @@ def kernel_environment(mplbackend: str, *, run_tmp: Path | None = None):
                 os.environ[k] = v
 
 
+def progress_line(i: int, total: int, name: str, result: "Result") -> str:
+    """``[i/total] NAME ok in 3.2s`` / ``up to date, skipped`` / ``FAILED after ... -- error (partial copy)``."""
+    if result.status == "failed":
+        return (f"[{i}/{total}] {name} FAILED after {result.seconds:.1f}s -- {result.error} "
+                f"(partial copy: {result.output})")
+    label = "up to date, skipped" if result.status == "cached" else f"ok in {result.seconds:.1f}s"
+    return f"[{i}/{total}] {name} {label}"
+
+
 def run(
     jobs: Sequence[Job],
     out_dir: Path,
@@ -547,12 +556,7 @@ def run(
     for i, job in enumerate(jobs, 1):
         echo(f"[{i}/{len(jobs)}] {job.name} ...")
         result = execute(job, out_dir, force=force, wait=wait, echo=echo)
-        if result.status == "failed":
-            echo(f"[{i}/{len(jobs)}] {job.name} FAILED after {result.seconds:.1f}s -- {result.error} "
-                 f"(partial copy: {result.output})")
-        else:
-            label = "up to date, skipped" if result.status == "cached" else f"ok in {result.seconds:.1f}s"
-            echo(f"[{i}/{len(jobs)}] {job.name} {label}")
+        echo(progress_line(i, len(jobs), job.name, result))
         results.append(result)
     failed = [r for r in results if r.status == "failed"]
     counts = {status: sum(r.status == status for r in results) for status in ("ok", "cached", "failed")}
