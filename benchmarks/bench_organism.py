@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_organism.py [--preset default] [--threads 1] [--spatial-fraction F]
 
 Prints steps/s, wall time (data + training + evals) and per-task accuracy on the test split with 95%
-bootstrap CIs, and checks the learning bars of issue 3 (what >= 95%, two-object where >= 90%, <= 5 min).
+bootstrap CIs, and checks the organism's learning bars (what >= 95%, two-object where >= 90%, <= 5 min).
 Nothing is cached: the point is to time training from scratch. Wall times on a CPU shared with other jobs
 are inflated; the script prints the load average next to them. The organism zoo (organisms that fail for the
 blog's reasons) has its own table: benchmarks/bench_zoo.py.

@@ -1,6 +1,6 @@
 """The organism zoo: train (or load) each zoo organism and print one table of held-out accuracies and train times.
 
-    SPATIALKIT_CACHE=/work/cache_zoo .venv/bin/python benchmarks/bench_zoo.py [--only llava prior] [--threads 1]
+    SPATIALKIT_CACHE=/path/to/store .venv/bin/python benchmarks/bench_zoo.py [--only llava prior] [--threads 1]
         [--markdown] [--no-train]
 
 Per organism (presets.yml; ``why:`` says which of the blog's failure mechanisms it has): what (presence,

@@ -47,3 +47,16 @@ def test_the_book_names_no_internal_documents_or_work_items():
             found += [f"{path.name} cell {i}: ...{text[max(0, m.start() - 40): m.end() + 40]!r}..."
                       for m in internal.finditer(text)]
     assert not found, "\n".join(found)
+
+
+def test_the_package_and_readme_cite_papers_not_internal_notes_or_machine_paths():
+    """Docstrings and comments are read too (API docs, the repository): no internal notes, work items or paths
+    of the machine the suite was written on."""
+    import re
+
+    internal = re.compile(r"REFERENCE(\.md| ?§)|STYLE\.md|/work/|\b[Ii]ssue [0-9]|\b[Pp]rototype\b")
+    paths = sorted((REPO / "spatialkit").rglob("*.py")) + sorted((REPO / "spatialkit").rglob("*.yml"))
+    paths += [REPO / "README.md", *sorted((REPO / "benchmarks").glob("*.py"))]
+    found = [f"{p.relative_to(REPO)}:{n}: {line.strip()[:100]}" for p in paths
+             for n, line in enumerate(p.read_text().splitlines(), 1) if internal.search(line)]
+    assert not found, "\n".join(found)

@@ -247,7 +247,7 @@ def options_for(subset: str, one_object: bool, n_options: int | None = None, gol
 
 
 def paper_prompt(subject: str, obj: str | None, options: Sequence[str]) -> str:
-    """The AdaptVis question (REFERENCE §3), without the model's chat template."""
+    """The AdaptVis question (Chen et al., ICML 2025, and their code), without the model's chat template."""
     listed = ", ".join(options[:-1]) + " or " + options[-1]
     if obj is None:
         return f"Where is the {subject} in the photo? Answer with {listed}."

@@ -1,6 +1,6 @@
 """Classroom assignments from the notebooks: student versions and an autograder.
 
-Notebook authors mark exercises with cell tags (see /work/shared/STYLE.md):
+Notebook authors mark exercises with cell tags:
 
 * ``solution``: the body between ``### BEGIN SOLUTION`` / ``### END SOLUTION`` is the answer (a cell
   without the markers is an answer as a whole);
