@@ -190,3 +190,11 @@ def test_claims_table_has_a_column_pair_per_model_with_controls_per_model():
     assert table.loc[0, "verdict: llava"] == "reproduced" and table.loc[0, "verdict: healthy"] == "inconclusive"
     assert table.loc[1, "verdict: llava"] == "—" and table.loc[1, "verdict: healthy"] == "reproduced"
     assert table.loc[0, "measured: llava"] == "0.100 [0.050, 0.200]"
+
+
+def test_verdict_line_lists_each_models_verdict_kind():
+    c = Claim("shuffle hurts where", "s", "p", {"llava": est(0.1, 0.05, 0.2), "healthy": est(0.0, -0.1, 0.1)},
+              Rule(">", 0.0, note={"reproduced": "a note"}))
+    from spatialkit.present.claims import verdict_line
+
+    assert verdict_line(c) == "- *shuffle hurts where* — llava: reproduced, healthy: inconclusive"

@@ -465,6 +465,11 @@ def outcome_of(verdict_text: str) -> str:
     return next((v for v in VERDICTS if verdict_text.startswith(v)), verdict_text)
 
 
+def verdict_line(c: Claim) -> str:
+    """A Markdown bullet: the claim and, per model, its verdict's kind ("- *claim* — llava: reproduced, ...")."""
+    return f"- *{c.claim}* — " + ", ".join(f"{m}: {outcome_of(c.verdict_for(m))}" for m in c.models())
+
+
 def claim_record(c: Claim) -> dict:
     """One claim as JSON data: texts, rule, and per model the measured value, its estimate and verdict."""
     models = {}

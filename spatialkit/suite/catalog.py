@@ -35,6 +35,8 @@ MAX_PIXELS = Param("max_pixels", int, 1_003_520, "largest image area (pixels) a 
 HF_MODEL_PARAMS = (DTYPE, ATTN_IMPLEMENTATION, MIN_PIXELS, MAX_PIXELS)  # after MODEL in a spec: *HF_MODEL_PARAMS
 
 N_BOOT = Param("n_boot", int, 1000, "bootstrap resamples for the CIs", low=100, high=100_000)
+HF_IMAGE_SIZE = Param("image_size", int, 224, "scene size in pixels for an HF model (the organism uses its own)",
+                      low=56, high=1024)
 THREADS = Param("threads", int, 1, "torch CPU threads (0 = torch's default); 1 is fastest on a shared 2-core machine",
                 low=0, high=256)
 
@@ -188,8 +190,7 @@ register(NotebookSpec(
         Param("layer", int, -1, "LM layer shown in the heatmap; -1 = the middle layer (checked against the model)",
               low=-1, high=255),
         Param("with_system_prompt", bool, False, "prompt the heatmap and gaze sections with the system prompt"),
-        Param("image_size", int, 224, "scene size in pixels for an HF model (the organism uses its own)",
-              low=56, high=1024),
+        HF_IMAGE_SIZE,
         Param("batch_size", int, 64, "prompts per forward pass", low=1, high=4096),
         N_BOOT,
         THREADS,
@@ -219,8 +220,7 @@ register(NotebookSpec(
               "the inference-time dose-response (every visual token rescaled to ratio x the text-token norm)",
               item_kind=float, low=0.01, high=1000.0, min_len=2, max_len=16),
         Param("n_norm_images", int, 32, "test images for the per-layer norm measurements", low=2, high=4096),
-        Param("image_size", int, 224, "scene size in pixels for an HF model (the organism uses its own)",
-              low=56, high=1024),
+        HF_IMAGE_SIZE,
         N_BOOT,
         THREADS,
     ),
@@ -256,8 +256,7 @@ register(NotebookSpec(
               "reports", low=0.05, high=0.5),
         Param("n_splits", int, 3, "random tune/report splits (split seeds seed..seed+n-1)", low=1, high=50),
         Param("max_new_tokens", int, 3, "greedy tokens per answer", low=1, high=64),
-        Param("image_size", int, 224, "scene size in pixels for an HF model (the organism uses its own)",
-              low=56, high=1024),
+        HF_IMAGE_SIZE,
         Param("batch_size", int, 64, "prompts per generation call", low=1, high=4096),
         N_BOOT,
         THREADS,
