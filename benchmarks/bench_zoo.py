@@ -4,10 +4,12 @@
         [--markdown] [--no-train]
 
 Per organism (presets.yml; ``why:`` says which of the blog's failure mechanisms it has): what (presence,
-identity, colour, count), where_one, where_two on the WhereBench test split of its world as drawn; on a world
+identity, colour; count where the world asks it), where_one, where_two on a WhereBench test split of its world as
+drawn with 400 items per task; on a world
 with prior relations (``organism_prior``) also where_two on prior-consistent and on counter-prior items
 (``wherebench(cfg, prior=...)``), and the blind answerer's where_two accuracy (``spatialkit.world.blind_accuracy``,
-question text only, learned on a 2000-item train split: the prior's strength; ~chance on balanced worlds).
+question text only, learned on a 2000-item train split: the prior's strength; ~chance on balanced worlds) and
+the family on which the blind answerer is farthest from chance (the balance bar: within 5 points).
 
 Organisms come from the checkpoint store (``load_or_train``; stage-1 encoders are shared between organisms that
 differ only in stage 2). When one is trained here its wall and CPU time (``time.process_time``, the honest
@@ -18,6 +20,7 @@ store, keyed by preset and weights digest, so a later run that loads it still re
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -26,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+ITEMS_PER_TASK = 400
 ZOO = ("healthy", "llava", "loud", "loud_norm", "loud_norm_text", "prior", "whatsup_a", "whatsup_b")
 
 
@@ -38,7 +42,7 @@ def times_file() -> Path:
 def measure(name: str, threads: int, allow_train: bool, times: dict) -> dict:
     from spatialkit import world
     from spatialkit.models.organism import accuracy_by_task, evaluate, load_or_train, preset
-    from spatialkit.models.organism.data import prior_benches
+    from spatialkit.models.organism.data import prior_benches, scene_config, tasks_for
 
     cfg = preset(name)
     old = torch.get_num_threads()
@@ -59,7 +63,11 @@ def measure(name: str, threads: int, allow_train: bool, times: dict) -> dict:
                       "cores": os.cpu_count()}
     row = {"organism": name, **times.get(key, {"wall_s": round(timing["total_s"], 1), "cpu_s": None}),
            "steps_run": vlm.metrics["steps_run"]}
-    benches = prior_benches(cfg, n_train=2000)
+    # 400 test items per task of the world (the preset's own n_test is smaller, for the notebooks' speed), so every
+    # accuracy and the blind answerer's check rest on >= 400 items per question family
+    n_tasks = len(tasks_for(scene_config(cfg)))
+    scored = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, n_test=ITEMS_PER_TASK * n_tasks))
+    benches = prior_benches(scored, n_train=2000)
     with torch.inference_mode():
         df = evaluate(vlm, benches["natural"], "test")
         acc = accuracy_by_task(df).set_index("task")["accuracy"]
@@ -71,8 +79,14 @@ def measure(name: str, threads: int, allow_train: bool, times: dict) -> dict:
             if p in benches:
                 d = evaluate(vlm, benches[p], "test")
                 row[f"where_two_{p}"] = float(d[d.task == "where_two"]["correct"].mean())
-    blind = world.blind_accuracy(benches["natural"], "test").get("where_two")
-    row["blind_where_two"] = blind["accuracy"] if blind else None
+    blind = world.blind_accuracy(benches["natural"], "test")
+    row["blind_where_two"] = blind["where_two"]["accuracy"] if "where_two" in blind else None
+    # the balance bar: the blind answerer's largest distance from chance over the families scored (where_two is
+    # excluded on a prior world, whose where_two is unbalanced on purpose: there it is the prior's strength)
+    balanced = {t: r for t, r in blind.items() if not (t == "where_two" and "counter" in benches)}
+    worst = max(balanced, key=lambda t: abs(balanced[t]["accuracy"] - balanced[t]["chance"]))
+    row["blind_worst"] = f"{worst} {balanced[worst]['accuracy'] - balanced[worst]['chance']:+.3f}"
+    row["n_per_task"] = min(r["n"] for r in blind.values())
     row["per_task"] = {k: round(float(v), 3) for k, v in acc.items()}
     return row
 
@@ -84,7 +98,8 @@ def fmt(v, digits=3) -> str:
 def table(rows: list[dict], markdown: bool) -> str:
     cols = [("organism", "organism"), ("what", "what"), ("where_one", "where_one"), ("where_two", "where_two"),
             ("where_two_consistent", "where_two prior-consistent"), ("where_two_counter", "where_two counter-prior"),
-            ("blind_where_two", "blind where_two"), ("wall_s", "train wall s"), ("cpu_s", "train CPU s"),
+            ("blind_where_two", "blind where_two"), ("blind_worst", "blind, farthest from chance"),
+            ("n_per_task", "test items per task"), ("wall_s", "train wall s"), ("cpu_s", "train CPU s"),
             ("stage1_s", "of which stage 1 wall s"), ("threads", "threads"), ("mirror", "WhatsUp-mirror tasks")]
     rows = [{**r, "mirror": ", ".join(f"{t} {r[t]:.3f}" for t in ("on_under", "whatsup_a", "depth", "whatsup_b")
                                       if r.get(t) is not None) or None} for r in rows]

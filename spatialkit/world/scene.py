@@ -137,6 +137,10 @@ class SceneConfig:
     on_overlap: float = 0.5          # on rule: shared columns, as a fraction of the narrower silhouette's
     relation_prior: float = 0.0      # layout "prior": probability that a listed pair takes its prior relation
     prior_relations: tuple[tuple[str, str, str], ...] = ()  # (kind A, relation, kind B), relations from RELATIONS_2D
+    # WhereBench balances the labels within every exact question text (build_wherebench's balance_text), so that
+    # the question's words cannot predict the answer (e.g. "the car" predicting left/right: wide sprites rarely
+    # stack). On for the organism worlds the zoo is scored on; off for the older worlds (their benches unchanged).
+    balance_text: bool = False
 
     def __post_init__(self) -> None:
         def bad(name: str, allowed: str) -> None:
@@ -162,7 +166,7 @@ class SceneConfig:
         number("min_objects", 1, limit, int, note="at most the number of kinds when unique_kinds")
         number("max_objects", self.min_objects, limit, int, note="from min_objects")
         number("distractors", 0, 20, int)
-        for name in ("occlusion", "ground", "unique_kinds"):
+        for name in ("occlusion", "ground", "unique_kinds", "balance_text"):
             if not isinstance(getattr(self, name), bool):
                 bad(name, "True or False")
         ranges = {"min_size": (0.05, 0.9), "max_size": (self.min_size, 0.9), "depth_scale": (0.0, 0.8),
@@ -227,11 +231,13 @@ PRESETS: dict[str, SceneConfig] = {
                             accessory_prob=0.0),
     # Easier organism world for the quick/default tiny VLMs (what >= 95 %, two-object where >= 90 % in minutes on a CPU): 5 visually distinct
     # kinds x 4 saturated colours, larger sprites, one plain background. 5 kinds is the fewest that keeps the
-    # identity question (it needs 3 absent kinds as distractors with 2 objects).
+    # identity question (it needs 3 absent kinds as distractors with 2 objects). No count question (two objects
+    # always: a blind answerer gets it right every time), and its benches balance labels per question text.
     "organism_easy": SceneConfig(image_size=48, min_objects=2, max_objects=2, kinds=("ball", "box", "tree", "car", "cup"),
                                  colors=("red", "green", "blue", "yellow"), occlusion=False, ground=False,
                                  backgrounds=("gray",), min_size=0.36, max_size=0.44, depth_scale=0.0,
-                                 accessory_prob=0.0),
+                                 accessory_prob=0.0, balance_text=True,
+                                 tasks=("presence", "identity", "color", "where_one", "where_two")),
     # The book's world: 2-3 objects with occlusion and perspective, all backgrounds, some clutter.
     "book": SceneConfig(image_size=128, min_objects=2, max_objects=3, distractors=2),
     # Free 2D layout with occlusion: depth only from draw order, for 2D-vs-depth comparisons.
@@ -242,13 +248,13 @@ PRESETS: dict[str, SceneConfig] = {
     "organism_whatsup_a": SceneConfig(image_size=48, min_objects=2, max_objects=2, kinds=_EASY_KINDS,
                                       colors=_EASY_COLORS, occlusion=False, ground=False, backgrounds=("gray",),
                                       min_size=0.28, max_size=0.36, depth_scale=0.0, accessory_prob=0.0,
-                                      layout="whatsup_a", tasks=("presence", "identity", "color", "where_one",
+                                      balance_text=True, layout="whatsup_a", tasks=("presence", "identity", "color", "where_one",
                                                                  "where_two", "on_under", "whatsup_a")),
     # Controlled-B: half the scenes the nearer object hides part of the farther one (front/behind by occlusion).
     "organism_whatsup_b": SceneConfig(image_size=48, min_objects=2, max_objects=2, kinds=_EASY_KINDS,
                                       colors=_EASY_COLORS, occlusion=True, ground=False, backgrounds=("gray",),
                                       min_size=0.28, max_size=0.36, depth_scale=0.0, accessory_prob=0.0,
-                                      layout="whatsup_b", tasks=("presence", "identity", "color", "where_one",
+                                      balance_text=True, layout="whatsup_b", tasks=("presence", "identity", "color", "where_one",
                                                                  "where_two", "depth", "whatsup_b")),
     # Prior-driven world: every pair of kinds has a prior relation (PRIOR_EASY), taken in 87.5 % of the scenes
     # (otherwise one of the other three): relations follow identity, like a language prior. Build its held-out

@@ -108,14 +108,14 @@ def build_wherebench(seed: int = 0, n_train: int = 2000, n_val: int = 400, n_tes
     ``tasks`` defaults to ``config.tasks``, else ``TASKS``. ``prior`` ("consistent" | "counter", for worlds with
     ``prior_relations``) keeps in the val and test splits only the where_two items whose relation is (is not)
     the prior one of their kinds (``prior_status``); other tasks and the train split follow the world as drawn.
-    ``balance_text`` (default: on for the "whatsup_a"/"whatsup_b" layouts, off otherwise, which keeps every
-    pre-existing bench as it was) also balances the labels within each exact question text: an item is taken
+    ``balance_text`` (default: the config's ``balance_text``, on for the organism worlds ``organism_easy``,
+    ``organism_whatsup_a``/``_b``, off otherwise, which keeps every older bench as it was) also balances the labels within each exact question text: an item is taken
     only while its label is among the least frequent ones of its text so far, so per text the label counts
     differ by at most one and no answerer that reads only the text can beat chance by more than
     (number of texts) / (items of the task), e.g. 20 / 400 = 5 points on where_two, 1.25 on color.
     """
     if balance_text is None:
-        balance_text = config.layout in ("whatsup_a", "whatsup_b")
+        balance_text = config.balance_text
     tasks = tuple(config.tasks or TASKS) if tasks is None else tasks
     if prior not in (None, "consistent", "counter") or (prior is not None and not config.prior_relations):
         raise ValueError(f"build_wherebench: prior = {prior!r} is invalid; allowed: None, or 'consistent' / "
