@@ -4,11 +4,18 @@
     out["point_hit"].mean(), out["relation_correct"].mean()      # per test object / per test pair, 0/1
 
 ``features`` (S, P, d) are an encoder's final patch tokens of S scenes (P = g * g patches in raster order,
-patch side = image side / g); ``scenes`` the ``spatialkit.world.Scene`` objects they show (boxes and the
-visible-pixel ``instance`` map). One linear layer (multinomial logistic regression, L2-regularised, fitted
-full-batch with L-BFGS on standardised features) is trained on the **train** scenes' patches to name what each
-patch shows: background or one of ``kinds`` (the label of a patch is the majority of its pixels in the
-``instance`` map). The frozen encoder is never touched. Read out on the **test** scenes:
+patch side = image side / g, which need not be a whole number of pixels: a VLM's processor may resize the
+scene); ``scenes`` the ``spatialkit.world.Scene`` objects they show (boxes and the visible-pixel ``instance``
+map). Any VLM's own visual tokens (those its LM receives, per image with their grid) come from
+:func:`visual_patch_features`::
+
+    feats, grid = visual_patch_features(vlm, [s.image for s in scenes], size=224)
+    out = probe_where(feats, scenes, kinds, train=train_idx, test=test_idx)
+
+One linear layer (multinomial logistic regression, L2-regularised, fitted full-batch with L-BFGS on
+standardised features) is trained on the **train** scenes' patches to name what each patch shows: background
+or one of ``kinds`` (the label of a patch is the majority of its pixels in the ``instance`` map). The frozen
+encoder is never touched. Read out on the **test** scenes:
 
 * ``patch_correct`` (per test patch): the probe's label is right;
 * ``point_hit`` (per object whose kind occurs once in its scene): "where is the {kind}?" answered by the patch
@@ -31,7 +38,9 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
+from spatialkit.models.vlm import VLM
 from spatialkit.world import relation_2d
 
 RELATIONS = ("left of", "right of", "above", "below")
@@ -39,22 +48,71 @@ RELATIONS = ("left of", "right of", "above", "below")
 
 def patch_labels(scenes: Sequence, kinds: Sequence[str], grid: int) -> np.ndarray:
     """(S, g*g) int: per patch 0 = background or 1 + index in ``kinds`` of the object covering most of its
-    pixels (majority vote over the patch's pixels of each scene's visible ``instance`` map)."""
+    pixels (majority vote over the patch's pixels of each scene's visible ``instance`` map; ties go to the lower
+    label). Pixel (y, x) of an n-px scene lies in patch (floor(y g / n), floor(x g / n)): when g does not divide
+    n, patches are a pixel wider or narrower, as when a processor resizes the scene to g whole patches."""
     kinds = list(kinds)
     out = np.zeros((len(scenes), grid * grid), dtype=np.int64)
     for s, scene in enumerate(scenes):
-        inst = np.asarray(scene.instance)
+        inst = np.asarray(scene.instance).astype(np.int64)
         size = inst.shape[0]
-        if size % grid:
-            raise ValueError(f"image side {size} is not a multiple of the grid {grid}")
-        p = size // grid
-        # (g, p, g, p) -> (g*g, p*p) pixel labels per patch, raster order
-        blocks = inst.reshape(grid, p, grid, p).transpose(0, 2, 1, 3).reshape(grid * grid, p * p)
-        label = np.zeros(len(scene.objects) + 1, dtype=np.int64)
+        if inst.shape != (size, size) or size < grid:
+            raise ValueError(f"scene {s}: the instance map must be square and at least {grid} px, got {inst.shape}")
+        n_values = len(scene.objects) + 1
+        label = np.zeros(n_values, dtype=np.int64)
         label[1:] = [1 + kinds.index(o.kind) for o in scene.objects]
-        counts = np.stack([(blocks == v).sum(1) for v in range(len(scene.objects) + 1)], 1)  # (P, 1 + n_obj)
-        out[s] = label[counts.argmax(1)]
+        cell = np.arange(size) * grid // size  # patch row (= column) of each pixel row (column)
+        patch = (cell[:, None] * grid + cell[None, :]).reshape(-1)
+        counts = np.bincount(patch * n_values + inst.reshape(-1), minlength=grid * grid * n_values)
+        out[s] = label[counts.reshape(grid * grid, n_values).argmax(1)]
     return out
+
+
+def _enlarged(image, size: int | None) -> np.ndarray:
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[-1] != 3:
+        raise ValueError(f"images must be HxWx3 arrays or RGB PIL images, got shape {array.shape}")
+    if size is None or array.shape[:2] == (size, size):
+        return array
+    return np.asarray(Image.fromarray(array.astype(np.uint8)).resize((size, size), Image.NEAREST))
+
+
+@torch.no_grad()
+def visual_patch_features(vlm: VLM, images: Sequence, *, size: int | None = None, batch_size: int = 8,
+                          prompt: str = "Describe the image.", progress: bool = False
+                          ) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Any VLM's own visual tokens per image, as its LM receives them: ``(features, (h, w))``.
+
+    ``features`` (S, h*w, d) float32 on the CPU, raster order, from :meth:`VLM.visual_tokens` (after the vision
+    tower and its projector/merger, through any active ``visual_hook``; extra per-token levels such as
+    Qwen3-VL's DeepStack features are not included). ``images``: HxWx3 uint8 arrays or PIL images, enlarged
+    first to ``size`` x ``size`` pixels by nearest neighbour when ``size`` is given (the scene's geometry is
+    unchanged, so :func:`probe_where` reads it with the scene's own boxes and instance map; the model's
+    processor may resize again). ``prompt`` is only the text the model's input format needs beside the image.
+    Every image must give the same grid (a ValueError names the first that does not).
+    """
+    if len(images) == 0:
+        raise ValueError("images must hold at least one image")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    chunks, grid = [], None
+    starts = range(0, len(images), batch_size)
+    if progress:
+        from tqdm.auto import tqdm  # only when a progress bar is asked for
+
+        starts = tqdm(starts, desc=f"visual tokens of {vlm.name}", leave=False)
+    for start in starts:
+        part = [_enlarged(im, size) for im in images[start:start + batch_size]]
+        tokens = vlm.visual_tokens(vlm.prepare(part, [prompt] * len(part)))
+        for k, (g, t) in enumerate(zip(tokens.grids, tokens.per_image())):
+            g = (int(g[0]), int(g[1]))
+            if grid is None:
+                grid = g
+            elif g != grid:
+                raise ValueError(f"image {start + k} gives a {g[0]}x{g[1]} grid of visual tokens, image 0 a "
+                                 f"{grid[0]}x{grid[1]} one: give images of one size")
+            chunks.append(t.detach().float().cpu())
+    return torch.stack(chunks), grid
 
 
 def fit_linear_probe(x: torch.Tensor, y: torch.Tensor, n_classes: int, *, l2: float = 1e-3, max_iter: int = 200,

@@ -147,6 +147,8 @@ register(NotebookSpec(
     params=(
         SEED,
         DEVICE,
+        MODEL,
+        *HF_MODEL_PARAMS,
         Param("organism", str, "llava", "the LLaVA-recipe organism preset whose frozen stage-1 encoder fails 'where': "
               "its scene world trains every encoder, its stage 2 runs on the CLIP and CLOC towers, its own encoder is "
               "probed", choices=ORGANISM_PRESETS),
@@ -168,6 +170,7 @@ register(NotebookSpec(
               low=1, high=10),
         Param("probe_train", int, 1000, "training scenes the linear where-probe is fitted on (the first of the "
               "encoders' training scenes); it is tested on the test scenes", low=10, high=1_000_000),
+        HF_IMAGE_SIZE,
         Param("swap_steps", int, 1000, "stage-2 steps of the organism on the CLIP / CLOC tower (0 = the preset's own)",
               low=0, high=10_000_000),
         N_BOOT,

@@ -1,0 +1,92 @@
+"""The where-probe on any VLM's own visual tokens (spatialkit.analysis.where_probe.visual_patch_features): every
+model kind (the organism and a tiny random model of each HF family) gives (S, h*w, d) features with their grid,
+the probe reads them on scenes whose side the grid does not divide."""
+
+import numpy as np
+import pytest
+import torch
+
+from spatialkit import world as S
+from spatialkit.analysis.where_probe import patch_labels, probe_where, visual_patch_features
+from tests.kinds import MODEL_KINDS
+
+CFG = S.PRESETS["organism_easy"]  # 48 px, two objects, 5 kinds
+KINDS = list(CFG.kinds)
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    return [S.render_scene(seed, CFG) for seed in range(24)]
+
+
+@pytest.fixture(scope="module", params=MODEL_KINDS)
+def vlm(request):
+    from tests.kinds import tiny_case
+
+    return tiny_case(request.param)[1]
+
+
+def _size(vlm) -> int | None:
+    """The organism takes its own 48 px; the HF models get the scenes enlarged (LLaVA's processor resizes)."""
+    return None if vlm.family == "organism" else 112
+
+
+def test_patch_labels_when_the_grid_does_not_divide_the_image(scenes):
+    grid = 7  # 48 px: patches of 6 or 7 pixels
+    labels = patch_labels(scenes, KINDS, grid)
+    cell = np.arange(48) * grid // 48
+    for scene, row in zip(scenes[:6], labels[:6]):
+        value = np.zeros(len(scene.objects) + 1, dtype=int)
+        value[1:] = [1 + KINDS.index(o.kind) for o in scene.objects]
+        for p in range(grid * grid):
+            pixels = scene.instance[np.ix_(cell == p // grid, cell == p % grid)].reshape(-1)
+            counts = np.bincount(pixels, minlength=len(value))
+            assert row[p] == value[counts.argmax()]
+    # every pixel is in exactly one patch: the patch sizes sum to the image
+    assert np.bincount(cell).sum() == 48 and set(np.bincount(cell)) <= {6, 7}
+
+
+def test_features_are_the_visual_tokens_per_image_with_their_grid(vlm, scenes):
+    images = [s.image for s in scenes[:5]]
+    feats, grid = visual_patch_features(vlm, images, size=_size(vlm), batch_size=2)
+    assert feats.dtype == torch.float32 and feats.device.type == "cpu"
+    assert feats.shape[:2] == (5, grid[0] * grid[1])
+    one, one_grid = visual_patch_features(vlm, images[3:4], size=_size(vlm))
+    assert one_grid == grid
+    torch.testing.assert_close(one[0], feats[3], atol=1e-4, rtol=1e-4)  # the batch does not matter
+    # exactly VLM.visual_tokens of the (enlarged) image
+    from spatialkit.analysis.where_probe import _enlarged
+
+    batch = vlm.prepare([_enlarged(images[0], _size(vlm))], ["Describe the image."])
+    tokens = vlm.visual_tokens(batch)
+    assert tokens.grids[0] == grid
+    torch.testing.assert_close(tokens.per_image()[0].float().cpu(), feats[0], atol=1e-4, rtol=1e-4)
+
+
+def test_features_pass_through_an_active_visual_hook(vlm, scenes):
+    images = [s.image for s in scenes[:2]]
+    with vlm.visual_hook(lambda vt: vt.replace(tokens=torch.zeros_like(vt.tokens))):
+        feats, _ = visual_patch_features(vlm, images, size=_size(vlm))
+    assert feats.abs().max() == 0
+
+
+def test_the_probe_runs_on_every_kind(vlm, scenes):
+    feats, grid = visual_patch_features(vlm, [s.image for s in scenes], size=_size(vlm), batch_size=8)
+    out = probe_where(feats, scenes, KINDS, train=range(16), test=range(16, 24), max_iter=50)
+    assert out["grid"] == grid[0] == grid[1]
+    assert len(out["patch_correct"]) == 8 * grid[0] * grid[1]
+    assert len(out["point_hit"]) == len(out["point_chance"]) > 0 and len(out["relation_correct"]) > 0
+    assert 0.0 <= out["relation_correct"].mean() <= 1.0
+
+
+def test_a_qwen_grid_follows_the_size_and_mixed_sizes_are_refused(scenes):
+    from spatialkit.testing import hf_tiny
+
+    vlm = hf_tiny.tiny_vlm("qwen2_vl")
+    assert visual_patch_features(vlm, [scenes[0].image], size=224)[1] == (8, 8)  # 28 px per token
+    assert visual_patch_features(vlm, [scenes[0].image], size=112)[1] == (4, 4)
+    small = scenes[1].image[:28, :28]
+    with pytest.raises(ValueError, match="grid of visual tokens"):
+        visual_patch_features(vlm, [scenes[0].image, small], batch_size=4)
+    with pytest.raises(ValueError):
+        visual_patch_features(vlm, [])
