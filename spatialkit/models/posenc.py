@@ -20,7 +20,8 @@ Three ways to tell a transformer where a token is, and where each one acts:
 
 All rotary code uses the rotate-half layout of transformers' Llama/Qwen code: frequency ``f`` rotates
 the pair of dims ``(f, f + head_dim/2)``. ``qwen_rope_index`` reproduces the (t, h, w) position ids Qwen
-gives to image tokens and the text after them (``get_rope_index``).
+gives to image tokens and the text after them (``get_rope_index``); ``check_position_ids`` sets a real
+checkpoint's own ids (``VLM.position_ids``) beside this module's construction from the same grids.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spatialkit.common.params import check_number
+from spatialkit.models.vlm import TokenKind
 
 ENCODINGS = ("none", "learned", "sincos2d", "rpe2d", "rope1d", "rope2d", "mrope")
 ABSOLUTE = ("learned", "sincos2d")
@@ -107,6 +109,83 @@ def qwen_rope_index(input_ids: Tensor, image_grid_thw: Tensor, *, image_token_id
             pos, i = pos + max(hh, ww), i + n
         out[:, b, list(keep)] = torch.stack(rows, dim=1)
     return out
+
+
+def rope_index_1d(attention_mask: Tensor) -> Tensor:
+    """(B, L) 1D RoPE position ids of a left-padded batch: the running index of the real tokens, 0 at padding
+    (the slot index ``Rope1d`` uses, counted from each row's first real token)."""
+    mask = attention_mask.long()
+    return (mask.cumsum(-1) - 1).clamp(min=0) * mask
+
+
+def _id_range(values: Tensor) -> str:
+    if values.numel() == 0:
+        return "none"
+    return f"{int(values.min())}..{int(values.max())} ({values.numel()} ids)"
+
+
+def check_position_ids(pos, atol: float = 1e-5) -> "pandas.DataFrame":  # noqa: F821
+    """A model's own position ids next to this module's construction from the same grids, component by component.
+
+    ``pos``: a :class:`spatialkit.models.vlm.PositionIds` (``VLM.position_ids``: what the model computed). Ours:
+    three axes (M-RoPE) by :func:`qwen_rope_index` from the token kinds, the processor's patch grids
+    (``vision["image_grid_thw"]``) and the merge size; one axis by :func:`rope_index_1d`; the rotary cos/sin by
+    :func:`mrope_angles` / :func:`rope_angles_1d` with the checkpoint's theta, head_dim and section (equal: max
+    |difference| <= ``atol``); which axis drives each frequency by :func:`mrope_axis_of_frequency`; a learned
+    vision table read by index (``vision["ape_ids"]``) as raster order after the table's extra rows (CLS).
+    Returns one row per component: component, model, posenc, equal (bool), detail. Nothing is asserted: a
+    component that differs is a row with ``equal`` False.
+    """
+    import pandas as pd  # heavy: only the report needs it
+
+    kind, rope, vision = pos.token_kind, pos.rope, pos.vision
+    image, text = kind == TokenKind.IMAGE, (kind == TokenKind.SYSTEM) | (kind == TokenKind.TEXT)
+    mrope = len(pos.axes) == 3
+    if mrope:
+        ours = qwen_rope_index(image.long(), vision["image_grid_thw"], image_token_id=1,
+                               spatial_merge_size=vision["spatial_merge_size"], attention_mask=kind != TokenKind.PAD)
+    else:
+        ours = rope_index_1d(kind != TokenKind.PAD)[None]
+    rows = []
+
+    def ids_row(name: str, model: Tensor, mine: Tensor) -> None:
+        wrong = int((model != mine).sum())
+        rows.append(dict(component=name, model=_id_range(model), posenc=_id_range(mine), equal=wrong == 0,
+                         detail=f"{wrong} of {model.numel()} ids differ"))
+
+    for a, axis_name in enumerate(pos.axes):
+        ids_row(f"image tokens: {axis_name}", pos.ids[a][image], ours[a][image])
+    ids_row("text tokens: " + (" = ".join(pos.axes) if mrope else pos.axes[0]), pos.ids[:, text], ours[:, text])
+    head_dim, theta = rope["head_dim"], rope["theta"]
+    counts = lambda axis: "/".join(str(int((axis == a).sum())) for a in range(len(pos.axes)))  # noqa: E731
+    freq_row = dict(component="frequencies per axis (" + "/".join(pos.axes) + ")",
+                    model=f"{counts(rope['axis_of_frequency'])} (probed)")
+    rotary_row = dict(component="rotary cos/sin at these ids", model=f"{rope['rope_type']} rope, theta {theta:g}")
+    try:
+        if mrope:
+            section = tuple(rope["section"])
+            mine_axis = mrope_axis_of_frequency(section, rope["interleaved"])
+            angles = mrope_angles(pos.ids.permute(1, 2, 0), head_dim, theta, section, rope["interleaved"])
+        else:
+            mine_axis = torch.zeros(head_dim // 2, dtype=torch.long)
+            angles = rope_angles_1d(pos.ids[0], head_dim, theta)
+    except ValueError as err:  # posenc cannot build this layout at all: both rows differ, and say why
+        rows.append(dict(freq_row, posenc="cannot build", equal=False, detail=str(err)))
+        rows.append(dict(rotary_row, posenc="cannot build", equal=False, detail=str(err)))
+    else:
+        wrong = int((rope["axis_of_frequency"] != mine_axis).sum())
+        rows.append(dict(freq_row, posenc=counts(mine_axis), equal=wrong == 0,
+                         detail=f"{wrong} of {head_dim // 2} frequencies on another axis"))
+        cos, sin = angles_to_cos_sin(angles)
+        diff = float(torch.maximum((cos - rope["cos"]).abs().max(), (sin - rope["sin"]).abs().max()))
+        rows.append(dict(rotary_row, posenc=f"{'mrope' if mrope else 'rope1d'}, theta {theta:g}", equal=diff <= atol,
+                         detail=f"max |difference| {diff:.1e} (equal: <= {atol:g})"))
+    if vision.get("ape_ids"):  # a learned vision table read by index: raster order after its extra rows (CLS)
+        got = vision["ape_ids"][0]
+        h, w = got.shape
+        mine = grid_positions(h, w)[:, 1:] @ torch.tensor([w, 1]) + (vision["ape_table"].shape[0] - h * w)
+        ids_row(f"vision tower table row per patch ({h}x{w} grid)", got.reshape(-1), mine)
+    return pd.DataFrame(rows)
 
 
 # --- absolute encodings ---------------------------------------------------------------------------

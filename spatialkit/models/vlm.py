@@ -168,6 +168,63 @@ class AttnCall:
         return logits.float().softmax(dim=-1).to(self.query.dtype)
 
 
+@dataclass
+class PositionIds:
+    """The position ids a VLM's language model gives every token of a batch, as the model itself computes
+    them (:meth:`VLM.position_ids`), with the facts of its positional construction.
+
+    ``ids`` (A, B, L) long, aligned with the LM sequence like ``token_kind``: A = 3 axes (t, h, w) for M-RoPE,
+    1 for 1D positions; ``axes`` names them. ``grids``: each image's (h, w) grid of LM visual tokens (one image
+    per prompt, raster order, as :class:`Batch`). ``source``: which of the model's own functions gave ``ids``.
+    ``rope``: the LM's rotary construction as the checkpoint defines it: ``rope_type``, ``theta``, ``head_dim``,
+    ``section`` (the M-RoPE t/h/w frequency split, None for 1D), ``interleaved``, ``axis_of_frequency``
+    ((head_dim/2,) long: the position axis that drives each rotary frequency, probed from the model's own
+    rotary embedding), ``cos``/``sin`` ((B, L, head_dim) float32: the model's rotary embedding at ``ids``).
+    ``vision``: the vision tower's side: ``encoding`` (words), ``patch_size``, ``patch_grids`` (per image, the
+    (h, w) patch grid before any merge), ``spatial_merge_size``, and where the tower has a learned table read
+    by index (CLIP), ``ape_ids`` (per image, (h, w) long: the table row each patch reads, captured in a
+    forward) and ``ape_table`` ((rows, d) float32).
+    """
+
+    ids: torch.Tensor
+    axes: tuple[str, ...]
+    token_kind: torch.Tensor
+    grids: list[tuple[int, int]]
+    source: str
+    rope: dict
+    vision: dict
+
+    def image_grid(self, item: int = 0) -> torch.Tensor:
+        """(A, h, w): the ids of item ``item``'s image tokens on its token grid (raster order)."""
+        h, w = self.grids[item]
+        picked = self.ids[:, item, self.token_kind[item] == TokenKind.IMAGE]
+        if picked.shape[-1] != h * w:
+            raise ValueError(f"item {item} has {picked.shape[-1]} image tokens, not its grid's {h}x{w}")
+        return picked.reshape(len(self.axes), h, w)
+
+    def summary(self) -> dict[str, str]:
+        """The construction's facts in words, for a table."""
+        rope, vision = self.rope, self.vision
+        axis = rope["axis_of_frequency"]
+        counts = "/".join(str(int((axis == a).sum())) for a in range(len(self.axes)))
+        out = {
+            "position ids from": self.source,
+            "rope type": str(rope["rope_type"]),
+            "rope theta": f"{rope['theta']:g}",
+            "head_dim (rotary frequencies)": f"{rope['head_dim']} ({rope['head_dim'] // 2})",
+            "position axes": ", ".join(self.axes),
+            "frequencies per axis (probed)": counts,
+            "M-RoPE section (config)": str(list(rope["section"])) if rope["section"] is not None else "none (1D RoPE)",
+            "M-RoPE layout": ("interleaved" if rope["interleaved"] else "contiguous") if rope["section"] else "n/a",
+            "vision tower position code": vision["encoding"],
+            "patch size (px)": str(vision["patch_size"]),
+            "patch grid per image (h, w)": ", ".join(f"{h}x{w}" for h, w in vision["patch_grids"]),
+            "spatial merge size": str(vision.get("spatial_merge_size", 1)),
+            "LM image-token grid (h, w)": ", ".join(f"{h}x{w}" for h, w in self.grids),
+        }
+        return out
+
+
 AttentionFn = Callable[[AttnCall], torch.Tensor]
 VisualFn = Callable[[VisualTokens], VisualTokens]
 
@@ -293,6 +350,11 @@ class VLM(ABC):
             raise ParameterError(f"parameter '{param}' = {layer!r} is invalid; allowed: int in [{low}, {n - 1}] "
                                  f"({self.name} has {n} LM layers)")
         return layer
+
+    def position_ids(self, images: Sequence, prompts: Sequence[str]) -> PositionIds:
+        """The position ids the LM gives each token of these (image, prompt) pairs, computed by the model's own
+        code (not re-derived), with its rotary and vision-tower position facts: see :class:`PositionIds`."""
+        raise NotImplementedError(f"{self.name} does not implement position_ids")
 
     # -- model parts ----------------------------------------------------------------------------
     @property

@@ -114,6 +114,8 @@ register(NotebookSpec(
     params=(
         SEED,
         DEVICE,
+        MODEL,
+        *HF_MODEL_PARAMS,
         Param("grid", int, 6, "training grid side in patches (image = grid * patch_size px; below 6 the "
               "two objects rarely fit a patch apart)", low=6, high=64),
         Param("unseen_grid", int, 9, "grid side of the unseen-resolution test images", low=6, high=128),
@@ -135,6 +137,7 @@ register(NotebookSpec(
               "(0.02 = ViT's usual init)", item_kind=float, low=1e-4, high=100.0, min_len=2, max_len=6),
         Param("n_shifted", int, 200, "scenes in the translation test (each pair pasted at 5 places on the "
               "training grid)", low=10, high=100_000),
+        HF_IMAGE_SIZE,
         N_BOOT,
         THREADS,
     ),

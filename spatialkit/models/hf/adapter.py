@@ -38,7 +38,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from spatialkit.models.vlm import VLM, AttnCall, AttentionFn, Batch, Generation, Prefill, TokenKind, VisualFn, VisualTokens
+from spatialkit.models.vlm import (VLM, AttnCall, AttentionFn, Batch, Generation, PositionIds, Prefill, TokenKind,
+                                    VisualFn, VisualTokens)
 import dataclasses
 import importlib.util
 
@@ -697,6 +698,109 @@ class HFVLM(VLM):
             extra = torch.zeros_like(ids).to(inputs["mm_token_type_ids"])
             out["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], extra], 1)
         return out
+
+    # -- positions -----------------------------------------------------------------------------
+    # how each family's vision tower encodes a patch's place (from the model code of transformers 5.x)
+    VISION_POSITION_CODES = {
+        "qwen2_vl": "2D RoPE over the patch grid (row, column); no absolute table",
+        "qwen2_5_vl": "2D RoPE over the patch grid (row, column), windowed attention; no absolute table",
+        "qwen3_vl": "learned absolute table, bilinearly interpolated to the patch grid, plus 2D RoPE",
+        "llava": "learned absolute table (CLIP): one row per patch of its fixed grid, row 0 = the CLS token",
+    }
+
+    @torch.no_grad()
+    def position_ids(self, images: Sequence, prompts: Sequence[str], *,
+                     system_prompt: str | None = None) -> PositionIds:
+        """The position ids the LM gives each token, from the model's own code (see :class:`PositionIds`).
+
+        Qwen2-VL / Qwen2.5-VL / Qwen3-VL: the model's ``get_rope_index(input_ids, mm_token_type_ids,
+        image_grid_thw=..., attention_mask=...)`` on the processor's inputs, the function its forward calls for
+        the M-RoPE (t, h, w) ids. LLaVA: nothing public returns its ids (its Llama LM numbers the sequence
+        itself), so they are read where the LM uses them: the input of the LM's rotary embedding in a forward of
+        the batch, which stops there (no decoder layer runs); CLIP's ``position_embedding`` input in the same
+        forward gives the table row each patch reads. Rotary facts (``rope``) come from the text config's
+        ``rope_parameters`` and from the model's own rotary embedding, called at the ids and at unit steps of
+        each axis (which axis drives each frequency).
+        """
+        batch = self.prepare(images, prompts, system_prompt=system_prompt)
+        vision_config = self.model.config.vision_config
+        vision = {"encoding": self.VISION_POSITION_CODES[self.family], "patch_size": int(vision_config.patch_size)}
+        if self.family == "llava":
+            lm_ids, ape_ids = self._llava_forward_positions(batch)
+            ids, axes = lm_ids[None], ("position",)
+            side = vision_config.image_size // vision_config.patch_size
+            n_images = batch.inputs["pixel_values"].shape[0]
+            patches = ape_ids[-side * side:].reshape(side, side)  # the rows before the patches' are CLS
+            table = self._clip_embeddings().position_embedding.weight
+            vision.update(patch_grids=[(side, side)] * n_images, spatial_merge_size=1, ape_ids=[patches] * n_images,
+                          ape_table=table.detach().float().cpu())
+            source = (f"{type(self.model.model.language_model).__name__}'s rotary-embedding input in a forward, "
+                      "CLIP's position_embedding input")
+        else:
+            inputs = batch.inputs
+            ids, _ = self.model.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"],
+                                                     image_grid_thw=inputs["image_grid_thw"],
+                                                     attention_mask=inputs["attention_mask"])
+            axes = ("t", "h", "w")
+            grid_thw = inputs["image_grid_thw"].cpu()
+            vision.update(patch_grids=[(int(t) * int(h), int(w)) for t, h, w in grid_thw.tolist()],
+                          spatial_merge_size=int(vision_config.spatial_merge_size), image_grid_thw=grid_thw)
+            source = f"{type(self.model.model).__name__}.get_rope_index"
+        return PositionIds(ids=ids.cpu(), axes=axes, token_kind=batch.token_kind.cpu(), grids=list(batch.grids),
+                           source=source, rope=self._rope_facts(ids, len(axes)), vision=vision)
+
+    def _clip_embeddings(self) -> torch.nn.Module:
+        tower = self.model.model.vision_tower
+        return tower.embeddings if hasattr(tower, "embeddings") else tower.vision_model.embeddings
+
+    def _llava_forward_positions(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L) ids the LM's rotary embedding receives and (rows,) ids CLIP's position table is read at, in
+        one forward of ``batch`` stopped at the LM's rotary embedding."""
+
+        class Reached(Exception):
+            pass
+
+        seen: dict[str, torch.Tensor] = {}
+
+        def on_table(module, args, output):
+            seen.setdefault("ape", args[0].detach().reshape(-1).cpu())
+
+        def on_rotary(module, args, kwargs):
+            seen["lm"] = (kwargs["position_ids"] if "position_ids" in kwargs else args[1]).detach().cpu()
+            raise Reached
+
+        handles = [self._clip_embeddings().position_embedding.register_forward_hook(on_table),
+                   self.model.model.language_model.rotary_emb.register_forward_pre_hook(on_rotary, with_kwargs=True)]
+        try:
+            self.model(**batch.inputs, use_cache=False)
+        except Reached:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        if "lm" not in seen or "ape" not in seen:
+            raise RuntimeError(f"{self.name}: the forward never reached the LM's rotary embedding / CLIP's table")
+        return seen["lm"].expand(batch.token_kind.shape).clone(), seen["ape"]
+
+    def _rope_facts(self, ids: torch.Tensor, n_axes: int) -> dict:
+        """The LM's rotary construction: config facts, the rotary embedding's cos/sin at ``ids`` and the axis
+        that drives each frequency (the embedding called at a unit step of each axis alone)."""
+        config = self.lm_config
+        params = dict(getattr(config, "rope_parameters", None) or {})
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        rotary = self.model.model.language_model.rotary_emb
+        x = torch.zeros(1, dtype=torch.float32, device=self.device)  # only its dtype and device are read
+        lm_ids = ids.to(self.device) if n_axes == 3 else ids[0].to(self.device)
+        cos, sin = rotary(x, lm_ids)
+        probe = torch.eye(n_axes, dtype=torch.long, device=self.device)[:, None, :]  # token j: axis j = 1, others 0
+        _, probe_sin = rotary(x, probe if n_axes == 3 else probe[0])
+        axis = probe_sin[0, :, : head_dim // 2].abs().argmax(dim=0).cpu()
+        section = params.get("mrope_section") if n_axes == 3 else None
+        return {"rope_type": params.get("rope_type", "default"),
+                "theta": float(params.get("rope_theta", getattr(config, "rope_theta", 10000.0))),
+                "head_dim": int(head_dim), "section": tuple(section) if section is not None else None,
+                "interleaved": self.family == "qwen3_vl",  # Qwen3-VL's rotary interleaves t/h/w always
+                "axis_of_frequency": axis, "cos": cos.float().cpu(), "sin": sin.float().cpu()}
 
     # -- hooks ---------------------------------------------------------------------------------
     def _visual_tokens_of(self, args, kwargs, output) -> VisualTokens:
