@@ -98,3 +98,27 @@ def test_profile_then_cli_override_precedence(tmp_path):
     smoke = runner.plan("smoke", **kw)[0].params
     assert (smoke["seed"], smoke["lr"]) == (5, 0.5)
     assert runner.plan("smoke", overrides={"seed": 9}, **kw)[0].params["seed"] == 9
+
+
+def test_parameters_cells_declare_the_catalog_at_its_defaults():
+    """Each notebook has one ``parameters`` cell assigning exactly its catalog parameters, each at the catalog's
+    default (the quick profile), within the page's 100 columns: ``setup()`` only checks that none is missing."""
+    import ast
+    import json
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    for name, spec in catalog.NOTEBOOKS.items():
+        path = repo / "notebooks" / f"{name}.ipynb"
+        if not path.exists():
+            continue
+        cells = [c for c in json.loads(path.read_text())["cells"]
+                 if "parameters" in c.get("metadata", {}).get("tags", [])]
+        assert len(cells) == 1, f"{name}: {len(cells)} parameters cells"
+        source = "".join(cells[0]["source"])
+        values = {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse(source).body
+                  if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)}
+        declared = {p.name for p in spec.params}
+        assert set(values) == declared, f"{name}: cell-only {set(values) - declared}, missing {declared - set(values)}"
+        assert values == spec.defaults(), f"{name}: parameters cell defaults differ from the catalog's"
+        assert all(len(line) <= 100 for line in source.splitlines()), f"{name}: parameters line over 100 columns"

@@ -189,6 +189,7 @@ register(NotebookSpec(
         SEED,
         DEVICE,
         MODEL,
+        *HF_MODEL_PARAMS,
         organism_param("the healthy control organism", default="healthy"),
         failing_param(["llava", "loud", "prior"]),
         Param("n_items", int, 600, "held-out where-questions per organism (one- and two-object, test-split scenes); "
@@ -211,6 +212,7 @@ register(NotebookSpec(
         SEED,
         DEVICE,
         MODEL,
+        *HF_MODEL_PARAMS,
         Param("organisms", list, ["healthy", "llava", "prior"], "organisms of the permutation test, each with its "
               "blind control: the healthy control first, then organisms that fail", item_kind=str,
               choices=ORGANISM_PRESETS, min_len=1, max_len=8),
@@ -240,6 +242,7 @@ register(NotebookSpec(
         SEED,
         DEVICE,
         MODEL,
+        *HF_MODEL_PARAMS,
         Param("data", str, "", "real WhatsUp benchmark folder: a WhatsUp checkout (data/*.json + images) and/or an "
               "AdaptVis checkout (prompts/*.jsonl); '' = the synthetic mirror. Existence is checked by the runner, the "
               "layout at notebook setup (spatialkit.data.whatsup.detect_layout)", choices=("",), allow_other=True,

@@ -36,7 +36,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default="quick", choices=("quick", "full", "smoke"),
                         help="parameter profile from spatialkit/suite/profiles.yml (quick = notebook defaults, CPU; "
                              "full = GPU)")
-    parser.add_argument("--only", nargs="+", default=None, metavar="NAME", help="run only these notebooks")
+    parser.add_argument("--only", nargs="+", action="extend", default=None, metavar="NAME",
+                        help="run only these notebooks (--only A B and --only A --only B alike)")
     parser.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="override a parameter in every selected notebook that declares it "
                              "(VALUE is read as YAML: 5, 0.1, true, [1, 2], text)")

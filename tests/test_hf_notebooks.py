@@ -1,0 +1,76 @@
+"""Every notebook that takes ``model`` runs on every supported Hugging Face family, from the CLI.
+
+The matrix: each notebook whose catalog spec declares ``model`` (read from the catalog, so a notebook joins
+when it gains the parameter) x each hub-layout tiny checkpoint (``spatialkit.testing.hf_tiny.save_hub_layout``:
+Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA-1.5, and LLaVA with a SentencePiece tokenizer), in the smoke profile.
+One ``spatialkit run --profile smoke --only A --only B ... -p model <folder> --jobs 2`` per checkpoint, in a
+private book root; each notebook must execute without an error output and record the HF model as a column
+of its own in its results file (``NAME.results.json``: the claims judged on it). The README's real-VLM
+section lists, per notebook, which claims these are.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from spatialkit.suite import book, catalog, cli
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_NOTEBOOKS = [name for name, spec in catalog.NOTEBOOKS.items()
+                   if any(p.name == "model" for p in spec.params) and (REPO / "notebooks" / f"{name}.ipynb").exists()]
+CASES = [("qwen2_vl", "default"), ("qwen2_5_vl", "default"), ("qwen3_vl", "default"), ("llava", "default"),
+         ("llava", "sentencepiece")]
+
+
+def test_the_cases_cover_every_family():
+    from spatialkit.testing import hf_tiny
+
+    assert {family for family, _ in CASES} == set(hf_tiny.FAMILIES)
+    assert MODEL_NOTEBOOKS, "no catalog notebook declares 'model'"
+
+
+def test_only_may_be_repeated():
+    args = cli.build_parser(["run"]).parse_args(["run", "--only", "a", "--only", "b", "c"])
+    assert args.only == ["a", "b", "c"]
+
+
+@pytest.fixture(scope="session")
+def hub_checkpoints(tmp_path_factory):
+    """The five hub-layout checkpoints, built once per session: (family, tokenizer) -> folder."""
+    from spatialkit.testing import hf_tiny
+
+    base = tmp_path_factory.mktemp("hub")
+    return {(family, tok): hf_tiny.save_hub_layout(family, base / f"{family}-{tok}", tokenizer=tok)
+            for family, tok in CASES}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family, tokenizer", CASES, ids=[f"{f}-{t}" for f, t in CASES])
+def test_model_notebooks_run_on_the_hub_checkpoint(family, tokenizer, hub_checkpoints, tmp_path):
+    folder = hub_checkpoints[family, tokenizer]
+    root = tmp_path / "root"  # a private book root: the executed copies must not land in the real book/
+    (root / "notebooks").mkdir(parents=True)
+    for name in MODEL_NOTEBOOKS:
+        shutil.copy(REPO / "notebooks" / f"{name}.ipynb", root / "notebooks")
+    only = [arg for name in MODEL_NOTEBOOKS for arg in ("--only", name)]
+    cmd = [sys.executable, "-m", "spatialkit", "run", "--profile", "smoke", *only, "--force",
+           "-p", "model", str(folder), "--jobs", "2"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SPATIALKIT_ROOT": str(root)}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=1800)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    executed = root / "book" / "executed"
+    column = folder.name  # HFVLM.name: the folder's (or hub id's) last part
+    for name in MODEL_NOTEBOOKS:
+        assert (executed / f"{name}.ipynb").is_file(), f"{name} did not execute:\n{done.stdout[-3000:]}"
+        assert book.error_outputs(executed / f"{name}.ipynb") == [], name
+        results = json.loads((executed / f"{name}.results.json").read_text())
+        assert results["parameters"]["model"] == str(folder), name
+        assert column in results["models"], f"{name}: no '{column}' column in {results['models']}"
+        on_hf = [c["claim"] for c in results["claims"] if column in c["models"]]
+        assert on_hf, f"{name}: no claim judged on the HF model"
+        print(f"{family}-{tokenizer} {name}: {len(on_hf)}/{len(results['claims'])} claims on the HF model")
