@@ -279,6 +279,8 @@ register(NotebookSpec(
     params=(
         SEED,
         DEVICE,
+        MODEL,
+        *HF_MODEL_PARAMS,
         Param("organism", str, "llava", "the frozen organism preset that fails 'where' (never trained to output "
               "boxes), loaded from the checkpoint store or trained", choices=ORGANISM_PRESETS),
         Param("control", str, "healthy", "the healthy control organism preset, given the same PIN training",
@@ -294,6 +296,9 @@ register(NotebookSpec(
         Param("table_dim", int, 64, "width of the fixed sinusoidal grid table (a multiple of 4)",
               choices=(16, 32, 64, 128, 256, 512)),
         Param("n_what", int, 400, "WhereBench test 'what' items for the forget-free check", low=10, high=100_000),
+        HF_IMAGE_SIZE,
+        Param("hf_batch_size", int, 8, "an HF model's examples per PIN step and per decoding / scoring batch "
+              "(checked against the device's free memory)", low=1, high=4096),
         N_BOOT,
         THREADS,
     ),

@@ -16,7 +16,15 @@ Perceiver resampler, BLIP-2's Q-Former). We add it through ``VLM.visual_hook``, 
 LM receives them, *after* the organism's projector: that is the one hook point every model kind of
 ``spatialkit.models.vlm`` shares, so the context manager works unchanged on the HF models. For the organism the only
 difference is the projector, a frozen per-token 2-layer MLP (no mixing across tokens, unlike a resampler), so
-"after" can express any per-position offset "before" could express additively.
+"after" can express any per-position offset "before" could express additively. (LLaVA's projector is per-token too;
+Qwen's merger mixes each 2x2 patch group into one token, so there "after" is one insert vector per merged token.)
+
+Every model access goes through the ``VLM`` interface (``prepare``, ``visual_tokens``, ``visual_hook``,
+``append_tokens``, ``lm_hidden``, ``output_embeddings``, ``location_token_ids``, ``score_options``), so the same
+code trains and evaluates PIN on the organism and on a frozen Hugging Face VLM: there the location tokens are the
+tokenizer's one-token spellings of the bin numbers (``HFVLM.location_token_ids``), and the training data must be
+given (``location_set`` of a scene world at the model's image size). PIN's own parameters are kept in float32
+(master weights) also for a bfloat16 model; they are cast to the model's dtype where they meet it.
 
 The one extra trainable piece (counted honestly in ``trainable_parameters``). The organism's vocabulary holds
 the ``loc`` tokens but the organism never produced them: their output rows in ``lm_head`` were only ever pushed
@@ -32,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -55,7 +64,8 @@ from spatialkit.models.organism import scene_config
 from spatialkit.models.evaluate import _render
 
 __all__ = ["PinConfig", "PositionalInsert", "Pin", "train_pin", "load_or_train_pin", "LocationSet", "location_set", "location_batch",
-           "box_to_bins", "bins_to_box", "box_iou", "predict_boxes", "what_scores", "frozen", "pin_code_version"]
+           "box_to_bins", "bins_to_box", "box_iou", "predict_boxes", "predicted_ious", "what_scores", "frozen",
+           "pin_code_version", "split_seeds", "data_sha256", "default_location_set"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -133,12 +143,14 @@ class Pin(nn.Module):
             torch.manual_seed(config.seed)
             self.insert = (PositionalInsert(lm_head.shape[1], config.table_dim, config.hidden, config.theta)
                            if config.use_insert else None)
-        rows = lm_head.detach()[self.loc_ids].clone()
+        # float32 master weights also for a bfloat16/float16 model (cast where they meet the model)
+        dtype = torch.promote_types(lm_head.dtype, torch.float32)
+        rows = lm_head.detach()[self.loc_ids].clone().to(dtype)
         if config.train_loc_rows:
             self.loc_rows = nn.Parameter(rows)
         else:
             self.register_buffer("loc_rows", rows)
-        self.to(device=lm_head.device, dtype=lm_head.dtype)
+        self.to(device=lm_head.device, dtype=dtype)
 
     # -- what PIN adds ------------------------------------------------------------------------------
     def insert_for(self, grids: Sequence[tuple[int, int]]) -> torch.Tensor:
@@ -162,7 +174,15 @@ class Pin(nn.Module):
 
     def readout_weight(self, lm_head_weight: torch.Tensor) -> torch.Tensor:
         """The frozen unembedding with the loc tokens' rows replaced by PIN's (differentiable in ``loc_rows``)."""
-        return lm_head_weight.detach().index_copy(0, self.loc_ids, self.loc_rows)
+        return lm_head_weight.detach().index_copy(0, self.loc_ids, self.loc_rows.to(lm_head_weight.dtype))
+
+    def readout_logits(self, hidden: torch.Tensor, lm_head_weight: torch.Tensor) -> torch.Tensor:
+        """Float32 logits (N, V) of final hidden states (N, d), read with :meth:`readout_weight`, without copying
+        the (V, d) unembedding (1 GiB for a 7B model's vocabulary) or computing its gradient: the frozen rows'
+        logits, then the loc tokens' columns recomputed from ``loc_rows`` (gradients reach ``loc_rows`` only)."""
+        logits = F.linear(hidden, lm_head_weight.detach()).float()
+        loc = F.linear(hidden.float(), self.loc_rows.float())
+        return logits.index_copy(1, self.loc_ids, loc)
 
     def trainable_parameters(self) -> dict[str, int]:
         """Trainable numbers per piece: {'insert': ..., 'loc_rows': ...} (0 where frozen or absent)."""
@@ -238,9 +258,31 @@ def location_set(scene_config, seeds: Sequence[int], n_bins: int) -> LocationSet
 
 
 def split_seeds(bench_seed: int, split: str, n: int) -> list[int]:
-
-
+    """The first ``n`` scene seeds of a WhereBench split (train / val / test never share a scene)."""
     return list(islice(scenes.scene_seeds(bench_seed, split), n))
+
+
+def data_sha256(data: LocationSet) -> str:
+    """sha256 of everything a location set holds (images, prompts, boxes, bins): it keys the trained inserts."""
+    h = hashlib.sha256()
+    for array in (data.images, data.image_index, data.boxes, data.bins):
+        array = np.ascontiguousarray(array)
+        h.update(f"{array.dtype}|{array.shape}|".encode())
+        h.update(array.tobytes())
+    h.update("\n".join(data.prompts).encode())
+    h.update(f"|{data.image_size}|{data.n_bins}".encode())
+    return h.hexdigest()
+
+
+def default_location_set(vlm, config: PinConfig) -> LocationSet:
+    """The organism's own training scenes (``config.n_train_scenes`` of its world's train split). A model without
+    an organism config (an HF VLM) has no world of its own: pass ``data`` to :func:`train_pin` instead."""
+    organism = getattr(vlm, "config", None)
+    if organism is None or not hasattr(organism, "data"):
+        raise ValueError(f"{vlm.name} has no scene world of its own: pass data=location_set(scene_config, seeds, "
+                         f"n_bins) to train_pin / load_or_train_pin")
+    return location_set(scene_config(organism), split_seeds(organism.data.bench_seed, "train", config.n_train_scenes),
+                        len(vlm.location_token_ids()))
 
 
 def location_batch(vlm: VLM, images, prompts: Sequence[str], bins: np.ndarray | None = None
@@ -277,20 +319,21 @@ def _lr(cfg: PinConfig, step: int) -> float:
 
 
 def train_pin(vlm, config: PinConfig = PinConfig(), *, data: LocationSet | None = None, progress: bool = True,
-              log_every: int = 10) -> tuple[Pin, dict]:
-    """Train PIN on a frozen organism: (Pin in eval mode, metrics with the loss curve).
+              log_every: int = 10, encode_batch_size: int = 256) -> tuple[Pin, dict]:
+    """Train PIN on a frozen VLM: (Pin in eval mode, metrics with the loss curve).
 
-    Only PIN's own parameters reach the optimizer; the organism runs under ``frozen`` (no gradients, weights
-    untouched). The frozen visual tokens of the training images are computed once: the insert is added after them.
-    Deterministic on CPU for a given (organism, config): seeded init and a seeded numpy batch sampler.
+    Only PIN's own parameters reach the optimizer; the model runs under ``frozen`` (no gradients, weights
+    untouched). The frozen visual tokens of the training images are computed once (``encode_batch_size`` images
+    at a time): the insert is added after them. ``data``: the training examples; None = the organism's own
+    (:func:`default_location_set`; an HF VLM must be given them). Deterministic on CPU for a given (model, data,
+    config): seeded init and a seeded numpy batch sampler.
     """
-
-
     model = vlm.model
-    n_bins = len(vlm.location_token_ids())
     if data is None:
-        data = location_set(scene_config(vlm.config), split_seeds(vlm.config.data.bench_seed, "train", config.n_train_scenes),
-                            n_bins)
+        data = default_location_set(vlm, config)
+    if data.n_bins != len(vlm.location_token_ids()):
+        raise ValueError(f"the location set has {data.n_bins} bins but {vlm.name} has "
+                         f"{len(vlm.location_token_ids())} location tokens")
     pin = Pin(vlm, config)
     params = [p for p in pin.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, betas=(0.9, 0.98), weight_decay=0.0)
@@ -300,8 +343,8 @@ def train_pin(vlm, config: PinConfig = PinConfig(), *, data: LocationSet | None 
     rng = np.random.default_rng([config.seed, 6])
     per_image, grids = [], []
     with frozen(model), torch.no_grad():  # frozen visual tokens of every training image, once
-        for i in range(0, len(data.images), 256):
-            chunk = data.images[i: i + 256]  # the prompt does not matter: only the image reaches visual_tokens
+        for i in range(0, len(data.images), encode_batch_size):
+            chunk = data.images[i: i + encode_batch_size]  # any prompt: only the image reaches visual_tokens
             vt = vlm.visual_tokens(vlm.prepare(chunk, [data.prompts[0]] * len(chunk)))
             per_image += vt.per_image()
             grids += vt.grids
@@ -317,7 +360,7 @@ def train_pin(vlm, config: PinConfig = PinConfig(), *, data: LocationSet | None 
                 batch, tgt = location_batch(vlm, data.images[scenes_of], [data.prompts[i] for i in idx], data.bins[idx])
                 hidden = vlm.lm_hidden(batch, vt.tokens)
                 has_target = tgt != -100
-                logits = F.linear(hidden[has_target], pin.readout_weight(vlm.output_embeddings().weight))
+                logits = pin.readout_logits(hidden[has_target], vlm.output_embeddings().weight)
                 loss = F.cross_entropy(logits, tgt[has_target])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -340,15 +383,25 @@ def pin_code_version() -> str:
     return fingerprint("spatialkit.analysis.interventions.pin")
 
 
-def load_or_train_pin(vlm, config: PinConfig = PinConfig(), *, allow_train: bool = True,
-                      progress: bool = True) -> tuple[Pin, dict]:
-    """PIN for this frozen organism and config from the checkpoint store (atomic, sha256-checked), else trained."""
-    key = {"pin": config.to_dict(), "organism": vlm.config.to_dict() if vlm.config is not None else None,
-           "organism_sha256": state_dict_sha256(vlm.model)}
+def load_or_train_pin(vlm, config: PinConfig = PinConfig(), *, data: LocationSet | None = None,
+                      allow_train: bool = True, progress: bool = True, encode_batch_size: int = 256,
+                      model_sha256: str | None = None) -> tuple[Pin, dict]:
+    """PIN for this frozen model, data and config from the checkpoint store (atomic, sha256-checked), else trained.
+
+    The key: the config, the model's weights (``model_sha256``, else computed: for a 7B model that reads its
+    ~15 GB once), the training data (:func:`data_sha256`) and what the model makes of one example (its prepared
+    token ids and visual grid: the tokenizer, chat template and image processor). ``data``: as in :func:`train_pin`.
+    """
+    if data is None:
+        data = default_location_set(vlm, config)
+    probe = vlm.prepare(data.images[data.image_index[:1]], data.prompts[:1])
+    key = {"pin": config.to_dict(), "model": vlm.name, "model_sha256": model_sha256 or state_dict_sha256(vlm.model),
+           "data_sha256": data_sha256(data), "prompt_ids": probe.inputs["input_ids"][0].tolist(),
+           "grids": [list(g) for g in probe.grids], "location_ids": vlm.location_token_ids().tolist()}
     built: dict = {}
 
     def do_train():
-        pin, metrics = train_pin(vlm, config, progress=progress)
+        pin, metrics = train_pin(vlm, config, data=data, progress=progress, encode_batch_size=encode_batch_size)
         built["pin"] = pin
         return pin.state_dict(), metrics
 

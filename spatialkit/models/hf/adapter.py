@@ -346,6 +346,8 @@ ADAPTVIS_LLAVA_TEMPLATE = (
     "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
 OFFICIAL_TEMPLATES = {"llava": ADAPTVIS_LLAVA_TEMPLATE}
+# PIN's location bins 0-15 spelled in hexadecimal, one character (= one token) each (HFVLM.location_token_ids)
+LOCATION_SPELLINGS = "0123456789abcdef"
 
 
 class HFVLM(VLM):
@@ -886,6 +888,31 @@ class HFVLM(VLM):
 
     def output_embeddings(self) -> torch.nn.Module:
         return self.model.get_output_embeddings()
+
+    def location_token_ids(self) -> torch.Tensor:
+        """PIN's 16 location bins (the paper's 16x16 grid) as tokens the vocabulary already has: bin k is the
+        tokenizer's single-token spelling of k in hexadecimal, "0"..."9", "a"..."f" (:data:`LOCATION_SPELLINGS`).
+
+        Why hexadecimal: decimal 10-15 take two tokens in both tokenizer kinds (Qwen's byte-level BPE splits every
+        digit, Llama's SentencePiece was trained with split digits), so decimal bins would cap the grid at 10. One
+        character is one token in both: a byte-level BPE holds every byte, a SentencePiece model every character
+        of its alphabet or, by byte fallback, the character's byte. A word-start marker "▁" that SentencePiece
+        writes alone before the character is dropped (the answer's tokens are appended as ids, never re-tokenized).
+        Nothing is added to the vocabulary or the embedding: the model stays exactly as loaded. ValueError if a
+        spelling is not one token or two bins share one."""
+        if getattr(self, "_location_ids", None) is None:
+            ids = []
+            for spelling in LOCATION_SPELLINGS:
+                found = [t for t in self.tokenizer(spelling, add_special_tokens=False)["input_ids"]
+                         if self.tokenizer.decode([t]).strip()]  # a lone word-start marker decodes to nothing
+                if len(found) != 1 or self.tokenizer.decode(found).strip() != spelling:
+                    raise ValueError(f"{self.name}: the tokenizer spells location bin {spelling!r} as {found} "
+                                     "(not one token), so it has no single-token location grid")
+                ids.append(found[0])
+            if len(set(ids)) != len(ids):
+                raise ValueError(f"{self.name}: location bins share tokens: {dict(zip(LOCATION_SPELLINGS, ids))}")
+            self._location_ids = torch.tensor(ids, dtype=torch.long)
+        return self._location_ids.to(self.device)
 
     def append_tokens(self, batch: Batch, suffixes) -> Batch:
         return self._with_suffix(batch, [list(s) for s in suffixes])

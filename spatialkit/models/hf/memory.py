@@ -17,6 +17,13 @@ MLP width, vocabulary, layers, heads, KV heads, head size):
   ``attn_implementation="eager"`` the B x H x S² scores and probabilities (float32), plus the boolean mask
   B x S² that the spatialkit attention hook and SDPA with padding build.
 * KV cache (steps that keep one): 2 x L x B x S x Hkv x hd.
+* ``pin_train`` (one PIN optimizer step, notebook 06: weights frozen, gradients flow back through every LM layer
+  to the insert): the LM activations autograd keeps for the backward pass, for all L layers at once,
+  B x S x L x (8 d + 3 (H + Hkv) hd + 4 I) (norm inputs and outputs, pre- and post-rotary q/k, v, attention
+  output, the MLP's gate, up, activation and product), S including the four coordinate tokens; no weight
+  gradients, no optimizer state for the model (PIN's own are a few MB); the logits of the 4 B coordinate
+  positions (their float32 copy and gradient too); plus the cached frozen visual tokens of the
+  ``cached_images`` training images (image tokens x d each), held for the whole run.
 * logits: ``forward`` (``vlm.logits``: the attention probe, the shuffle and normalize hooks) returns
   B x S x V; ``score_options`` computes only the last position's B x V plus float32 chunks of 64 x V;
   ``generate`` keeps float32 B x V per new token; ``score_options_reference`` (the plain per-option
@@ -42,7 +49,7 @@ from spatialkit.models.hf.adapter import DEFAULT_MAX_PIXELS
 import os
 
 GiB = 1024**3
-STEPS = ("forward", "score_options", "generate", "score_options_reference")
+STEPS = ("forward", "score_options", "generate", "score_options_reference", "pin_train")
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 OVERHEAD = 1.15
 
@@ -61,11 +68,12 @@ class MemoryEstimate:
     kv_cache: int
     logits: int
     overhead: float = OVERHEAD
+    cached: int = 0  # held for the whole run (pin_train: the frozen visual tokens of the training images)
 
     @property
     def running(self) -> int:
         """Bytes on top of the weights at the step's peak (overhead included)."""
-        return int(max(self.vision, self.lm_activations + self.kv_cache + self.logits) * self.overhead)
+        return int((max(self.vision, self.lm_activations + self.kv_cache + self.logits) + self.cached) * self.overhead)
 
     @property
     def total(self) -> int:
@@ -75,13 +83,14 @@ class MemoryEstimate:
         g = lambda b: round(b / GiB, 2)  # noqa: E731
         return {"step": self.step, "batch_size": self.batch_size, "seq_len": self.seq_len, "weights_GiB": g(self.weights),
                 "vision_GiB": g(self.vision), "lm_act_GiB": g(self.lm_activations), "kv_GiB": g(self.kv_cache),
-                "logits_GiB": g(self.logits), "total_GiB": g(self.total)}
+                "logits_GiB": g(self.logits), "cached_GiB": g(self.cached), "total_GiB": g(self.total)}
 
     def __str__(self) -> str:
         r = self.as_row()
         return (f"{self.step} at batch_size {self.batch_size} (S = {self.seq_len} tokens, {self.image_tokens} image): "
                 f"{r['total_GiB']} GiB = weights {r['weights_GiB']} + max(vision {r['vision_GiB']}, LM activations "
-                f"{r['lm_act_GiB']} + KV cache {r['kv_GiB']} + logits {r['logits_GiB']}) x {self.overhead}")
+                f"{r['lm_act_GiB']} + KV cache {r['kv_GiB']} + logits {r['logits_GiB']}"
+                + (f" + cached {r['cached_GiB']}" if self.cached else "") + f") x {self.overhead}")
 
 
 # -- config facts ----------------------------------------------------------------------------------
@@ -170,13 +179,14 @@ def estimate_memory(model_config, batch_size: int, *, image_size: int | tuple[in
                     image_tokens_per_image: int | None = None, text_tokens: int = 64, step: str = "score_options",
                     dtype="bfloat16", options: int = 4, option_tokens: int = 1, max_new_tokens: int = 8,
                     attn_implementation: str = "sdpa", min_pixels: int | None = None, max_pixels: int | None = None,
-                    params: int | None = None, overhead: float = OVERHEAD) -> MemoryEstimate:
+                    params: int | None = None, overhead: float = OVERHEAD, cached_images: int = 0) -> MemoryEstimate:
     """Peak memory of one notebook step at ``batch_size`` prompts (one image each), from the config alone.
 
     ``model_config``: a transformers config of a supported family (or a loaded model / HFVLM: its config and
     parameter count). ``image_tokens_per_image`` overrides the token count derived from ``image_size`` and the
     pixel bounds. ``options``/``option_tokens``: per prompt, for ``score_options`` (a KV cache is kept only when
-    an option has more than one token) and the reference. ``step``: one of :data:`STEPS`.
+    an option has more than one token) and the reference. ``step``: one of :data:`STEPS`. ``cached_images``
+    (``pin_train``): training images whose frozen visual tokens stay on the device.
     """
     if step not in STEPS:
         raise ValueError(f"step must be one of {STEPS}, got {step!r}")
@@ -201,6 +211,8 @@ def estimate_memory(model_config, batch_size: int, *, image_size: int | tuple[in
     S = tokens + text_tokens + (option_tokens if step == "score_options_reference" else 0)
     if step == "generate":
         S += max_new_tokens
+    if step == "pin_train":
+        S += 4  # the four coordinate tokens of the answer
 
     # vision tower: one block's transients, LLaVA's kept hidden states, float32 pixels (Qwen: 3*2*14*14 per patch)
     pixel_floats = patches * (3 * 2 * 14 * 14 if _family(config) != "llava" else 3 * 14 * 14)
@@ -208,10 +220,16 @@ def estimate_memory(model_config, batch_size: int, *, image_size: int | tuple[in
     if vis["keeps_all"]:
         vision += rows * patches * vis["dv"] * (vis["depth"] + 1) * nbytes
 
-    act = rows * S * (4 * lm["d"] + (lm["H"] + 2 * lm["Hkv"]) * lm["hd"] + 3 * lm["I"]) * nbytes
+    if step == "pin_train":  # every layer's saved activations at once (backward to the insert)
+        per_layer = 8 * lm["d"] + 3 * (lm["H"] + lm["Hkv"]) * lm["hd"] + 4 * lm["I"]
+        act = lm["L"] * rows * S * per_layer * nbytes
+        if attn_implementation == "eager":
+            act += lm["L"] * rows * lm["H"] * S * S * nbytes * 2
+    else:
+        act = rows * S * (4 * lm["d"] + (lm["H"] + 2 * lm["Hkv"]) * lm["hd"] + 3 * lm["I"]) * nbytes
+        if attn_implementation == "eager":
+            act += rows * lm["H"] * S * S * 4 * 2
     act += rows * S * S  # boolean mask
-    if attn_implementation == "eager":
-        act += rows * lm["H"] * S * S * 4 * 2
 
     keeps_cache = step == "generate" or (step == "score_options" and option_tokens > 1)
     kv = 2 * lm["L"] * rows * S * lm["Hkv"] * lm["hd"] * nbytes if keeps_cache else 0
@@ -223,11 +241,50 @@ def estimate_memory(model_config, batch_size: int, *, image_size: int | tuple[in
         logits = B * V * nbytes + 64 * V * 4 + (B * option_tokens * V * nbytes if option_tokens > 1 else 0)
     elif step == "generate":
         logits = B * V * 4 * (max_new_tokens + 1)
+    elif step == "pin_train":  # the 4 coordinate positions: logits, float32 copy, gradient
+        logits = 4 * B * V * (nbytes + 8)
     else:  # the reference: full logits, their float32 copy and its log-softmax
         logits = rows * S * V * (nbytes + 8)
+    cached = cached_images * tokens * lm["d"] * nbytes if step == "pin_train" else 0
     return MemoryEstimate(step=step, batch_size=B, seq_len=S, image_tokens=tokens, weights=params * nbytes,
                           vision=int(vision), lm_activations=int(act), kv_cache=int(kv), logits=int(logits),
-                          overhead=overhead)
+                          overhead=overhead, cached=int(cached))
+
+
+def estimate_pin_cost(model_config, *, steps: int, batch_size: int, n_train_images: int, n_test_examples: int,
+                      image_size: int | tuple[int, int] = 224, text_tokens: int = 40, dtype="bfloat16",
+                      variants: int = 2, tflops: float = 400.0, min_pixels: int | None = None,
+                      max_pixels: int | None = None, params: int | None = None) -> dict:
+    """Memory and time of PIN (notebook 06) on an HF model, from its config alone: a back-of-envelope estimate.
+
+    Memory: the ``pin_train`` step (:func:`estimate_memory`), the training images' visual tokens cached.
+    Time: matmul FLOPs only (attention's S² terms, the optimizer and data preparation left out), at an assumed
+    ``tflops`` TFLOP/s (400 ≈ 40 % of an H100/H200's dense bfloat16 peak; an assumption, not a measurement).
+    One training step: the LM forward (2 N_lm per token) and the backward to its input only (2 N_lm: weights are
+    frozen, so no weight gradients), plus the vision tower's forward (2 N_vision per patch; it runs again every
+    step, its output replaced by the cached tokens + insert); encoding the training images once; decoding a
+    test example: four LM forwards of its prompt (the coordinates chosen so far appended; no cache) and one
+    vision pass. ``variants``: PIN trainings (and box decodings) the notebook runs on the model, plus one decoding
+    of the frozen model. Returns {"memory": MemoryEstimate, "train_step_s", "train_s", "encode_s", "decode_s",
+    "total_s", "n_lm", "n_vision", "tokens_per_example", "patches_per_image"}.
+    """
+    config = model_config.model.config if hasattr(model_config, "model") else model_config
+    memory = estimate_memory(config, batch_size, image_size=image_size, text_tokens=text_tokens, step="pin_train",
+                             dtype=dtype, min_pixels=min_pixels, max_pixels=max_pixels, params=params,
+                             cached_images=n_train_images)
+    lm, vis = _lm_shape(config), _vision_shape(config)
+    n_lm = lm["L"] * (2 * lm["d"] * lm["H"] * lm["hd"] + 2 * lm["d"] * lm["Hkv"] * lm["hd"] + 3 * lm["d"] * lm["I"])
+    n_vision = vis["depth"] * (4 * vis["dv"] ** 2 + 2 * vis["dv"] * vis["Iv"])
+    tokens, patches = image_tokens(config, image_size, min_pixels=min_pixels, max_pixels=max_pixels)
+    seq = tokens + text_tokens + 4
+    rate = tflops * 1e12
+    step_s = (4 * n_lm * batch_size * seq + 2 * n_vision * batch_size * patches) / rate
+    encode_s = 2 * n_vision * n_train_images * patches / rate
+    decode_s = n_test_examples * (4 * 2 * n_lm * seq + 2 * n_vision * patches) / rate
+    total = variants * (steps * step_s + encode_s) + (variants + 1) * decode_s
+    return {"memory": memory, "train_step_s": step_s, "train_s": variants * steps * step_s, "encode_s": encode_s,
+            "decode_s": (variants + 1) * decode_s, "total_s": total, "n_lm": n_lm, "n_vision": n_vision,
+            "tokens_per_example": seq, "patches_per_image": patches}
 
 
 def largest_batch(free_bytes: int, *, include_weights: bool = True, limit: int = 1 << 16, **estimate_kwargs) -> int:
@@ -271,13 +328,14 @@ def free_memory(device) -> int:
 def check_against(vlm, *, layer: int | None = None, batch_size: int | None = None, image_size: int | None = None,
                   steps: tuple[str, ...] = ("score_options",), text_tokens: int = 64, options: int = 4,
                   option_tokens: int = 1, max_new_tokens: int = 8, free_bytes: int | None = None,
-                  notebook: str | None = None) -> dict:
+                  notebook: str | None = None, cached_images: int = 0) -> dict:
     """Check notebook parameters against the loaded model; a one-line ``ParameterError`` on the first bad one.
 
     ``layer``: one of the model's LM layers, or -1 (:meth:`spatialkit.models.vlm.VLM.check_layer`).
     ``batch_size`` (with ``image_size``, default 224): every step in ``steps`` must fit in the free memory of the
     model's device (``free_bytes`` overrides the measurement; the weights already sit there); the error names
-    the largest batch size that fits. Organism models (no HF config) skip the memory check.
+    the largest batch size that fits. Organism models (no HF config) skip the memory check. ``cached_images``:
+    see :func:`estimate_memory` (``pin_train``).
     Returns what was checked: {"layer": ..., "image_tokens": ..., "estimates": [MemoryEstimate, ...]}.
     """
     where = f"{notebook}: " if notebook else ""
@@ -301,7 +359,8 @@ def check_against(vlm, *, layer: int | None = None, batch_size: int | None = Non
     params = sum(p.numel() for p in vlm.model.parameters())
     kwargs = dict(model_config=config, image_size=size, text_tokens=text_tokens, dtype=dtype, options=options,
                   option_tokens=option_tokens, max_new_tokens=max_new_tokens, params=params,
-                  attn_implementation=getattr(vlm.lm_config, "_attn_implementation", "sdpa"), **bounds)
+                  attn_implementation=getattr(vlm.lm_config, "_attn_implementation", "sdpa"),
+                  cached_images=cached_images, **bounds)
     out["estimates"] = []
     for step in steps:
         est = estimate_memory(batch_size=batch_size, step=step, **kwargs)
