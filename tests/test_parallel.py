@@ -65,7 +65,9 @@ def test_catalog_declares_the_organisms_the_notebooks_load():
     assert catalog.checkpoints("06_pin", {"threads": 1}, warn=warnings.append) == [] and "06_pin" in warnings[0]
     for job in runner.plan("smoke"):  # every declaration fits the catalog's current parameters
         for kind, spec in catalog.checkpoints(job.name, job.params, warn=pytest.fail):
-            assert kind == "organism" and spec["preset"].startswith("smoke"), (job.name, spec)
+            assert kind in parallel.KINDS, (job.name, kind)
+            organism = spec["organism"] if kind == "encoder_swap" else spec["data"] if kind == "clip" else spec
+            assert organism["preset"].startswith("smoke"), (job.name, spec)
 
 
 def test_trains_declared_checkpoints_first_in_parallel_then_runs_notebooks(tmp_path, fake):

@@ -6,6 +6,10 @@ cell is also measured with AdaptVis (inference-time, free) on top. The fixes:
 * ``2d``     a 2D position code in the LM (``lm_posenc`` = ``mrope`` or ``rope2d``; Qwen2-VL's (t, h, w) ids)
 * ``norm``   +Normalize trained in (``visual_norm: rmsclip`` at scale 1, Qi et al. 2025)
 * ``local``  a localized (max-pooled, per-patch) stage-1 encoder instead of the global mean-pooled one
+* ``cloc``   the stage-1 encoder replaced by notebook 05's CLOC tower (region-text contrastive + grounding, Chen et
+             al. 2025), frozen, under the organism's stage 2 (``spatialkit.models.encoder_swap``): the same
+             checkpoints notebook 05 trains, with 05's stage-2 steps (``spatialkit.models.tower_store``); llava and
+             prior only, never with ``local`` (both replace the stage-1 encoder)
 * AdaptVis   (Chen et al. 2025) the answer row's image-attention temperature, α1/α2/β tuned on the val split
 
     cfg = cell_config("loud+norm+2d")                     # preset("loud", visual_norm="rmsclip", ..., lm_posenc="mrope")
@@ -40,11 +44,16 @@ HEALTHY = "healthy"
 NEVER = "never"  # healthy's recipe never asked where (never_config)
 CONTROLS = (HEALTHY, NEVER)  # cells that are not a failing organism + fixes
 #: training-time fixes in their canonical order inside a cell name
-FIX_ORDER = ("local", "norm", "2d")
+FIX_ORDER = ("local", "cloc", "norm", "2d")
+TOWER_FIXES = ("cloc",)  # fixes that swap the vision tower: the cell loads a tower_store checkpoint, not a preset
 POSENC_2D = ("mrope", "rope2d")
-FIX_LABELS = {"local": "localized stage 1", "norm": "+Normalize", "2d": "2D position code", "adaptvis": "AdaptVis"}
+FIX_LABELS = {"local": "localized stage 1", "cloc": "CLOC tower", "norm": "+Normalize", "2d": "2D position code",
+              "adaptvis": "AdaptVis"}
 # a fix that is already part of an organism's recipe is not a fix there
-NOT_APPLICABLE = {("loud", "local"): "loud's stage 1 is already the localized (max-pooled) one"}
+NOT_APPLICABLE = {("loud", "local"): "loud's stage 1 is already the localized (max-pooled) one",
+                  ("loud", "cloc"): "the CLOC tower replaces the LLaVA recipe's frozen encoder (llava, prior); loud's "
+                                    "failure is its loud projected tokens"}
+EXCLUSIVE = (("local", "cloc"),)  # both replace the stage-1 encoder
 METRICS = ("what", "where_one", "where_two", "counter")
 WHERE_TASKS = ("where_one", "where_two")
 
@@ -59,6 +68,8 @@ def fix_overrides(fix: str, posenc_2d: str = "mrope") -> dict:
         return {"visual_norm": "rmsclip", "visual_norm_scale": 1.0}
     if fix == "local":
         return {"vision_pretrain_pool": "max"}
+    if fix == "cloc":  # a tower swap, not a preset change: see tower_store / the catalog's grid_cell_checkpoint
+        return {}
     raise ValueError(f"unknown training fix {fix!r}; known: {', '.join(FIX_ORDER)}")
 
 
@@ -73,7 +84,15 @@ def parse_cell(cell: str) -> tuple[str, tuple[str, ...]]:
     for f in fixes:
         if (organism, f) in NOT_APPLICABLE:
             raise ValueError(f"cell {cell!r}: {NOT_APPLICABLE[(organism, f)]}")
+    for pair in EXCLUSIVE:
+        if set(pair) <= set(fixes):
+            raise ValueError(f"cell {cell!r}: {' and '.join(pair)} both replace the stage-1 encoder")
     return organism, tuple(f for f in FIX_ORDER if f in fixes)
+
+
+def is_tower_cell(cell: str) -> bool:
+    """Whether ``cell`` swaps the vision tower (loads notebook 05's swapped organism, not a preset)."""
+    return cell not in CONTROLS and any(f in TOWER_FIXES for f in parse_cell(cell)[1])
 
 
 def cell_name(organism: str, fixes: Iterable[str]) -> str:
@@ -103,8 +122,12 @@ def preset_name(organism: str, zoo: str = "zoo") -> str:
 
 
 def cell_config(cell: str, posenc_2d: str = "mrope", seed: int = 0, zoo: str = "zoo"):
-    """The ``OrganismConfig`` a cell trains (``preset(organism, seed=seed, **overrides)``)."""
+    """The ``OrganismConfig`` a cell trains (``preset(organism, seed=seed, **overrides)``); a tower cell
+    (``is_tower_cell``) has none: it loads a ``tower_store`` checkpoint (its spec: the catalog's
+    ``grid_cell_checkpoint``)."""
 
+    if is_tower_cell(cell):
+        raise ValueError(f"cell {cell!r} swaps the vision tower: load it with tower_store.load_swapped(spec)")
     organism, over = cell_overrides(cell, posenc_2d)
     return preset(preset_name(organism, zoo), seed=seed, **over)
 

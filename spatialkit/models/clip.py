@@ -720,6 +720,23 @@ def data_fingerprint(data: SceneTextData) -> str:
     return h.hexdigest()[:16]
 
 
+def checkpoint_config(model_cfg: CLIPConfig, data: SceneTextData, tc: TrainConfig, *, seed: int,
+                      device: str = "cpu") -> dict:
+    """What a trained model's checkpoint key is made of: the model and training configs, the seed and a
+    fingerprint of the training tensors (plus the device type when not the CPU: GPU-trained weights differ)."""
+    config = {"model": asdict(model_cfg), "train": asdict(tc), "seed": seed, "data": data_fingerprint(data)}
+    if torch.device(device).type != "cpu":  # trained on a GPU (weights differ): its own key; CPU keys unchanged
+        config["device"] = torch.device(device).type
+    return config
+
+
+def checkpoint_folder(model_cfg: CLIPConfig, data: SceneTextData, tc: TrainConfig, *, seed: int,
+                      device: str = "cpu"):
+    """The store folder that holds (or will hold) ``train_or_load``'s model for these arguments."""
+    config = checkpoint_config(model_cfg, data, tc, seed=seed, device=device)
+    return checkpoints.checkpoint_dir("cloc05", checkpoints.config_key(config, code_version()))
+
+
 def train_or_load(model_cfg: CLIPConfig, data: SceneTextData, tc: TrainConfig, *, seed: int, device: str = "cpu",
                   progress: bool = False, use_cache: bool = True) -> tuple[TinyCLIP, dict]:
     """A trained model and its metrics ({"history": per-step losses, "cpu_s": training CPU seconds}).
@@ -737,9 +754,7 @@ def train_or_load(model_cfg: CLIPConfig, data: SceneTextData, tc: TrainConfig, *
     if not use_cache:
         state, metrics = fit()
     else:
-        config = {"model": asdict(model_cfg), "train": asdict(tc), "seed": seed, "data": data_fingerprint(data)}
-        if torch.device(device).type != "cpu":  # trained on a GPU (weights differ): its own key; CPU keys unchanged
-            config["device"] = torch.device(device).type
+        config = checkpoint_config(model_cfg, data, tc, seed=seed, device=device)
         state, metrics, _ = checkpoints.load_or_train("cloc05", config, code_version(), fit)
     model = TinyCLIP(model_cfg)
     model.load_state_dict(state)

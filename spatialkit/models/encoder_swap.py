@@ -31,7 +31,7 @@ import torch.nn as nn
 
 from spatialkit.common import checkpoints
 from spatialkit.common.fingerprint import fingerprint
-from spatialkit.models.clip import TinyCLIP
+from spatialkit.models.clip import CLIPConfig, TinyCLIP, data_fingerprint
 from spatialkit.models.organism import OrganismVLM
 from spatialkit.models.organism.train import resolve_device, runtime_facts, torch_threads
 from spatialkit.models.organism.config import OrganismConfig
@@ -55,15 +55,39 @@ class CLIPVisionTower(nn.Module):
         return self.encoder((pixels + 1.0) / 2.0)  # CLIP's encoder takes [0, 1] and maps it to [-1, 1] itself
 
 
-def swap_config(cfg: OrganismConfig, clip_model: TinyCLIP) -> OrganismConfig:
-    """``cfg`` with no stage 1, a frozen encoder and the projector's input width set to the CLIP encoder's."""
-    if clip_model.cfg.image_size != cfg.model.image_size:
-        raise ValueError(f"the CLIP encoder was trained at {clip_model.cfg.image_size} px, the organism's images are "
+def swap_config(cfg: OrganismConfig, clip_model: TinyCLIP | CLIPConfig) -> OrganismConfig:
+    """``cfg`` with no stage 1, a frozen encoder and the projector's input width set to the CLIP encoder's
+    (``clip_model``: the model or its config)."""
+    clip_cfg = clip_model if isinstance(clip_model, CLIPConfig) else clip_model.cfg
+    if clip_cfg.image_size != cfg.model.image_size:
+        raise ValueError(f"the CLIP encoder was trained at {clip_cfg.image_size} px, the organism's images are "
                          f"{cfg.model.image_size} px")
-    if clip_model.cfg.patch_size != cfg.model.patch_size:
-        raise ValueError(f"CLIP patch size {clip_model.cfg.patch_size} != the organism's {cfg.model.patch_size}")
-    return cfg.replace(vision_pretrain_steps=0, vision_lr_scale=0.0, vision_dim=clip_model.cfg.width,
-                       vision_heads=clip_model.cfg.heads)
+    if clip_cfg.patch_size != cfg.model.patch_size:
+        raise ValueError(f"CLIP patch size {clip_cfg.patch_size} != the organism's {cfg.model.patch_size}")
+    return cfg.replace(vision_pretrain_steps=0, vision_lr_scale=0.0, vision_dim=clip_cfg.width,
+                       vision_heads=clip_cfg.heads)
+
+
+def encoder_key(tower: str, seed: int, data, train_cfg, model_cfg: CLIPConfig) -> str:
+    """The name of a tiny CLIP / CLOC encoder in a swapped organism's key, as notebook 05 writes it: the tower
+    ("CLIP", "CLOC"), its training seed, its training tensors' fingerprint and its training and model configs."""
+    return f"{tower} seed {seed}: {data_fingerprint(data)} {train_cfg} {model_cfg}"
+
+
+def checkpoint_config(cfg: OrganismConfig, clip_cfg: CLIPConfig, *, encoder_key: str, threads: int | None = None,
+                      device="cpu") -> dict:
+    """What the swapped organism's checkpoint key is made of (``train_or_load_swapped``'s arguments): the
+    swapped organism config, the encoder's name and the runtime facts under ``threads`` torch threads."""
+    with torch_threads(threads):
+        return {"organism": swap_config(cfg, clip_cfg).to_dict(), "encoder": encoder_key,
+                "runtime": runtime_facts(resolve_device(device))}
+
+
+def checkpoint_folder(cfg: OrganismConfig, clip_cfg: CLIPConfig, *, encoder_key: str, threads: int | None = None,
+                      device="cpu"):
+    """The store folder that holds (or will hold) ``train_or_load_swapped``'s organism for these arguments."""
+    config = checkpoint_config(cfg, clip_cfg, encoder_key=encoder_key, threads=threads, device=device)
+    return checkpoints.checkpoint_dir("swap", checkpoints.config_key(config, code_version()))
 
 
 def _swapped_class(image_encoder: nn.Module) -> type:
@@ -93,18 +117,17 @@ def train_or_load_swapped(cfg: OrganismConfig, clip_model: TinyCLIP, *, encoder_
     """The organism ``swap_config(cfg, clip_model)`` trained on ``clip_model``'s frozen image encoder (stage 2
     only), from the checkpoint store when there. ``encoder_key`` names the encoder (e.g. its training
     checkpoint's config); it is part of the key. Returns (``OrganismVLM``, the trainer's metrics)."""
+    dev = resolve_device(device)
+    key = checkpoint_config(cfg, clip_model.cfg, encoder_key=encoder_key, threads=threads, device=dev)
     cfg = swap_config(cfg, clip_model)
     image_encoder = clip_model.image.cpu().eval()
     cls = _swapped_class(image_encoder)
-    dev = resolve_device(device)
 
     def fit():
         with _trainer_builds(cls):
             model, _, metrics = organism_train.train(cfg, progress=progress, threads=threads, device=dev)
         return {k: v.cpu() for k, v in model.state_dict().items()}, metrics
 
-    with torch_threads(threads):
-        key = {"organism": cfg.to_dict(), "encoder": encoder_key, "runtime": runtime_facts(dev)}
     state, metrics, _ = checkpoints.load_or_train("swap", key, code_version(), fit)
     vocab = build_vocab(cfg)
     model = cls(cfg.model_config(len(vocab)))

@@ -307,9 +307,11 @@ register(NotebookSpec(
 
 # --- 07 -----------------------------------------------------------------------------------------
 # The grid's cells as plain data (spatialkit.analysis.combine holds their meaning; tests/test_combine.py checks that
-# both agree): a failing organism, then its training-time fixes in canonical order.
+# both agree): a failing organism, then its training-time fixes in canonical order. "cloc" = the LLaVA recipe's
+# stage 2 on notebook 05's CLOC tower (the same checkpoints 05 trains): for llava and prior only, never with
+# "local" (both replace the stage-1 encoder).
 GRID_ORGANISMS = ("llava", "loud", "prior")
-GRID_FIXES = ("local", "norm", "2d")
+GRID_FIXES = ("local", "cloc", "norm", "2d")
 
 
 def _grid_cells() -> tuple[str, ...]:
@@ -317,9 +319,10 @@ def _grid_cells() -> tuple[str, ...]:
 
     cells = []
     for organism in GRID_ORGANISMS:
-        fixes = [f for f in GRID_FIXES if not (organism == "loud" and f == "local")]  # loud's stage 1 is localized
+        # loud's stage 1 is localized already, and the CLOC tower is the LLaVA recipe's (llava, prior)
+        fixes = [f for f in GRID_FIXES if not (organism == "loud" and f in ("local", "cloc"))]
         for k in range(len(fixes) + 1):
-            cells += ["+".join((organism, *c)) for c in combinations(fixes, k)]
+            cells += ["+".join((organism, *c)) for c in combinations(fixes, k) if not {"local", "cloc"} <= set(c)]
     return tuple(cells)
 
 
@@ -333,12 +336,12 @@ register(NotebookSpec(
         DEVICE,
         Param("zoo", str, "zoo", "organism presets: the zoo (llava, loud, prior, healthy) or their smoke-sized twins "
               "(smoke_llava, ...; tests)", choices=("zoo", "smoke")),
-        Param("cells", list, ["llava", "llava+local", "llava+2d", "loud", "loud+norm", "loud+2d", "loud+norm+2d",
-                              "prior", "prior+2d"],
+        Param("cells", list, ["llava", "llava+local", "llava+cloc", "llava+2d", "loud", "loud+norm", "loud+2d",
+                              "loud+norm+2d", "prior", "prior+cloc", "prior+2d"],
               "trained cells of the grid: a failing organism + its training-time fixes (local = localized stage 1, "
-              "norm = +Normalize trained in, 2d = 2D position code in the LM); each new one trains an organism "
-              "(~2 min CPU); every cell is also measured with AdaptVis on top", item_kind=str, choices=GRID_CELLS,
-              min_len=1, max_len=len(GRID_CELLS)),
+              "cloc = the LLaVA recipe on notebook 05's CLOC tower, norm = +Normalize trained in, 2d = 2D position "
+              "code in the LM); each new one trains an organism (~2 min CPU); every cell is also measured with "
+              "AdaptVis on top", item_kind=str, choices=GRID_CELLS, min_len=1, max_len=len(GRID_CELLS)),
         Param("posenc_2d", str, "mrope", "the LM's 2D position code of the '2d' fix", choices=("mrope", "rope2d")),
         Param("n_items", int, 900, "held-out test items per world (balanced over its what and where tasks)",
               low=20, high=100_000),
@@ -367,6 +370,10 @@ register(NotebookSpec(
 # renamed since) is reported and skipped. Kinds:
 #   ("organism", {"preset", "overrides", "threads", "device"}) = load_or_train(preset(preset, **overrides),
 #   device=device) under torch.set_num_threads(threads) (0 = torch's default; the thread count is in the key).
+#   ("clip", {"data", "model", "train", "seed", "threads", "device"}) = notebook 05's tiny CLIP / CLOC /
+#   CLOC-RoI encoder, and ("encoder_swap", {"organism": {"preset", "overrides"}, "encoder": <a clip spec>,
+#   "threads", "device"}) = the LLaVA recipe's stage 2 on it, frozen (spatialkit.models.tower_store says how each
+#   field enters notebook 05's calls).
 
 Checkpoint = tuple[str, dict]
 CHECKPOINTS: dict[str, Callable[[dict], list[Checkpoint]]] = {}
@@ -441,6 +448,75 @@ def _checkpoints_04(p: dict) -> list[Checkpoint]:
     return [_organism(p, name, seed=s) for name in [p["organism"], *p.get("failing", [])] for s in p["organism_seeds"]]
 
 
+# notebook 05's encoders: C.VARIANTS (name -> region head), in its order; tests/test_contrastive.py checks both agree
+CLIP_VARIANTS = {"CLIP": "none", "CLOC": "prompter", "CLOC-RoI": "roi"}
+
+
+def _clip(p: dict, head: str, seed: int) -> Checkpoint:
+    """Notebook 05's encoder ``head`` of training seed ``seed`` (05's parameters ``p``) on the world of
+    preset(p["organism"], seed=p["seed"]), its scenes drawn from p["seed"]."""
+    return ("clip", {
+        "data": {"preset": p["organism"], "overrides": {"seed": p["seed"]}, "seed": p["seed"], "n_train": p["n_train"],
+                 "n_test": p["n_test"], "regions": p["regions"], "caption_order": "canonical"},
+        "model": {"width": p["width"], "depth": p["depth"], "text_depth": p["depth"], "embed_dim": p["embed_dim"],
+                  "max_text_len": 24, "region_head": head},
+        "train": {"steps": p["steps"], "batch_size": p["batch_size"], "lr": p["lr"], "lam": p["lam"],
+                  "dup_threshold": p["dup_threshold"]},
+        "seed": seed, "threads": p.get("threads", 0), "device": p.get("device", "cpu")})
+
+
+def _swap(p: dict, head: str, seed: int, **overrides) -> Checkpoint:
+    """Notebook 05's LLaVA recipe (preset p["organism"], stage 2 of p["swap_steps"] steps, 0 = the preset's own)
+    on the frozen encoder ``_clip(p, head, seed)``; ``overrides`` (07's fixes) change the organism further."""
+    over = {"seed": seed, **({"steps": p["swap_steps"]} if p["swap_steps"] else {}), **overrides}
+    return ("encoder_swap", {"organism": {"preset": p["organism"], "overrides": over},
+                             "encoder": _clip(p, head, seed)[1], "threads": p.get("threads", 0),
+                             "device": p.get("device", "cpu")})
+
+
+@declares_checkpoints("05_clip_vs_cloc")
+def _checkpoints_05(p: dict) -> list[Checkpoint]:
+    # train_variant(name) for CLIP, CLOC, CLOC-RoI x seeds; the LLaVA recipe on the CLIP and CLOC towers x seeds;
+    # load_or_train(preset(name, seed=seed)) for organism and control
+    seeds = [p["seed"] + k for k in range(p["n_seeds"])]
+    out = [_clip(p, head, s) for head in CLIP_VARIANTS.values() for s in seeds]
+    out += [_swap(p, CLIP_VARIANTS[tower], s) for tower in ("CLIP", "CLOC") for s in seeds]
+    return out + [_organism(p, name, seed=p["seed"]) for name in (p["organism"], p["control"])]
+
+
+def tower_recipe(zoo: str) -> dict:
+    """Notebook 05's parameters whose CLOC tower 07's "cloc" cells load: its defaults for the zoo, its smoke
+    profile for the smoke zoo (so a book run trains each tower once, for both notebooks)."""
+    import yaml  # lazy: the CLI starts without it
+
+    spec = get("05_clip_vs_cloc")
+    if zoo != "smoke":
+        return spec.validate({})
+    profiles = yaml.safe_load((Path(__file__).resolve().parent / "profiles.yml").read_text())
+    return spec.validate(profiles.get("smoke", {}).get("05_clip_vs_cloc", {}))
+
+
+def grid_cell_checkpoint(p: dict, cell: str) -> Checkpoint:
+    """The checkpoint notebook 07 (parameters ``p``) loads for grid cell ``cell``: an organism, or for a "cloc"
+    cell notebook 05's CLOC-tower organism (05's recipe, ``tower_recipe``) on the cell's world, seed p["seed"],
+    with the cell's other fixes. Cell "loud+norm+2d" = preset(loud, seed, visual_norm=rmsclip,
+    visual_norm_scale=1.0, lm_posenc=posenc_2d) (spatialkit.analysis.combine; tests/test_combine.py checks both
+    agree)."""
+    smoke = p["zoo"] == "smoke"
+    organism, *fixes = cell.split("+")
+    name = (("smoke" if organism == "healthy" else f"smoke_{organism}") if smoke else organism)
+    fix = {"local": {"vision_pretrain_pool": "max"}, "norm": {"visual_norm": "rmsclip", "visual_norm_scale": 1.0},
+           "2d": {"lm_posenc": p["posenc_2d"]}, "cloc": {}}
+    over = {}
+    for f in fixes:
+        over.update(fix[f])
+    if "cloc" in fixes:
+        recipe = {**tower_recipe(p["zoo"]), "organism": name, "seed": p["seed"], "threads": p.get("threads", 0),
+                  "device": p.get("device", "cpu")}
+        return _swap(recipe, CLIP_VARIANTS["CLOC"], p["seed"], **over)
+    return _organism(p, name, seed=p["seed"], **over)
+
+
 @declares_checkpoints("06_pin")
 def _checkpoints_06(p: dict) -> list[Checkpoint]:
     return [_organism(p, seed=p["seed"])]
@@ -448,22 +524,8 @@ def _checkpoints_06(p: dict) -> list[Checkpoint]:
 
 @declares_checkpoints("07_putting_it_together")
 def _checkpoints_07(p: dict) -> list[Checkpoint]:
-    # cell "loud+norm+2d" = preset(loud, seed, visual_norm=rmsclip, visual_norm_scale=1.0, lm_posenc=posenc_2d)
-    # (spatialkit.analysis.combine; tests/test_combine.py checks both agree); healthy (the ceiling) and healthy
-    # never asked where (spatial_fraction 0, target None)
-    smoke = p["zoo"] == "smoke"
-
-    def name(organism: str) -> str:
-        return ("smoke" if organism == "healthy" else f"smoke_{organism}") if smoke else organism
-
-    fix = {"local": {"vision_pretrain_pool": "max"}, "norm": {"visual_norm": "rmsclip", "visual_norm_scale": 1.0},
-           "2d": {"lm_posenc": p["posenc_2d"]}}
-    out = [_organism(p, name("healthy"), seed=p["seed"]),
-           _organism(p, name("healthy"), seed=p["seed"], target=None, spatial_fraction=0.0)]
-    for cell in p["cells"]:
-        organism, *fixes = cell.split("+")
-        over = {"seed": p["seed"]}
-        for f in fixes:
-            over.update(fix[f])
-        out.append(_organism(p, name(organism), **over))
-    return out
+    # healthy (the ceiling) and healthy never asked where (spatial_fraction 0, target None), then every cell
+    healthy = "smoke" if p["zoo"] == "smoke" else "healthy"
+    out = [_organism(p, healthy, seed=p["seed"]),
+           _organism(p, healthy, seed=p["seed"], target=None, spatial_fraction=0.0)]
+    return out + [grid_cell_checkpoint(p, cell) for cell in p["cells"]]

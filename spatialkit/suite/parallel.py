@@ -6,7 +6,9 @@ notebooks in parallel, in one pool of N worker processes (default: one per core)
    ("organism", {"preset": "quick", "overrides": {"seed": 1}, "threads": 1, "device": "cpu"}).
 3. A worker plans them: the kind's module (``KINDS``; model code, which the suite may not import, so it is
    named by a dotted string and imported in the worker) returns its training tasks, one per distinct checkpoint
-   key, with their dependencies (an organism's stage-1 vision encoder first) and whether each is stored already.
+   key, with their dependencies (an organism's stage-1 vision encoder first, a swapped-tower organism's CLIP /
+   CLOC encoder first) and whether each is stored already. Kinds: "organism" (the zoo), "clip" (notebook 05's
+   tiny CLIP / CLOC encoders), "encoder_swap" (the LLaVA recipe on one of them; notebooks 05 and 07).
 4. One scheduler runs the missing tasks and the notebooks as a graph: a task starts once its dependencies
    finished, a notebook once its checkpoints did; training goes first when both are ready (it is on the
    critical path), notebooks that load nothing fill the gaps. Each worker trains with the thread count the
@@ -35,8 +37,17 @@ from typing import Callable, Sequence
 
 from spatialkit.suite import catalog, runner
 
-# kind -> the module (model layer) that plans and builds it: checkpoint_tasks(specs) -> [task], build_checkpoint(task)
-KINDS: dict[str, str] = {"organism": "spatialkit.models.organism.store"}
+# kind -> the module (model layer) that plans and builds it: checkpoint_tasks(specs) -> [task], build_checkpoint(task);
+# "module:prefix" names a module serving several kinds: prefix_checkpoint_tasks, prefix_build_checkpoint
+KINDS: dict[str, str] = {"organism": "spatialkit.models.organism.store",
+                         "clip": "spatialkit.models.tower_store:clip",  # notebook 05's CLIP / CLOC encoders
+                         "encoder_swap": "spatialkit.models.tower_store:swap"}  # the LLaVA recipe on them
+
+
+def kind_function(kind: str, function: str) -> str:
+    """``module:function`` of ``function`` ("checkpoint_tasks" or "build_checkpoint") for checkpoints of ``kind``."""
+    module, _, prefix = KINDS[kind].partition(":")
+    return f"{module}:{prefix}_{function}" if prefix else f"{module}:{function}"
 
 
 def default_jobs() -> int:
@@ -127,13 +138,15 @@ def plan_training(executor, jobs: Sequence[runner.Job], checkpoints_of: Callable
                 specs[kind].append(spec)
                 known.append(ident)
             wanted.setdefault(job.name, []).append((kind, known.index(ident)))
-    planned = {kind: executor.submit(call, f"{KINDS[kind]}:checkpoint_tasks", kind_specs)
+    planned = {kind: executor.submit(call, kind_function(kind, "checkpoint_tasks"), kind_specs)
                for kind, kind_specs in specs.items()}
-    tasks, by_spec = [], {}
+    tasks, by_spec, seen = [], {}, set()
     for kind, future in planned.items():
         for task in future.result():
-            task = dict(task, kind=kind)
-            tasks.append(task)
+            task = {"kind": kind, **task}  # a task may name its own kind (a swapped organism's encoder: "clip")
+            if task["id"] not in seen:  # planned by two kinds (an encoder declared and a swap's dependency): once
+                seen.add(task["id"])
+                tasks.append(task)
             for index in task.get("for", []):
                 by_spec[kind, index] = task["id"]
     ids = {t["id"] for t in tasks if not t["done"]}
@@ -250,7 +263,7 @@ def _schedule(executor, nodes: dict[str, Node], out_dir: Path, force: bool, wait
                 started_train += 1
                 node.label = f"train [{started_train}/{n_train}] {node.label}"
                 echo(f"{node.label} ...")
-                future = executor.submit(call, f"{KINDS[node.payload['kind']]}:build_checkpoint", node.payload)
+                future = executor.submit(call, kind_function(node.payload["kind"], "build_checkpoint"), node.payload)
             else:
                 echo(f"[{number[node.label]}/{total}] {node.label} ...")
                 future = executor.submit(_execute, node.payload, out_dir, force, wait_lock)
