@@ -145,3 +145,12 @@ def test_hub_layout_checkpoint_in_bfloat16(family, tmp_path):
     assert vlm.dtype == torch.bfloat16
     pos = vlm.position_ids(_images(family)[:1], PROMPTS[:1])
     assert isinstance(pos, PositionIds) and posenc.check_position_ids(pos).equal.all()
+
+
+def test_grid_steps(vlm):
+    pos = vlm.position_ids(_images(vlm.family)[:1], PROMPTS[:1])
+    down, right = pos.grid_steps(0)
+    if len(pos.axes) == 3:
+        assert (down, right) == ([0, 1, 0], [0, 0, 1])
+    else:
+        assert (down, right) == ([pos.grids[0][1]], [1])

@@ -202,6 +202,15 @@ class PositionIds:
             raise ValueError(f"item {item} has {picked.shape[-1]} image tokens, not its grid's {h}x{w}")
         return picked.reshape(len(self.axes), h, w)
 
+    def grid_steps(self, item: int = 0) -> tuple[list[int], list[int]]:
+        """How the ids change one image token down and one to the right (per axis), on item ``item``'s grid
+        (0 along a direction the grid has only one token in)."""
+        grid = self.image_grid(item)
+        h, w = self.grids[item]
+        down = [int(grid[a, 1, 0] - grid[a, 0, 0]) if h > 1 else 0 for a in range(len(self.axes))]
+        right = [int(grid[a, 0, 1] - grid[a, 0, 0]) if w > 1 else 0 for a in range(len(self.axes))]
+        return down, right
+
     def summary(self) -> dict[str, str]:
         """The construction's facts in words, for a table."""
         rope, vision = self.rope, self.vision
