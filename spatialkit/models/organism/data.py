@@ -134,29 +134,18 @@ def unordered_caption(scene, rng: np.random.Generator) -> str:
 
 def build_pool(cfg: OrganismConfig, vocab: Vocab) -> Pool:
     """Render the training scenes once (WhereBench *train* seeds, disjoint from val/test): per scene one
-    caption example and every question the scene supports (``make_questions``; balanced per question text in a
-    world with ``balance_text``)."""
+    caption example and every question the scene supports (``make_questions``)."""
 
 
     sc = scene_config(cfg)
     tasks = tasks_for(sc)
     rng = np.random.default_rng([cfg.seed, 11])
     images, rows = [], []
-    # A world with balance_text trains on questions balanced per question text, as its benches are: a question is
-    # kept only while its answer is among the least frequent ones of its text so far, so the question's words
-    # (e.g. "the car": wide sprites are more often beside than above something) never predict the answer and
-    # the only way to answer where is to look.
-    per_text: dict[tuple[str, str], dict[str, int]] = {}
     for slot, seed in enumerate(islice(scenes.scene_seeds(cfg.data.bench_seed, "train"), cfg.data.n_train_scenes)):
         scene = scenes.render_scene(seed, sc)
         images.append(scene.image)
         rows.append((slot, "caption", CAPTION_PROMPT, unordered_caption(scene, rng)))
         for q in scenes.make_questions(scene, rng, tasks=tasks):
-            if sc.balance_text:
-                counts = per_text.setdefault((q.task, q.text), dict.fromkeys(scenes.task_labels(q.task, sc), 0))
-                if counts[q.label()] > min(counts.values()):
-                    continue
-                counts[q.label()] += 1
             rows.append((slot, q.family, q.text, q.gold))
     encoded = [encode_tail(vocab, prompt, answer) for _, _, prompt, answer in rows]
     width = max(len(ids) for ids, _ in encoded)
