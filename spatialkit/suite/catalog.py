@@ -519,7 +519,8 @@ def grid_cell_checkpoint(p: dict, cell: str) -> Checkpoint:
 
 @declares_checkpoints("06_pin")
 def _checkpoints_06(p: dict) -> list[Checkpoint]:
-    return [_organism(p, seed=p["seed"])]
+    # load_or_train(preset(name, seed=seed)) for the frozen organism and its healthy control
+    return [_organism(p, name, seed=p["seed"]) for name in (p["organism"], p["control"])]
 
 
 @declares_checkpoints("07_putting_it_together")
