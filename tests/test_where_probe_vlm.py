@@ -20,15 +20,12 @@ def scenes():
 
 
 @pytest.fixture(scope="module", params=MODEL_KINDS)
-def vlm(request):
+def case(request):
+    """(vlm, size): the organism takes its own 48 px; the HF models get the scenes enlarged to 112 px (LLaVA's
+    processor resizes them again)."""
     from tests.kinds import tiny_case
 
-    return tiny_case(request.param)[1]
-
-
-def _size(vlm) -> int | None:
-    """The organism takes its own 48 px; the HF models get the scenes enlarged (LLaVA's processor resizes)."""
-    return None if vlm.family == "organism" else 112
+    return tiny_case(request.param)[1], None if request.param == "organism" else 112
 
 
 def test_patch_labels_when_the_grid_does_not_divide_the_image(scenes):
@@ -46,32 +43,35 @@ def test_patch_labels_when_the_grid_does_not_divide_the_image(scenes):
     assert np.bincount(cell).sum() == 48 and set(np.bincount(cell)) <= {6, 7}
 
 
-def test_features_are_the_visual_tokens_per_image_with_their_grid(vlm, scenes):
+def test_features_are_the_visual_tokens_per_image_with_their_grid(case, scenes):
+    vlm, size = case
     images = [s.image for s in scenes[:5]]
-    feats, grid = visual_patch_features(vlm, images, size=_size(vlm), batch_size=2)
+    feats, grid = visual_patch_features(vlm, images, size=size, batch_size=2)
     assert feats.dtype == torch.float32 and feats.device.type == "cpu"
     assert feats.shape[:2] == (5, grid[0] * grid[1])
-    one, one_grid = visual_patch_features(vlm, images[3:4], size=_size(vlm))
+    one, one_grid = visual_patch_features(vlm, images[3:4], size=size)
     assert one_grid == grid
     torch.testing.assert_close(one[0], feats[3], atol=1e-4, rtol=1e-4)  # the batch does not matter
     # exactly VLM.visual_tokens of the (enlarged) image
     from spatialkit.analysis.where_probe import _enlarged
 
-    batch = vlm.prepare([_enlarged(images[0], _size(vlm))], ["Describe the image."])
+    batch = vlm.prepare([_enlarged(images[0], size)], ["Describe the image."])
     tokens = vlm.visual_tokens(batch)
     assert tokens.grids[0] == grid
     torch.testing.assert_close(tokens.per_image()[0].float().cpu(), feats[0], atol=1e-4, rtol=1e-4)
 
 
-def test_features_pass_through_an_active_visual_hook(vlm, scenes):
+def test_features_pass_through_an_active_visual_hook(case, scenes):
+    vlm, size = case
     images = [s.image for s in scenes[:2]]
     with vlm.visual_hook(lambda vt: vt.replace(tokens=torch.zeros_like(vt.tokens))):
-        feats, _ = visual_patch_features(vlm, images, size=_size(vlm))
+        feats, _ = visual_patch_features(vlm, images, size=size)
     assert feats.abs().max() == 0
 
 
-def test_the_probe_runs_on_every_kind(vlm, scenes):
-    feats, grid = visual_patch_features(vlm, [s.image for s in scenes], size=_size(vlm), batch_size=8)
+def test_the_probe_runs_on_every_kind(case, scenes):
+    vlm, size = case
+    feats, grid = visual_patch_features(vlm, [s.image for s in scenes], size=size, batch_size=8)
     out = probe_where(feats, scenes, KINDS, train=range(16), test=range(16, 24), max_iter=50)
     assert out["grid"] == grid[0] == grid[1]
     assert len(out["patch_correct"]) == 8 * grid[0] * grid[1]

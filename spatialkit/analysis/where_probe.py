@@ -95,7 +95,7 @@ def visual_patch_features(vlm: VLM, images: Sequence, *, size: int | None = None
         raise ValueError("images must hold at least one image")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    chunks, grid = [], None
+    out, grid = None, None  # filled in place: a real VLM's tokens of a few thousand scenes take gigabytes
     starts = range(0, len(images), batch_size)
     if progress:
         from tqdm.auto import tqdm  # only when a progress bar is asked for
@@ -108,11 +108,12 @@ def visual_patch_features(vlm: VLM, images: Sequence, *, size: int | None = None
             g = (int(g[0]), int(g[1]))
             if grid is None:
                 grid = g
+                out = torch.empty((len(images), g[0] * g[1], t.shape[-1]), dtype=torch.float32)
             elif g != grid:
                 raise ValueError(f"image {start + k} gives a {g[0]}x{g[1]} grid of visual tokens, image 0 a "
                                  f"{grid[0]}x{grid[1]} one: give images of one size")
-            chunks.append(t.detach().float().cpu())
-    return torch.stack(chunks), grid
+            out[start + k] = t.detach().float().cpu()
+    return out, grid
 
 
 def fit_linear_probe(x: torch.Tensor, y: torch.Tensor, n_classes: int, *, l2: float = 1e-3, max_iter: int = 200,
