@@ -25,3 +25,21 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def adamw_params_seen(monkeypatch):
+    """The parameters handed to every ``torch.optim.AdamW`` built during the test, as sets of ids (one per
+    optimizer): what a trainer really optimises."""
+    import torch
+
+    seen: list[set[int]] = []
+    real_adamw = torch.optim.AdamW
+
+    def spy(params, **kw):
+        params = list(params)
+        seen.append({id(p) for p in params})
+        return real_adamw(params, **kw)
+
+    monkeypatch.setattr(torch.optim, "AdamW", spy)
+    return seen

@@ -222,10 +222,11 @@ def test_load_or_train_round_trip_and_interrupted_training(tmp_path, monkeypatch
 @pytest.mark.slow
 def test_small_organism_learns_what_and_where():
     """Learning threshold on the "quick" organism (about two minutes of one CPU core, both stages): on the
-    held-out test split (66-67 items per task) it answers "what" and two-object "where" questions well above
-    chance (1/4; presence 1/2). Measured (benchmarks/bench_organism.py --preset quick, seed 0): what 0.910
-    (colour 0.672: colour binding is learned last), where_two 0.909. The issue-3 bars (what >= 95%, where_two >= 90%) are for the "default" preset and are
-    measured by the benchmark, not here; the thresholds below leave room for seed and platform noise."""
+    held-out test split (80 items per task, balanced per question text) it answers "what" and two-object "where"
+    questions well above chance (1/4; presence 1/2). Measured (benchmarks/bench_zoo.py, "healthy" = quick, 400
+    items per task): what 0.917 (colour 0.772: colour binding is learned last), where_two 0.828. Its world asks
+    no count question (two objects always: answerable blind). The thresholds leave room for seed and platform
+    noise."""
     cfg = preset("quick")
     model, vocab, metrics = train(cfg, progress=False)
     vlm = OrganismVLM(model, vocab, cfg)
@@ -234,5 +235,5 @@ def test_small_organism_learns_what_and_where():
     assert accuracy_by_family(df)["what"] >= 0.8, acc
     assert acc["where_two"] >= 0.7, acc
     assert acc["presence"] >= 0.85 and acc["identity"] >= 0.85, acc
-    assert acc["count"] >= 0.9, acc  # always two objects: the answer prior alone must be learned
+    assert "count" not in acc.index, acc
     assert metrics["vision_pretrain_final_loss"] < 0.2, metrics["vision_pretrain_final_loss"]

@@ -56,19 +56,11 @@ def test_bad_config_names_the_field():
         P.PinConfig(use_insert=False, train_loc_rows=False)
 
 
-def test_trains_only_its_own_parameters_and_lowers_the_loss(vlm, data, monkeypatch):
+def test_trains_only_its_own_parameters_and_lowers_the_loss(vlm, data, adamw_params_seen):
     before = state_dict_sha256(vlm.model)
     flags = [p.requires_grad for p in vlm.model.parameters()]
     grads = [None if p.grad is None else p.grad.clone() for p in vlm.model.parameters()]  # left by its own training
-    seen: list[set[int]] = []
-    real_adamw = torch.optim.AdamW
-
-    def spy(params, **kw):
-        params = list(params)
-        seen.append({id(p) for p in params})
-        return real_adamw(params, **kw)
-
-    monkeypatch.setattr(torch.optim, "AdamW", spy)
+    seen = adamw_params_seen
     pin, metrics = P.train_pin(vlm, SHORT, data=data, progress=False)
     assert state_dict_sha256(vlm.model) == before  # the frozen model is bit-identical
     assert all((g is None and p.grad is None) or (g is not None and torch.equal(g, p.grad))

@@ -62,18 +62,10 @@ def test_location_tokens_of_the_sentencepiece_llava(tmp_path):
     assert all(len(sp.tokenizer(s, add_special_tokens=False)["input_ids"]) <= 2 for s in hf.LOCATION_SPELLINGS)
 
 
-def test_pin_trains_on_the_frozen_model_only(vlm, data, monkeypatch):
+def test_pin_trains_on_the_frozen_model_only(vlm, data, adamw_params_seen):
     before = state_dict_sha256(vlm.model)
     flags = [p.requires_grad for p in vlm.model.parameters()]
-    seen: list[set[int]] = []
-    real_adamw = torch.optim.AdamW
-
-    def spy(params, **kw):
-        params = list(params)
-        seen.append({id(p) for p in params})
-        return real_adamw(params, **kw)
-
-    monkeypatch.setattr(torch.optim, "AdamW", spy)
+    seen = adamw_params_seen
     pin, metrics = P.train_pin(vlm, SHORT, data=data, progress=False, encode_batch_size=5)
     assert state_dict_sha256(vlm.model) == before  # the frozen model is bit-identical
     assert all(p.grad is None for p in vlm.model.parameters())  # no gradient ever reached it
