@@ -90,3 +90,43 @@ def test_a_qwen_grid_follows_the_size_and_mixed_sizes_are_refused(scenes):
         visual_patch_features(vlm, [scenes[0].image, small], batch_size=4)
     with pytest.raises(ValueError):
         visual_patch_features(vlm, [])
+
+
+def test_bounded_features_keep_the_probe_and_bound_the_stored_size():
+    """dims: the tokens reduced to their top principal components (fitted on the training scenes) give the probe
+    the same patch accuracy within 3 points as the full width on a tiny LLaVA; at dims >= width nothing changes;
+    the stored features are (S, P, dims) float32 and match the estimate."""
+    from spatialkit.models.hf import estimate_where_probe
+    from spatialkit.testing import hf_tiny
+
+    vlm = hf_tiny.tiny_vlm("llava")
+    many = [S.render_scene(seed, CFG) for seed in range(200)]
+    images, train, test = [s.image for s in many], range(150), range(150, 200)
+    full, grid = visual_patch_features(vlm, images, size=112)
+    width = full.shape[-1]
+    reduced, reduced_grid = visual_patch_features(vlm, images, size=112, dims=width // 2, fit_on=train)
+    assert reduced_grid == grid and reduced.shape == (200, grid[0] * grid[1], width // 2)
+    assert reduced.dtype == torch.float32
+    est = estimate_where_probe(vlm, 200, 150, dims=width // 2, image_size=112, dtype=vlm.dtype, overhead=1.0)
+    assert est["dims"] == width // 2 and est["features"] == reduced.nbytes == full.nbytes // 2
+    a = probe_where(full, many, KINDS, train=train, test=test, max_iter=50)
+    b = probe_where(reduced, many, KINDS, train=train, test=test, max_iter=50)
+    assert abs(a["patch_correct"].mean() - b["patch_correct"].mean()) < 0.03
+    assert abs(a["train_patch_accuracy"] - b["train_patch_accuracy"]) < 0.03
+    same, _ = visual_patch_features(vlm, images[:4], size=112, dims=width, fit_on=range(2))
+    torch.testing.assert_close(same, full[:4])  # nothing to reduce: exactly the unbounded features
+    with pytest.raises(ValueError, match="fit_on"):
+        visual_patch_features(vlm, images[:4], size=112, dims=8, fit_on=[7])
+
+
+def test_the_where_probe_estimate_of_a_7b_llava_fits_the_full_profile():
+    """2,000 probe scenes of LLaVA-1.5-7B (576 x 4096 tokens each): tens of GiB at full width, bounded at 1024
+    components; the estimate scales with the kept dimensions."""
+    from spatialkit.models.hf.memory import GiB, estimate_where_probe, reference_config
+
+    config = reference_config("llava-1.5-7b-hf")
+    full = estimate_where_probe(config, 2000, 1000, dims=None, dtype="float16")
+    bounded = estimate_where_probe(config, 2000, 1000, dims=1024, dtype="float16")
+    assert (full["image_tokens"], full["width"], full["dims"], bounded["dims"]) == (576, 4096, 4096, 1024)
+    assert full["host"] > 64 * GiB and bounded["host"] < 32 * GiB
+    assert bounded["features"] * 4 == full["features"] and bounded["device"] < 20 * GiB

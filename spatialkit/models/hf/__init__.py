@@ -7,7 +7,8 @@ the visual tokens and the LM layers live) is answered here, so interventions nev
 from spatialkit.models.hf.adapter import *  # noqa: F401,F403
 from spatialkit.models.hf.adapter import _spatialkit_attention, _to_pil  # noqa: F401
 from spatialkit.models.hf.memory import (  # noqa: F401
-    MemoryEstimate, check_against, estimate_memory, estimate_pin_cost, free_memory, image_tokens, largest_batch,
+    MemoryEstimate, check_against, estimate_memory, estimate_pin_cost, estimate_where_probe, free_memory, image_tokens,
+    largest_batch,
     parameter_count,
     reference_config, REFERENCE_MODELS,
 )

@@ -32,6 +32,9 @@ MLP width, vocabulary, layers, heads, KV heads, head size):
 The total is weights + max(vision tower, LM activations + KV cache + logits) times ``overhead`` (default 1.15:
 allocator rounding and fragmentation; the CUDA context, ~0.5 GiB, is outside torch's allocator and not
 counted). ``benchmarks/bench_memory.py`` compares it with measured peaks.
+
+Notebook 05's where-probe on an HF model's own visual tokens (host memory: the stored tokens and the probe's fit)
+has its own estimate, :func:`estimate_where_probe`.
 """
 
 from __future__ import annotations
@@ -285,6 +288,50 @@ def estimate_pin_cost(model_config, *, steps: int, batch_size: int, n_train_imag
     return {"memory": memory, "train_step_s": step_s, "train_s": variants * steps * step_s, "encode_s": encode_s,
             "decode_s": (variants + 1) * decode_s, "total_s": total, "n_lm": n_lm, "n_vision": n_vision,
             "tokens_per_example": seq, "patches_per_image": patches}
+
+
+def estimate_where_probe(model_config, n_scenes: int, n_train: int, *, dims: int | None = 1024,
+                         image_size: int | tuple[int, int] = 224, batch_size: int = 8, dtype="bfloat16",
+                         min_pixels: int | None = None, max_pixels: int | None = None, params: int | None = None,
+                         overhead: float = OVERHEAD) -> dict:
+    """Memory of notebook 05's where-probe on an HF model's own visual tokens, from its config alone (bytes).
+
+    ``spatialkit.analysis.where_probe.visual_patch_features(..., dims=dims)`` stores each of ``n_scenes``
+    images' P image tokens reduced to k = min(``dims``, d) principal components (``dims=None``: the full LM
+    width d), float32 on the host; the probe (``probe_where``) fits on the ``n_train`` scenes' rows and predicts
+    every scene. Returns {"image_tokens": P, "width": d, "dims": k, "device": weights + the vision tower at
+    ``batch_size`` images + one batch of tokens in float64 and the PCA's d x d sums (eigh workspace included),
+    "features": n_scenes P k x 4, "fit": the probe's peak beyond the features, "host": features + fit}:
+
+    * fit: the training rows' float32 copy, their float64 copy, the standardised float64 copy and one float64
+      temporary (28 bytes per train element);
+    * predict (scene by index set: the train rows, then the test rows): float64 copy, centred, standardised
+      (24 bytes per element); the fit's term is the larger one unless the test set is much larger.
+
+    The host terms and the PCA's are multiplied by ``overhead``. LLaVA-1.5-7B, 2,000 scenes (1,000 training):
+    ``dims=None`` needs ~91 GiB of host memory, ``dims=1024`` ~23 GiB (the device ~15 GiB either way).
+    """
+    if isinstance(n_scenes, bool) or n_scenes < 1 or not 0 < n_train < n_scenes:
+        raise ValueError(f"need n_scenes >= 1 and 0 < n_train < n_scenes, got {n_scenes}, {n_train}")
+    if dims is not None and (isinstance(dims, bool) or not isinstance(dims, int) or dims < 1):
+        raise ValueError(f"dims must be None or an int >= 1, got {dims!r}")
+    vision = estimate_memory(model_config, batch_size, image_size=image_size, step="forward", dtype=dtype,
+                             min_pixels=min_pixels, max_pixels=max_pixels, params=params, overhead=overhead)
+    config = model_config
+    if hasattr(config, "model") and hasattr(config.model, "config"):
+        config = config.model.config
+    elif isinstance(config, torch.nn.Module):
+        config = config.config
+    d = _lm_shape(config)["d"]
+    tokens = vision.image_tokens
+    k = d if dims is None else min(dims, d)
+    pca = (batch_size * tokens * d * 8 * 2 + 4 * d * d * 8) if k < d else 0
+    device = vision.weights + int((vision.vision + batch_size * tokens * d * _dtype_bytes(dtype) + pca) * overhead)
+    element = tokens * k
+    features = n_scenes * element * 4
+    fit = max(28 * n_train, 24 * (n_scenes - n_train)) * element
+    return {"image_tokens": tokens, "width": d, "dims": k, "device": device, "features": int(features * overhead),
+            "fit": int(fit * overhead), "host": int((features + fit) * overhead)}
 
 
 def largest_batch(free_bytes: int, *, include_weights: bool = True, limit: int = 1 << 16, **estimate_kwargs) -> int:
