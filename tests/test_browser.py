@@ -231,7 +231,10 @@ def check_page(browser, url: str, base: str, page_html: str, screenshot: Path) -
                 log.problems.append(f"explorer {i}: moving its control did not change the shown frame")
         page.wait_for_timeout(200)  # let late console messages arrive
         screenshot.parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(screenshot), full_page=True)
+        # Chromium cannot capture a page taller than its texture limit (16384 px) in one image: the artifact
+        # keeps the top 16000 px of a long chapter (the screenshot is for a reader of the CI artifacts, not a check)
+        height = min(page.evaluate("document.documentElement.scrollHeight"), 16000)
+        page.screenshot(path=str(screenshot), full_page=True, clip={"x": 0, "y": 0, "width": 1280, "height": height})
     except playwright().Error as err:  # a timeout waiting for widgets is a finding, not a crash
         log.problems.append(f"{type(err).__name__}: {str(err).splitlines()[0]}")
     finally:
