@@ -81,9 +81,11 @@ def line(label: str, r: dict) -> str:
             f"{r['load'][1]:.1f})")
 
 
-def bench_book(profile: str, jobs: int | None) -> None:
+def bench_book(profile: str, jobs: int | None, keep_cache: Path | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="spatialkit-bench-") as tmp:
-        root, cache = Path(tmp) / "root", Path(tmp) / "cache"
+        root, cache = Path(tmp) / "root", keep_cache or Path(tmp) / "cache"
+        if keep_cache and keep_cache.exists() and any(keep_cache.iterdir()):
+            raise SystemExit(f"bench_book: --keep-cache {keep_cache} is not empty (a cold build needs an empty store)")
         copy_sources(root)
         n = len(list((root / "notebooks").glob("*.ipynb")))
         print(f"spatialkit book --profile {profile} --jobs {jobs or 'cores'} ({n} notebook file(s), empty caches)")
@@ -136,11 +138,14 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=300, help="scenes rendered per image size")
     parser.add_argument("--skip-book", action="store_true")
     parser.add_argument("--skip-speedup", action="store_true")
+    parser.add_argument("--keep-cache", type=Path, default=None,
+                        help="an empty folder to use as the cold build's checkpoint store, kept afterwards (e.g. for "
+                             "benchmarks/bench_zoo.py --no-train on the organisms the book trained)")
     args = parser.parse_args()
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPU(s), python {platform.python_version()}, "
           f"load average {os.getloadavg()[0]:.1f} (shared machines inflate every wall time; CPU times do not)")
     if not args.skip_book:
-        bench_book(args.profile, args.jobs)
+        bench_book(args.profile, args.jobs, args.keep_cache.resolve() if args.keep_cache else None)
     if not args.skip_speedup:
         bench_speedup(args.speedup_profile)
     bench_scenes(args.scenes)
