@@ -86,8 +86,11 @@ def spawn(root: Path, *args: str, cwd: Path | None = None, env: dict | None = No
     """Start the CLI (``spatialkit ARGS``) on the miniature repository; stdout+stderr into ``log``."""
     full_env = {**os.environ, "SPATIALKIT_ROOT": str(root), "HF_HUB_OFFLINE": "1", **(env or {})}
     out = open(log, "w") if log else subprocess.PIPE
+    # Ctrl-C as a terminal delivers it: pytest-xdist's workers ignore SIGINT, and a child inherits an ignored
+    # signal (Python then installs no KeyboardInterrupt handler), so restore the default disposition in the child
     proc = subprocess.Popen([sys.executable, str(root / "child.py"), *args], cwd=cwd or root, env=full_env,
-                            stdout=out, stderr=subprocess.STDOUT if log else subprocess.PIPE, text=True)
+                            stdout=out, stderr=subprocess.STDOUT if log else subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     if log:
         out.close()
     return proc
