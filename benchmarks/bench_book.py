@@ -84,6 +84,8 @@ def line(label: str, r: dict) -> str:
 def bench_book(profile: str, jobs: int | None, keep_cache: Path | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="spatialkit-bench-") as tmp:
         root, cache = Path(tmp) / "root", keep_cache or Path(tmp) / "cache"
+        if keep_cache and keep_cache.exists() and not keep_cache.is_dir():
+            raise SystemExit(f"bench_book: --keep-cache {keep_cache} is not a folder")
         if keep_cache and keep_cache.exists() and any(keep_cache.iterdir()):
             raise SystemExit(f"bench_book: --keep-cache {keep_cache} is not empty (a cold build needs an empty store)")
         copy_sources(root)
