@@ -66,7 +66,7 @@ def test_catalog_declares_the_organisms_the_notebooks_load():
     for job in runner.plan("smoke"):  # every declaration fits the catalog's current parameters
         for kind, spec in catalog.checkpoints(job.name, job.params, warn=pytest.fail):
             assert kind in parallel.KINDS, (job.name, kind)
-            organism = spec["organism"] if kind == "encoder_swap" else spec["data"] if kind == "clip" else spec
+            organism = spec["organism"] if kind in ("encoder_swap", "pin") else spec["data"] if kind == "clip" else spec
             assert organism["preset"].startswith("smoke"), (job.name, spec)
 
 

@@ -374,6 +374,8 @@ register(NotebookSpec(
 #   CLOC-RoI encoder, and ("encoder_swap", {"organism": {"preset", "overrides"}, "encoder": <a clip spec>,
 #   "threads", "device"}) = the LLaVA recipe's stage 2 on it, frozen (spatialkit.models.tower_store says how each
 #   field enters notebook 05's calls).
+#   ("pin", {"organism": {"preset", "overrides"}, "variant", "config", "n_bins_from", "threads", "device"}) = notebook
+#   06's insert ``variant`` (PinConfig(**config)) on the frozen organism (spatialkit.analysis.interventions.pin_store).
 
 Checkpoint = tuple[str, dict]
 CHECKPOINTS: dict[str, Callable[[dict], list[Checkpoint]]] = {}
@@ -517,10 +519,26 @@ def grid_cell_checkpoint(p: dict, cell: str) -> Checkpoint:
     return _organism(p, name, seed=p["seed"], **over)
 
 
+# notebook 06's PIN variants: name -> PinConfig flags beyond the shared training settings (the notebook builds its
+# VARIANTS from this, so the pool trains exactly the inserts it loads)
+PIN_VARIANTS = {"PIN (insert + loc rows)": {}, "loc rows only (no insert)": {"use_insert": False},
+                "insert only (frozen rows)": {"train_loc_rows": False}}
+
+
 @declares_checkpoints("06_pin")
 def _checkpoints_06(p: dict) -> list[Checkpoint]:
-    # load_or_train(preset(name, seed=seed)) for the frozen organism and its healthy control
-    return [_organism(p, name, seed=p["seed"]) for name in (p["organism"], p["control"])]
+    # load_or_train(preset(name, seed=seed)) for the frozen organism and its healthy control, then every PIN variant
+    # on each (spatialkit.analysis.interventions.pin_store says how a "pin" spec enters the notebook's calls); an HF
+    # model's inserts are trained by the notebook itself
+    organisms = (p["organism"], p["control"])
+    out = [_organism(p, name, seed=p["seed"]) for name in organisms]
+    base = {k: p[k] for k in ("n_train_scenes", "steps", "batch_size", "lr", "hidden", "table_dim", "seed")}
+    for name in organisms:
+        out += [("pin", {"organism": {"preset": name, "overrides": {"seed": p["seed"]}}, "variant": variant,
+                         "config": {**base, **flags}, "n_bins_from": p["organism"],
+                         "threads": p.get("threads", 0), "device": p.get("device", "cpu")})
+                for variant, flags in PIN_VARIANTS.items()]
+    return out
 
 
 @declares_checkpoints("07_putting_it_together")

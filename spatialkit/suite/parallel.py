@@ -7,8 +7,9 @@ notebooks in parallel, in one pool of N worker processes (default: one per core)
 3. A worker plans them: the kind's module (``KINDS``; model code, which the suite may not import, so it is
    named by a dotted string and imported in the worker) returns its training tasks, one per distinct checkpoint
    key, with their dependencies (an organism's stage-1 vision encoder first, a swapped-tower organism's CLIP /
-   CLOC encoder first) and whether each is stored already. Kinds: "organism" (the zoo), "clip" (notebook 05's
-   tiny CLIP / CLOC encoders), "encoder_swap" (the LLaVA recipe on one of them; notebooks 05 and 07).
+   CLOC encoder first, a PIN insert its frozen organism first) and whether each is stored already. Kinds:
+   "organism" (the zoo), "clip" (notebook 05's tiny CLIP / CLOC encoders), "encoder_swap" (the LLaVA recipe on
+   one of them; notebooks 05 and 07), "pin" (notebook 06's positional inserts on its organisms).
 4. One scheduler runs the missing tasks and the notebooks as a graph: a task starts once its dependencies
    finished, a notebook once its checkpoints did; training goes first when both are ready (it is on the
    critical path), notebooks that load nothing fill the gaps. Each worker trains with the thread count the
@@ -41,7 +42,8 @@ from spatialkit.suite import catalog, runner
 # "module:prefix" names a module serving several kinds: prefix_checkpoint_tasks, prefix_build_checkpoint
 KINDS: dict[str, str] = {"organism": "spatialkit.models.organism.store",
                          "clip": "spatialkit.models.tower_store:clip",  # notebook 05's CLIP / CLOC encoders
-                         "encoder_swap": "spatialkit.models.tower_store:swap"}  # the LLaVA recipe on them
+                         "encoder_swap": "spatialkit.models.tower_store:swap",  # the LLaVA recipe on them
+                         "pin": "spatialkit.analysis.interventions.pin_store"}  # notebook 06's inserts
 
 
 def kind_function(kind: str, function: str) -> str:

@@ -65,7 +65,7 @@ from spatialkit.models.evaluate import _render
 
 __all__ = ["PinConfig", "PositionalInsert", "Pin", "train_pin", "load_or_train_pin", "LocationSet", "location_set", "location_batch",
            "box_to_bins", "bins_to_box", "box_iou", "predict_boxes", "predicted_ious", "what_scores", "frozen",
-           "pin_code_version", "split_seeds", "data_sha256", "default_location_set"]
+           "pin_code_version", "split_seeds", "data_sha256", "default_location_set", "pin_key", "pin_folder"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -383,21 +383,38 @@ def pin_code_version() -> str:
     return fingerprint("spatialkit.analysis.interventions.pin")
 
 
+STORE_KIND = "pin"  # the checkpoint store's kind (folder prefix) of trained inserts
+
+
+def pin_key(vlm, config: PinConfig, data: LocationSet, *, model_sha256: str | None = None) -> dict:
+    """The checkpoint key of PIN trained with ``config`` on ``data`` for the frozen ``vlm``: the config, the
+    model's weights (``model_sha256``, else computed: for a 7B model that reads its ~15 GB once), the training
+    data (:func:`data_sha256`) and what the model makes of one example (its prepared token ids and visual grid:
+    the tokenizer, chat template and image processor)."""
+    probe = vlm.prepare(data.images[data.image_index[:1]], data.prompts[:1])
+    return {"pin": config.to_dict(), "model": vlm.name, "model_sha256": model_sha256 or state_dict_sha256(vlm.model),
+            "data_sha256": data_sha256(data), "prompt_ids": probe.inputs["input_ids"][0].tolist(),
+            "grids": [list(g) for g in probe.grids], "location_ids": vlm.location_token_ids().tolist()}
+
+
+def pin_folder(vlm, config: PinConfig, data: LocationSet, *, model_sha256: str | None = None):
+    """The store folder that holds (or will hold) what :func:`load_or_train_pin` loads for the same arguments."""
+    return checkpoints.checkpoint_dir(STORE_KIND, checkpoints.config_key(pin_key(vlm, config, data,
+                                                                                 model_sha256=model_sha256),
+                                                                         pin_code_version()))
+
+
 def load_or_train_pin(vlm, config: PinConfig = PinConfig(), *, data: LocationSet | None = None,
                       allow_train: bool = True, progress: bool = True, encode_batch_size: int = 256,
                       model_sha256: str | None = None) -> tuple[Pin, dict]:
     """PIN for this frozen model, data and config from the checkpoint store (atomic, sha256-checked), else trained.
 
-    The key: the config, the model's weights (``model_sha256``, else computed: for a 7B model that reads its
-    ~15 GB once), the training data (:func:`data_sha256`) and what the model makes of one example (its prepared
-    token ids and visual grid: the tokenizer, chat template and image processor). ``data``: as in :func:`train_pin`.
+    The key: :func:`pin_key` (the config, the model's weights, the training data and what the model makes of one
+    example); its folder: :func:`pin_folder`. ``data``: as in :func:`train_pin`.
     """
     if data is None:
         data = default_location_set(vlm, config)
-    probe = vlm.prepare(data.images[data.image_index[:1]], data.prompts[:1])
-    key = {"pin": config.to_dict(), "model": vlm.name, "model_sha256": model_sha256 or state_dict_sha256(vlm.model),
-           "data_sha256": data_sha256(data), "prompt_ids": probe.inputs["input_ids"][0].tolist(),
-           "grids": [list(g) for g in probe.grids], "location_ids": vlm.location_token_ids().tolist()}
+    key = pin_key(vlm, config, data, model_sha256=model_sha256)
     built: dict = {}
 
     def do_train():
@@ -405,7 +422,8 @@ def load_or_train_pin(vlm, config: PinConfig = PinConfig(), *, data: LocationSet
         built["pin"] = pin
         return pin.state_dict(), metrics
 
-    state, metrics, _ = checkpoints.load_or_train("pin", key, pin_code_version(), do_train, allow_train=allow_train)
+    state, metrics, _ = checkpoints.load_or_train(STORE_KIND, key, pin_code_version(), do_train,
+                                                  allow_train=allow_train)
     if "pin" in built:
         return built["pin"], metrics
     pin = Pin(vlm, config)
