@@ -118,6 +118,29 @@ def test_caption_word_bags_hold_content_words_only(smoke_data):
     assert (bags.sum(1) >= 2).all()  # at least one kind and one colour per image
 
 
+def test_phrase_labels_tie_each_colour_to_its_noun(smoke_data):
+    _, vocab, pool = smoke_data
+    words = caption_word_bags(pool, vocab)
+    both = caption_word_bags(pool, vocab, phrases=True)
+    assert both.shape[1] > words.shape[1] and torch.equal(both[:, : words.shape[1]], words)  # words unchanged
+    # every image's phrase columns are exactly its caption's "<colour> <noun>" pairs
+    caption = pool.by_family["caption"].tolist()[0]
+    image = int(pool.image_index[caption])
+    tokens = [vocab.words[t] for t in pool.targets[caption].tolist() if t >= 0]
+    pairs = {(a, b) for a, b in zip(tokens, tokens[1:]) if a in ("red", "green", "blue", "yellow", *_colours())}
+    assert int(both[image, words.shape[1]:].sum()) == len(pairs) >= 1
+    # a config that asks for phrases gets a different stage-1 key
+    cfg = preset("smoke")
+    assert (vision_stage_config(cfg.replace(vision_pretrain_labels="phrases"))
+            != vision_stage_config(cfg.replace(vision_pretrain_labels="words")))
+
+
+def _colours():
+    from spatialkit.world import COLORS
+
+    return tuple(COLORS)
+
+
 def test_vision_stage_is_cached_shared_and_identical(tmp_path, monkeypatch):
     monkeypatch.setenv("SPATIALKIT_CACHE", str(tmp_path))
     cfg = preset("smoke", steps=3, eval_every=3)

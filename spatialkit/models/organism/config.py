@@ -93,6 +93,11 @@ class OptimConfig:
     # word is in the caption if some patch shows it, so each patch learns to describe what *it* covers) or
     # "mean" (of the patch tokens, then a linear head: CLIP-like global pooling)
     vision_pretrain_pool: str = knob("max", choices=("max", "mean"))
+    # stage 1's labels: "words" (each content word of the caption: kinds, colours) or "phrases" (those words plus
+    # each colour-noun phrase, "yellow ball", as one more label, as CLIP's captions pair attributes with nouns).
+    # With a mean-pooled stage 1 the phrases are what ties a colour to its object in the global feature: the
+    # llava organism's colour accuracy went from 0.62 to 0.99 and its where stayed near 0.5 (README, "The zoo")
+    vision_pretrain_labels: str = knob("words", choices=("words", "phrases"))
     # the vision encoder's learning rate in the VQA stage, relative to ``lr`` (0 = frozen, as in LLaVA's stage 1)
     vision_lr_scale: float = knob(1.0, 0.0, 10.0)
     eval_every: int = knob(250, 1, 10_000_000)

@@ -267,15 +267,22 @@ def sample_batch(cfg: OrganismConfig, pool: Pool, rng: np.random.Generator) -> n
 CAPTION_FUNCTION_WORDS = ("a", "an", "and", ",", ".", "the", "with", EOS)
 
 
-def caption_word_bags(pool: Pool, vocab: Vocab) -> torch.Tensor:
-    """(S, V) multi-hot: the content words (kinds, colours, accessories) of each pool image's caption.
+def caption_word_bags(pool: Pool, vocab: Vocab, phrases: bool = False) -> torch.Tensor:
+    """(S, V [+ P]) multi-hot: the content words (kinds, colours, accessories) of each pool image's caption; with
+    ``phrases`` also one column per colour-noun phrase ("yellow ball": a colour word and the word after it) seen
+    in the pool's captions, in sorted order (stage 1's ``vision_pretrain_labels="phrases"``).
 
-    (Colour-noun phrases as extra labels, "green car", were tried to tie each colour to its object inside
-    the encoder: at 1200 VQA steps they left colour where it was and cost where-accuracy, so they are not used.)
+    Why phrases: a word bag says "yellow" and "ball" are in the image, not that the ball is the yellow one. A
+    max-pooled stage 1 binds them anyway (each patch describes its own object); a mean-pooled one (CLIP-like)
+    does not, and its organism then cannot say which object has which colour.
     """
-    bags = torch.zeros(len(pool.images), len(vocab))
     skip = {vocab[w] for w in CAPTION_FUNCTION_WORDS}
-    for row in pool.by_family["caption"].tolist():
-        words = [t for t in pool.targets[row].tolist() if t >= 0 and t not in skip]
-        bags[pool.image_index[row], words] = 1.0
+    colours = {vocab.index[w] for w in scenes.COLORS if w in vocab.index}
+    rows = pool.by_family["caption"].tolist()
+    words_of = [[t for t in pool.targets[row].tolist() if t >= 0 and t not in skip] for row in rows]
+    pairs_of = [[(a, b) for a, b in zip(words, words[1:]) if a in colours] if phrases else [] for words in words_of]
+    columns = {pair: len(vocab) + j for j, pair in enumerate(sorted({p for pairs in pairs_of for p in pairs}))}
+    bags = torch.zeros(len(pool.images), len(vocab) + len(columns))
+    for row, words, pairs in zip(rows, words_of, pairs_of):
+        bags[pool.image_index[row], words + [columns[p] for p in pairs]] = 1.0
     return bags

@@ -73,6 +73,9 @@ class Vocab:
     def __getitem__(self, word: str) -> int:
         return self.index.get(word, self.index[UNK])
 
+    def __contains__(self, word: str) -> bool:  # without it, `in` would iterate __getitem__(0, 1, ...) forever
+        return word in self.index
+
     def encode(self, text: str) -> list[int]:
         return [self[w] for w in tokenize(text)]
 

@@ -54,7 +54,7 @@ def lr_at(cfg: OrganismConfig, step: int, steps: int | None = None) -> float:
 VISION_STAGE_FIELDS = ("model.image_size", "model.patch_size", "model.vision_dim", "model.vision_layers",
                        "model.vision_heads", "model.vision_posenc", "model.vision_stem", "model.vision_embed_norm",
                        "data.loc_grid", "data.scene_preset", "data.bench_seed", "data.n_train_scenes", "seed",
-                       "optim.vision_pretrain_steps", "optim.vision_pretrain_pool", "optim.batch_size", "optim.lr",
+                       "optim.vision_pretrain_steps", "optim.vision_pretrain_pool", "optim.vision_pretrain_labels", "optim.batch_size", "optim.lr",
                        "optim.lr_schedule", "optim.warmup_frac", "optim.weight_decay", "optim.grad_clip")
 
 
@@ -142,8 +142,8 @@ def pretrain_vision(model: TinyVLM, cfg: OrganismConfig, pool: Pool, vocab: Voca
     objective is global (pooled, position-free) like CLIP's, so any spatial skill is still learned in stage 2.
     """
 
-    bags = caption_word_bags(pool, vocab)
     m, o = cfg.model, cfg.optim
+    bags = caption_word_bags(pool, vocab, phrases=o.vision_pretrain_labels == "phrases")
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed + 1_000_003)
         fresh = type(model.vision)(m.image_size, m.patch_size, m.vision_dim, m.vision_layers, m.vision_heads,
