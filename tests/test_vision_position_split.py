@@ -17,7 +17,6 @@ import torch
 from spatialkit.analysis.interventions import shuffle_visual_tokens
 from spatialkit.analysis.interventions.norms import hidden_states
 from spatialkit.analysis.interventions.shuffle import batch_index
-
 from tests.kinds import tiny_case
 
 HF_KINDS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava")
@@ -125,10 +124,9 @@ def test_model_restored_after_the_split(case, move, raise_inside):
     state, hooks = _state(vlm.model), _hooks(vlm.model)
     base = vlm.logits(batch)
     if raise_inside:
-        with pytest.raises(RuntimeError, match="boom"):
-            with shuffle_visual_tokens(vlm, 1.0, seed=1, move=move):
-                vlm.logits(batch)
-                raise RuntimeError("boom")
+        with pytest.raises(RuntimeError, match="boom"), shuffle_visual_tokens(vlm, 1.0, seed=1, move=move):
+            vlm.logits(batch)
+            raise RuntimeError("boom")
     else:
         with shuffle_visual_tokens(vlm, 1.0, seed=1, move=move):
             assert _hooks(vlm.model) > hooks
@@ -142,9 +140,11 @@ def test_model_restored_after_the_split(case, move, raise_inside):
 def test_a_bad_slot_index_is_refused_and_the_hook_removed(case):
     _, vlm, batch = case
     hooks = _hooks(vlm.model)
-    with pytest.raises(ValueError, match="permute each image"):
-        with vlm.vision_position_hook(lambda grids: torch.zeros(sum(h * w for h, w in grids), dtype=torch.long)):
-            vlm.visual_tokens(batch)
+    def bad(grids):
+        return torch.zeros(sum(h * w for h, w in grids), dtype=torch.long)
+
+    with pytest.raises(ValueError, match="permute each image"), vlm.vision_position_hook(bad):
+        vlm.visual_tokens(batch)
     assert _hooks(vlm.model) == hooks
 
 
@@ -156,6 +156,5 @@ def test_every_hf_family_says_what_it_moves(case):
 def test_a_model_without_the_tower_hook_needs_a_position_code():
     _, vlm, _ = tiny_case("organism")
     assert vlm.vision_position_signal is None
-    with pytest.raises(ValueError, match="position_code"):
-        with shuffle_visual_tokens(vlm, 1.0, 0, move="content"):
-            pass
+    with pytest.raises(ValueError, match="position_code"), shuffle_visual_tokens(vlm, 1.0, 0, move="content"):
+        pass
