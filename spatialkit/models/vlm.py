@@ -13,6 +13,10 @@ The two hook points, and why they are enough:
   the scale, and must return the attention output. ``call.sdpa()`` is the default fused computation,
   so a probe can record the last row's attention (one query row: O(n) memory) and an intervention can
   recompute the last row with scaled image keys, while every other row stays on fused SDPA.
+
+One optional hook sits inside the vision tower: ``vision_position_hook(fn)`` moves only the position signal
+the tower itself uses (the content/position split of the permutation test); ``vision_position_signal`` says
+what that is, or None where a model has no such hook.
 """
 
 from __future__ import annotations
