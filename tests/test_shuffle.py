@@ -241,5 +241,8 @@ def test_move_arguments_are_checked():
         with shuffle_visual_tokens(None, 1.0, 0, move="rows"):
             pass
     with pytest.raises(ValueError, match="position_code"):
+        with shuffle_visual_tokens(None, 1.0, 0, move="all", position_code=torch.zeros(4, 2)):
+            pass
+    with pytest.raises(TypeError, match="VLM"):
         with shuffle_visual_tokens(None, 1.0, 0, move="content"):
             pass

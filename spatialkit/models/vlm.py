@@ -13,6 +13,10 @@ The two hook points, and why they are enough:
   the scale, and must return the attention output. ``call.sdpa()`` is the default fused computation,
   so a probe can record the last row's attention (one query row: O(n) memory) and an intervention can
   recompute the last row with scaled image keys, while every other row stays on fused SDPA.
+
+One optional hook sits inside the vision tower: ``vision_position_hook(fn)`` moves only the position signal
+the tower itself uses (the content/position split of the permutation test); ``vision_position_signal`` says
+what that is, or None where a model has no such hook.
 """
 
 from __future__ import annotations
@@ -236,6 +240,8 @@ class PositionIds:
 
 AttentionFn = Callable[[AttnCall], torch.Tensor]
 VisualFn = Callable[[VisualTokens], VisualTokens]
+# grids (each image's (h, w) LM token grid, as VisualTokens.grids) -> (N_total,) long gather index over those slots
+SlotIndexFn = Callable[[list[tuple[int, int]]], torch.Tensor]
 
 
 @dataclass
@@ -321,6 +327,24 @@ class VLM(ABC):
 
         The ``AttnCall.token_kind`` is filled from the batch being run. Restores on exit, also on error.
         """
+
+    @property
+    def vision_position_signal(self) -> str | None:
+        """What :meth:`vision_position_hook` moves inside this model's vision tower, in words; None when the model
+        has no such hook (then a content/position split can only use a position code estimated at the LM input)."""
+        return None
+
+    def vision_position_hook(self, fn: SlotIndexFn) -> contextlib.AbstractContextManager:
+        """Context manager: inside the vision tower, move only the position signal the tower itself uses.
+
+        ``fn(grids)`` gets each image's (h, w) grid of LM visual tokens (as :class:`VisualTokens` lays them out)
+        and returns a (N_total,) gather index over those slots, each image's block a permutation of its own slots
+        (:func:`spatialkit.analysis.interventions.shuffle.batch_index`'s layout). The patches that become LM
+        slot s then carry, inside the tower, the position signal of the patches of slot ``index[s]``; their
+        pixels (content) stay where they are, and so do the LM's position ids. An identity index leaves the
+        model untouched (bit-identical outputs). Restores the model on exit, also when the body raises.
+        Models without a tower-level hook (``vision_position_signal`` None) raise NotImplementedError."""
+        raise NotImplementedError(f"{self.name} has no tower-level position hook")
 
     @abstractmethod
     def visual_tokens(self, batch: Batch) -> VisualTokens:

@@ -105,24 +105,48 @@ def shuffle_visual_tokens(vlm: VLM, fraction: float = 1.0, seed: int = 0, *, mov
                           position_code: torch.Tensor | None = None, record: bool = False) -> Iterator[ShuffleRecord]:
     """Context manager: inside it, every forward of ``vlm`` sees its visual tokens shuffled (see module doc).
 
-    ``move`` "all" (the paper's test) moves whole tokens. A vision encoder with an absolute position embedding
-    leaves a position code *inside* each token, which travels with it; given that code per slot
-    (``position_code`` (h*w, d), e.g. from :func:`slot_position_code`), "content" moves the tokens but gives
-    each slot its own code back (token[src] − code[src] + code[dst]), and "position" leaves the tokens in place
-    and moves only the codes (token[dst] − code[dst] + code[src]). Yields a :class:`ShuffleRecord`; with
-    ``record=True`` it also keeps each call's gather index (tests). Arguments are validated before the model is
-    touched; the hook is removed on exit, also on error.
+    ``move`` "all" (the paper's test) moves whole tokens. A vision encoder puts a position signal *inside* each
+    token, which travels with it; "content" moves what each patch shows but leaves every slot its own position
+    signal, "position" leaves what each patch shows in place and moves only the position signals. Two ways:
+
+    * estimated at the LM input (``position_code`` (h*w, d), e.g. from :func:`slot_position_code`): the code is
+      taken as additive, "content" gives token[src] − code[src] + code[dst] and "position" token[dst] −
+      code[dst] + code[src]. Faithful for a tower that adds an absolute code and then mixes little.
+    * inside the vision tower (``position_code`` None, for a model whose ``vlm.vision_position_signal`` is not
+      None): "position" runs :meth:`VLM.vision_position_hook` with the slot permutation ``index``
+      (:func:`batch_index`), so the patches of slot s are encoded with the tower's position signal of slot
+      ``index[s]``, the LM input order unchanged. "content" is the full shuffle at the LM input (slot s gets
+      the token of slot ``index[s]``, DeepStack extras included) combined with the tower-level permutation by
+      the inverse, ``index⁻¹``: the patches that end up in slot s were encoded with the position signal of
+      slot s (index⁻¹[index[s]] = s), so the LM's slot order and the tower's position signal agree again and
+      only the contents have moved. For a tower whose attention sees positions only through that signal
+      (CLIP with its learned table, Qwen2-VL's 2D rotary, Qwen3-VL's table plus rotary) this is exactly the
+      image with its patches (Qwen: whole merge windows) rearranged before the tower, the simplest faithful
+      "content" there is; for Qwen2.5-VL the attention windows stay with the patches' true places (see
+      :meth:`spatialkit.models.hf.HFVLM.vision_position_hook`). Nothing is assumed additive.
+
+    Yields a :class:`ShuffleRecord`; with ``record=True`` it also keeps each call's gather index (tests; the
+    tower-level "position" records the slot index the tower received). Arguments are validated before the
+    model is touched; every hook is removed on exit, also on error.
     """
     fraction, seed = _check_fraction(fraction), _check_seed(seed)
     if move not in MOVES:
         raise ValueError(f"move must be one of {MOVES}, got {move!r}")
-    if (move == "all") != (position_code is None):
-        raise ValueError("position_code (h*w, d) is needed for move='content' or 'position', and only for them")
+    if move == "all" and position_code is not None:
+        raise ValueError("position_code (h*w, d) is only for move='content' or 'position'")
     if position_code is not None and position_code.dim() != 2:
         raise ValueError(f"position_code must be (h*w, d), got shape {tuple(position_code.shape)}")
     if not isinstance(vlm, VLM):
         raise TypeError(f"vlm must be a spatialkit.models.vlm.VLM, got {type(vlm).__name__}")
+    in_tower = move != "all" and position_code is None
+    if in_tower and vlm.vision_position_signal is None:
+        raise ValueError(f"{vlm.name} has no tower-level position hook: move={move!r} needs a position_code (h*w, d) "
+                         "estimated at the LM input (slot_position_code)")
     rec = ShuffleRecord(fraction, seed)
+    if in_tower:
+        with _tower_split(vlm, fraction, seed, move, rec, record):
+            yield rec
+        return
     indices: dict = {}  # (grids, device) -> (gather index, whether anything moves); built once per layout
 
     def shuffle(vt: VisualTokens) -> VisualTokens:
@@ -149,6 +173,26 @@ def shuffle_visual_tokens(vlm: VLM, fraction: float = 1.0, seed: int = 0, *, mov
 
     with vlm.visual_hook(shuffle):
         yield rec
+
+
+@contextlib.contextmanager
+def _tower_split(vlm: VLM, fraction: float, seed: int, move: str, rec: ShuffleRecord, record: bool) -> Iterator[None]:
+    """The content/position split inside the vision tower (see :func:`shuffle_visual_tokens`)."""
+
+    def tower_index(grids):  # slot s's patches get the tower's position signal of slot tower_index[s]
+        index = batch_index(grids, fraction, seed)
+        if move == "position":
+            if record:
+                rec.calls.append(index)
+            return index
+        return torch.argsort(index)  # content: the inverse, cancelled by the LM-level gather below
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(vlm.vision_position_hook(tower_index))
+        if move == "content":
+            inner = stack.enter_context(shuffle_visual_tokens(vlm, fraction, seed, record=record))
+            inner.calls = rec.calls  # its LM-level gather indices are this shuffle's record
+        yield
 
 
 def slot_position_code(vt: VisualTokens) -> torch.Tensor:

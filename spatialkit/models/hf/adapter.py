@@ -29,7 +29,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import ClassVar, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -38,8 +38,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from spatialkit.models.vlm import (VLM, AttnCall, AttentionFn, Batch, Generation, PositionIds, Prefill, TokenKind,
-                                    VisualFn, VisualTokens)
+from spatialkit.models.vlm import (VLM, AttnCall, AttentionFn, Batch, Generation, PositionIds, Prefill, SlotIndexFn,
+                                    TokenKind, VisualFn, VisualTokens)
 import dataclasses
 import importlib.util
 
@@ -842,6 +842,123 @@ class HFVLM(VLM):
             yield
         finally:
             handle.remove()
+
+    # what vision_position_hook moves, per family (the tower's own position signal, from transformers 5.x)
+    VISION_POSITION_SIGNALS: ClassVar[dict[str, str]] = {
+        "qwen2_vl": "the 2D rotary (row, column) ids of every vision block",
+        "qwen2_5_vl": "the 2D rotary (row, column) ids of every vision block (the attention windows stay with the "
+                      "patches' true places)",
+        "qwen3_vl": "the interpolated learned position-table rows added to the patches and the 2D rotary ids of "
+                    "every vision block",
+        "llava": "CLIP's learned position-embedding rows added to the patches (the CLS token keeps row 0)",
+    }
+
+    @property
+    def vision_position_signal(self) -> str:
+        return self.VISION_POSITION_SIGNALS[self.family]
+
+    @contextlib.contextmanager
+    def vision_position_hook(self, fn: SlotIndexFn) -> Iterator[None]:
+        """Move only the vision tower's own position signal (see :meth:`VLM.vision_position_hook`).
+
+        Qwen2-VL / Qwen2.5-VL / Qwen3-VL: a forward pre-hook on the tower ``model.model.visual`` hands it
+        precomputed per-patch position tensors with their rows permuted, through the keyword arguments that
+        transformers' vision towers accept instead of computing them (``transformers.vision_utils``):
+        ``position_ids`` (the (row, column) ids of the 2D rotary embedding of every block) and, for Qwen3-VL,
+        ``interp_indices``/``interp_weights`` (which rows of the learned ``pos_embed`` table, with which bilinear
+        weights, are added to each patch). Level of the permutation: the merge window. The tower orders its
+        patches window by window (the m x m patches that the merger turns into one LM token are contiguous), so
+        LM slot s owns patches m²s ... m²s+m²-1, and the patch at place k of window s gets the position of place
+        k of window ``index[s]``: whole windows move, the geometry inside a window stays intact (the merger
+        concatenates the same sub-positions in the same order), and the permutation is exactly the LM-level
+        slot permutation. Qwen2.5-VL's windowed attention (which patches may attend to which in its windowed
+        blocks) is also a layout signal; it stays with the patches' true places (only the rotary ids move).
+
+        LLaVA-1.5 (CLIP): a forward pre-hook on CLIP's embeddings notes the batch size and a forward hook on
+        its ``position_embedding`` returns, per image, the table rows permuted ((B, 1+N, d), row 0 = CLS kept,
+        patch s reads row 1+``index[s]``), which the embeddings add to the patch embeddings exactly as the
+        unpermuted (1, 1+N, d) would be. CLIP has no merge: LM slot s is patch s.
+
+        No parameter and no class is changed; the hooks are removed on exit, also on error."""
+        handles: list = []
+        try:
+            if self.family == "llava":
+                batch_size: list[int] = []
+                embeddings = self._clip_embeddings()
+
+                def on_embeddings(module, args, kwargs):
+                    if kwargs.get("interpolate_pos_encoding"):
+                        raise ValueError(f"{self.name}: vision_position_hook does not support interpolate_pos_encoding")
+                    pixels = kwargs.get("pixel_values", args[0] if args else None)
+                    batch_size.append(int(pixels.shape[0]))
+
+                def on_table(module, args, output):  # output (1, 1+N, d): CLS row, then one row per patch
+                    n_images = batch_size.pop()
+                    n = output.shape[1] - 1
+                    side = math.isqrt(n)
+                    index, identity = self._slot_index(fn, [(side, side)] * n_images)
+                    if identity:
+                        return None
+                    local = index.view(n_images, n) - torch.arange(n_images)[:, None] * n  # per image, 0..N-1
+                    rows = torch.cat([torch.zeros(n_images, 1, dtype=torch.long), 1 + local], 1).to(output.device)
+                    return output[0][rows]  # (B, 1+N, d)
+
+                handles.append(embeddings.register_forward_pre_hook(on_embeddings, with_kwargs=True))
+                handles.append(embeddings.position_embedding.register_forward_hook(on_table))
+            else:
+                handles.append(self.model.model.visual.register_forward_pre_hook(self._qwen_position_pre_hook(fn),
+                                                                                 with_kwargs=True))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _qwen_position_pre_hook(self, fn: SlotIndexFn):
+        from transformers.vision_utils import (  # optional heavy dependency: only HF-model paths load transformers
+            get_vision_interpolation_indices_and_weights,
+            get_vision_position_ids,
+        )
+
+        def hook(module, args, kwargs):
+            grid_thw = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
+            merge = int(module.spatial_merge_size)
+            grids = [(int(t) * int(h) // merge, int(w) // merge) for t, h, w in grid_thw.tolist()]
+            index, identity = self._slot_index(fn, grids)
+            if identity:
+                return None
+            units = merge * merge  # patches per LM token, contiguous in the tower's order
+            patch = (index[:, None] * units + torch.arange(units)).reshape(-1).to(grid_thw.device)
+            kwargs = dict(kwargs)
+            ids = kwargs.get("position_ids")
+            if ids is None:
+                ids = get_vision_position_ids(grid_thw, module.spatial_merge_size)
+            kwargs["position_ids"] = ids[patch]
+            if self.family == "qwen3_vl":
+                rows, weights = kwargs.get("interp_indices"), kwargs.get("interp_weights")
+                if rows is None or weights is None:
+                    rows, weights = get_vision_interpolation_indices_and_weights(
+                        grid_thw, num_grid_per_side=module.num_grid_per_side, mode=module.interpolation_mode,
+                        align_corners=module.interpolation_align_corners,
+                        spatial_merge_size=module.config.spatial_merge_size)
+                kwargs["interp_indices"], kwargs["interp_weights"] = rows[patch], weights[patch]
+            return args, kwargs
+
+        return hook
+
+    def _slot_index(self, fn: SlotIndexFn, grids: list[tuple[int, int]]) -> tuple[torch.Tensor, bool]:
+        """``fn(grids)`` on the CPU, checked (one permutation of its own slots per image), and whether it is the
+        identity."""
+        index = torch.as_tensor(fn(list(grids))).long().cpu().reshape(-1)
+        total = sum(h * w for h, w in grids)
+        if index.numel() != total:
+            raise ValueError(f"a slot index for grids {grids} must hold {total} entries, got {index.numel()}")
+        offset = 0
+        for h, w in grids:
+            block = index[offset:offset + h * w] - offset
+            if not torch.equal(block.sort().values, torch.arange(h * w)):
+                raise ValueError(f"a slot index must permute each image's own {h}x{w} slots")
+            offset += h * w
+        return index, bool(torch.equal(index, torch.arange(total)))
 
     @torch.no_grad()
     def visual_tokens(self, batch: Batch) -> VisualTokens:

@@ -1,0 +1,160 @@
+"""The content/position split inside the vision tower (``VLM.vision_position_hook`` and
+``shuffle_visual_tokens(move="content"|"position")`` without a position code), on the four tiny HF families.
+
+Position only: the LM receives other visual tokens at fraction 1 and bit-identical ones for the identity; CLIP's
+version equals recomputing with the position-embedding rows permuted. Content: for the towers that see
+positions only through the moved signal (CLIP, Qwen2-VL, Qwen3-VL) it equals the image with its patches (Qwen:
+merge windows) rearranged before the tower. The model is restored after the context, also on error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from spatialkit.analysis.interventions import shuffle_visual_tokens
+from spatialkit.analysis.interventions.norms import hidden_states
+from spatialkit.analysis.interventions.shuffle import batch_index
+from tests.kinds import tiny_case
+
+HF_KINDS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava")
+
+
+def _sharpen_tower(vlm, factor: float = 4.0) -> None:
+    """Scale the vision tower's attention projections so random-weight attention is far from uniform (the
+    rotary ids then matter well above float noise)."""
+    tower = vlm.model.model.vision_tower if hasattr(vlm.model.model, "vision_tower") else vlm.model.model.visual
+    with torch.no_grad():
+        for name, module in tower.named_modules():
+            if name.endswith(("attn.qkv", "self_attn.q_proj", "self_attn.k_proj")):
+                module.weight.mul_(factor)
+
+
+@pytest.fixture(scope="module", params=HF_KINDS)
+def case(request):
+    kind, vlm, batch = tiny_case(request.param)
+    _sharpen_tower(vlm)
+    return kind, vlm, batch
+
+
+def _lm_visual_input(vlm, batch) -> torch.Tensor:
+    """The visual tokens the LM really receives (its input at the image positions)."""
+    return hidden_states(vlm, batch)[0][batch.image_mask]
+
+
+def _hooks(model: torch.nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def _state(model: torch.nn.Module) -> dict:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_position_only_moves_the_tokens_and_identity_is_bit_identical(case):
+    _, vlm, batch = case
+    base = _lm_visual_input(vlm, batch)
+    with shuffle_visual_tokens(vlm, 1.0, seed=0, move="position", record=True) as rec:
+        moved = _lm_visual_input(vlm, batch)
+    assert len(rec.calls) == 1 and torch.equal(rec.calls[0], batch_index(batch.grids, 1.0, 0))
+    assert (moved - base).abs().max() > 1e-4, "moving the tower's position signal left the LM input unchanged"
+    with shuffle_visual_tokens(vlm, 0.0, seed=0, move="position"):
+        assert torch.equal(_lm_visual_input(vlm, batch), base)
+    with vlm.vision_position_hook(lambda grids: torch.arange(sum(h * w for h, w in grids))):
+        assert torch.equal(_lm_visual_input(vlm, batch), base)
+    with shuffle_visual_tokens(vlm, 0.0, seed=0, move="content"):
+        assert torch.equal(_lm_visual_input(vlm, batch), base)
+
+
+def _rearranged(kind: str, vlm, batch, index: torch.Tensor):
+    """The batch with each image's pixels rearranged so that LM slot s shows what slot ``index[s]`` showed."""
+    pixels = batch.inputs["pixel_values"]
+    if kind == "llava":  # (B, 3, H, W): CLIP patches of patch_size px, slot s = patch s
+        p = vlm.model.config.vision_config.patch_size
+        b, c, h, w = pixels.shape
+        n = (h // p) * (w // p)
+        patches = pixels.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(b * n, c, p, p)
+        patches = patches[index].reshape(b, h // p, w // p, c, p, p).permute(0, 3, 1, 4, 2, 5)
+        new = patches.reshape(b, c, h, w)
+    else:  # Qwen: (patches, features) in merge-window order: slot s owns rows 4s ... 4s+3
+        units = vlm.model.config.vision_config.spatial_merge_size ** 2
+        new = pixels[(index[:, None] * units + torch.arange(units)).reshape(-1)]
+    return dataclasses.replace(batch, inputs={**batch.inputs, "pixel_values": new})
+
+
+@pytest.mark.parametrize("kind", ["qwen2_vl", "qwen3_vl", "llava"])
+def test_content_only_is_the_rearranged_image(kind):
+    """Towers that see positions only through the moved signal: "content" = the patches rearranged before the
+    tower (LM positions unchanged); "all" is not (there the tower encoded each patch at its true place)."""
+    _, vlm, batch = tiny_case(kind)
+    _sharpen_tower(vlm)
+    index = batch_index(batch.grids, 1.0, 5)
+    want = vlm.visual_tokens(_rearranged(kind, vlm, batch, index)).tokens
+    with shuffle_visual_tokens(vlm, 1.0, seed=5, move="content"):
+        got = _lm_visual_input(vlm, batch)
+    assert torch.allclose(got, want.to(got.dtype), atol=1e-5), (got - want).abs().max()
+    with shuffle_visual_tokens(vlm, 1.0, seed=5):
+        full = _lm_visual_input(vlm, batch)
+    assert (full - want).abs().max() > 1e-4
+
+
+def test_clip_position_only_equals_permuted_position_rows():
+    _, vlm, batch = tiny_case("llava")
+    table = vlm._clip_embeddings().position_embedding.weight
+    n = table.shape[0] - 1
+    index = batch_index(batch.grids, 1.0, 3)[:n]  # every image has the same grid, so the same permutation
+    with shuffle_visual_tokens(vlm, 1.0, seed=3, move="position"):
+        got = vlm.visual_tokens(batch).tokens
+    saved = table.detach().clone()
+    try:
+        with torch.no_grad():
+            table.copy_(saved[torch.cat([torch.zeros(1, dtype=torch.long), 1 + index])])
+        want = vlm.visual_tokens(batch).tokens
+    finally:
+        with torch.no_grad():
+            table.copy_(saved)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("move", ["content", "position"])
+@pytest.mark.parametrize("raise_inside", [False, True])
+def test_model_restored_after_the_split(case, move, raise_inside):
+    _, vlm, batch = case
+    state, hooks = _state(vlm.model), _hooks(vlm.model)
+    base = vlm.logits(batch)
+    if raise_inside:
+        with pytest.raises(RuntimeError, match="boom"), shuffle_visual_tokens(vlm, 1.0, seed=1, move=move):
+            vlm.logits(batch)
+            raise RuntimeError("boom")
+    else:
+        with shuffle_visual_tokens(vlm, 1.0, seed=1, move=move):
+            assert _hooks(vlm.model) > hooks
+            vlm.logits(batch)
+    assert _hooks(vlm.model) == hooks
+    after = vlm.model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in state.items())
+    assert torch.equal(vlm.logits(batch), base)
+
+
+def test_a_bad_slot_index_is_refused_and_the_hook_removed(case):
+    _, vlm, batch = case
+    hooks = _hooks(vlm.model)
+    def bad(grids):
+        return torch.zeros(sum(h * w for h, w in grids), dtype=torch.long)
+
+    with pytest.raises(ValueError, match="permute each image"), vlm.vision_position_hook(bad):
+        vlm.visual_tokens(batch)
+    assert _hooks(vlm.model) == hooks
+
+
+def test_every_hf_family_says_what_it_moves(case):
+    _, vlm, _ = case
+    assert isinstance(vlm.vision_position_signal, str) and vlm.vision_position_signal
+
+
+def test_a_model_without_the_tower_hook_needs_a_position_code():
+    _, vlm, _ = tiny_case("organism")
+    assert vlm.vision_position_signal is None
+    with pytest.raises(ValueError, match="position_code"), shuffle_visual_tokens(vlm, 1.0, 0, move="content"):
+        pass
