@@ -346,6 +346,23 @@ class VLM(ABC):
         Models without a tower-level hook (``vision_position_signal`` None) raise NotImplementedError."""
         raise NotImplementedError(f"{self.name} has no tower-level position hook")
 
+    @staticmethod
+    def _slot_index(fn: SlotIndexFn, grids: list[tuple[int, int]]) -> tuple[torch.Tensor, bool]:
+        """``fn(grids)`` on the CPU, checked (one permutation of its own slots per image), and whether it is the
+        identity."""
+        index = torch.as_tensor(fn(list(grids))).long().cpu().reshape(-1)
+        total = sum(h * w for h, w in grids)
+        if index.numel() != total:
+            raise ValueError(f"a slot index for grids {grids} must hold {total} entries, got {index.numel()}")
+        offset = 0
+        for h, w in grids:
+            block = index[offset:offset + h * w] - offset
+            if not torch.equal(block.sort().values, torch.arange(h * w)):
+                raise ValueError(f"a slot index must permute each image's own {h}x{w} slots")
+            offset += h * w
+        return index, bool(torch.equal(index, torch.arange(total)))
+
+
     @abstractmethod
     def visual_tokens(self, batch: Batch) -> VisualTokens:
         """The visual tokens the LM would receive for this batch (after any active visual hook)."""

@@ -11,10 +11,13 @@ prepends a system prompt, which the organism saw on ``system_prompt_fraction`` o
 
 from __future__ import annotations
 import contextlib
-from typing import Sequence
+import math
+from typing import ClassVar, Iterator, Sequence
 import torch
 from spatialkit.models.organism.model import ANS, EOS, IMG, PAD, SYSTEM_PROMPT, TinyVLM, Vocab, to_pixels
-from spatialkit.models.vlm import VLM, AttentionFn, Batch, Generation, Prefill, TokenKind, VisualFn, VisualTokens
+from spatialkit.models.posenc import ABSOLUTE, ROTARY, grid_positions, shaw_bias
+from spatialkit.models.vlm import (VLM, AttentionFn, Batch, Generation, Prefill, SlotIndexFn, TokenKind, VisualFn,
+                                   VisualTokens)
 from spatialkit.models.organism.config import OrganismConfig
 
 
@@ -198,6 +201,116 @@ class OrganismVLM(VLM):
             yield self
         finally:
             self._attention_fns.remove(fn)
+
+    # what vision_position_hook moves, per ViT position encoding (ModelConfig.vision_posenc)
+    VISION_POSITION_SIGNALS: ClassVar[dict[str, str]] = {
+        "none": "nothing: this ViT has no position encoding (vision_posenc 'none'), so moving it is the identity",
+        "learned": "the ViT's learned position-table rows added to the patch embeddings",
+        "sincos2d": "the ViT's 2D sine-cosine position rows added to the patch embeddings",
+        "rpe2d": "the (row, column) places from which every ViT attention layer reads its relative-position bias",
+        "rope1d": "the slot indices by which every ViT attention layer rotates queries and keys",
+        "rope2d": "the (row, column) ids by which every ViT attention layer rotates queries and keys",
+        "mrope": "the (t, row, column) ids by which every ViT attention layer rotates queries and keys",
+    }
+
+    @property
+    def vision_position_signal(self) -> str:
+        return self.VISION_POSITION_SIGNALS[self.model.cfg.vision_posenc]
+
+    @contextlib.contextmanager
+    def vision_position_hook(self, fn: SlotIndexFn) -> Iterator[None]:
+        """Move only the ViT's own position signal (see :meth:`VLM.vision_position_hook`).
+
+        The organism's ViT has no merge: LM slot s is patch s. A forward pre-hook on the ViT (``model.vision``)
+        asks ``fn`` for the slot index of the call's images (checked: one permutation of its own slots per
+        image) and a forward hook clears it after the call (also on error). While it is set, the ViT's
+        position encoding (``model.vision.pe``) hands patch s, per image, the signal of patch ``index[s]``:
+
+        * absolute codes ("learned", "sincos2d"): ``pe.add`` adds the table rows ``table[index]`` (B, N, d)
+          instead of ``table`` (N, d): exactly the sum the ViT computes with its table rows permuted;
+        * rotary ("rope1d", "rope2d", "mrope"): ``pe.angles`` returns the rows of the unpermuted angles
+          gathered by the index (B, N, Dh/2), so every block rotates patch s's query and key as patch
+          ``index[s]``'s (rope1d: by its slot index);
+        * relative bias ("rpe2d"): ``pe.bias`` reads the row and column offset tables at the offsets between the
+          permuted places, p[index[j]] - p[index[i]], in every block;
+        * "none": nothing to move (the index is still asked for and checked).
+
+        These are instance attributes set on ``pe`` for the duration of the context (its class methods stay
+        untouched; the attributes are removed and the hooks unregistered on exit, also on error). No parameter
+        or buffer changes; an identity index (or no index) calls the original methods: bit-identical outputs.
+        Training never enters this context."""
+        vit = self.model.vision
+        pe, (h, w), posenc = vit.pe, vit.grid, self.model.cfg.vision_posenc
+        n = h * w
+        state: dict = {}  # "local": (B, N) per-image patch index of the running ViT call, None = identity
+
+        def before(module, args, kwargs):
+            pixels = args[0] if args else kwargs["pixels"]
+            b = int(pixels.shape[0])
+            index, identity = self._slot_index(fn, [(h, w)] * b)
+            state["local"] = None if identity else (index.view(b, n) - torch.arange(b)[:, None] * n).to(pixels.device)
+
+        def after(module, args, output):
+            state.pop("local", None)
+
+        originals = {name: pe.__dict__[name] for name in ("add", "angles", "bias") if name in pe.__dict__}
+        overrides: dict = {}
+        if posenc in ABSOLUTE:
+            add = pe.add
+
+            def permuted_add(x, grid):
+                local = state.get("local")
+                if local is None:
+                    return add(x, grid)
+                pe._check_tokens(x, grid)
+                return x + pe.table_for(grid).to(device=x.device, dtype=x.dtype)[local]
+
+            overrides["add"] = permuted_add
+        elif posenc in ROTARY:
+            angles = pe.angles
+
+            def permuted_angles(positions):
+                local = state.get("local")
+                out = angles(positions)
+                return out if local is None or out.ndim != 2 else out[local]
+
+            overrides["angles"] = permuted_angles
+        elif posenc == "rpe2d":
+            bias = pe.bias
+
+            def permuted_bias(q, grid):
+                local = state.get("local")
+                if local is None:
+                    return bias(q, grid)
+                if q.shape[-2] != n or tuple(grid) != (h, w):
+                    raise ValueError(f"q has {q.shape[-2]} tokens on grid {grid}, the ViT's grid is {(h, w)}")
+                pos = grid_positions(h, w).to(q.device)[local]  # (B, N, 3): patch s at the place of index[s]
+                k = pe.max_distance
+
+                def offsets(p):  # (B, 1, N, N) table index of clip(p_j - p_i) per image
+                    return ((p[:, None, :] - p[:, :, None]).clamp(-k, k) + k)[:, None]
+
+                logits = shaw_bias(q, pe.row_table, offsets(pos[..., 1])) + shaw_bias(q, pe.col_table,
+                                                                                      offsets(pos[..., 2]))
+                return logits / math.sqrt(pe.head_dim)
+
+            overrides["bias"] = permuted_bias
+        handles = []
+        try:
+            handles.append(vit.register_forward_pre_hook(before, with_kwargs=True))
+            handles.append(vit.register_forward_hook(after, always_call=True))
+            for name, value in overrides.items():
+                object.__setattr__(pe, name, value)
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+            for name in overrides:
+                if name in originals:
+                    object.__setattr__(pe, name, originals[name])
+                else:
+                    pe.__dict__.pop(name, None)
+            state.clear()
 
     @torch.no_grad()
     def visual_tokens(self, batch: Batch) -> VisualTokens:
