@@ -57,8 +57,9 @@ def _state(model: torch.nn.Module) -> dict:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def test_position_only_moves_the_tokens_and_identity_is_bit_identical(case):
-    _, vlm, batch = case
+def _check_position_only_moves_and_identity_is_bit_identical(vlm, batch) -> None:
+    """Position-only at fraction 1 changes the LM's visual input; fraction 0, an identity index, and content at
+    fraction 0 leave it bit-identical."""
     base = _lm_visual_input(vlm, batch)
     with shuffle_visual_tokens(vlm, 1.0, seed=0, move="position", record=True) as rec:
         moved = _lm_visual_input(vlm, batch)
@@ -70,6 +71,11 @@ def test_position_only_moves_the_tokens_and_identity_is_bit_identical(case):
         assert torch.equal(_lm_visual_input(vlm, batch), base)
     with shuffle_visual_tokens(vlm, 0.0, seed=0, move="content"):
         assert torch.equal(_lm_visual_input(vlm, batch), base)
+
+
+def test_position_only_moves_the_tokens_and_identity_is_bit_identical(case):
+    _, vlm, batch = case
+    _check_position_only_moves_and_identity_is_bit_identical(vlm, batch)
 
 
 def _rearranged(kind: str, vlm, batch, index: torch.Tensor):
@@ -122,10 +128,9 @@ def test_clip_position_only_equals_permuted_position_rows():
     assert torch.equal(got, want)
 
 
-@pytest.mark.parametrize("move", ["content", "position"])
-@pytest.mark.parametrize("raise_inside", [False, True])
-def test_model_restored_after_the_split(case, move, raise_inside):
-    _, vlm, batch = case
+def _check_restored_after_the_split(vlm, batch, move: str, raise_inside: bool, overridden=lambda: True) -> None:
+    """Inside the split hooks are on (and ``overridden()``); after it, also after an error inside, the hooks are
+    gone (``overridden()`` false), the state dict is equal and the logits are unchanged."""
     state, hooks = _state(vlm.model), _hooks(vlm.model)
     base = vlm.logits(batch)
     if raise_inside:
@@ -134,12 +139,19 @@ def test_model_restored_after_the_split(case, move, raise_inside):
             raise RuntimeError("boom")
     else:
         with shuffle_visual_tokens(vlm, 1.0, seed=1, move=move):
-            assert _hooks(vlm.model) > hooks
+            assert _hooks(vlm.model) > hooks and overridden()
             vlm.logits(batch)
     assert _hooks(vlm.model) == hooks
     after = vlm.model.state_dict()
     assert all(torch.equal(after[k], v) for k, v in state.items())
     assert torch.equal(vlm.logits(batch), base)
+
+
+@pytest.mark.parametrize("move", ["content", "position"])
+@pytest.mark.parametrize("raise_inside", [False, True])
+def test_model_restored_after_the_split(case, move, raise_inside):
+    _, vlm, batch = case
+    _check_restored_after_the_split(vlm, batch, move, raise_inside)
 
 
 def test_a_bad_slot_index_is_refused_and_the_hook_removed(case):
@@ -225,17 +237,7 @@ def _patches_rearranged(pixels: torch.Tensor, patch: int, perm: torch.Tensor) ->
 
 def test_organism_position_only_moves_the_tokens_and_identity_is_bit_identical(organism):
     vlm, batch = organism
-    base = _lm_visual_input(vlm, batch)
-    with shuffle_visual_tokens(vlm, 1.0, seed=0, move="position", record=True) as rec:
-        moved = _lm_visual_input(vlm, batch)
-    assert len(rec.calls) == 1 and torch.equal(rec.calls[0], batch_index(batch.grids, 1.0, 0))
-    assert (moved - base).abs().max() > 1e-4, "moving the ViT's position code left the LM input unchanged"
-    with shuffle_visual_tokens(vlm, 0.0, seed=0, move="position"):
-        assert torch.equal(_lm_visual_input(vlm, batch), base)
-    with vlm.vision_position_hook(lambda grids: torch.arange(sum(h * w for h, w in grids))):
-        assert torch.equal(_lm_visual_input(vlm, batch), base)
-    with shuffle_visual_tokens(vlm, 0.0, seed=0, move="content"):
-        assert torch.equal(_lm_visual_input(vlm, batch), base)
+    _check_position_only_moves_and_identity_is_bit_identical(vlm, batch)
 
 
 def test_organism_position_only_equals_the_vit_with_permuted_position_rows(organism):
@@ -299,20 +301,8 @@ def test_organism_linear_stem_content_only_is_the_rearranged_image(posenc):
 @pytest.mark.parametrize("raise_inside", [False, True])
 def test_organism_restored_after_the_split(organism, move, raise_inside):
     vlm, batch = organism
-    state, hooks = _state(vlm.model), _hooks(vlm.model)
-    base = vlm.logits(batch)
-    if raise_inside:
-        with pytest.raises(RuntimeError, match="boom"), shuffle_visual_tokens(vlm, 1.0, seed=1, move=move):
-            vlm.logits(batch)
-            raise RuntimeError("boom")
-    else:
-        with shuffle_visual_tokens(vlm, 1.0, seed=1, move=move):
-            assert _hooks(vlm.model) > hooks and _overrides(vlm)
-            vlm.logits(batch)
-    assert _hooks(vlm.model) == hooks and not _overrides(vlm)
-    after = vlm.model.state_dict()
-    assert all(torch.equal(after[k], v) for k, v in state.items())
-    assert torch.equal(vlm.logits(batch), base)
+    _check_restored_after_the_split(vlm, batch, move, raise_inside, overridden=lambda: bool(_overrides(vlm)))
+    assert not _overrides(vlm)
 
 
 def test_organism_bad_slot_index_is_refused_and_the_hook_removed(organism):
