@@ -51,10 +51,11 @@ def test_catalog_declares_every_variant_on_both_organisms():
     assert all(set(flags) <= fields for flags in catalog.PIN_VARIANTS.values())
     assert parallel.kind_function("pin", "build_checkpoint") == ("spatialkit.analysis.interventions.pin_store:"
                                                                  "build_checkpoint")
-    # the notebook builds its VARIANTS from the catalog's list
+    # the declared configs are catalog.pin_configs(p), and the notebook builds its VARIANTS from that function
+    assert {s["variant"]: s["config"] for s in pins if s["organism"]["preset"] == p["organism"]} == catalog.pin_configs(p)
     nb = json.loads((REPO / "notebooks" / "06_pin.ipynb").read_text())
     source = {c["id"]: "".join(c["source"]) for c in nb["cells"]}
-    assert "PIN_VARIANTS.items()" in source["d70ce884"] and "import PIN_VARIANTS" in source["bbb58fee"]
+    assert "pin_configs(vars(P)).items()" in source["d70ce884"] and "import pin_configs" in source["bbb58fee"]
 
 
 def test_pin_tasks_wait_for_their_organism(tmp_path, monkeypatch):

@@ -525,6 +525,14 @@ PIN_VARIANTS = {"PIN (insert + loc rows)": {}, "loc rows only (no insert)": {"us
                 "insert only (frozen rows)": {"train_loc_rows": False}}
 
 
+def pin_configs(p: dict) -> dict[str, dict]:
+    """Notebook 06's PinConfig fields per variant for its parameters ``p``: the shared training settings plus the
+    variant's flags. The notebook builds its inserts from this and the catalog declares the same ones, so the pool
+    trains exactly what the notebook loads."""
+    base = {k: p[k] for k in ("n_train_scenes", "steps", "batch_size", "lr", "hidden", "table_dim", "seed")}
+    return {variant: {**base, **flags} for variant, flags in PIN_VARIANTS.items()}
+
+
 @declares_checkpoints("06_pin")
 def _checkpoints_06(p: dict) -> list[Checkpoint]:
     # load_or_train(preset(name, seed=seed)) for the frozen organism and its healthy control, then every PIN variant
@@ -532,12 +540,11 @@ def _checkpoints_06(p: dict) -> list[Checkpoint]:
     # model's inserts are trained by the notebook itself
     organisms = (p["organism"], p["control"])
     out = [_organism(p, name, seed=p["seed"]) for name in organisms]
-    base = {k: p[k] for k in ("n_train_scenes", "steps", "batch_size", "lr", "hidden", "table_dim", "seed")}
     for name in organisms:
         out += [("pin", {"organism": {"preset": name, "overrides": {"seed": p["seed"]}}, "variant": variant,
-                         "config": {**base, **flags}, "n_bins_from": p["organism"],
+                         "config": config, "n_bins_from": p["organism"],
                          "threads": p.get("threads", 0), "device": p.get("device", "cpu")})
-                for variant, flags in PIN_VARIANTS.items()]
+                for variant, config in pin_configs(p).items()]
     return out
 
 

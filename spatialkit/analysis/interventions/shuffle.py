@@ -123,8 +123,9 @@ def shuffle_visual_tokens(vlm: VLM, fraction: float = 1.0, seed: int = 0, *, mov
       (CLIP with its learned table, Qwen2-VL's 2D rotary, Qwen3-VL's table plus rotary, the organism's ViT
       with any of its encodings) this is exactly the image with its patches (Qwen: whole merge windows)
       rearranged before a per-patch stem, the simplest faithful "content" there is (the organism's conv stem
-      sees across patch borders: there it is the stem's output rearranged); for Qwen2.5-VL the attention windows stay with the patches' true places (see
-      :meth:`spatialkit.models.hf.HFVLM.vision_position_hook`). Nothing is assumed additive.
+      sees across patch borders: there it is the stem's output rearranged); for Qwen2.5-VL the attention
+      windows stay with the patches' true places (see :meth:`spatialkit.models.hf.HFVLM.vision_position_hook`).
+      Nothing is assumed additive.
 
     Yields a :class:`ShuffleRecord`; with ``record=True`` it also keeps each call's gather index (tests; the
     tower-level "position" records the slot index the tower received). Arguments are validated before the
