@@ -54,7 +54,7 @@ def timed_book(root: Path, cache: Path, profile: str, jobs: int | None, verbose:
     env = dict(os.environ, SPATIALKIT_ROOT=str(root), SPATIALKIT_CACHE=str(cache), HF_HUB_OFFLINE="1")
     cmd = [sys.executable, "-m", "spatialkit", "book", "--profile", profile] + (["--jobs", str(jobs)] if jobs else [])
     load0, cpu0, start = os.getloadavg()[0], children_cpu(), time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True)
     wall, cpu = time.perf_counter() - start, children_cpu() - cpu0
     if proc.returncode != 0:  # the training and notebook lines first: what it measured before failing
         lines = [ln for ln in proc.stdout.splitlines() if TRAIN_LINE.match(ln) or NOTEBOOK_LINE.match(ln)]
@@ -81,7 +81,8 @@ def line(label: str, r: dict) -> str:
             f"{r['load'][1]:.1f})")
 
 
-def bench_book(profile: str, jobs: int | None, keep_cache: Path | None = None) -> None:
+def bench_book(profile: str, jobs: int | None, keep_cache: Path | None = None,
+               keep_executed: Path | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="spatialkit-bench-") as tmp:
         root, cache = Path(tmp) / "root", keep_cache or Path(tmp) / "cache"
         if keep_cache and keep_cache.exists() and not keep_cache.is_dir():
@@ -100,6 +101,9 @@ def bench_book(profile: str, jobs: int | None, keep_cache: Path | None = None) -
         warm = timed_book(root, cache, profile, jobs, verbose=False)
         print(line("warm (nothing changed):", warm))
         print(f"  warm / cold:               {warm['wall'] / cold['wall']:8.3f}")
+        if keep_executed:  # the cold build's executed notebooks and results files, to read what this run found
+            shutil.copytree(root / "book" / "executed", keep_executed, dirs_exist_ok=True)
+            print(f"  executed notebooks copied to {keep_executed}")
 
 
 def bench_speedup(profile: str) -> None:
@@ -143,11 +147,14 @@ def main() -> None:
     parser.add_argument("--keep-cache", type=Path, default=None,
                         help="an empty folder to use as the cold build's checkpoint store, kept afterwards (e.g. for "
                              "benchmarks/bench_zoo.py --no-train on the organisms the book trained)")
+    parser.add_argument("--keep-executed", type=Path, default=None,
+                        help="copy the cold build's executed notebooks (and their results files) into this folder")
     args = parser.parse_args()
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPU(s), python {platform.python_version()}, "
           f"load average {os.getloadavg()[0]:.1f} (shared machines inflate every wall time; CPU times do not)")
     if not args.skip_book:
-        bench_book(args.profile, args.jobs, args.keep_cache.resolve() if args.keep_cache else None)
+        bench_book(args.profile, args.jobs, args.keep_cache.resolve() if args.keep_cache else None,
+                   args.keep_executed.resolve() if args.keep_executed else None)
     if not args.skip_speedup:
         bench_speedup(args.speedup_profile)
     bench_scenes(args.scenes)

@@ -139,10 +139,12 @@ def healthy_config(seed: int = 0, zoo: str = "zoo"):
 
 
 def never_config(seed: int = 0, zoo: str = "zoo"):
-    """The healthy recipe never asked a where-question (``spatial_fraction`` 0, all steps: ``target`` None): an
-    organism that never learned a relation, for AdaptVis to steer (notebook 02 trains the same one)."""
+    """The healthy recipe never asked a where-question (``spatial_fraction`` 0, ``target`` None: no early stop):
+    an organism that never learned a relation, for AdaptVis to steer. It trains the failing organisms' budget
+    (llava's steps): healthy's own longer schedule is there to let it learn where, which this one never sees."""
 
-    return preset(preset_name(HEALTHY, zoo), seed=seed, target=None, spatial_fraction=0.0)
+    steps = preset(preset_name(FAILING[0], zoo)).optim.steps
+    return preset(preset_name(HEALTHY, zoo), seed=seed, target=None, spatial_fraction=0.0, steps=steps)
 
 
 def fix_label(fixes: Sequence[str], adaptvis: bool = False) -> str:

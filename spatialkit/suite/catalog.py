@@ -53,6 +53,14 @@ def _organism_presets() -> tuple[str, ...]:
 ORGANISM_PRESETS = _organism_presets()
 
 
+def preset_steps(name: str) -> int:
+    """A preset's VQA steps (``optim.steps``), read as data like ``ORGANISM_PRESETS``."""
+    import yaml  # lazy: the CLI starts without it
+
+    path = Path(__file__).resolve().parent.parent / "models" / "organism" / "presets.yml"
+    return int(yaml.safe_load(path.read_text())[name]["optim"]["steps"])
+
+
 def organism_param(role: str = "organism preset", default: str = "quick") -> Param:
     """The ``organism`` parameter: which organism preset the notebook loads (or trains) from the checkpoint store."""
     return Param("organism", str, default, f"{role} (spatialkit.models.organism.PRESETS), loaded from the checkpoint "
@@ -550,8 +558,9 @@ def _checkpoints_06(p: dict) -> list[Checkpoint]:
 
 @declares_checkpoints("07_putting_it_together")
 def _checkpoints_07(p: dict) -> list[Checkpoint]:
-    # healthy (the ceiling) and healthy never asked where (spatial_fraction 0, target None), then every cell
-    healthy = "smoke" if p["zoo"] == "smoke" else "healthy"
+    # healthy (the ceiling) and healthy never asked where (spatial_fraction 0, target None, llava's steps:
+    # combine.never_config), then every cell
+    healthy, llava = ("smoke", "smoke_llava") if p["zoo"] == "smoke" else ("healthy", "llava")
     out = [_organism(p, healthy, seed=p["seed"]),
-           _organism(p, healthy, seed=p["seed"], target=None, spatial_fraction=0.0)]
+           _organism(p, healthy, seed=p["seed"], target=None, spatial_fraction=0.0, steps=preset_steps(llava))]
     return out + [grid_cell_checkpoint(p, cell) for cell in p["cells"]]
