@@ -59,6 +59,11 @@ def test_answer_row_scores_are_score_options_and_alpha_moves_them(smoke_vlm):
     assert ((0 <= conf) & (conf <= 1)).all() and np.allclose(conf, np.round(conf, 2))
     scaled, _ = combine.answer_row_scores(smoke_vlm, images, items, 3.0)
     assert not np.allclose(scaled, plain)
+    # every α from one plain forward per batch: exactly the one-α-at-a-time numbers (small batches: 3 of them)
+    many, conf_many = combine.answer_row_scores_per_alpha(smoke_vlm, images, items, (1.0, 3.0, 0.5), batch_size=5)
+    one_by_one = {a: combine.answer_row_scores(smoke_vlm, images, items, a, batch_size=5)[0] for a in (1.0, 3.0, 0.5)}
+    assert all(np.array_equal(many[a], one_by_one[a]) for a in one_by_one) and np.array_equal(many[3.0], scaled)
+    assert np.array_equal(conf_many, conf)
     run = combine.score_cell(smoke_vlm, sets, alphas=(0.5, 2.0))
     assert run.alphas == (0.5, 1.0, 2.0) and set(sets.count("test")) <= {m for _, m in run.gold}
     df = combine.cell_results(run, "llava", combine.tune_adaptvis(run, [0.5], [2.0], [0.5]))

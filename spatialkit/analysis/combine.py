@@ -219,29 +219,46 @@ def answer_row_scores(vlm, images, items, alpha: float = 1.0, batch_size: int = 
     Longer options (e.g. "dog house" on the default world): ``score_options``' plain score with its first word's
     term replaced by the scaled answer row's (the later words' rows are left unscaled)."""
 
+    scores, conf = answer_row_scores_per_alpha(vlm, images, items, (alpha,), batch_size)
+    return scores[float(alpha)], conf
+
+
+@torch.no_grad()
+def answer_row_scores_per_alpha(vlm, images, items, alphas: Sequence[float],
+                                batch_size: int = 256) -> tuple[dict[float, np.ndarray], np.ndarray]:
+    """``answer_row_scores`` for several α at once: ({α: scores (N, K)}, confidence (N,)). Per batch the plain
+    forward (the confidence, α = 1 and the longer options' plain score) runs once and each other α one scaled
+    forward -- the same numbers as one ``answer_row_scores`` call per α, which re-ran the plain forward every
+    time."""
+
+    alphas = tuple(dict.fromkeys(float(a) for a in alphas))
     ids, single = option_ids(vlm, items)
-    scores, conf = [], []
+    scores: dict[float, list] = {a: [] for a in alphas}
+    conf = []
     for start in range(0, len(items), batch_size):
         chunk = items[start: start + batch_size]
         imgs = images[start: start + batch_size]
         batch = vlm.prepare(imgs, [it.question.text for it in chunk])
         rows = torch.arange(len(chunk))
         plain = vlm.logits(batch)[rows, batch.last_index()].float().log_softmax(-1).cpu()
-        if alpha == 1.0:
-            last = plain
-        else:
-            with scaling_vis(vlm, alpha):
-                last = vlm.logits(batch)[rows, batch.last_index()].float().log_softmax(-1).cpu()
         cid = ids[start: start + batch_size]
-        s = last.gather(1, cid.clamp(min=0))
+        full = None
         if not single:
             full = vlm.score_options(imgs, [it.question.text for it in chunk],
                                      [list(it.question.options) for it in chunk]).float().cpu()
-            s = full - plain.gather(1, cid.clamp(min=0)) + s
-        s[cid < 0] = float("-inf")
-        scores.append(s.numpy())
+        for a in alphas:
+            if a == 1.0:
+                last = plain
+            else:
+                with scaling_vis(vlm, a):
+                    last = vlm.logits(batch)[rows, batch.last_index()].float().log_softmax(-1).cpu()
+            s = last.gather(1, cid.clamp(min=0))
+            if full is not None:
+                s = full - plain.gather(1, cid.clamp(min=0)) + s
+            s[cid < 0] = float("-inf")
+            scores[a].append(s.numpy())
         conf.append(np.floor(plain.exp().max(-1).values.numpy() * 100 + 0.5) / 100)
-    return np.concatenate(scores), np.concatenate(conf)
+    return {a: np.concatenate(v) for a, v in scores.items()}, np.concatenate(conf)
 
 
 @dataclass
@@ -264,18 +281,18 @@ class CellRun:
 
 
 def score_cell(vlm, sets: ItemSet, alphas: Sequence[float] = (1.0,), batch_size: int = 256) -> CellRun:
-    """Scores of every item of ``sets`` under every α (1 always included): one forward per α and metric."""
+    """Scores of every item of ``sets`` under every α (1 always included): one forward per α and metric
+    (``answer_row_scores_per_alpha``)."""
     alphas = tuple(sorted({1.0, *map(float, alphas)}))
     gold, chance, scores, conf = {}, {}, {}, {}
     for split, groups in sets.items.items():
         for metric, items in groups.items():
             gold[(split, metric)] = np.array([it.question.answer for it in items])
             chance[(split, metric)] = np.array([1.0 / len(it.question.options) for it in items])
+            per_alpha, conf[(split, metric)] = answer_row_scores_per_alpha(vlm, sets.images[split][metric], items,
+                                                                           alphas, batch_size)
             for a in alphas:
-                s, c = answer_row_scores(vlm, sets.images[split][metric], items, a, batch_size)
-                scores[(split, metric, a)] = s
-                if a == 1.0:
-                    conf[(split, metric)] = c
+                scores[(split, metric, a)] = per_alpha[a]
     return CellRun(gold, chance, scores, conf, alphas)
 
 
