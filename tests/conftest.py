@@ -1,5 +1,10 @@
+import contextlib
+import fcntl
+import json
 import os
+import shutil
 import tempfile
+from pathlib import Path
 
 # Offline: a hub id fails at once instead of after ~23 s of retries.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -43,3 +48,91 @@ def adamw_params_seen(monkeypatch):
 
     monkeypatch.setattr(torch.optim, "AdamW", spy)
     return seen
+
+
+# --- the smoke book: every catalog notebook executed once under the smoke profile ------------------------------
+# tests/test_notebooks.py checks each notebook's run, tests/test_browser.py builds the book from the same runs.
+# Under `pytest -n 2` the first worker that needs it executes the notebooks two at a time (one process each) while
+# the other waits on a file lock -- its core runs the second notebook -- and both then read the same results.
+REPO = Path(__file__).resolve().parents[1]
+
+
+def copy_book_sources(root: Path) -> None:
+    """What `spatialkit book` reads, copied into ``root`` (a private book root)."""
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy(REPO / name, root / name)
+    shutil.copytree(REPO / "_vendor", root / "_vendor")
+    shutil.copytree(REPO / "notebooks", root / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    (root / "book").mkdir()
+    for path in (REPO / "book").iterdir():
+        if path.is_file():
+            shutil.copy(path, root / "book" / path.name)
+
+
+def _execute_one(job, out: Path) -> dict:
+    from spatialkit.suite import runner
+
+    result = runner.execute(job, out)
+    return {"status": result.status, "error": result.error}
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path):
+    """A lock shared by the test processes of one session (xdist workers)."""
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _session_dir(tmp_path_factory) -> Path:
+    """A folder all xdist workers of this session share (the base temp's parent under xdist)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session")
+def smoke_book(tmp_path_factory):
+    """(root, {notebook: {"status", "error"}}): a copy of the book sources in which every catalog notebook with a
+    file ran under the smoke profile (``runner.execute``, as `spatialkit run --profile smoke` does), failures
+    included (each test judges its own notebook). Executed once per session, two notebooks at a time."""
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
+
+    from spatialkit.suite import runner
+
+    shared = _session_dir(tmp_path_factory)
+    root, done = shared / "smoke-book", shared / "smoke-book.json"
+    with _exclusive(shared / "smoke-book.lock"):
+        if not done.exists():
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir()
+            copy_book_sources(root)
+            out = runner.executed_dir(root)
+            out.mkdir(parents=True, exist_ok=True)
+            jobs = runner.plan("smoke", root=root)
+            with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as pool:
+                futures = {job.name: pool.submit(_execute_one, job, out) for job in jobs}
+                results = {name: f.result() for name, f in futures.items()}
+            done.write_text(json.dumps(results))
+    return root, json.loads(done.read_text())
+
+
+@pytest.fixture(scope="session")
+def smoke_book_html(smoke_book, tmp_path_factory) -> Path:
+    """The smoke book built (jupyter-book) from ``smoke_book``'s runs, once per session: its html folder."""
+    from spatialkit.suite import book, catalog
+
+    root, results = smoke_book
+    shared = _session_dir(tmp_path_factory)
+    with _exclusive(shared / "smoke-book-html.lock"):
+        marker = shared / "smoke-book-html.txt"
+        if not marker.exists():
+            failed = {name: r["error"] for name, r in results.items() if r["status"] == "failed"}
+            if failed:  # tests/test_notebooks.py owns notebook failures; build what ran
+                print(f"warning: some notebooks failed, building the book without them: {failed}")
+            assert book.chapters(list(catalog.NOTEBOOKS), root), "no notebook executed: nothing to check"
+            marker.write_text(str(book.build(list(catalog.NOTEBOOKS), root, echo=print)))
+    return Path(marker.read_text())

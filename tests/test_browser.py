@@ -7,7 +7,8 @@ offer Binder/Colab launch links to ``notebooks/NAME.ipynb`` and an ``.ipynb`` do
 also opened from ``file://``. Screenshots of every page go to ``test-artifacts/browser/``.
 
 The book is built by the test itself with the ``smoke`` profile into a temporary copy of the
-repository (a few minutes: it executes every notebook). To check an already built book instead,
+repository, from the notebook runs of the conftest's ``smoke_book`` fixture (shared with
+tests/test_notebooks.py; a few minutes: it executes every notebook). To check an already built book instead,
 set ``SPATIALKIT_BOOK_HTML=_build/html``. Needs Debian's chromium (``apt-get install chromium``;
 ``.ci/run`` installs it via ``make browser-deps``) and the ``playwright`` package (its own browser
 download is not used); without chromium the browser tests skip with that reason. One fast test
@@ -33,7 +34,6 @@ import yaml
 
 from spatialkit.suite import book
 from spatialkit.suite import catalog
-from spatialkit.suite import runner
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts" / "browser"
@@ -68,34 +68,16 @@ def test_widget_scripts_are_vendored_not_fetched():
 
 # --- the book under test --------------------------------------------------------------------------
 
-def build_smoke_book(root: Path) -> Path:
-    """Copy what the book needs into ``root``, execute every notebook (smoke) and build it."""
-    for name in ("_config.yml", "_toc.yml"):
-        shutil.copy(REPO / name, root / name)
-    shutil.copytree(REPO / "_vendor", root / "_vendor")
-    shutil.copytree(REPO / "notebooks", root / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
-    (root / "book").mkdir()
-    for path in (REPO / "book").iterdir():
-        if path.is_file():
-            shutil.copy(path, root / "book" / path.name)
-    jobs = runner.plan("smoke", root=root)
-    try:
-        runner.run(jobs, runner.executed_dir(root), echo=print)
-    except runner.RunError as err:  # tests/test_notebooks.py owns notebook failures; build what ran
-        print(f"warning: some notebooks failed, building the book without them: {err}")
-    assert book.chapters(list(catalog.NOTEBOOKS), root), "no notebook executed: nothing to check"
-    return book.build(list(catalog.NOTEBOOKS), root, echo=print)
-
-
 @pytest.fixture(scope="module")
-def html_dir(tmp_path_factory) -> Path:
+def html_dir(request) -> Path:
     given = os.environ.get("SPATIALKIT_BOOK_HTML")
     if given:
         path = Path(given).resolve()
         if not (path / "index.html").exists():
             pytest.fail(f"SPATIALKIT_BOOK_HTML={given}: no index.html there (build it with `make book`)")
         return path
-    return build_smoke_book(tmp_path_factory.mktemp("book-root"))
+    # the conftest's smoke book: notebooks executed once per session (shared with test_notebooks.py), built once
+    return Path(request.getfixturevalue("smoke_book_html"))
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -1,8 +1,9 @@
 """Smoke run: every catalog notebook that has a file executes under the `smoke` profile.
 
-Runs through the runner's Python API (papermill into tmp_path), so it exercises exactly what
-`spatialkit run --profile smoke` does. Slow, but part of the default run: a notebook that does not
-execute is a broken notebook.
+Runs through the runner's Python API (papermill, the conftest's ``smoke_book`` fixture: every notebook executed
+once into a private book root, which tests/test_browser.py then builds and browses), so it exercises exactly what
+`spatialkit run --profile smoke` does. Slow, but part of the default run: a notebook that does not execute is a
+broken notebook.
 """
 
 from pathlib import Path
@@ -19,11 +20,11 @@ WITH_FILES = [name for name in catalog.NOTEBOOKS if (REPO / "notebooks" / f"{nam
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", WITH_FILES)
-def test_notebook_smoke_run(name, tmp_path):
-    [job] = runner.plan("smoke", [name], root=REPO)
-    result = runner.execute(job, tmp_path)
-    assert result.status == "ok", result.error
-    assert book.error_outputs(tmp_path / f"{name}.ipynb") == []
+def test_notebook_smoke_run(name, smoke_book):
+    root, results = smoke_book  # every notebook executed once (conftest), shared with tests/test_browser.py
+    result = results[name]
+    assert result["status"] == "ok", result["error"]
+    assert book.error_outputs(runner.executed_dir(root) / f"{name}.ipynb") == []
 
 
 def test_every_catalog_notebook_has_a_smoke_profile_entry():
