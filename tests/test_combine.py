@@ -32,6 +32,9 @@ def test_cells_parse_in_canonical_order_and_reject_what_does_not_apply():
 
 @pytest.mark.parametrize("zoo", ["zoo", "smoke"])
 def test_catalog_declares_exactly_the_organisms_the_notebook_loads(zoo):
+    assert catalog.preset_steps("llava") == preset("llava").optim.steps
+    with pytest.raises(ValueError, match="unknown organism preset"):
+        catalog.preset_steps("no_such_organism")
     assert set(catalog.GRID_CELLS) == {c for c in catalog.GRID_CELLS if combine.parse_cell(c)}
     params = catalog.get("07_putting_it_together").validate({"zoo": zoo, "cells": list(catalog.GRID_CELLS),
                                                              "posenc_2d": "rope2d"})
@@ -64,6 +67,10 @@ def test_answer_row_scores_are_score_options_and_alpha_moves_them(smoke_vlm):
     one_by_one = {a: combine.answer_row_scores(smoke_vlm, images, items, a, batch_size=5)[0] for a in (1.0, 3.0, 0.5)}
     assert all(np.array_equal(many[a], one_by_one[a]) for a in one_by_one) and np.array_equal(many[3.0], scaled)
     assert np.array_equal(conf_many, conf)
+    for bad_images, bad_items, alphas in ((images[:-1], items, (1.0,)), (images[:0], items[:0], (1.0,)),
+                                          (images, items, ())):
+        with pytest.raises(ValueError, match="one image per item"):
+            combine.answer_row_scores_per_alpha(smoke_vlm, bad_images, bad_items, alphas)
     run = combine.score_cell(smoke_vlm, sets, alphas=(0.5, 2.0))
     assert run.alphas == (0.5, 1.0, 2.0) and set(sets.count("test")) <= {m for _, m in run.gold}
     df = combine.cell_results(run, "llava", combine.tune_adaptvis(run, [0.5], [2.0], [0.5]))

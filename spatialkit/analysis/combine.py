@@ -232,6 +232,9 @@ def answer_row_scores_per_alpha(vlm, images, items, alphas: Sequence[float],
     time."""
 
     alphas = tuple(dict.fromkeys(float(a) for a in alphas))
+    if not alphas or not len(items) or len(images) != len(items):
+        raise ValueError(f"answer_row_scores: need at least one α and one item, and one image per item; got "
+                         f"{len(alphas)} α, {len(items)} items, {len(images)} images")
     ids, single = option_ids(vlm, items)
     scores: dict[float, list] = {a: [] for a in alphas}
     conf = []

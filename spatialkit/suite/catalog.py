@@ -6,6 +6,7 @@ parameter is declared exactly once, with its type and allowed range.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Callable
@@ -41,24 +42,33 @@ THREADS = Param("threads", int, 1, "torch CPU threads (0 = torch's default); 1 i
                 low=0, high=256)
 
 
-def _organism_presets() -> tuple[str, ...]:
-    """The organism presets' names, read as data from their one file, spatialkit/models/organism/presets.yml
-    (importing spatialkit.models.organism would load torch for every parameter check)."""
+@functools.cache
+def _presets_data() -> dict:
+    """The organism presets as plain data, from their one file, spatialkit/models/organism/presets.yml (importing
+    spatialkit.models.organism would load torch for every parameter check)."""
     import yaml  # lazy: the CLI starts without it
 
     path = Path(__file__).resolve().parent.parent / "models" / "organism" / "presets.yml"
-    return tuple(name for name in yaml.safe_load(path.read_text()) if not name.startswith("_"))
+    return yaml.safe_load(path.read_text())
+
+
+def _organism_presets() -> tuple[str, ...]:
+    """The organism presets' names (a top-level name starting with "_" holds YAML anchors, not a preset)."""
+    return tuple(name for name in _presets_data() if not name.startswith("_"))
 
 
 ORGANISM_PRESETS = _organism_presets()
 
 
 def preset_steps(name: str) -> int:
-    """A preset's VQA steps (``optim.steps``), read as data like ``ORGANISM_PRESETS``."""
-    import yaml  # lazy: the CLI starts without it
-
-    path = Path(__file__).resolve().parent.parent / "models" / "organism" / "presets.yml"
-    return int(yaml.safe_load(path.read_text())[name]["optim"]["steps"])
+    """A preset's VQA steps (``optim.steps``), read as data like ``ORGANISM_PRESETS``; every preset the catalog
+    asks this of states its steps (a preset that does not is a one-line error, not a KeyError)."""
+    if name not in ORGANISM_PRESETS:
+        raise ValueError(f"unknown organism preset {name!r}; known: {', '.join(ORGANISM_PRESETS)}")
+    steps = (_presets_data()[name].get("optim") or {}).get("steps")
+    if steps is None:
+        raise ValueError(f"organism preset {name!r} does not state optim.steps in presets.yml")
+    return int(steps)
 
 
 def organism_param(role: str = "organism preset", default: str = "quick") -> Param:
