@@ -7,14 +7,26 @@
 #      (the organism side stays smoke-sized) plus the full profile's batch_size, timed, into book/executed/.
 # Prints one table per part. Without a CUDA device it runs nothing and exits 2 with a message;
 # --dry-run prints the plan (and builds nothing) anywhere.
+# --book runs instead
+#   3. the cold quick book on the GPU machine (README "Performance", bar <= 4 min on 16 cores and one GPU):
+#      benchmarks/bench_book.py --profile quick -p device cuda, one worker per core, every organism, encoder and
+#      insert trained on the GPU, then the warm rebuild; per-notebook and per-checkpoint times.
+# Each part fits one 10-minute device call; run the two as two calls.
 #
-#   bash benchmarks/gpu_check.sh [--dry-run]      # env: PY (python, default .venv/bin/python), BATCH (256)
+#   bash benchmarks/gpu_check.sh [--dry-run] [--book]   # env: PY (python, default .venv/bin/python), BATCH (256)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 BATCH=${BATCH:-256}
 DRY=0
-[[ "${1:-}" == "--dry-run" ]] && DRY=1
+BOOK=0
+for arg in "$@"; do
+  case $arg in
+    --dry-run) DRY=1 ;;
+    --book) BOOK=1 ;;
+    *) echo "gpu_check: unknown option '$arg' (allowed: --dry-run, --book)" >&2; exit 2 ;;
+  esac
+done
 export HF_HUB_OFFLINE=1
 
 if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
@@ -25,14 +37,22 @@ if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
   fi
 fi
 
-if [[ $DRY == 1 ]]; then WORK=${WORK:-/tmp/spatialkit-gpu-check}; else WORK=${WORK:-$(mktemp -d -t spatialkit-gpu-check-XXXX)}; fi
-MODELS=(qwen2_vl:default qwen2_5_vl:default qwen3_vl:default llava:default llava:sentencepiece)
-NOTEBOOKS=(02_semantic_loudness 03_attention_allocation 04_adaptvis)
-
 run() {  # print, then execute unless dry
   echo "+ $*"
   [[ $DRY == 1 ]] || "$@"
 }
+
+if [[ $BOOK == 1 ]]; then
+  echo "== 3. the quick book cold on cuda ($(nproc) cores)"
+  [[ $DRY == 1 ]] || nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+  run "$PY" benchmarks/bench_book.py --profile quick --skip-speedup -p device cuda
+  [[ $DRY == 1 ]] && echo "gpu_check: dry run, nothing executed"
+  exit 0
+fi
+
+if [[ $DRY == 1 ]]; then WORK=${WORK:-/tmp/spatialkit-gpu-check}; else WORK=${WORK:-$(mktemp -d -t spatialkit-gpu-check-XXXX)}; fi
+MODELS=(qwen2_vl:default qwen2_5_vl:default qwen3_vl:default llava:default llava:sentencepiece)
+NOTEBOOKS=(02_semantic_loudness 03_attention_allocation 04_adaptvis)
 
 for spec in "${MODELS[@]}"; do
   family=${spec%%:*}; tok=${spec##*:}

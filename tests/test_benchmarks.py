@@ -1,0 +1,83 @@
+"""The benchmark scripts' own plumbing (their measurements are benchmarks, not tests): the GPU check's plan and
+options, the parameters bench_book hands to `spatialkit book`, and bench_step's float32 attention hook."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def gpu_check(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), *args], check=False,
+                          capture_output=True,
+                          text=True, env={"PY": sys.executable, "PATH": "/usr/bin:/bin"}, timeout=120)
+
+
+def test_gpu_check_book_plan_is_the_cold_quick_book_on_cuda():
+    done = gpu_check("--dry-run", "--book")
+    assert done.returncode == 0, done.stderr
+    assert "bench_book.py --profile quick --skip-speedup -p device cuda" in done.stdout
+    assert "hf_tiny" not in done.stdout  # --book is its own device call: no tiny hub checkpoints
+
+
+def test_gpu_check_default_plan_and_unknown_option():
+    done = gpu_check("--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert "bench_memory.py --device cuda" in done.stdout and "bench_book.py" not in done.stdout
+    bad = gpu_check("--bogus")
+    assert bad.returncode == 2 and "unknown option '--bogus'" in bad.stderr
+
+
+def test_bench_book_hands_its_parameters_to_spatialkit_book(monkeypatch, tmp_path):
+    bench_book = load_benchmark("bench_book")
+    seen = []
+
+    def fake_run(cmd, **kwargs):
+        seen.append(cmd)
+        return SimpleNamespace(returncode=0, stdout="[1/1] 00_wheres_the_chicken ok in 1.5s\n", stderr="")
+
+    monkeypatch.setattr(bench_book.subprocess, "run", fake_run)
+    out = bench_book.timed_book(tmp_path, tmp_path / "cache", "quick", 16, verbose=False,
+                                params=[("device", "cuda"), ("seed", "1")])
+    assert seen[0][-8:] == ["--jobs", "16", "-p", "device", "cuda", "-p", "seed", "1"]
+    assert seen[0][seen[0].index("--profile") + 1] == "quick"
+    assert out["notebooks"] == {"00_wheres_the_chicken": 1.5}
+
+
+def test_bench_step_float32_attention_matches_plain_sdpa_and_keeps_the_dtype():
+    from spatialkit.models.vlm import AttnCall
+
+    bench_step = load_benchmark("bench_step")
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 7, 8, generator=gen) for _ in range(3))
+    mask = torch.ones(7, 7, dtype=torch.bool).tril().expand(2, 1, 7, 7)
+    call = AttnCall(layer=0, query=q.bfloat16(), key=k.bfloat16(), value=v.bfloat16(), mask=mask, scale=0.5,
+                    is_causal=False)
+    out = bench_step.float32_attention(call)
+    assert out.dtype == torch.bfloat16
+    expected = F.scaled_dot_product_attention(q.bfloat16().float(), k.bfloat16().float(), v.bfloat16().float(),
+                                              attn_mask=mask, scale=0.5)
+    torch.testing.assert_close(out.float(), expected, atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("script", ["bench_step", "bench_book"])
+def test_benchmark_help_runs(script):
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / f"{script}.py"), "--help"],
+                          check=False, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "usage" in done.stdout, done.stderr
