@@ -102,6 +102,8 @@ def test_adaptvis_gate_and_tuning_choose_on_val():
     flat = {a: [1, 0, 1, 0] for a in (0.5, 1.0, 2.0)}
     keep = combine.tune_adaptvis(_run(flat, flat, [0.1] * 4, [0.1] * 4), [0.5], [2.0], [0.5], metrics=("where_two",))
     assert (keep["alpha1"], keep["alpha2"]) == (1.0, 1.0)
+    assert combine.adaptvis_is_plain(keep) and not combine.adaptvis_is_plain(best)
+    assert not combine.adaptvis_is_plain({"alpha1": 1.0, "alpha2": 2.0, "beta": 0.5})  # fires on sure items
 
 
 def test_best_arm_is_chosen_on_val_and_gains_are_paired():
@@ -118,6 +120,10 @@ def test_best_arm_is_chosen_on_val_and_gains_are_paired():
     assert combine.best_arm(results, "llava", "where_two", [1]) == ("llava+2d", "plain")  # by val, not test
     assert combine.best_arm(results, "llava", "where_two", [2, 3]) == ("llava+local+2d", "plain")
     assert combine.best_arm(results, "llava", "where_two", [5]) is None
+    # an arm left out (an AdaptVis arm tuned to plain attention is its cell unchanged) is never chosen
+    assert combine.best_arm(results, "llava", "where_two", [2, 3], exclude=[("llava+local+2d", "plain")]) is None
+    assert combine.best_arm(results, "llava", "where_two", [1], exclude=[("llava+2d", "plain")]) == (
+        "llava+local", "plain")
     g = combine.gains(results, seed=0, n_boot=200).set_index("cell")
     assert g.loc["llava+local", "gain"] == pytest.approx(0.7) and g.loc["llava+local", "low"] > 0
     s = combine.summarize(results, seed=0, n_boot=200)

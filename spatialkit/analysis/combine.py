@@ -316,6 +316,13 @@ def tune_adaptvis(run: CellRun, alpha1s: Sequence[float], alpha2s: Sequence[floa
     return {**best, "val_accuracy": best_acc}
 
 
+def adaptvis_is_plain(settings: dict) -> bool:
+    """True when tuned AdaptVis settings are plain attention (α1 = α2 = 1, whatever β): the "+ AdaptVis" arm is
+    then its cell unchanged, so it is no fix -- a claim that AdaptVis does not help would hold by construction,
+    and a "combination" with it would be the cell alone."""
+    return float(settings["alpha1"]) == 1.0 and float(settings["alpha2"]) == 1.0
+
+
 def cell_results(run: CellRun, cell: str, adaptvis: dict | None = None) -> pd.DataFrame:
     """One row per (split, metric, item, method): ``correct`` (0/1), ``chance``; methods "plain" and, with
     ``adaptvis`` settings, "adaptvis". ``cell`` is a grid cell or one of ``CONTROLS`` (its own organism)."""
@@ -385,13 +392,18 @@ def gains(results: pd.DataFrame, *, seed: int, n_boot: int, split: str = "test")
     return pd.DataFrame(rows)
 
 
-def best_arm(results: pd.DataFrame, organism: str, metric: str, n_fixes: Iterable[int], split: str = "val"):
+def best_arm(results: pd.DataFrame, organism: str, metric: str, n_fixes: Iterable[int], split: str = "val",
+             exclude: Iterable[tuple[str, str]] = ()):
     """The (cell, method) of ``organism`` with the highest ``metric`` accuracy on ``split`` among arms with a
     number of fixes in ``n_fixes`` (chosen on val, reported on test, so the choice is not fitted to the test
-    items); None when there is no such arm."""
+    items), leaving out the (cell, method) arms in ``exclude`` (e.g. AdaptVis arms tuned to plain attention,
+    ``adaptvis_is_plain``); None when there is no such arm."""
     wanted = set(n_fixes)
+    left_out = set(map(tuple, exclude))
     sub = results[(results.organism == organism) & (results.metric == metric) & (results.split == split)
                   & results.n_fixes.isin(wanted)]
+    if left_out:
+        sub = sub[[(c, m) not in left_out for c, m in zip(sub.cell, sub.method)]]
     if sub.empty:
         return None
     acc = sub.groupby(["cell", "method"], sort=False).correct.mean()
