@@ -111,6 +111,7 @@ register(NotebookSpec(
     title="Where's the chicken? The spatial-scene world",
     params=(
         SEED,
+        DEVICE,
         Param("image_size", int, 128, "rendered scene size in pixels", low=32, high=1024),
         Param("n_scenes", int, 200, "scenes for the statistics section", low=1, high=100_000),
         Param("organisms", list, ["healthy", "llava", "loud", "prior"], "organism presets whose what and where "
@@ -434,7 +435,7 @@ def _organism(params: dict, preset_name: str | None = None, device: str | None =
 
 @declares_checkpoints("00_wheres_the_chicken")
 def _checkpoints_00(p: dict) -> list[Checkpoint]:
-    return [_organism(p, name, device="cpu") for name in p.get("organisms", [])]  # load_or_train(name)
+    return [_organism(p, name) for name in p.get("organisms", [])]  # load_or_train(name, device=P.device)
 
 
 @declares_checkpoints("02_semantic_loudness")
