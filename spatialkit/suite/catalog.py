@@ -430,9 +430,9 @@ def checkpoints(name: str, params: dict, warn: Callable[[str], None] | None = No
     return out
 
 
-def _organism(params: dict, preset_name: str | None = None, device: str | None = None, **overrides) -> Checkpoint:
+def _organism(params: dict, preset_name: str | None = None, **overrides) -> Checkpoint:
     return ("organism", {"preset": preset_name or params["organism"], "overrides": overrides,
-                         "threads": params.get("threads", 0), "device": device or params.get("device", "cpu")})
+                         "threads": params.get("threads", 0), "device": params.get("device", "cpu")})
 
 
 @declares_checkpoints("00_wheres_the_chicken")
