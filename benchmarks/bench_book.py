@@ -3,6 +3,7 @@ the speed-up of ``--jobs 2`` over ``--jobs 1``, and scene-generation throughput.
 
     .venv/bin/python benchmarks/bench_book.py [--profile quick|smoke] [--jobs N] [--speedup-profile smoke]
                                              [--skip-book] [--skip-speedup] [--scenes 300] [-p NAME VALUE ...]
+                                             [--run-only]
 
 Cold = empty execution cache *and* empty checkpoint store (a fresh clone: every model is trained, every
 notebook runs under papermill, then the book is built); warm = the same command again with nothing changed
@@ -13,7 +14,9 @@ default smoke) with ``--jobs 1`` and with ``--jobs 2``, each from empty caches. 
 all its processes' (workers, kernels); on a machine shared with other jobs the wall times are inflated, so the
 load average is printed beside them. ``-p NAME VALUE`` passes a parameter to the cold and warm builds'
 `spatialkit book` (``-p device cuda``: the GPU machine's cold book, trained and executed on the GPU; see
-benchmarks/gpu_check.sh --book). A benchmark, not a test.
+benchmarks/gpu_check.sh --book). ``--run-only`` times `spatialkit run` instead: training and execution without
+the HTML build (where jupyter-book is not installed; the HTML build of an executed book takes a few seconds,
+the warm rebuild's time). A benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -52,11 +55,11 @@ def copy_sources(root: Path) -> None:
 
 
 def timed_book(root: Path, cache: Path, profile: str, jobs: int | None, verbose: bool = True,
-               params: list[tuple[str, str]] = ()) -> dict:
-    """One `spatialkit book` in ``root``: wall, CPU, load, per-notebook seconds, per-checkpoint training times.
-    ``params``: (NAME, VALUE) pairs passed as ``-p NAME VALUE``."""
+               params: list[tuple[str, str]] = (), verb: str = "book") -> dict:
+    """One `spatialkit book` (or ``verb`` "run") in ``root``: wall, CPU, load, per-notebook seconds,
+    per-checkpoint training times. ``params``: (NAME, VALUE) pairs passed as ``-p NAME VALUE``."""
     env = dict(os.environ, SPATIALKIT_ROOT=str(root), SPATIALKIT_CACHE=str(cache), HF_HUB_OFFLINE="1")
-    cmd = [sys.executable, "-m", "spatialkit", "book", "--profile", profile] + (["--jobs", str(jobs)] if jobs else [])
+    cmd = [sys.executable, "-m", "spatialkit", verb, "--profile", profile] + (["--jobs", str(jobs)] if jobs else [])
     cmd += [arg for name, value in params for arg in ("-p", name, value)]
     load0, cpu0, start = os.getloadavg()[0], children_cpu(), time.perf_counter()
     proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True)
@@ -87,7 +90,7 @@ def line(label: str, r: dict) -> str:
 
 
 def bench_book(profile: str, jobs: int | None, keep_cache: Path | None = None,
-               keep_executed: Path | None = None, params: list[tuple[str, str]] = ()) -> None:
+               keep_executed: Path | None = None, params: list[tuple[str, str]] = (), verb: str = "book") -> None:
     with tempfile.TemporaryDirectory(prefix="spatialkit-bench-") as tmp:
         root, cache = Path(tmp) / "root", keep_cache or Path(tmp) / "cache"
         if keep_cache and keep_cache.exists() and not keep_cache.is_dir():
@@ -97,15 +100,15 @@ def bench_book(profile: str, jobs: int | None, keep_cache: Path | None = None,
         copy_sources(root)
         n = len(list((root / "notebooks").glob("*.ipynb")))
         extra = "".join(f" -p {name} {value}" for name, value in params)
-        print(f"spatialkit book --profile {profile} --jobs {jobs or 'cores'}{extra} ({n} notebook file(s), "
+        print(f"spatialkit {verb} --profile {profile} --jobs {jobs or 'cores'}{extra} ({n} notebook file(s), "
               "empty caches)")
-        cold = timed_book(root, cache, profile, jobs, params=params)
+        cold = timed_book(root, cache, profile, jobs, params=params, verb=verb)
         print(line("cold (fresh clone):", cold))
         train_wall = sum(w for _, w, _ in cold["training"])
         train_cpu = sum(c for _, _, c in cold["training"])
         print(f"  training: {len(cold['training'])} checkpoint(s), {train_wall:.1f} s of worker wall time, "
               f"{train_cpu:.1f} s CPU; notebooks: {sum(cold['notebooks'].values()):.1f} s of kernel wall time")
-        warm = timed_book(root, cache, profile, jobs, verbose=False, params=params)
+        warm = timed_book(root, cache, profile, jobs, verbose=False, params=params, verb=verb)
         print(line("warm (nothing changed):", warm))
         print(f"  warm / cold:               {warm['wall'] / cold['wall']:8.3f}")
         if keep_executed:  # the cold build's executed notebooks and results files, to read what this run found
@@ -158,12 +161,15 @@ def main() -> None:
                         help="copy the cold build's executed notebooks (and their results files) into this folder")
     parser.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="a parameter for the cold and warm builds' `spatialkit book` (e.g. -p device cuda)")
+    parser.add_argument("--run-only", action="store_true",
+                        help="time `spatialkit run` (train + execute) instead of `spatialkit book` (no HTML build)")
     args = parser.parse_args()
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPU(s), python {platform.python_version()}, "
           f"load average {os.getloadavg()[0]:.1f} (shared machines inflate every wall time; CPU times do not)")
     if not args.skip_book:
         bench_book(args.profile, args.jobs, args.keep_cache.resolve() if args.keep_cache else None,
-                   args.keep_executed.resolve() if args.keep_executed else None, [tuple(p) for p in args.param])
+                   args.keep_executed.resolve() if args.keep_executed else None, [tuple(p) for p in args.param],
+                   "run" if args.run_only else "book")
     if not args.skip_speedup:
         bench_speedup(args.speedup_profile)
     bench_scenes(args.scenes)

@@ -11,12 +11,20 @@
 #   3. the cold quick book on the GPU machine (README "Performance", bar <= 4 min on 16 cores and one GPU):
 #      benchmarks/bench_book.py --profile quick -p device cuda, one worker per core, every organism, encoder and
 #      insert trained on the GPU, then the warm rebuild; per-notebook and per-checkpoint times.
-# Each part fits one 10-minute device call; run the two as two calls.
+# Run the default parts and --book as two device calls (each is meant to fit one 10-minute call).
 #
-#   bash benchmarks/gpu_check.sh [--dry-run] [--book]   # env: PY (python, default .venv/bin/python), BATCH (256)
+# On the GPU machine the repository's .venv does not exist (it cannot travel): its python3 has torch and
+# transformers but no Jupyter kernel stack. Prepare that here first, `bash benchmarks/gpu_wheels.sh` (writes .whl/),
+# and name ".whl" in the device call's carry; this script then installs it into /tmp/site, registers the kernel
+# papermill runs ("python3") and uses python3 with the repository on PYTHONPATH.
+#
+#   bash benchmarks/gpu_check.sh [--dry-run] [--book]   # env: PY (python, default .venv/bin/python, else python3),
+#                                                       #      BATCH (256)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
+if [[ -z "${PY:-}" ]]; then
+  if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY=python3; fi
+fi
 BATCH=${BATCH:-256}
 DRY=0
 BOOK=0
@@ -28,6 +36,15 @@ for arg in "$@"; do
   esac
 done
 export HF_HUB_OFFLINE=1
+
+if [[ -d .whl && $DRY == 0 ]]; then  # the kernel stack carried as wheels (benchmarks/gpu_wheels.sh)
+  SITE=/tmp/spatialkit-site
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
+  export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+  "$PY" -m ipykernel install --prefix /tmp/spatialkit-jupyter --name python3 >/dev/null
+  export JUPYTER_PATH=/tmp/spatialkit-jupyter/share/jupyter${JUPYTER_PATH:+:$JUPYTER_PATH}
+  echo "gpu_check: $(ls .whl/*.whl | wc -l) carried wheels installed into $SITE; python: $("$PY" -c 'import sys; print(sys.version.split()[0])')"
+fi
 
 if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
   if [[ $DRY == 0 ]]; then
@@ -45,7 +62,10 @@ run() {  # print, then execute unless dry
 if [[ $BOOK == 1 ]]; then
   echo "== 3. the quick book cold on cuda ($(nproc) cores)"
   [[ $DRY == 1 ]] || nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-  run "$PY" benchmarks/bench_book.py --profile quick --skip-speedup -p device cuda
+  book=(--profile quick --skip-speedup -p device cuda)
+  # without jupyter-book (not carried) it times `spatialkit run`: training and execution, no HTML build
+  "$PY" -c "import jupyter_book" 2>/dev/null || book+=(--run-only)
+  run "$PY" benchmarks/bench_book.py "${book[@]}"
   [[ $DRY == 1 ]] && echo "gpu_check: dry run, nothing executed"
   exit 0
 fi

@@ -1,5 +1,6 @@
 """The benchmark scripts' own plumbing (their measurements are benchmarks, not tests): the GPU check's plan and
-options, the parameters bench_book hands to `spatialkit book`, and bench_step's float32 attention hook."""
+options, the wheels it carries, the parameters bench_book hands to `spatialkit book`, and bench_step's float32
+attention hook."""
 
 from __future__ import annotations
 
@@ -44,6 +45,20 @@ def test_gpu_check_default_plan_and_unknown_option():
     assert bad.returncode == 2 and "unknown option '--bogus'" in bad.stderr
 
 
+def test_gpu_wheels_lists_the_kernel_stack_and_nothing_the_gpu_image_has():
+    done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_wheels.sh"), "--list"], check=False,
+                          capture_output=True, text=True, env={"PY": sys.executable, "PATH": "/usr/bin:/bin"},
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    names = {line.split("==")[0] for line in done.stdout.split()}
+    assert {"papermill", "ipykernel", "nbclient", "jupyter-client", "pyzmq"} <= names, names
+    image = {line.strip().lower().replace("_", "-") for line in
+             (REPO / "benchmarks" / "gpu_image_packages.txt").read_text().splitlines()
+             if line.strip() and not line.startswith("#")}
+    assert {"torch", "transformers", "pandas", "seaborn"} <= image
+    assert not names & image, names & image
+
+
 def test_bench_book_hands_its_parameters_to_spatialkit_book(monkeypatch, tmp_path):
     bench_book = load_benchmark("bench_book")
     seen = []
@@ -58,6 +73,8 @@ def test_bench_book_hands_its_parameters_to_spatialkit_book(monkeypatch, tmp_pat
     assert seen[0][-8:] == ["--jobs", "16", "-p", "device", "cuda", "-p", "seed", "1"]
     assert seen[0][seen[0].index("--profile") + 1] == "quick"
     assert out["notebooks"] == {"00_wheres_the_chicken": 1.5}
+    bench_book.timed_book(tmp_path, tmp_path / "cache", "quick", None, verbose=False, verb="run")
+    assert seen[1][2:5] == ["spatialkit", "run", "--profile"]  # --run-only: no HTML build
 
 
 def test_bench_step_float32_attention_matches_plain_sdpa_and_keeps_the_dtype():
