@@ -13,7 +13,8 @@ from spatialkit.models.organism import preset, train
 from spatialkit.models.organism.data import (assemble, assemble_packed, build_pool, build_vocab, caption_word_bags,
                                              sample_batch)
 from spatialkit.common.fingerprint import fingerprint
-from spatialkit.models.organism.train import vision_checkpoint_config, vision_stage_config
+from spatialkit.models.organism.train import (train_vision_stage, vision_checkpoint_config,
+                                               vision_checkpoint_folder, vision_stage_config)
 from spatialkit.models.vlm import TokenKind
 
 
@@ -167,6 +168,29 @@ def test_vision_stage_is_cached_shared_and_identical(tmp_path, monkeypatch):
         one = vision_checkpoint_config(cfg)
     with torch_threads_set(2):
         assert vision_checkpoint_config(cfg) != one
+
+
+def test_stage1_on_another_world_is_that_worlds_encoder(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPATIALKIT_CACHE", str(tmp_path))
+    own = preset("smoke", steps=2, eval_every=2, scene_preset="organism_easy")
+    borrowing = preset("smoke", steps=2, eval_every=2, vision_pretrain_world="organism_easy")
+    assert borrowing.data.scene_preset != "organism_easy"  # it answers questions on its own world
+    assert vision_stage_config(borrowing) == vision_stage_config(own)
+    assert vision_stage_config(borrowing) != vision_stage_config(borrowing.replace(vision_pretrain_world=None))
+    # trained first through the borrowing organism: the encoder is the one the world's own organism trains
+    model, _, _ = train(borrowing, progress=False, cache_vision=True)
+    stored = [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith("vision-")]
+    assert len(stored) == 1
+    mine, _, _ = train(own, progress=False)  # no cache: stage 1 trained afresh on its own world
+    vision = lambda m: {k: v for k, v in m.state_dict().items() if k.startswith("vision.")}  # noqa: E731
+    assert all(torch.equal(vision(model)[k], vision(mine)[k]) for k in vision(mine))
+    # the pool's stage-1 task (train_vision_stage) trains the same encoder into the same folder
+    monkeypatch.setenv("SPATIALKIT_CACHE", str(tmp_path / "pool"))
+    assert not vision_checkpoint_folder(own).exists()
+    train_vision_stage(borrowing)
+    assert vision_checkpoint_folder(own).exists() and vision_checkpoint_folder(borrowing) == vision_checkpoint_folder(own)
+    with pytest.raises(ValueError, match="vision_pretrain_world"):
+        preset("smoke", vision_pretrain_world="no_such_world")
 
 
 def test_init_is_fan_in_scaled():

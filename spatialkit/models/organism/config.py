@@ -98,6 +98,10 @@ class OptimConfig:
     # With a mean-pooled stage 1 the phrases are what ties a colour to its object in the global feature: the
     # llava organism's colour accuracy went from 0.62 to 0.99 and its where stayed near 0.5 (README, "The zoo")
     vision_pretrain_labels: str = knob("words", choices=("words", "phrases"))
+    # the scene world stage 1 trains on (a spatialkit.world.PRESETS name; None: the organism's own scene_preset).
+    # Naming another world's preset makes this organism's stage-1 encoder that world's organisms' own (the same
+    # checkpoint key: shared, trained once); the VQA stage still trains on scene_preset.
+    vision_pretrain_world: str | None = knob(None, kind=str, choices=tuple(scenes.PRESETS), optional=True)
     # the vision encoder's learning rate in the VQA stage, relative to ``lr`` (0 = frozen, as in LLaVA's stage 1)
     vision_lr_scale: float = knob(1.0, 0.0, 10.0)
     eval_every: int = knob(250, 1, 10_000_000)

@@ -65,8 +65,19 @@ def _field(cfg: OrganismConfig, path: str):
     return obj
 
 
+def stage1_config(cfg: OrganismConfig) -> OrganismConfig:
+    """The organism whose world stage 1 trains on: ``cfg`` itself, or, with ``optim.vision_pretrain_world``
+    naming another scene world, ``cfg`` on that world -- whose stage-1 encoder is then the one that world's
+    organisms train (same ``VISION_STAGE_FIELDS``, same key), so it is shared, not trained twice."""
+    world = cfg.optim.vision_pretrain_world
+    if world is None:
+        return cfg
+    return cfg.replace(scene_preset=world, vision_pretrain_world=None)
+
+
 def vision_stage_config(cfg: OrganismConfig) -> dict:
-    return {"stage": "vision_pretrain", **{path: _field(cfg, path) for path in VISION_STAGE_FIELDS}}
+    stage1 = stage1_config(cfg)
+    return {"stage": "vision_pretrain", **{path: _field(stage1, path) for path in VISION_STAGE_FIELDS}}
 
 
 def resolve_device(device="cpu") -> torch.device:
@@ -106,12 +117,22 @@ def vision_checkpoint_folder(cfg: OrganismConfig, device="cpu"):
 
 def pretrained_vision(model: TinyVLM, cfg: OrganismConfig, pool: Pool, vocab: Vocab, progress: bool,
                       cache: bool, device="cpu") -> float:
-    """Stage 1 into ``model.vision`` (from the checkpoint store when ``cache`` and present); its final loss."""
+    """Stage 1 into ``model.vision`` (from the checkpoint store when ``cache`` and present); its final loss.
+    ``pool``/``vocab`` are ``cfg``'s; on another stage-1 world (``stage1_config``) that world's are built, only
+    when stage 1 has to train."""
+    stage1 = stage1_config(cfg)
+
+    def pretrain():
+        if stage1 is cfg:
+            return pretrain_vision(model, cfg, pool, vocab, progress, device)
+        stage1_vocab = build_vocab(stage1)
+        return pretrain_vision(model, stage1, build_pool(stage1, stage1_vocab), stage1_vocab, progress, device)
+
     if not cache:
-        return pretrain_vision(model, cfg, pool, vocab, progress, device)[-1]
+        return pretrain()[-1]
 
     def do_pretrain():
-        losses = pretrain_vision(model, cfg, pool, vocab, progress, device)
+        losses = pretrain()
         return model.vision.state_dict(), {"final_loss": losses[-1], "steps": len(losses)}
 
     state, metrics, _ = checkpoints.load_or_train("vision", vision_checkpoint_config(cfg, device), vision_code_version(),
@@ -124,6 +145,7 @@ def train_vision_stage(cfg: OrganismConfig, *, progress: bool = False, device="c
     """Stage 1 alone, into the checkpoint store (unless there): what ``train(cfg, cache_vision=True)`` would load.
     Its final loss."""
     device = resolve_device(device)
+    cfg = stage1_config(cfg)  # the world stage 1 trains on (the same key either way)
     vocab = build_vocab(cfg)
     pool = build_pool(cfg, vocab)
     model = TinyVLM(cfg.model_config(len(vocab))).to(device)
