@@ -61,7 +61,7 @@ def float32_attention(call):
 
 def time_steps(model, features, batches, dtype, attention_fn, warmup: int = 5) -> float:
     """Mean seconds per stage-2 step (projector + LM forward, backward, clip, AdamW) over ``batches``."""
-    from spatialkit.models.vlm import TokenKind
+    from spatialkit.models.organism.train import packed_hidden
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.98))
@@ -70,11 +70,7 @@ def time_steps(model, features, batches, dtype, attention_fn, warmup: int = 5) -
         ids, kind, tgt, pos, mask = packed
         with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
             tokens = model.projector(features[torch.from_numpy(images)])
-            positions = model.positions(kind)
-            positions = positions.gather(1, pos[..., None].expand(-1, -1, 3).clamp(max=positions.shape[1] - 1))
-            positions = torch.where(kind[..., None] == TokenKind.PAD, 0, positions)
-            hidden = model.hidden(None, ids, kind, visual=tokens.flatten(0, 1), positions=positions,
-                                  attn_mask=mask, attention_fn=attention_fn)
+            hidden = packed_hidden(model, tokens, ids, kind, pos, mask, attention_fn)  # the trainer's forward
         has_target = tgt != -100
         loss = F.cross_entropy(model.lm_head(hidden[has_target].float()), tgt[has_target])
         opt.zero_grad(set_to_none=True)

@@ -195,6 +195,16 @@ def pretrain_vision(model: TinyVLM, cfg: OrganismConfig, pool: Pool, vocab: Voca
     return losses
 
 
+def packed_hidden(model: TinyVLM, visual: torch.Tensor, ids, kind, pos, mask, attention_fn=None) -> torch.Tensor:
+    """Final hidden states of packed LM rows (``assemble_packed``'s ids, kind, pos, mask) with ``visual`` (U, N, d),
+    one image per row: every question sits at the positions it would have alone in its own row."""
+    positions = model.positions(kind)  # (B, L, 3) of the plain layout, re-indexed to each tail's own
+    positions = positions.gather(1, pos[..., None].expand(-1, -1, 3).clamp(max=positions.shape[1] - 1))
+    positions = torch.where(kind[..., None] == TokenKind.PAD, 0, positions)
+    return model.hidden(None, ids, kind, visual=visual.flatten(0, 1), positions=positions, attn_mask=mask,
+                        attention_fn=attention_fn)
+
+
 @contextlib.contextmanager
 def torch_threads(n: int | None):
     """Temporarily set torch's intra-op thread count (None: leave it). On a CPU shared with other jobs one
@@ -282,10 +292,7 @@ def _train(cfg: OrganismConfig, progress: bool, fail_at_step: int | None,
             groups = [np.flatnonzero(which == u) for u in range(len(images))]
             ids, kind, tgt, pos, mask = (t.to(device) for t in assemble_packed(
                 vocab, n_img, [idx[g] for g in groups], pool.tails, pool.targets, bool(with_system[0])))
-            positions = model.positions(kind)  # (B, L, 3) of the plain layout, re-indexed to each tail's own
-            positions = positions.gather(1, pos[..., None].expand(-1, -1, 3).clamp(max=positions.shape[1] - 1))
-            positions = torch.where(kind[..., None] == TokenKind.PAD, 0, positions)
-            hidden = model.hidden(None, ids, kind, visual=tokens.flatten(0, 1), positions=positions, attn_mask=mask)
+            hidden = packed_hidden(model, tokens, ids, kind, pos, mask)
         else:
             ids, kind, tgt = (t.to(device) for t in assemble(vocab, n_img, pool.tails[idx], pool.targets[idx],
                                                              with_system))
