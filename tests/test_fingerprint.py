@@ -79,3 +79,23 @@ def test_every_cache_uses_the_one_fingerprint():
     assert pin_code_version() == fingerprint("spatialkit.analysis.interventions.pin")
     with pytest.raises(ValueError):
         fingerprint()
+
+
+def test_each_file_version_is_parsed_once_per_process(package_copy, monkeypatch):
+    """Every checkpoint and notebook key asks for fingerprints; parsing the closure again on each call made a
+    run's planning take seconds. A second key over unchanged files parses nothing; an edited file alone is
+    parsed again, and the key still follows it."""
+    import ast
+
+    parsed = []
+    real_parse = ast.parse
+    monkeypatch.setattr(ast, "parse", lambda source, *a, **kw: parsed.append(source) or real_parse(source, *a, **kw))
+    first = fingerprint(ORGANISM, root=package_copy)
+    assert len(parsed) == len(closure(ORGANISM, root=package_copy))  # each module of the closure, once
+    parsed.clear()
+    assert fingerprint(ORGANISM, root=package_copy) == first
+    assert fingerprint("spatialkit.models.organism.train", root=package_copy)  # inside the same closure
+    assert parsed == []
+    touch_code(package_copy / "models" / "vlm.py")
+    assert fingerprint(ORGANISM, root=package_copy) != first
+    assert len(parsed) == 1 and "_FINGERPRINT_TEST = 1" in parsed[0]

@@ -221,21 +221,22 @@ def test_load_or_train_round_trip_and_interrupted_training(tmp_path, monkeypatch
 
 @pytest.mark.slow
 def test_small_organism_learns_what_and_where():
-    """Learning threshold on the "quick" recipe at 2000 VQA steps (about two minutes of one CPU core, both stages): on the
-    held-out test split (80 items per task, balanced per question text) it answers "what" and two-object "where"
-    questions well above chance (1/4; presence 1/2). Measured at 2000 steps with the phrase labels in stage 1
-    (benchmarks/bench_zoo.py's scoring, 400 items per task): what 0.969 (colour 0.975), where_one 0.688, where_two
-    0.598 -- where is learned after what (the preset's own run, a 6000-step schedule, early-stopped at step 4000 for
-    two seeds with where_two 0.945 and 0.968).
+    """Learning threshold on the "quick" recipe at 1200 VQA steps (about 100 s of one CPU core, both stages; its
+    2000-step stage 1 is 60 s of it): on the held-out test split (80 items per task, balanced per question text)
+    it answers "what" and two-object "where" questions well above chance (1/4; presence 1/2). Measured at 1200
+    steps: what 0.863 (presence 0.912, identity 0.975, colour 0.700), where_one 0.612, where_two 0.625; at 2000
+    steps (benchmarks/bench_zoo.py's scoring, 400 items per task) what 0.969, where_one 0.688, where_two 0.598 --
+    where is learned after what (the preset's own run, a 6000-step schedule, early-stopped at step 4000 for two
+    seeds with where_two 0.945 and 0.968).
     Its world asks no count question (two objects always: answerable blind). The thresholds leave room for seed
     and platform noise (80 items: one standard error is about 5 points)."""
-    cfg = preset("quick", steps=2000)  # half the notebooks' ~4000 VQA steps keeps the suite's time down
+    cfg = preset("quick", steps=1200)  # under a third of the notebooks' ~4000 VQA steps keeps the suite's time down
     model, vocab, metrics = train(cfg, progress=False)
     vlm = OrganismVLM(model, vocab, cfg)
     df = evaluate(vlm, wherebench(cfg), "test")
     acc = accuracy_by_task(df).set_index("task")["accuracy"]
-    assert accuracy_by_family(df)["what"] >= 0.85, acc
+    assert accuracy_by_family(df)["what"] >= 0.75, acc
     assert acc["where_two"] >= 0.45, acc
-    assert acc["presence"] >= 0.85 and acc["identity"] >= 0.85, acc
+    assert acc["presence"] >= 0.8 and acc["identity"] >= 0.8, acc
     assert "count" not in acc.index, acc
     assert metrics["vision_pretrain_final_loss"] < 0.2, metrics["vision_pretrain_final_loss"]

@@ -74,16 +74,32 @@ def closure(*modules: str, root: Path = PACKAGE_ROOT) -> dict[str, Path]:
         seen[name] = path
         parts = name.split(".")
         todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # parent packages run their __init__
-        todo += _imported(name, ast.parse(path.read_text()), path.name == "__init__.py")
+        todo += _parsed(name, *_version(path))[0]
     return dict(sorted(seen.items()))
+
+
+def _version(path: Path) -> tuple[str, int, int]:
+    """(path, modification time, size): one version of a file; an edited file is parsed again."""
+    st = path.stat()
+    return str(path), st.st_mtime_ns, st.st_size
+
+
+@functools.lru_cache(maxsize=None)
+def _parsed(name: str, path: str, mtime_ns: int, size: int) -> tuple[tuple[str, ...], str]:
+    """(the spatialkit modules it imports, its code without docstrings) for one version of module ``name``.
+
+    Parsed once per process and file version: every checkpoint key, notebook key and training task asks for
+    fingerprints, and parsing the whole closure again on each call cost ~0.2 s per key."""
+    tree = ast.parse(Path(path).read_text())
+    imported = tuple(sorted(_imported(name, tree, Path(path).name == "__init__.py")))
+    return imported, ast.dump(strip_docstrings(tree))
 
 
 @functools.lru_cache(maxsize=None)
 def _cached(modules: tuple[str, ...], root: Path, stamp: tuple) -> str:
     h = hashlib.sha256()
-    for name, path in closure(*modules, root=root).items():
-        code = ast.dump(strip_docstrings(ast.parse(path.read_text())))
-        h.update(name.encode() + b"\0" + code.encode() + b"\0")
+    for (name, _), version in zip(closure(*modules, root=root).items(), stamp):
+        h.update(name.encode() + b"\0" + _parsed(name, *version)[1].encode() + b"\0")
     return h.hexdigest()[:16]
 
 
@@ -91,6 +107,6 @@ def fingerprint(*modules: str, root: Path = PACKAGE_ROOT) -> str:
     """16 hex digits naming the code of ``modules`` and everything they import inside spatialkit."""
     if not modules:
         raise ValueError("fingerprint() needs at least one module name")
-    # the files' modification times key the in-process cache, so an edited file is re-read
-    stamp = tuple((str(p), p.stat().st_mtime_ns) for p in closure(*modules, root=root).values())
+    # the files' versions (modification time, size) key the in-process caches, so an edited file is re-read
+    stamp = tuple(_version(p) for p in closure(*modules, root=root).values())
     return _cached(tuple(sorted(modules)), Path(root), stamp)
