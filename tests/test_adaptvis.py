@@ -113,6 +113,35 @@ def test_scaling_vis_logits_and_tokens_equal_reference(model_and_inputs):
     assert torch.equal(vlm.logits(batch), base)  # hooks gone
 
 
+@pytest.mark.parametrize("kind", ["organism-rope1d", "qwen2_vl", "llava"])
+def test_rows_and_key_factor_are_computed_once_per_pass_and_follow_the_batch(vocab, kind, monkeypatch):
+    """The last prompt rows and the image-key factor are the same in every layer of a pass: computed once per
+    pass (they were half of ScalingVis's overhead over plain attention), and computed again for another batch of
+    the same shape under the same hook, whose answers still equal the reference."""
+    if kind.startswith("organism"):
+        vlm = organism(vocab, kind.split("-")[1])
+        images, prompts = organism_inputs(vlm)
+    else:
+        vlm = hf_model(kind)
+        images, prompts = hf_inputs(kind)
+    batches = [vlm.prepare(images, prompts), vlm.prepare(images[::-1], prompts[::-1])]  # same shapes, other rows
+    assert batches[0].token_kind.shape == batches[1].token_kind.shape
+    assert not torch.equal(batches[0].token_kind, batches[1].token_kind)
+    computed = []
+    real_rows = av.last_prompt_rows
+    monkeypatch.setattr(av, "last_prompt_rows", lambda call: computed.append(call.layer) or real_rows(call))
+    with scaling_vis(vlm, 2.0) as hook:
+        fast = [vlm.logits(batch) for batch in batches]
+    assert hook.scaled_calls == 2 * vlm.num_layers > 2
+    assert len(computed) == 2, computed  # once per pass, in its first layer
+    monkeypatch.undo()
+    for batch, got in zip(batches, fast):
+        with av.reference_scaling_vis(vlm, 2.0):
+            ref = vlm.logits(batch)
+        real = batch.token_kind != TokenKind.PAD
+        assert (got - ref)[real].abs().max() <= TOL
+
+
 def sharpen_head(vlm, std):
     """Random weights answer with ~1/V confidence; a sharper LM head (weights of this std) spreads the
     confidences over [0, 1]."""

@@ -161,6 +161,8 @@ def test_to_pixels_checks_input():
     assert x.shape == (2, 3, 8, 8) and float(x.max()) == 1.0
     with pytest.raises(ValueError, match="uint8"):
         to_pixels(np.zeros((2, 8, 8, 3), np.float32))
+    images = np.arange(2 * 8 * 8 * 3, dtype=np.uint8).reshape(2, 8, 8, 3)
+    assert torch.equal(to_pixels(images[::-1]), to_pixels(images).flip(0))  # a reversed view (negative strides)
 
 
 @pytest.mark.parametrize("field, value, message", [

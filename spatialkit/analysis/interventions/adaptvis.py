@@ -111,21 +111,28 @@ def _row_mask(call: AttnCall, rows: torch.Tensor) -> torch.Tensor | None:
     return mask
 
 
-def scaled_last_rows(call: AttnCall, rows: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+def image_key_factor(call: AttnCall, alpha: torch.Tensor) -> torch.Tensor:
+    """(B, Lk) in the keys' dtype: ``alpha[b]`` on item b's image keys, 1 on every other key."""
+    if call.token_kind is None:
+        raise ValueError("ScalingVis/AdaptVis need the token kinds of the keys (AttnCall.token_kind is None)")
+    is_image = (call.token_kind[:, : call.key.shape[-2]] == TokenKind.IMAGE).to(call.key.device)
+    return torch.where(is_image, alpha.to(call.key.device, call.key.dtype)[:, None],
+                       torch.ones((), dtype=call.key.dtype, device=call.key.device))
+
+
+def scaled_last_rows(call: AttnCall, rows: torch.Tensor, alpha: torch.Tensor,
+                     factor: torch.Tensor | None = None) -> torch.Tensor:
     """(B, H, D): attention output of query row ``rows[b]`` with its image logits multiplied by ``alpha[b]``.
 
     Multiplying the image keys by α multiplies exactly the image columns of q·kᵀ by α, so this is one fused
-    SDPA call with one query row; values are untouched.
+    SDPA call with one query row; values are untouched. ``factor``: ``image_key_factor(call, alpha)`` when the
+    caller has it already.
     """
-    if call.token_kind is None:
-        raise ValueError("ScalingVis/AdaptVis need the token kinds of the keys (AttnCall.token_kind is None)")
+    if factor is None:
+        factor = image_key_factor(call, alpha)
     b = call.query.shape[0]
-    lk = call.key.shape[-2]
     batch_index = torch.arange(b, device=call.query.device)
     q_row = call.query[batch_index, :, rows].unsqueeze(2)  # (B, H, 1, D)
-    is_image = (call.token_kind[:, :lk] == TokenKind.IMAGE).to(call.key.device)
-    factor = torch.where(is_image, alpha.to(call.key.device, call.key.dtype)[:, None],
-                         torch.ones((), dtype=call.key.dtype, device=call.key.device))  # (B, Lk)
     key = call.key * factor[:, None, :, None]
     return call.sdpa(query=q_row, key=key, mask=_row_mask(call, rows))[:, :, 0]
 
@@ -144,6 +151,7 @@ class LastRowScaling:
             raise ValueError("armed_passes needs num_layers (to know where a forward pass ends)")
         self.alpha, self.num_layers, self.armed_passes = alpha, num_layers, armed_passes
         self.scaled_calls = 0  # how many layer calls were scaled (tests check prefill-only)
+        self._pass = None  # (token kinds, shapes, rows, key factor) of the latest scaled call: see _per_pass
 
     def _alpha(self, call: AttnCall) -> torch.Tensor:
         b = call.query.shape[0]
@@ -154,6 +162,22 @@ class LastRowScaling:
             raise ValueError(f"got {alpha.numel()} alphas for a batch of {b}")
         return alpha
 
+    def _per_pass(self, call: AttnCall) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, key factor) of ``call``: the same in every layer of one forward pass, so computed in its first
+        scaled layer and reused while the token kinds are the same tensor data and the shapes match (the HF
+        adapter hands each layer a new view of one tensor: compared by data pointer, shape and strides; the
+        kept reference stops that memory from being reused by another tensor meanwhile). Recomputing them in
+        every layer was about a third of ScalingVis's overhead over plain attention."""
+        kinds = call.token_kind
+        shapes = (tuple(call.query.shape), tuple(call.key.shape), call.key.dtype, call.key.device)
+        seen = self._pass
+        if (kinds is None or seen is None or seen[1] != shapes or seen[0].data_ptr() != kinds.data_ptr()
+                or seen[0].shape != kinds.shape or seen[0].stride() != kinds.stride()):
+            rows = last_prompt_rows(call)
+            seen = (kinds, shapes, rows, image_key_factor(call, self._alpha(call)))
+            self._pass = seen if kinds is not None else None
+        return seen[2], seen[3]
+
     def __call__(self, call: AttnCall) -> torch.Tensor:
         armed = self.armed_passes > 0
         if armed and call.layer == self.num_layers - 1:
@@ -161,8 +185,8 @@ class LastRowScaling:
         if call.query.shape[-2] == 1 and not armed:
             return call.sdpa()  # decode step: unscaled, it sees the scaled prompt only through the cache
         self.scaled_calls += 1
-        rows = last_prompt_rows(call)
-        scaled = scaled_last_rows(call, rows, self._alpha(call))
+        rows, factor = self._per_pass(call)
+        scaled = scaled_last_rows(call, rows, self._alpha(call), factor)
         if call.query.shape[-2] == 1:
             return scaled.unsqueeze(2)
         out = call.sdpa()  # every row on fused attention; the last prompt row is then replaced

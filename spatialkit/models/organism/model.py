@@ -468,7 +468,7 @@ def to_pixels(images) -> torch.Tensor:
 
     if not isinstance(images, (np.ndarray, torch.Tensor)):
         images = np.stack([np.asarray(im.convert("RGB") if hasattr(im, "convert") else im) for im in images])
-    x = torch.as_tensor(np.asarray(images))
+    x = torch.as_tensor(np.ascontiguousarray(images))  # contiguous: torch takes no negative strides (a[::-1])
     if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[-1] != 3:
         raise ValueError(f"images must be (B, H, W, 3) uint8, got {tuple(x.shape)} {x.dtype}")
     return x.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
