@@ -19,13 +19,18 @@ and their ratio. Imports are paid in a warm-up pass first, so the arms time the 
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import statistics
 import tempfile
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("SPATIALKIT_CACHE", tempfile.mkdtemp(prefix="bench-plan-cache-"))  # empty: nothing loads
+# always an empty store of its own (a filled one would load stored weights while planning), removed at exit
+_EMPTY_STORE = tempfile.mkdtemp(prefix="bench-plan-cache-")
+atexit.register(shutil.rmtree, _EMPTY_STORE, ignore_errors=True)
+os.environ["SPATIALKIT_CACHE"] = _EMPTY_STORE
 
 from spatialkit.common import fingerprint as fp
 from spatialkit.suite import catalog, parallel, runner

@@ -38,6 +38,10 @@ done
 export HF_HUB_OFFLINE=1
 
 if [[ -d .whl && $DRY == 0 ]]; then  # the kernel stack carried as wheels (benchmarks/gpu_wheels.sh)
+  if ! compgen -G ".whl/*.whl" >/dev/null; then
+    echo "gpu_check: .whl/ holds no wheels; run 'bash benchmarks/gpu_wheels.sh' first (it writes them)" >&2
+    exit 2
+  fi
   SITE=/tmp/spatialkit-site
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
   export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"

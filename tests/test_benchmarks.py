@@ -45,6 +45,16 @@ def test_gpu_check_default_plan_and_unknown_option():
     assert bad.returncode == 2 and "unknown option '--bogus'" in bad.stderr
 
 
+def test_gpu_check_with_an_empty_wheel_folder_says_what_to_run(tmp_path):
+    import shutil
+
+    shutil.copytree(REPO / "benchmarks", tmp_path / "benchmarks")
+    (tmp_path / ".whl").mkdir()
+    done = subprocess.run(["bash", str(tmp_path / "benchmarks" / "gpu_check.sh")], check=False, capture_output=True,
+                          text=True, env={"PY": sys.executable, "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert done.returncode == 2 and "run 'bash benchmarks/gpu_wheels.sh' first" in done.stderr, done.stderr
+
+
 def test_gpu_wheels_lists_the_kernel_stack_and_nothing_the_gpu_image_has():
     done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_wheels.sh"), "--list"], check=False,
                           capture_output=True, text=True, env={"PY": sys.executable, "PATH": "/usr/bin:/bin"},

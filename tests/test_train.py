@@ -191,6 +191,11 @@ def test_stage1_on_another_world_is_that_worlds_encoder(tmp_path, monkeypatch):
     assert vision_checkpoint_folder(own).exists() and vision_checkpoint_folder(borrowing) == vision_checkpoint_folder(own)
     with pytest.raises(ValueError, match="vision_pretrain_world"):
         preset("smoke", vision_pretrain_world="no_such_world")
+    # naming its own world is the plain recipe: the same stage-1 key, its own pool and vocabulary (no second build)
+    from spatialkit.models.organism.train import stage1_config
+
+    itself = own.replace(vision_pretrain_world="organism_easy")
+    assert stage1_config(itself) is itself and vision_stage_config(itself) == vision_stage_config(own)
 
 
 def test_init_is_fan_in_scaled():

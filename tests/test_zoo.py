@@ -28,18 +28,15 @@ def test_zoo_presets_parse_with_a_why():
     assert preset("llava").optim.vision_pretrain_pool == "mean"
     assert preset("prior").data.scene_preset == "organism_prior"
     assert preset("loud").model.visual_norm == "target"
-    if "loud_norm" in PRESETS:  # +Normalize on the loud organism: only stage 2 differs, so stage 1 is shared
-        from spatialkit.models.organism.train import vision_stage_config
+    from spatialkit.models.organism.train import vision_stage_config
 
-        for name in ("loud_norm", "loud_norm_text"):
-            assert preset(name).model.visual_norm == "rmsclip"
-            assert vision_stage_config(preset(name)) == vision_stage_config(preset("loud"))
-            assert _zoo_diff(name).keys() - _zoo_diff("loud").keys() == set()  # differs from loud in the norm only
-    if "whatsup_a" in PRESETS:  # the WhatsUp mirrors share one stage-1 encoder (whatsup_b's world)
-        from spatialkit.models.organism.train import vision_stage_config
-
-        assert preset("whatsup_a").data.scene_preset == "organism_whatsup_a"  # its VQA stage: its own world
-        assert vision_stage_config(preset("whatsup_a")) == vision_stage_config(preset("whatsup_b"))
+    for name in ("loud_norm", "loud_norm_text"):  # +Normalize on loud: only stage 2 differs, stage 1 is shared
+        assert preset(name).model.visual_norm == "rmsclip"
+        assert vision_stage_config(preset(name)) == vision_stage_config(preset("loud"))
+        assert _zoo_diff(name).keys() - _zoo_diff("loud").keys() == set()  # differs from loud in the norm only
+    # the WhatsUp mirrors share one stage-1 encoder (whatsup_b's world)
+    assert preset("whatsup_a").data.scene_preset == "organism_whatsup_a"  # its VQA stage: its own world
+    assert vision_stage_config(preset("whatsup_a")) == vision_stage_config(preset("whatsup_b"))
 
 
 def _zoo_diff(name: str) -> dict:

@@ -70,7 +70,7 @@ def stage1_config(cfg: OrganismConfig) -> OrganismConfig:
     naming another scene world, ``cfg`` on that world -- whose stage-1 encoder is then the one that world's
     organisms train (same ``VISION_STAGE_FIELDS``, same key), so it is shared, not trained twice."""
     world = cfg.optim.vision_pretrain_world
-    if world is None:
+    if world is None or world == cfg.data.scene_preset:  # its own world: its own pool and vocabulary serve
         return cfg
     return cfg.replace(scene_preset=world, vision_pretrain_world=None)
 
