@@ -39,6 +39,16 @@ def test_zoo_presets_parse_with_a_why():
     assert vision_stage_config(preset("whatsup_a")) == vision_stage_config(preset("whatsup_b"))
 
 
+def test_every_zoo_member_has_a_reader_facing_description():
+    from spatialkit.present.zoo import about
+
+    smoke = [n for n in PRESETS if n == "smoke" or n.startswith("smoke_")]
+    for name in ZOO + smoke:
+        text = about(name)
+        assert len(text) > 40 and "--" not in text and "organism_" not in text, name  # prose, not a config note
+    assert about("smoke_llava").endswith(about("llava")) and about("no such organism") == ""
+
+
 def _zoo_diff(name: str) -> dict:
     """The dotted fields in which zoo preset ``name`` differs from ``quick`` (what makes it that organism)."""
     a, b = preset(name), preset("quick")
