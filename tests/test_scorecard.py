@@ -111,7 +111,9 @@ def test_scorecard_page_is_generated_and_follows_the_chapters(root, folders):  #
     page = book.write_scorecard(paths, root, info)
     assert page == root / "book" / "executed" / "scorecard.md"
     text = page.read_text()
-    assert "| Chapter | Claim | Paper | Verdict | organism | healthy |" in text
+    assert "| Chapter | Claim | Paper (source) | own models / no model | organism | healthy |" in text
+    assert "(paper) |" in text  # each paper's number names where it comes from
+    assert "- own models / no model: " in text and "`healthy` is the control" in text  # the columns explained
     assert "normalising helps" in text and "**inconclusive** organism value" in text
     assert "(02_semantic_loudness.ipynb)" in text  # links to the chapter
     assert "commit `abcdef123456`" in text and "git+https://example.org/x@main" in text

@@ -26,6 +26,7 @@ from spatialkit.suite.runner import RESULTS_SUFFIX
 
 SINGLE_MODEL = ""  # the model key of a claim judged on one model (spatialkit.present.claims.SINGLE_MODEL)
 FORMATS = ("table", "csv", "json")
+SINGLE_COLUMN = "own models / no model"  # the book's header of the single-model verdict column
 OUTCOMES = ("reproduced", "contradicted", "inconclusive", "not testable")
 
 
@@ -73,6 +74,7 @@ class Table:
     folders: list[str] = field(default_factory=list)
     details: list[dict[str, Any]] = field(default_factory=list)  # per row: measured text per column
     counted: list[str] | None = None  # the columns counts() tallies (default: the verdict columns)
+    sources: list[str] = field(default_factory=list)  # per row: where the claim and the paper's number come from
 
 
 def table(folders: Sequence[Path | str]) -> Table:
@@ -116,8 +118,9 @@ def tabulate(loaded: Sequence[Sequence[dict]], labels: Sequence[str | None],
     verdict_cols = _ordered(columns_seen, labels)
     several = len(labels) > 1
     columns = ["chapter", "claim", "paper's number"] + verdict_cols + (["agree"] if several else [])
-    rows, details = [], []
+    rows, details, sources = [], [], []
     for key in keys:
+        sources.append(key[2])
         row = {"chapter": key[0], "claim": key[1], "paper's number": key[3]}
         detail = {}
         for col in verdict_cols:
@@ -128,7 +131,7 @@ def tabulate(loaded: Sequence[Sequence[dict]], labels: Sequence[str | None],
             row["agree"] = _agree(cells[key], labels)
         rows.append(row)
         details.append(detail)
-    return Table(columns, rows, list(folders), details)
+    return Table(columns, rows, list(folders), details, sources=sources)
 
 
 def _ordered(columns: list[str], labels: list) -> list[str]:
@@ -225,9 +228,16 @@ def markdown(folder: Path | str, chapters: Sequence[str], info: dict[str, Any] |
     """The Scorecard page: one table of every claim of ``chapters`` (notebook names) with its verdicts."""
     titles = titles or {}
     lines = ["# Scorecard", "",
-             "Every claim the chapters test, the paper's number, and the verdict per model run (with the value "
-             "measured here). Verdicts come from each chapter's claims table (`spatialkit.present.claims`); "
-             "the same table prints with `spatialkit results`, and `spatialkit results A B` compares two runs.",
+             "Every claim the chapters test, the paper's number with the paper it comes from, and the verdict per "
+             "model run (with the value measured here). Verdicts come from each chapter's claims table "
+             "(`spatialkit.present.claims`); the same table prints with `spatialkit results`, and "
+             "`spatialkit results A B` compares two runs.",
+             "",
+             f"The column *{SINGLE_COLUMN}* holds claims a chapter tests on models of its own (notebook 01's "
+             "small classifiers) or on no model at all (the scene world). Every other column is one model. "
+             "`healthy` is the control: on a claim about a failure, a *contradicted* verdict there is what a "
+             "model without the failure should give, so the tallies below count what each model showed, not "
+             "whether the blog was confirmed.",
              ""]
     if info:
         commit = info.get("commit") or "unknown"
@@ -239,20 +249,24 @@ def markdown(folder: Path | str, chapters: Sequence[str], info: dict[str, Any] |
     present = [c for c in chapters if c in results]
     if present:
         t = tabulate([[results[c] for c in present]], [None], [str(folder)])
-        header = ["Chapter", "Claim", "Paper"] + [c.replace("verdict: ", "") if c != "verdict" else "Verdict"
-                                                  for c in t.columns[3:]]
+        header = ["Chapter", "Claim", "Paper (source)"] + [
+            c.replace("verdict: ", "") if c != "verdict" else SINGLE_COLUMN for c in t.columns[3:]]
         lines += ["| " + " | ".join(_md(h) for h in header) + " |", "|" + "---|" * len(header)]
-        for row, detail in zip(t.rows, t.details):
+        for i, (row, detail) in enumerate(zip(t.rows, t.details)):
             name = row["chapter"]
             chapter = f"[{_md(titles.get(name, name))}]({name}.ipynb)"
-            cells = [chapter, _md(row["claim"]), _md(row["paper's number"])]
+            source = t.sources[i] if t.sources else ""
+            number = row["paper's number"]
+            paper = f"{number} ({source})" if source else number
+            cells = [chapter, _md(row["claim"]), _md(paper)]
             for col in t.columns[3:]:
                 d = detail.get(col)
                 cells.append("—" if d is None else f"**{_md(row[col])}** {_md(d['measured'])}".strip())
             lines.append("| " + " | ".join(cells) + " |")
         lines += [""]
         for col, n in counts(t).items():
-            lines.append(f"- {_md(col)}: " + ", ".join(f"{v} {k}" for k, v in n.items() if v))
+            label = SINGLE_COLUMN if col == "verdict" else col.replace("verdict: ", "")
+            lines.append(f"- {_md(label)}: " + ", ".join(f"{v} {k}" for k, v in n.items() if v))
         lines.append("")
         params = [f"- {_md(titles.get(c, c))}: " + ", ".join(
             f"`{k}={v}`" for k, v in (results[c].get("parameters") or {}).items()) for c in present]
