@@ -118,7 +118,8 @@ register(NotebookSpec(
               "accuracy open the notebook (the first is the control), loaded from the checkpoint store or trained",
               item_kind=str, choices=ORGANISM_PRESETS, min_len=1, max_len=8),
         Param("n_items", int, 400, "held-out test items per organism (what and where questions)", low=20, high=100_000),
-        Param("n_blind", int, 3000, "test items of the blind answerers' chance check (a WhereBench of its own)",
+        Param("n_blind", int, 7000, "test items of the blind answerers' per-task chance check (a WhereBench of "
+              "its own; about n_blind / 7 per task)",
               low=20, high=100_000),
         N_BOOT,
         THREADS,
