@@ -216,7 +216,8 @@ register(NotebookSpec(
         failing_param(["llava", "loud", "prior"]),
         Param("n_items", int, 600, "held-out where-questions per organism (one- and two-object, test-split scenes); "
               "enough for >= 100 wrong answers on the failing ones", low=10, high=100_000),
-        Param("layer", int, -1, "LM layer shown in the heatmap; -1 = the middle layer (checked against the model)",
+        Param("layer", int, -1, "LM layer fixed for the heatmap and the gaze tests; -1 = num_layers // 2 (the last "
+              "of a 2-layer LM; checked against the model)",
               low=-1, high=255),
         Param("with_system_prompt", bool, False, "prompt the heatmap and gaze sections with the system prompt"),
         HF_IMAGE_SIZE,
