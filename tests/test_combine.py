@@ -27,6 +27,11 @@ def test_cells_parse_in_canonical_order_and_reject_what_does_not_apply():
     assert local.replace(steps=healthy.optim.steps).to_dict() == healthy.to_dict()
     assert combine.cell_config("loud+norm").to_dict() == preset("loud_norm").to_dict()
     assert combine.cell_config("loud+norm", zoo="smoke").to_dict() == preset("smoke_loud_norm").to_dict()
+    # +Normalize at the text norm on loud is notebook 02's loud_norm_text (the same checkpoint); it never goes
+    # with the scale-1 +Normalize
+    assert combine.cell_config("loud+normtext").to_dict() == preset("loud_norm_text").to_dict()
+    with pytest.raises(ValueError, match="visual norm"):
+        combine.parse_cell("loud+norm+normtext")
     assert combine.fix_label(("norm", "2d"), adaptvis=True) == "+Normalize + 2D position code + AdaptVis"
 
 
@@ -143,6 +148,11 @@ def test_plane_and_heatmap_draw():
     axes = plot_tradeoff_plane(pts, ceiling={"where": Estimate(0.9, 0.85, 0.95, 10), "what": Estimate(0.9, 0.8, 1, 10)},
                                chance={"x": 0.25})
     assert len(axes) == 2 and len(axes[0].texts) == 1  # one arrow per non-base arm
+    # more arms than tab10 has colours: every arm keeps a colour of its own in the legend
+    many = pd.concat([pts.assign(arm="none" if k == 0 else f"arm {k}") for k in range(13)], ignore_index=True)
+    legend = plot_tradeoff_plane(many)[-1].get_legend()
+    colours = {tuple(np.round(np.asarray(h.get_color()).reshape(-1, 4)[0], 6)) for h in legend.legend_handles}
+    assert len(legend.legend_handles) == 13 and len(colours) == 13
     ax = plot_gain_heatmap(pd.DataFrame({"llava · where_two": [0.2, -0.1]}, index=["2D", "AdaptVis"]))
     assert ax.get_title() == ""
     matplotlib.pyplot.close("all")

@@ -5,6 +5,8 @@ cell is also measured with AdaptVis (inference-time, free) on top. The fixes:
 
 * ``2d``     a 2D position code in the LM (``lm_posenc`` = ``mrope`` or ``rope2d``; Qwen2-VL's (t, h, w) ids)
 * ``norm``   +Normalize trained in (``visual_norm: rmsclip`` at scale 1, Qi et al. 2025)
+* ``normtext`` +Normalize trained in at the text tokens' norm (``rmsclip`` at scale ``TEXT_NORM_SCALE``: on loud
+             the ``loud_norm_text`` preset, notebook 02's arm); never with ``norm`` (both set the visual norm)
 * ``local``  a localized (max-pooled, per-patch) stage-1 encoder instead of the global mean-pooled one
 * ``cloc``   the stage-1 encoder replaced by notebook 05's CLOC tower (region-text contrastive + grounding, Chen et
              al. 2025), frozen, under the organism's stage 2 (``spatialkit.models.encoder_swap``): the same
@@ -44,16 +46,20 @@ HEALTHY = "healthy"
 NEVER = "never"  # healthy's recipe never asked where (never_config)
 CONTROLS = (HEALTHY, NEVER)  # cells that are not a failing organism + fixes
 #: training-time fixes in their canonical order inside a cell name
-FIX_ORDER = ("local", "cloc", "norm", "2d")
+FIX_ORDER = ("local", "cloc", "norm", "normtext", "2d")
+#: +Normalize's scale at this LM's text-token norm (the ``loud_norm_text`` preset's ``visual_norm_scale``)
+TEXT_NORM_SCALE = 8.0
 TOWER_FIXES = ("cloc",)  # fixes that swap the vision tower: the cell loads a tower_store checkpoint, not a preset
 POSENC_2D = ("mrope", "rope2d")
-FIX_LABELS = {"local": "localized stage 1", "cloc": "CLOC tower", "norm": "+Normalize", "2d": "2D position code",
+FIX_LABELS = {"local": "localized stage 1", "cloc": "CLOC tower", "norm": "+Normalize",
+              "normtext": "+Normalize (text norm)", "2d": "2D position code",
               "adaptvis": "AdaptVis"}
 # a fix that is already part of an organism's recipe is not a fix there
 NOT_APPLICABLE = {("loud", "local"): "loud's stage 1 is already the localized (max-pooled) one",
                   ("loud", "cloc"): "the CLOC tower replaces the LLaVA recipe's frozen encoder (llava, prior); loud's "
                                     "failure is its loud projected tokens"}
-EXCLUSIVE = (("local", "cloc"),)  # both replace the stage-1 encoder
+#: fixes that cannot go together, and why
+EXCLUSIVE = {("local", "cloc"): "both replace the stage-1 encoder", ("norm", "normtext"): "both set the visual norm"}
 METRICS = ("what", "where_one", "where_two", "counter")
 WHERE_TASKS = ("where_one", "where_two")
 
@@ -66,6 +72,8 @@ def fix_overrides(fix: str, posenc_2d: str = "mrope") -> dict:
         return {"lm_posenc": posenc_2d}
     if fix == "norm":
         return {"visual_norm": "rmsclip", "visual_norm_scale": 1.0}
+    if fix == "normtext":
+        return {"visual_norm": "rmsclip", "visual_norm_scale": TEXT_NORM_SCALE}
     if fix == "local":
         return {"vision_pretrain_pool": "max"}
     if fix == "cloc":  # a tower swap, not a preset change: see tower_store / the catalog's grid_cell_checkpoint
@@ -84,9 +92,9 @@ def parse_cell(cell: str) -> tuple[str, tuple[str, ...]]:
     for f in fixes:
         if (organism, f) in NOT_APPLICABLE:
             raise ValueError(f"cell {cell!r}: {NOT_APPLICABLE[(organism, f)]}")
-    for pair in EXCLUSIVE:
+    for pair, why in EXCLUSIVE.items():
         if set(pair) <= set(fixes):
-            raise ValueError(f"cell {cell!r}: {' and '.join(pair)} both replace the stage-1 encoder")
+            raise ValueError(f"cell {cell!r}: {' and '.join(pair)}: {why}")
     return organism, tuple(f for f in FIX_ORDER if f in fixes)
 
 

@@ -44,7 +44,8 @@ def plot_tradeoff_plane(points, *, ceiling=None, panel: str = "organism", x: str
         _, axes = plt.subplots(1, len(panels), figsize=(height * 1.25 * len(panels), height), squeeze=False)
         axes = axes[0]
     labels = list(dict.fromkeys(points[label]))
-    colors = dict(zip(labels, sns.color_palette("tab10", max(len(labels), 3))))
+    # tab10 repeats after 10 colours: more arms get evenly spaced hues, one colour per arm
+    colors = dict(zip(labels, sns.color_palette("tab10" if len(labels) <= 10 else "husl", max(len(labels), 3))))
     for ax, name in zip(axes, panels):
         g = points[points[panel] == name]
         origin = g[g[label] == base]

@@ -334,7 +334,7 @@ register(NotebookSpec(
 # stage 2 on notebook 05's CLOC tower (the same checkpoints 05 trains): for llava and prior only, never with
 # "local" (both replace the stage-1 encoder).
 GRID_ORGANISMS = ("llava", "loud", "prior")
-GRID_FIXES = ("local", "cloc", "norm", "2d")
+GRID_FIXES = ("local", "cloc", "norm", "normtext", "2d")  # normtext = +Normalize at the text norm (loud_norm_text)
 
 
 def _grid_cells() -> tuple[str, ...]:
@@ -345,7 +345,8 @@ def _grid_cells() -> tuple[str, ...]:
         # loud's stage 1 is localized already, and the CLOC tower is the LLaVA recipe's (llava, prior)
         fixes = [f for f in GRID_FIXES if not (organism == "loud" and f in ("local", "cloc"))]
         for k in range(len(fixes) + 1):
-            cells += ["+".join((organism, *c)) for c in combinations(fixes, k) if not {"local", "cloc"} <= set(c)]
+            cells += ["+".join((organism, *c)) for c in combinations(fixes, k)
+                      if not ({"local", "cloc"} <= set(c) or {"norm", "normtext"} <= set(c))]
     return tuple(cells)
 
 
@@ -359,10 +360,11 @@ register(NotebookSpec(
         DEVICE,
         Param("zoo", str, "zoo", "organism presets: the zoo (llava, loud, prior, healthy) or their smoke-sized twins "
               "(smoke_llava, ...; tests)", choices=("zoo", "smoke")),
-        Param("cells", list, ["llava", "llava+local", "llava+cloc", "llava+2d", "loud", "loud+norm", "loud+2d",
-                              "loud+norm+2d", "prior", "prior+cloc", "prior+2d"],
+        Param("cells", list, ["llava", "llava+local", "llava+cloc", "llava+2d", "loud", "loud+norm", "loud+normtext",
+                              "loud+2d", "loud+norm+2d", "prior", "prior+cloc", "prior+2d"],
               "trained cells of the grid: a failing organism + its training-time fixes (local = localized stage 1, "
-              "cloc = the LLaVA recipe on notebook 05's CLOC tower, norm = +Normalize trained in, 2d = 2D position "
+              "cloc = the LLaVA recipe on notebook 05's CLOC tower, norm = +Normalize trained in, normtext = "
+              "+Normalize at the text tokens' norm (on loud: notebook 02's loud_norm_text), 2d = 2D position "
               "code in the LM); each new one trains an organism (~2 min CPU); every cell is also measured with "
               "AdaptVis on top", item_kind=str, choices=GRID_CELLS, min_len=1, max_len=len(GRID_CELLS)),
         Param("posenc_2d", str, "mrope", "the LM's 2D position code of the '2d' fix", choices=("mrope", "rope2d")),
@@ -531,7 +533,8 @@ def grid_cell_checkpoint(p: dict, cell: str) -> Checkpoint:
     organism, *fixes = cell.split("+")
     name = (("smoke" if organism == "healthy" else f"smoke_{organism}") if smoke else organism)
     fix = {"local": {"vision_pretrain_pool": "max"}, "norm": {"visual_norm": "rmsclip", "visual_norm_scale": 1.0},
-           "2d": {"lm_posenc": p["posenc_2d"]}, "cloc": {}}
+           "normtext": {"visual_norm": "rmsclip", "visual_norm_scale": 8.0}, "2d": {"lm_posenc": p["posenc_2d"]},
+           "cloc": {}}
     over = {}
     for f in fixes:
         over.update(fix[f])
