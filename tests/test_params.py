@@ -122,3 +122,19 @@ def test_parameters_cells_declare_the_catalog_at_its_defaults():
         assert set(values) == declared, f"{name}: cell-only {set(values) - declared}, missing {declared - set(values)}"
         assert values == spec.defaults(), f"{name}: parameters cell defaults differ from the catalog's"
         assert all(len(line) <= 100 for line in source.splitlines()), f"{name}: parameters line over 100 columns"
+
+
+def test_notebook_setup_shows_table_cells_in_full(monkeypatch, tmp_path):
+    """Claims tables and organism notes are sentences: a notebook's setup stops pandas cutting them at 50
+    characters (the book showed "Control. Its vision encoder was first trained ...")."""
+    import pandas as pd
+
+    from spatialkit.suite import catalog
+    from spatialkit.suite.notebook import setup
+
+    monkeypatch.chdir(tmp_path)
+    name = next(iter(catalog.NOTEBOOKS))
+    with pd.option_context("display.max_colwidth", 50):
+        setup(name, dict(catalog.get(name).defaults()), quiet=True)
+        assert pd.get_option("display.max_colwidth") is None
+        assert "x" * 80 in pd.DataFrame({"note": ["x" * 80]})._repr_html_()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib.metadata
 import os
 import platform
@@ -111,6 +112,10 @@ def setup(name: str, namespace: dict[str, Any], *, quiet: bool = False) -> Simpl
         seed_everything(params["seed"])
     env = environment(device)
     record_context(name, spec.title, {**params, "device": device}, env)
+    with contextlib.suppress(ImportError):  # every notebook has pandas; a bare kernel need not
+        import pandas as pd
+
+        pd.set_option("display.max_colwidth", None)  # claims and organism notes are sentences: never cut them
     if not quiet:
         width = max(len(k) for k in env)
         print(f"{spec.title}\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in env.items()))
