@@ -153,6 +153,15 @@ def test_plane_and_heatmap_draw():
     legend = plot_tradeoff_plane(many)[-1].get_legend()
     colours = {tuple(np.round(np.asarray(h.get_color()).reshape(-1, 4)[0], 6)) for h in legend.legend_handles}
     assert len(legend.legend_handles) == 13 and len(colours) == 13
+    # every arm also has a marker, neighbours differ; the star's label can differ per panel
+    handles, names = plot_tradeoff_plane(many)[0].get_legend_handles_labels()  # errorbar containers
+    marks = list({n: h.lines[0].get_marker() for h, n in zip(handles, names)}.values())
+    assert len(marks) == 13
+    assert all(marks[i] != marks[i + 1] for i in range(len(marks) - 1))
+    axes = plot_tradeoff_plane(pts, ceiling={"where": Estimate(0.9, 0.85, 0.95, 10), "what": Estimate(0.9, 0.8, 1, 10)},
+                               ceiling_label={"loud": "healthy, other world"})
+    names = axes[-1].get_legend().get_texts()
+    assert {"healthy (ceiling)", "healthy, other world"} <= {t.get_text() for t in names}
     ax = plot_gain_heatmap(pd.DataFrame({"llava · where_two": [0.2, -0.1]}, index=["2D", "AdaptVis"]))
     assert ax.get_title() == ""
     matplotlib.pyplot.close("all")

@@ -28,14 +28,16 @@ def plot_overlay(ax, image: np.ndarray, amap: torch.Tensor | np.ndarray, *, boxe
 
 def plot_tradeoff_plane(points, *, ceiling=None, panel: str = "organism", x: str = "where", y: str = "what",
                         label: str = "arm", base: str = "none", chance: dict | None = None, axes=None,
-                        height: float = 3.6):
+                        height: float = 3.6, ceiling_label: str | dict = "healthy (ceiling)"):
     """The what-vs-where plane: one panel per ``panel`` value, each arm a point with its 95% CIs as error bars
     and an arrow from the panel's ``base`` arm (the failing organism) to every other arm; ``ceiling`` (a dict
     with ``x``/``y`` estimates, e.g. the healthy organism) is drawn as a star with its CI box.
 
     ``points``: a DataFrame with columns ``panel``, ``label``, and per axis ``{x}``, ``{x}_low``, ``{x}_high``,
     ``{y}``, ``{y}_low``, ``{y}_high`` (fractions). ``chance``: {"x": level, "y": level} dotted lines.
-    Returns the matplotlib axes (one per panel)."""
+    ``ceiling_label``: the star's legend label, or {panel: label} (panels not in it get "healthy (ceiling)").
+    Every arm gets its own colour (a qualitative palette) and its own marker, so arms stay apart when two
+    colours are close. Returns the matplotlib axes (one per panel)."""
     import matplotlib.pyplot as plt  # plotting only when drawing
     import seaborn as sns  # plotting only when drawing
 
@@ -44,14 +46,19 @@ def plot_tradeoff_plane(points, *, ceiling=None, panel: str = "organism", x: str
         _, axes = plt.subplots(1, len(panels), figsize=(height * 1.25 * len(panels), height), squeeze=False)
         axes = axes[0]
     labels = list(dict.fromkeys(points[label]))
-    # tab10 repeats after 10 colours: more arms get evenly spaced hues, one colour per arm
-    colors = dict(zip(labels, sns.color_palette("tab10" if len(labels) <= 10 else "husl", max(len(labels), 3))))
+    # a qualitative palette (tab10, then tab20 up to 20 arms, evenly spaced hues beyond) and a marker per arm:
+    # neighbouring arms differ in marker as well as colour
+    palette = "tab10" if len(labels) <= 10 else "tab20" if len(labels) <= 20 else "husl"
+    colors = dict(zip(labels, sns.color_palette(palette, max(len(labels), 3))))
+    marker_cycle = "osD^vPX<>hp*"
+    markers = {name: marker_cycle[i % len(marker_cycle)] for i, name in enumerate(labels)}
     for ax, name in zip(axes, panels):
         g = points[points[panel] == name]
         origin = g[g[label] == base]
         for _, r in g.iterrows():
             ax.errorbar(r[x], r[y], xerr=[[r[x] - r[f"{x}_low"]], [r[f"{x}_high"] - r[x]]],
-                        yerr=[[r[y] - r[f"{y}_low"]], [r[f"{y}_high"] - r[y]]], fmt="o", ms=6, capsize=2,
+                        yerr=[[r[y] - r[f"{y}_low"]], [r[f"{y}_high"] - r[y]]], fmt=markers[r[label]], ms=6,
+                        capsize=2, mec="black", mew=0.4,
                         color=colors[r[label]], label=r[label], zorder=3)
             if len(origin) and r[label] != base:
                 o = origin.iloc[0]
@@ -60,7 +67,8 @@ def plot_tradeoff_plane(points, *, ceiling=None, panel: str = "organism", x: str
         if ceiling is not None:
             cx, cy = ceiling[x], ceiling[y]
             ax.add_patch(plt.Rectangle((cx.low, cy.low), cx.high - cx.low, cy.high - cy.low, color="gold", alpha=0.3))
-            ax.plot(cx.mean, cy.mean, marker="*", ms=14, color="goldenrod", ls="", label="healthy (ceiling)", zorder=4)
+            star = ceiling_label.get(name, "healthy (ceiling)") if isinstance(ceiling_label, dict) else ceiling_label
+            ax.plot(cx.mean, cy.mean, marker="*", ms=14, color="goldenrod", ls="", label=star, zorder=4)
         if chance:
             if "x" in chance:
                 ax.axvline(chance["x"], color="gray", ls=":", lw=1)
