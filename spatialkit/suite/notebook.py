@@ -112,8 +112,8 @@ def setup(name: str, namespace: dict[str, Any], *, quiet: bool = False) -> Simpl
         seed_everything(params["seed"])
     env = environment(device)
     record_context(name, spec.title, {**params, "device": device}, env)
-    with contextlib.suppress(ImportError):  # every notebook has pandas; a bare kernel need not
-        import pandas as pd
+    with contextlib.suppress(ImportError):
+        import pandas as pd  # lazy and optional: every notebook has pandas, a bare kernel need not
 
         pd.set_option("display.max_colwidth", None)  # claims and organism notes are sentences: never cut them
     if not quiet:
