@@ -367,7 +367,9 @@ register(NotebookSpec(
               "+Normalize at the text tokens' norm (on loud: notebook 02's loud_norm_text), 2d = 2D position "
               "code in the LM); each new one trains an organism (~2 min CPU); every cell is also measured with "
               "AdaptVis on top", item_kind=str, choices=GRID_CELLS, min_len=1, max_len=len(GRID_CELLS)),
-        Param("posenc_2d", str, "mrope", "the LM's 2D position code of the '2d' fix", choices=("mrope", "rope2d")),
+        Param("posenc_2d", str, "rope2d", "the LM's 2D position code of the '2d' fix: the axial 2D RoPE (fast "
+              "frequencies on both axes) or Qwen2-VL's M-RoPE (at this LM's head size its column axis barely turns)",
+              choices=("rope2d", "mrope")),
         Param("n_items", int, 900, "held-out test items per world (balanced over its what and where tasks)",
               low=20, high=100_000),
         Param("n_tune", int, 450, "val items per world: tune AdaptVis and pick each organism's best arm",
