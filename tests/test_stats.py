@@ -57,3 +57,21 @@ def test_box_iou_torch_and_numpy():
     assert isinstance(n, np.ndarray) and n.dtype == np.float64 and n.tolist() == pytest.approx([1.0, 1 / 3, 0.0])
     iou = box_iou(np.array([[0, 0, 10, 10], [0, 0, 10, 10]]), np.array([[0, 0, 10, 10], [5, 0, 15, 10]]))
     assert np.allclose(iou, [1.0, 50 / 150])
+
+
+def test_auroc_counts_pairs_with_ties_as_half_and_its_ci_brackets_it():
+    from spatialkit.common.ranks import auroc, auroc_ci
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):  # against the definition, on small integer scores full of ties
+        a = rng.integers(0, 4, rng.integers(1, 15)).astype(float)
+        b = rng.integers(0, 4, rng.integers(1, 15)).astype(float)
+        brute = np.mean([(x > y) + 0.5 * (x == y) for x in a for y in b])
+        assert auroc(a, b) == pytest.approx(brute)
+    assert auroc([1, 2], [0, 0]) == 1.0 and auroc([0], [1]) == 0.0 and auroc([1], [1]) == 0.5
+    assert np.isnan(auroc([], [1.0]))
+    right, wrong = rng.normal(1.0, 1.0, 300), rng.normal(0.0, 1.0, 100)
+    e = auroc_ci(right, wrong, seed=1, n_boot=400)
+    assert e.low < e.mean < e.high and 0.6 < e.mean < 0.9 and e.n == 400  # d = 1: AUROC = Phi(1/sqrt 2) = 0.76
+    assert auroc_ci(right, wrong, seed=1, n_boot=400) == e  # seeded
+    assert np.isnan(auroc_ci([], wrong, seed=0, n_boot=10).mean)
