@@ -45,9 +45,27 @@ def test_catalog_declares_exactly_the_organisms_the_notebook_loads(zoo):
                                                              "posenc_2d": "rope2d"})
     declared = {str(preset(spec["preset"], **spec["overrides"]).to_dict())
                 for kind, spec in catalog.checkpoints("07_putting_it_together", params) if kind == "organism"}
-    loaded = {str(c.to_dict()) for c in [combine.healthy_config(0, zoo), combine.never_config(0, zoo)]
+    ceilings = [combine.ceiling_config(o, 0, zoo) for o in combine.FAILING]
+    loaded = {str(c.to_dict()) for c in [combine.healthy_config(0, zoo), combine.never_config(0, zoo), *ceilings]
               + [combine.cell_config(c, "rope2d", 0, zoo) for c in catalog.GRID_CELLS if not combine.is_tower_cell(c)]}
     assert declared == loaded  # the tower ("cloc") cells: tests/test_tower_store.py
+
+
+@pytest.mark.parametrize("zoo", ["zoo", "smoke"])
+def test_the_ceiling_is_healthys_recipe_on_the_organisms_own_world(zoo):
+    healthy = combine.healthy_config(0, zoo)
+    for organism in combine.FAILING:
+        world = preset(combine.preset_name(organism, zoo)).data.scene_preset
+        ceiling = combine.ceiling_config(organism, 0, zoo)
+        assert ceiling.data.scene_preset == world
+        # only the world differs from healthy: the same recipe, schedule and early stop
+        assert ceiling.replace(scene_preset=healthy.data.scene_preset).to_dict() == healthy.to_dict()
+        same_world = world == healthy.data.scene_preset
+        assert combine.ceiling_cell(organism) == (combine.HEALTHY if same_world else "healthy_prior")
+        assert combine.ceiling_cell(organism) in combine.CONTROLS
+    assert combine.ceiling_config("prior", 0, zoo).to_dict() != healthy.to_dict()  # prior's world is its own
+    with pytest.raises(ValueError, match="organism must be one of"):
+        combine.ceiling_cell("healthy")
 
 
 @pytest.fixture(scope="module")
@@ -162,6 +180,12 @@ def test_plane_and_heatmap_draw():
                                ceiling_label={"loud": "healthy, other world"})
     names = axes[-1].get_legend().get_texts()
     assert {"healthy (ceiling)", "healthy, other world"} <= {t.get_text() for t in names}
+    # a ceiling per panel: each panel's star sits at its own ceiling, a panel without one has no star
+    own = {"llava": {"where": Estimate(0.7, 0.65, 0.75, 10), "what": Estimate(0.8, 0.75, 0.85, 10)}}
+    axes = plot_tradeoff_plane(pts, ceiling=own)
+    stars = [[ln for ln in ax.get_lines() if ln.get_marker() == "*"] for ax in axes]
+    assert [len(s) for s in stars] == [1, 0]
+    assert tuple(stars[0][0].get_data()[0]) == (0.7,) and tuple(stars[0][0].get_data()[1]) == (0.8,)
     ax = plot_gain_heatmap(pd.DataFrame({"llava · where_two": [0.2, -0.1]}, index=["2D", "AdaptVis"]))
     assert ax.get_title() == ""
     matplotlib.pyplot.close("all")

@@ -44,7 +44,10 @@ from spatialkit.common.stats import bootstrap_diff_ci
 FAILING = ("llava", "loud", "prior")
 HEALTHY = "healthy"
 NEVER = "never"  # healthy's recipe never asked where (never_config)
-CONTROLS = (HEALTHY, NEVER)  # cells that are not a failing organism + fixes
+#: the same-world ceiling of a failing organism that trains on another world than healthy's: healthy's recipe on
+#: that world (ceiling_config). Only prior's world differs (organism_prior); llava and loud share healthy's.
+WORLD_CEILINGS = {"prior": "healthy_prior"}
+CONTROLS = (HEALTHY, NEVER, *WORLD_CEILINGS.values())  # cells that are not a failing organism + fixes
 #: training-time fixes in their canonical order inside a cell name
 FIX_ORDER = ("local", "cloc", "norm", "normtext", "2d")
 #: +Normalize's scale at this LM's text-token norm (the ``loud_norm_text`` preset's ``visual_norm_scale``)
@@ -144,6 +147,25 @@ def healthy_config(seed: int = 0, zoo: str = "zoo"):
     """The ceiling: the healthy organism (the quick recipe under its zoo name)."""
 
     return preset(preset_name(HEALTHY, zoo), seed=seed)
+
+
+def ceiling_cell(organism: str) -> str:
+    """The control whose accuracy is ``organism``'s ceiling: healthy, or healthy's recipe on the organism's own
+    world when that world is not healthy's (``WORLD_CEILINGS``)."""
+    if organism not in FAILING:
+        raise ValueError(f"organism must be one of {FAILING}, got {organism!r}")
+    return WORLD_CEILINGS.get(organism, HEALTHY)
+
+
+def ceiling_config(organism: str, seed: int = 0, zoo: str = "zoo"):
+    """The config of ``ceiling_cell(organism)``: the healthy organism's recipe (preset, schedule, early stop) with
+    ``organism``'s scene world. Why: a ceiling measured on another world's items is not a ceiling for this
+    organism's items (prior's counter-prior items exist only in its world), and on its own world healthy's recipe
+    -- a localized stage 1, a schedule long enough to learn where -- shows what this world allows."""
+
+    world = preset(preset_name(organism, zoo)).data.scene_preset
+    healthy = healthy_config(seed, zoo)
+    return healthy if world == healthy.data.scene_preset else healthy.replace(scene_preset=world)
 
 
 def never_config(seed: int = 0, zoo: str = "zoo"):

@@ -31,7 +31,8 @@ def plot_tradeoff_plane(points, *, ceiling=None, panel: str = "organism", x: str
                         height: float = 3.6, ceiling_label: str | dict = "healthy (ceiling)"):
     """The what-vs-where plane: one panel per ``panel`` value, each arm a point with its 95% CIs as error bars
     and an arrow from the panel's ``base`` arm (the failing organism) to every other arm; ``ceiling`` (a dict
-    with ``x``/``y`` estimates, e.g. the healthy organism) is drawn as a star with its CI box.
+    with ``x``/``y`` estimates, e.g. the healthy organism, or {panel: such a dict} when each panel has its own
+    ceiling; a panel missing from it gets none) is drawn as a star with its CI box.
 
     ``points``: a DataFrame with columns ``panel``, ``label``, and per axis ``{x}``, ``{x}_low``, ``{x}_high``,
     ``{y}``, ``{y}_low``, ``{y}_high`` (fractions). ``chance``: {"x": level, "y": level} dotted lines.
@@ -64,8 +65,9 @@ def plot_tradeoff_plane(points, *, ceiling=None, panel: str = "organism", x: str
                 o = origin.iloc[0]
                 ax.annotate("", xy=(r[x], r[y]), xytext=(o[x], o[y]),
                             arrowprops=dict(arrowstyle="->", color=colors[r[label]], lw=1.2, alpha=0.8))
-        if ceiling is not None:
-            cx, cy = ceiling[x], ceiling[y]
+        panel_ceiling = ceiling.get(name) if ceiling is not None and x not in ceiling else ceiling
+        if panel_ceiling is not None:
+            cx, cy = panel_ceiling[x], panel_ceiling[y]
             ax.add_patch(plt.Rectangle((cx.low, cy.low), cx.high - cx.low, cy.high - cy.low, color="gold", alpha=0.3))
             star = ceiling_label.get(name, "healthy (ceiling)") if isinstance(ceiling_label, dict) else ceiling_label
             ax.plot(cx.mean, cy.mean, marker="*", ms=14, color="goldenrod", ls="", label=star, zorder=4)

@@ -71,6 +71,14 @@ def preset_steps(name: str) -> int:
     return int(steps)
 
 
+def preset_world(name: str) -> str:
+    """A preset's scene world (``data.scene_preset``; DataConfig's default "organism" when it states none), read
+    as data like ``preset_steps``."""
+    if name not in ORGANISM_PRESETS:
+        raise ValueError(f"unknown organism preset {name!r}; known: {', '.join(ORGANISM_PRESETS)}")
+    return str((_presets_data()[name].get("data") or {}).get("scene_preset", "organism"))
+
+
 def organism_param(role: str = "organism preset", default: str = "quick") -> Param:
     """The ``organism`` parameter: which organism preset the notebook loads (or trains) from the checkpoint store."""
     return Param("organism", str, default, f"{role} (spatialkit.models.organism.PRESETS), loaded from the checkpoint "
@@ -361,7 +369,7 @@ register(NotebookSpec(
         Param("zoo", str, "zoo", "organism presets: the zoo (llava, loud, prior, healthy) or their smoke-sized twins "
               "(smoke_llava, ...; tests)", choices=("zoo", "smoke")),
         Param("cells", list, ["llava", "llava+local", "llava+cloc", "llava+2d", "loud", "loud+norm", "loud+normtext",
-                              "loud+2d", "loud+norm+2d", "prior", "prior+cloc", "prior+2d"],
+                              "loud+2d", "loud+norm+2d", "prior", "prior+local", "prior+cloc", "prior+2d"],
               "trained cells of the grid: a failing organism + its training-time fixes (local = localized stage 1, "
               "cloc = the LLaVA recipe on notebook 05's CLOC tower, norm = +Normalize trained in, normtext = "
               "+Normalize at the text tokens' norm (on loud: notebook 02's loud_norm_text), 2d = 2D position "
@@ -579,8 +587,13 @@ def _checkpoints_06(p: dict) -> list[Checkpoint]:
 @declares_checkpoints("07_putting_it_together")
 def _checkpoints_07(p: dict) -> list[Checkpoint]:
     # healthy (the ceiling) and healthy never asked where (spatial_fraction 0, target None, llava's steps:
-    # combine.never_config), then every cell
-    healthy, llava = ("smoke", "smoke_llava") if p["zoo"] == "smoke" else ("healthy", "llava")
+    # combine.never_config); healthy's recipe on each failing organism's world that is not healthy's (the
+    # same-world ceiling, combine.ceiling_config: prior's); then every cell
+    smoke = p["zoo"] == "smoke"
+    healthy, llava = ("smoke", "smoke_llava") if smoke else ("healthy", "llava")
     out = [_organism(p, healthy, seed=p["seed"]),
            _organism(p, healthy, seed=p["seed"], target=None, spatial_fraction=0.0, steps=preset_steps(llava))]
+    worlds = {preset_world(f"smoke_{o}" if smoke else o) for o in ("llava", "loud", "prior")}
+    out += [_organism(p, healthy, seed=p["seed"], scene_preset=world)
+            for world in sorted(worlds - {preset_world(healthy)})]
     return out + [grid_cell_checkpoint(p, cell) for cell in p["cells"]]
