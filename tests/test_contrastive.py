@@ -191,6 +191,28 @@ def test_cloc_starts_from_clip_weights_under_same_seed():
     assert any(n.startswith("prompter") for n in cloc_state) and not any(n.startswith("prompter") for n in clip.state_dict())
 
 
+
+def test_roi_ground_is_cloc_with_roi_region_embeddings_and_the_grounding_loss():
+    # the paper's ablation: the same initial weights as CLOC (its Prompter included, which only grounds here),
+    # region embeddings by RoI pooling, and the grounding term in the loss; "roi" has no grounding term
+    cloc = C.build_model(small_cfg("prompter"), seed=3)
+    roi_g = C.build_model(small_cfg("roi_ground"), seed=3)
+    assert cloc.state_dict().keys() == roi_g.state_dict().keys()
+    assert all(torch.equal(v, roi_g.state_dict()[k]) for k, v in cloc.state_dict().items())
+    assert roi_g.has_regions and roi_g.has_grounding and not C.build_model(small_cfg("roi"), 3).has_grounding
+    patches = roi_g.patches(torch.rand(2, 3, 16, 16))
+    boxes, owner = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.25, 0.5, 1.0, 1.0]]), torch.tensor([0, 1])
+    assert torch.allclose(roi_g.embed_regions(patches, boxes, owner), roi_g.embed_regions(patches, boxes, owner, "roi"))
+    assert not torch.allclose(cloc.embed_regions(patches, boxes, owner), cloc.embed_regions(patches, boxes, owner, "roi"))
+    batch = {"images": torch.rand(2, 3, 16, 16), "caption_ids": torch.randint(3, 20, (2, 8)),
+             "region_valid": torch.ones(2, 1, dtype=torch.bool), "region_boxes": boxes[:, None],
+             "region_ids": torch.randint(3, 20, (2, 1, 8))}
+    terms = roi_g.losses(batch, lam=1.0, dup_threshold=0.9)
+    assert {"clip", "cloc", "grounding"} <= set(terms)
+    assert torch.allclose(terms["total"], terms["clip"] + terms["cloc"] + terms["grounding"])
+    assert "grounding" not in C.build_model(small_cfg("roi"), 3).losses(batch, lam=1.0, dup_threshold=0.9)
+
+
 # -- data + training on a hand-made scene world that follows the scenes contract ---------------------
 
 @dataclass(frozen=True)

@@ -65,7 +65,7 @@ import pandas as pd
 from spatialkit.common.stats import bootstrap_ci
 from spatialkit.common.stats import bootstrap_diff_ci
 
-REGION_HEADS = ("none", "prompter", "roi")
+REGION_HEADS = ("none", "prompter", "roi", "roi_ground")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -307,7 +307,10 @@ class CLIPConfig:
     text_depth: int = 2
     max_text_len: int = 16
     embed_dim: int = 64
-    region_head: str = "none"  # "none" = CLIP, "prompter" = CLOC, "roi" = CLOC with RoI pooling (ablation)
+    # "none" = CLIP, "prompter" = CLOC, "roi" = CLOC with RoI pooling and no grounding loss (no Prompter to
+    # ground with), "roi_ground" = CLOC with RoI pooling whose Prompter serves the grounding loss only: it
+    # differs from "prompter" in how region embeddings are made and in nothing else (the paper's ablation)
+    region_head: str = "none"
     prompter_pos: bool = True  # add the box encoding of each patch's cell to the patches the Prompter sees
 
     def __post_init__(self):
@@ -316,7 +319,7 @@ class CLIPConfig:
 
 
 class TinyCLIP(nn.Module):
-    """CLIP (region_head="none") and CLOC (region_head="prompter" or "roi") in one readable class.
+    """CLIP (region_head="none") and CLOC (region_head="prompter", "roi" or "roi_ground") in one readable class.
 
     The CLIP parts are built first, so under the same torch seed a CLOC model starts from exactly the
     CLIP model's initial weights plus its own extra modules.
@@ -330,7 +333,7 @@ class TinyCLIP(nn.Module):
         self.image_proj = nn.Linear(cfg.width, cfg.embed_dim, bias=False)
         self.text_proj = nn.Linear(cfg.width, cfg.embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's initial temperature
-        if cfg.region_head == "prompter":
+        if cfg.region_head in ("prompter", "roi_ground"):  # the same modules, built in the same order: one init
             self.box_prompt = nn.Linear(cfg.width, cfg.width)  # sinusoidal box encoding -> prompt token
             self.text_prompt = nn.Linear(cfg.embed_dim, cfg.width)  # caption embedding -> prompt token
             self.prompter = Prompter(cfg.width)
@@ -343,7 +346,7 @@ class TinyCLIP(nn.Module):
 
     @property
     def has_grounding(self) -> bool:
-        return self.cfg.region_head == "prompter"
+        return self.cfg.region_head in ("prompter", "roi_ground")
 
     def scale(self) -> torch.Tensor:
         return self.logit_scale.clamp(max=math.log(100)).exp()  # CLIP caps the logit scale at 100
@@ -362,9 +365,9 @@ class TinyCLIP(nn.Module):
     def embed_regions(self, patches: torch.Tensor, boxes: torch.Tensor, owner: torch.Tensor, how: str | None = None) -> torch.Tensor:
         """Region embeddings for boxes (R, 4) on images ``patches`` (B, P, width); ``owner`` (R,) = image of each box.
 
-        ``how``: "prompter" or "roi"; default = the model's own region head. CLIP uses "roi".
+        ``how``: "prompter" or "roi"; default = the model's own region head. CLIP and "roi_ground" use "roi".
         """
-        how = how or (self.cfg.region_head if self.has_regions else "roi")
+        how = how or ("prompter" if self.cfg.region_head == "prompter" else "roi")
         if how == "prompter":
             prompt = self.box_prompt(box_encoding(boxes, self.cfg.width))
             return F.normalize(self.region_proj(self.prompter(prompt, patches, owner, self.patch_pos())), dim=-1)
@@ -678,7 +681,7 @@ def mean_box_iou(train_boxes: torch.Tensor, test_boxes: np.ndarray) -> np.ndarra
 # The experiment of notebook 05: same data, steps and seeds for CLIP, CLOC and the RoI ablation
 # --------------------------------------------------------------------------------------------------
 
-VARIANTS = {"CLIP": "none", "CLOC": "prompter", "CLOC-RoI": "roi"}  # name -> region head
+VARIANTS = {"CLIP": "none", "CLOC": "prompter", "CLOC-RoI": "roi", "CLOC-RoI+G": "roi_ground"}  # name -> region head
 
 
 def split_seeds(seed: int, n_train: int, n_test: int) -> tuple[list[int], list[int]]:

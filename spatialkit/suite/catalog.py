@@ -486,7 +486,7 @@ def _checkpoints_04(p: dict) -> list[Checkpoint]:
 
 
 # notebook 05's encoders: C.VARIANTS (name -> region head), in its order; tests/test_contrastive.py checks both agree
-CLIP_VARIANTS = {"CLIP": "none", "CLOC": "prompter", "CLOC-RoI": "roi"}
+CLIP_VARIANTS = {"CLIP": "none", "CLOC": "prompter", "CLOC-RoI": "roi", "CLOC-RoI+G": "roi_ground"}
 
 
 def _clip(p: dict, head: str, seed: int) -> Checkpoint:
