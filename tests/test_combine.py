@@ -58,12 +58,25 @@ def test_the_ceiling_is_healthys_recipe_on_the_organisms_own_world(zoo):
         world = preset(combine.preset_name(organism, zoo)).data.scene_preset
         ceiling = combine.ceiling_config(organism, 0, zoo)
         assert ceiling.data.scene_preset == world
-        # only the world differs from healthy: the same recipe, schedule and early stop
-        assert ceiling.replace(scene_preset=healthy.data.scene_preset).to_dict() == healthy.to_dict()
+        # only the world differs from healthy: the same recipe and schedule; no early stop where the prior
+        # answers the val items
+        stop = None if combine.prior_answers_val(world) else healthy.optim.target
+        assert ceiling.optim.target == stop
+        back = ceiling.replace(scene_preset=healthy.data.scene_preset, target=healthy.optim.target)
+        assert back.to_dict() == healthy.to_dict()
         same_world = world == healthy.data.scene_preset
-        assert combine.ceiling_cell(organism) == (combine.HEALTHY if same_world else "healthy_prior")
-        assert combine.ceiling_cell(organism) in combine.CONTROLS
-    assert combine.ceiling_config("prior", 0, zoo).to_dict() != healthy.to_dict()  # prior's world is its own
+        assert combine.ceiling_cell(organism, zoo) == (combine.HEALTHY if same_world else f"healthy_{organism}")
+        assert combine.ceiling_cell(organism, zoo) in combine.CONTROLS
+    assert combine.ceiling_cell("prior", zoo) == "healthy_prior"  # prior's world is its own
+    from spatialkit import world as scenes
+
+    assert set(catalog.PRIOR_WORLDS) == {w for w in scenes.PRESETS if combine.prior_answers_val(w)}
+    assert combine.prior_answers_val(combine.world_of("prior", zoo))
+    assert not combine.prior_answers_val(combine.world_of("llava", zoo))
+    # a fix cell on the prior world trains its whole schedule; the plain cell keeps its preset's early stop
+    assert combine.cell_config("prior+local", zoo=zoo).optim.target is None
+    assert combine.cell_config("prior", zoo=zoo).to_dict() == preset(combine.preset_name("prior", zoo)).to_dict()
+    assert combine.cell_config("llava+local", zoo=zoo).optim.target == preset(combine.preset_name("llava", zoo)).optim.target
     with pytest.raises(ValueError, match="organism must be one of"):
         combine.ceiling_cell("healthy")
 

@@ -308,8 +308,9 @@ class CLIPConfig:
     max_text_len: int = 16
     embed_dim: int = 64
     # "none" = CLIP, "prompter" = CLOC, "roi" = CLOC with RoI pooling and no grounding loss (no Prompter to
-    # ground with), "roi_ground" = CLOC with RoI pooling whose Prompter serves the grounding loss only: it
-    # differs from "prompter" in how region embeddings are made and in nothing else (the paper's ablation)
+    # ground with), "roi_ground" = CLOC with RoI pooling (through the image projection) whose Prompter serves the
+    # grounding loss only: the same losses and initial weights as "prompter", another region head (the paper's
+    # Prompter-vs-RoI-Align ablation)
     region_head: str = "none"
     prompter_pos: bool = True  # add the box encoding of each patch's cell to the patches the Prompter sees
 

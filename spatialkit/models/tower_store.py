@@ -2,7 +2,7 @@
 (``spatialkit.suite.parallel``, kinds "clip" and "encoder_swap") and notebook 07's "cloc" cells load the same
 checkpoints notebook 05 trains.
 
-A "clip" spec is one tiny CLIP / CLOC / CLOC-RoI encoder, exactly notebook 05's call::
+A "clip" spec is one tiny CLIP / CLOC / CLOC-RoI / CLOC-RoI+G encoder, exactly notebook 05's call::
 
     {"data": {"preset": "llava", "overrides": {"seed": 0}, "seed": 0, "n_train": 2000, "n_test": 300,
               "regions": 3, "caption_order": "canonical"},

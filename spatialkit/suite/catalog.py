@@ -79,6 +79,15 @@ def preset_world(name: str) -> str:
     return str((_presets_data()[name].get("data") or {}).get("scene_preset", "organism"))
 
 
+# the scene worlds whose relations follow the object kinds (spatialkit.world presets with prior_relations; the
+# suite does not import the world, tests/test_combine.py checks this list against it): combine.prior_answers_val
+PRIOR_WORLDS = ("organism_prior",)
+
+
+def _prior_answers_val(world: str) -> bool:
+    return world in PRIOR_WORLDS
+
+
 def organism_param(role: str = "organism preset", default: str = "quick") -> Param:
     """The ``organism`` parameter: which organism preset the notebook loads (or trains) from the checkpoint store."""
     return Param("organism", str, default, f"{role} (spatialkit.models.organism.PRESETS), loaded from the checkpoint "
@@ -513,7 +522,8 @@ def _swap(p: dict, head: str, seed: int, **overrides) -> Checkpoint:
 
 @declares_checkpoints("05_clip_vs_cloc")
 def _checkpoints_05(p: dict) -> list[Checkpoint]:
-    # train_variant(name) for CLIP, CLOC, CLOC-RoI x seeds; the LLaVA recipe on the CLIP and CLOC towers x seeds;
+    # train_variant(name) for CLIP, CLOC, CLOC-RoI, CLOC-RoI+G x seeds; the LLaVA recipe on the CLIP and CLOC
+    # towers x seeds;
     # load_or_train(preset(name, seed=seed)) for organism and control
     seeds = [p["seed"] + k for k in range(p["n_seeds"])]
     out = [_clip(p, head, s) for head in CLIP_VARIANTS.values() for s in seeds]
@@ -548,6 +558,8 @@ def grid_cell_checkpoint(p: dict, cell: str) -> Checkpoint:
     over = {}
     for f in fixes:
         over.update(fix[f])
+    if over and _prior_answers_val(preset_world(name)):  # combine.cell_config: no early stop on such a world
+        over["target"] = None
     if "cloc" in fixes:
         recipe = {**tower_recipe(p["zoo"]), "organism": name, "seed": p["seed"], "threads": p.get("threads", 0),
                   "device": p.get("device", "cpu")}
@@ -594,6 +606,7 @@ def _checkpoints_07(p: dict) -> list[Checkpoint]:
     out = [_organism(p, healthy, seed=p["seed"]),
            _organism(p, healthy, seed=p["seed"], target=None, spatial_fraction=0.0, steps=preset_steps(llava))]
     worlds = {preset_world(f"smoke_{o}" if smoke else o) for o in ("llava", "loud", "prior")}
-    out += [_organism(p, healthy, seed=p["seed"], scene_preset=world)
+    out += [_organism(p, healthy, seed=p["seed"], scene_preset=world,
+                      **({"target": None} if _prior_answers_val(world) else {}))
             for world in sorted(worlds - {preset_world(healthy)})]
     return out + [grid_cell_checkpoint(p, cell) for cell in p["cells"]]
