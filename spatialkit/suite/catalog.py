@@ -558,7 +558,8 @@ def grid_cell_checkpoint(p: dict, cell: str) -> Checkpoint:
     over = {}
     for f in fixes:
         over.update(fix[f])
-    if over and _prior_answers_val(preset_world(name)):  # combine.cell_config: no early stop on such a world
+    if over and "cloc" not in fixes and _prior_answers_val(preset_world(name)):
+        # combine.cell_config: no early stop on such a world; a "cloc" cell keeps notebook 05's swap recipe
         over["target"] = None
     if "cloc" in fixes:
         recipe = {**tower_recipe(p["zoo"]), "organism": name, "seed": p["seed"], "threads": p.get("threads", 0),
