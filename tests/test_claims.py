@@ -103,6 +103,22 @@ def test_rule_outcomes(rule, measured, expected):
     assert verdict(measured, rule) == expected
 
 
+def test_edge_distance_is_how_far_the_ci_is_from_another_outcome():
+    # ">" with a 3-point minimal effect: the low end against +0.03 (reproduced), the high end against 0 (contradicted)
+    rule = Rule(">", 0.0, min_effect=0.03)
+    assert rule.edge_distance(est(0.025, 0.0, 0.05)) == pytest.approx(0.03)
+    assert rule.edge_distance(est(-0.033, -0.067, -0.002)) == pytest.approx(0.002)  # nearly not contradicted
+    assert rule.edge_distance(est(0.06, 0.035, 0.09)) == pytest.approx(0.005)  # nearly not reproduced
+    # "<" mirrors it: the high end against -0.03, the low end against 0
+    below = Rule("<", 0.0, min_effect=0.03)
+    assert below.edge_distance(est(0.017, 0.004, 0.031)) == pytest.approx(0.004)
+    assert below.edge_distance(est(-0.05, -0.08, -0.028)) == pytest.approx(0.002)
+    # moving an end by the distance (and a hair) changes the outcome; NaN has no distance
+    e = est(0.017, 0.004, 0.031)
+    assert below.outcome(e) == C and below.outcome(est(0.017, 0.004 - below.edge_distance(e) - 1e-9, 0.031)) == I
+    assert math.isnan(rule.edge_distance(float("nan")))
+
+
 # Each row a review found overstated, with the numbers it printed, judged by the one function.
 OVERSTATED = [
     # 01: "a quiet position code is ignored" printed "partly reproduced" at 91.8 % vs 96.7 % (chance 25 %):

@@ -196,6 +196,18 @@ class Rule(RuleBase):
                 return "contradicted"
         return "inconclusive"
 
+    def edge_distance(self, measured: Any) -> float:
+        """How close the measured CI is to another outcome: the smallest distance between an end of the CI and the
+        threshold ``outcome`` compares it with (for ">": the low end and null + min_effect, the high end and
+        null; mirrored for "<"). A verdict with a small distance is one that another training run or item sample
+        could move. NaN when the outcome cannot be computed."""
+        if _is_nan(measured) or _is_nan(self.null):
+            return math.nan
+        e = _as_estimate(measured)
+        if self.direction == ">":
+            return min(abs(e.low - (_bound(self.null, "high") + self.min_effect)), abs(e.high - _bound(self.null, "low")))
+        return min(abs(e.high - (_bound(self.null, "low") - self.min_effect)), abs(e.low - _bound(self.null, "high")))
+
     def describe(self) -> str:
         effect = f" by more than {self.min_effect:g}" if self.min_effect else ""
         return f"reproduced: CI {self.direction} {_show(self.null)}{effect}; contradicted: CI on the other side"
