@@ -71,6 +71,9 @@ def test_the_ceiling_is_healthys_recipe_on_the_organisms_own_world(zoo):
     from spatialkit import world as scenes
 
     assert set(catalog.PRIOR_WORLDS) == {w for w in scenes.PRESETS if combine.prior_answers_val(w)}
+    from spatialkit.models.organism.config import DataConfig
+
+    assert catalog.DEFAULT_WORLD == DataConfig().scene_preset
     assert combine.prior_answers_val(combine.world_of("prior", zoo))
     assert not combine.prior_answers_val(combine.world_of("llava", zoo))
     # a fix cell on the prior world trains its whole schedule; the plain cell keeps its preset's early stop

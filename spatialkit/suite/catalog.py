@@ -71,12 +71,16 @@ def preset_steps(name: str) -> int:
     return int(steps)
 
 
+DEFAULT_WORLD = "organism"  # DataConfig.scene_preset's default (tests/test_combine.py checks it)
+
+
 def preset_world(name: str) -> str:
     """A preset's scene world (``data.scene_preset``; DataConfig's default "organism" when it states none), read
     as data like ``preset_steps``."""
     if name not in ORGANISM_PRESETS:
         raise ValueError(f"unknown organism preset {name!r}; known: {', '.join(ORGANISM_PRESETS)}")
-    return str((_presets_data()[name].get("data") or {}).get("scene_preset", "organism"))
+    data = _presets_data()[name].get("data") or {}
+    return str(data["scene_preset"]) if "scene_preset" in data else DEFAULT_WORLD
 
 
 # the scene worlds whose relations follow the object kinds (spatialkit.world presets with prior_relations; the
