@@ -382,7 +382,7 @@ register(NotebookSpec(
         Param("zoo", str, "zoo", "organism presets: the zoo (llava, loud, prior, healthy) or their smoke-sized twins "
               "(smoke_llava, ...; tests)", choices=("zoo", "smoke")),
         Param("cells", list, ["llava", "llava+local", "llava+cloc", "llava+2d", "loud", "loud+norm", "loud+normtext",
-                              "loud+2d", "loud+norm+2d", "prior", "prior+local", "prior+cloc", "prior+2d"],
+                              "loud+2d", "loud+norm+2d", "loud+normtext+2d", "prior", "prior+local", "prior+cloc", "prior+2d"],
               "trained cells of the grid: a failing organism + its training-time fixes (local = localized stage 1, "
               "cloc = the LLaVA recipe on notebook 05's CLOC tower, norm = +Normalize trained in, normtext = "
               "+Normalize at the text tokens' norm (on loud: notebook 02's loud_norm_text), 2d = 2D position "
