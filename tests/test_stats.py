@@ -75,3 +75,36 @@ def test_auroc_counts_pairs_with_ties_as_half_and_its_ci_brackets_it():
     assert e.low < e.mean < e.high and 0.6 < e.mean < 0.9 and e.n == 400  # d = 1: AUROC = Phi(1/sqrt 2) = 0.76
     assert auroc_ci(right, wrong, seed=1, n_boot=400) == e  # seeded
     assert np.isnan(auroc_ci([], wrong, seed=0, n_boot=10).mean)
+
+
+def test_auroc_and_cohens_d_convert_both_ways():
+    from spatialkit.common.ranks import auroc_from_d, d_from_auroc
+
+    # Cohen's small, medium and large effects as AUROCs (two normal groups of equal spread)
+    assert [round(auroc_from_d(d), 3) for d in (0.2, 0.5, 0.8)] == [0.556, 0.638, 0.714]
+    assert auroc_from_d(0.0) == 0.5
+    for d in (-1.0, 0.2, 1.5):
+        assert d_from_auroc(auroc_from_d(d)) == pytest.approx(d)
+    # an AUROC from two simulated normal groups d apart agrees with the formula
+    rng = np.random.default_rng(0)
+    from spatialkit.common.ranks import auroc
+
+    assert auroc(rng.normal(0.5, 1, 20000), rng.normal(0, 1, 20000)) == pytest.approx(auroc_from_d(0.5), abs=0.01)
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        d_from_auroc(1.0)
+
+
+def test_area_normalised_share_is_the_ratio_of_means_and_its_gap_to_the_control():
+    from spatialkit.analysis.attention import area_normalised_share
+
+    in_box, area = np.array([0.5, 0.3, 0.4, 0.6]), np.array([0.25, 0.25, 0.2, 0.3])
+    c_in, c_area = np.array([0.2, 0.3, 0.25]), np.array([0.2, 0.2, 0.25])
+    own, gap = area_normalised_share(in_box, area, c_in, c_area, seed=0, n_boot=500)
+    assert own[0] == pytest.approx(in_box.mean() / area.mean())  # 1.8: the gaze exceeds the area 1.8-fold
+    assert gap[0] == pytest.approx(in_box.mean() / area.mean() - c_in.mean() / c_area.mean())
+    assert own[1] <= own[0] <= own[2] and gap[1] <= gap[0] <= gap[2]
+    # a uniform gaze (in-box share = area share) is 1 with no spread; the same seed gives the same CI
+    assert area_normalised_share(area, area, c_area, c_area, seed=0, n_boot=200) == ((1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    assert area_normalised_share(in_box, area, c_in, c_area, seed=0, n_boot=500) == (own, gap)
+    with pytest.raises(ValueError, match="as many in-box shares as areas"):
+        area_normalised_share(in_box, area[:2], c_in, c_area, seed=0)

@@ -21,7 +21,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from spatialkit.common.stats import bootstrap_gap
+from spatialkit.common.stats import bootstrap_gap, percentile_interval, resample
 from spatialkit.models.vlm import VLM, AttnCall, Batch, TokenKind
 from tqdm.auto import tqdm
 import inspect
@@ -299,3 +299,25 @@ def gap_by_layer(gaze: pd.DataFrame, *, seed: int, n_boot: int = 2000) -> pd.Dat
                     "wrong": wrong.mean() if wrong.size else np.nan, "n_correct": right.size, "n_wrong": wrong.size,
                     "gap": gap, "gap_low": low, "gap_high": high})
     return pd.DataFrame(out)
+
+
+def area_normalised_share(in_box: Sequence[float], area: Sequence[float], control_in_box: Sequence[float],
+                          control_area: Sequence[float], *, seed: int, n_boot: int = 2000,
+                          alpha: float = 0.05) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """How much more of the gaze falls inside the named boxes than their area would draw: mean in-box share over
+    mean area share (a ratio of means; 1 = a uniform gaze) per item set, with a percentile-bootstrap CI, and the
+    same minus the control's (the two item sets resampled independently, this one first, from one generator
+    seeded with ``seed``). Returns ((ratio, low, high), (ratio - control's, low, high)). Why a ratio: worlds
+    whose boxes cover different shares of the image are compared on how much the gaze exceeds the area."""
+    rng = np.random.default_rng(seed)
+    points, boots = [], []
+    for x, a in ((in_box, area), (control_in_box, control_area)):
+        x, a = np.asarray(x, float), np.asarray(a, float)
+        if x.size == 0 or x.shape != a.shape:
+            raise ValueError(f"area_normalised_share: need as many in-box shares as areas, at least one; got "
+                             f"{x.size} and {a.size}")
+        idx = resample(rng, x.size, n_boot)
+        points.append(x.mean() / a.mean())
+        boots.append(x[idx].mean(1) / a[idx].mean(1))
+    own = (points[0], *percentile_interval(boots[0], alpha))
+    return own, (points[0] - points[1], *percentile_interval(boots[0] - boots[1], alpha))
