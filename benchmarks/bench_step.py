@@ -4,15 +4,17 @@
 
 Why: the cold book is training-bound (README, "Performance"), so the one lever left per step is arithmetic
 precision. This times the trainer's packed stage-2 step (frozen encoder: projector + LM forward, backward,
-AdamW) on real batches of the preset's world, three ways:
+AdamW) on real batches of the preset's world, four ways:
 
-- float32, as the organisms train;
+- float32 with the LM's last block at every position (how the organisms trained until the ``only`` change);
+- float32, the last block at the answer positions only (``TinyVLM.hidden(only=...)``: the loss reads nothing
+  else; the same forward bit for bit, tests/test_train.py), as the organisms train now;
 - ``torch.autocast("cpu", bfloat16)`` around the LM;
 - the same autocast with every attention call run in float32 (an ``attention_fn`` hook casts q/k/v up and
   the output back), since CPU flash attention's bfloat16 backward is the slow kernel here;
 
 plus the two kernels behind the difference: a (tokens x d) @ (d x 4d) matmul and the masked flash attention
-(forward + backward), in float32 and bfloat16. Ratios are to float32 in the same run. A benchmark, not a
+(forward + backward), in float32 and bfloat16. Ratios are to the first variant in the same run. A benchmark, not a
 test: the organisms still train in float32 (bfloat16 changes every trained weight).
 """
 
@@ -59,7 +61,7 @@ def float32_attention(call):
     return out.to(q.dtype)
 
 
-def time_steps(model, features, batches, dtype, attention_fn, warmup: int = 5) -> float:
+def time_steps(model, features, batches, dtype, attention_fn, only: bool, warmup: int = 5) -> float:
     """Mean seconds per stage-2 step (projector + LM forward, backward, clip, AdamW) over ``batches``."""
     from spatialkit.models.organism.train import packed_hidden
 
@@ -70,9 +72,12 @@ def time_steps(model, features, batches, dtype, attention_fn, warmup: int = 5) -
         ids, kind, tgt, pos, mask = packed
         with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
             tokens = model.projector(features[torch.from_numpy(images)])
-            hidden = packed_hidden(model, tokens, ids, kind, pos, mask, attention_fn)  # the trainer's forward
-        has_target = tgt != -100
-        loss = F.cross_entropy(model.lm_head(hidden[has_target].float()), tgt[has_target])
+            has_target = tgt != -100
+            if only:  # the trainer's forward
+                hidden = packed_hidden(model, tokens, ids, kind, pos, mask, attention_fn, only=has_target)
+            else:
+                hidden = packed_hidden(model, tokens, ids, kind, pos, mask, attention_fn)[has_target]
+        loss = F.cross_entropy(model.lm_head(hidden.float()), tgt[has_target])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -135,15 +140,16 @@ def main() -> None:
           f"{cfg.model.lm_layers} layers, {args.threads} thread(s), load average {os.getloadavg()[0]:.1f}")
 
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    variants = (("float32 (as trained)", torch.float32, None),
-                ("bfloat16 autocast", torch.bfloat16, None),
-                ("bfloat16 autocast, float32 attention", torch.bfloat16, float32_attention))
+    variants = (("float32, last block everywhere", torch.float32, None, False),
+                ("float32, last block at targets (trained)", torch.float32, None, True),
+                ("bfloat16 autocast", torch.bfloat16, None, True),
+                ("bfloat16 autocast, float32 attention", torch.bfloat16, float32_attention, True))
     base = None
-    for name, dtype, attention_fn in variants:
+    for name, dtype, attention_fn, only in variants:
         model.load_state_dict(state)  # every variant starts from the same weights
-        seconds = time_steps(model, features, batches[: args.steps + 5], dtype, attention_fn)
+        seconds = time_steps(model, features, batches[: args.steps + 5], dtype, attention_fn, only)
         base = base or seconds
-        print(f"  step, {name:<38} {seconds * 1e3:6.2f} ms   x{base / seconds:.2f} vs float32")
+        print(f"  step, {name:<42} {seconds * 1e3:6.2f} ms   x{base / seconds:.2f} vs the first")
 
     kernels = kernel_times(int(rows * length), cfg.model.lm_dim, cfg.model.lm_heads, int(length), round(rows))
     for name in ("matmul", "attention"):

@@ -53,6 +53,45 @@ def test_packed_rows_compute_every_question_as_if_alone(smoke_data, lm_posenc, w
     assert mask[0, 0, prefix:, prefix - n: prefix][kind[0, prefix:] == TokenKind.TEXT].all()
 
 
+@pytest.mark.parametrize("lm_posenc,lm_attention", [("rope1d", "causal"), ("rope2d", "causal"), ("learned", "causal"),
+                                                     ("mrope", "prefix")])
+def test_hidden_only_at_the_targets_is_the_full_forward_there(smoke_data, lm_posenc, lm_attention):
+    """``hidden(only=...)`` (the trainer's last block at target positions only) returns the full forward's
+    states there, bit for bit, on packed rows (their mask) and on plain causal / prefix-LM rows, and its
+    gradients agree up to summation order."""
+    cfg, vocab, pool = smoke_data
+    cfg = cfg.replace(lm_posenc=lm_posenc, lm_attention=lm_attention, packed=lm_attention == "causal")
+    torch.manual_seed(0)
+    model = TinyVLM(cfg.model_config(len(vocab))).train()
+    n = cfg.model.grid[0] * cfg.model.grid[1]
+    tokens = model.encode_image(to_pixels(pool.images[[0, 1, 2]])).detach()
+    rows = np.concatenate([np.flatnonzero(pool.image_index == i)[:k] for i, k in ((0, 1), (1, 3), (2, 2))])
+    ids, kind, tgt = assemble(vocab, n, pool.tails[rows], pool.targets[rows], np.full(len(rows), True))
+    owner = torch.from_numpy(pool.image_index[rows])
+    calls = [dict(visual=tokens[owner].flatten(0, 1))]
+    if lm_attention == "causal":  # and packed rows (one image per row, several questions)
+        groups = [rows[pool.image_index[rows] == i] for i in range(3)]
+        p_ids, p_kind, p_tgt, pos, mask = assemble_packed(vocab, n, groups, pool.tails, pool.targets, False)
+        positions = model.positions(p_kind).gather(1, pos[..., None].expand(-1, -1, 3))
+        calls.append(dict(ids=p_ids, kind=p_kind, tgt=p_tgt, visual=tokens.flatten(0, 1), positions=positions,
+                          attn_mask=mask))
+    params = [p for p in model.blocks.parameters()]
+    for call in calls:
+        i, k, t = call.pop("ids", ids), call.pop("kind", kind), call.pop("tgt", tgt)
+        keep = t != -100
+        assert keep.any(1).all() and (keep.sum(1) != keep.sum(1)[0]).any()  # rows of unequal target counts
+        full = model.hidden(None, i, k, **call)[keep]
+        part = model.hidden(None, i, k, only=keep, **call)
+        assert torch.equal(full, part)
+        grads = [torch.autograd.grad(h.square().sum(), params) for h in (full, part)]
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="cannot fill a cache"):
+        model.hidden(None, ids, kind, visual=calls[0]["visual"], only=tgt != -100, cache=model.new_cache())
+    with pytest.raises(ValueError, match="only has shape"):
+        model.hidden(None, ids, kind, visual=calls[0]["visual"], only=(tgt != -100)[:, 1:])
+
+
 def test_packed_training_is_rejected_for_a_prefix_lm():
     with pytest.raises(ValueError, match="packed=True needs model.lm_attention='causal'"):
         preset("smoke", lm_attention="prefix")

@@ -164,11 +164,21 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim, bias=False)
 
     def forward(self, x, pe, positions=None, *, grid=None, causal=False, cache=None, attention_fn=None,
-                layer=0, token_kind=None, attn_mask=None):
+                layer=0, token_kind=None, attn_mask=None, queries=None):
+        """``queries`` (B, K) long: compute the output at these positions only (keys and values stay at all
+        positions), (B, K, dim) -- a last layer whose other outputs nothing reads."""
         b, length, dim = x.shape
         q, k, v = self.qkv(x).view(b, length, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if positions is not None:
             q, k = pe.rotate(q, k, positions)
+        if queries is not None:
+            q = q.gather(2, queries[:, None, :, None].expand(-1, q.shape[1], -1, q.shape[-1]))
+            if attn_mask is None:  # causal: query i sees keys 0..i
+                attn_mask = queries[:, None, :, None] >= torch.arange(length, device=x.device)
+            else:
+                attn_mask = attn_mask.expand(b, -1, -1, -1).gather(
+                    2, queries[:, None, :, None].expand(-1, attn_mask.shape[1], -1, length))
+            length = queries.shape[1]
         if cache is not None:  # (k, v) of earlier positions; decode step: attend to all of them
             if cache.get("k") is not None:
                 k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
@@ -187,8 +197,12 @@ class Block(nn.Module):
         self.attn = Attention(dim, n_heads)
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim))
 
-    def forward(self, x, pe, positions=None, **kw):
-        x = x + self.attn(self.ln1(x), pe, positions, **kw)
+    def forward(self, x, pe, positions=None, queries=None, **kw):
+        """``queries`` (B, K) long: the block's output at these positions only, (B, K, dim)."""
+        attended = self.attn(self.ln1(x), pe, positions, queries=queries, **kw)
+        if queries is not None:
+            x = x.gather(1, queries[..., None].expand(-1, -1, x.shape[-1]))
+        x = x + attended
         return x + self.mlp(self.ln2(x))
 
 
@@ -430,10 +444,29 @@ class TinyVLM(nn.Module):
 
     def hidden(self, pixels, input_ids, token_kind, *, visual_fn: Callable | None = None,
                attention_fn: Callable | None = None, cache: list | None = None, positions=None,
-               visual: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+               visual: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
+               only: torch.Tensor | None = None) -> torch.Tensor:
         """Final normalised hidden states (B, L, d); ``lm_head`` of them are the logits (the trainer applies
         the head only where there is a target). ``visual`` (B*N, d): ready visual tokens instead of ``pixels``.
-        ``attn_mask`` (B, 1, L, L) bool replaces the causal / prefix-LM mask (the trainer's packed rows)."""
+        ``attn_mask`` (B, 1, L, L) bool replaces the causal / prefix-LM mask (the trainer's packed rows).
+
+        ``only`` (B, L) bool: return just ``hidden[only]``, (n, d). The same numbers up to float rounding, for
+        less work: the last block then computes its attention queries, output projection and MLP at those
+        positions alone (its keys and values still at all of them). The trainer's loss reads ~1 position in 7.
+        """
+        queries = valid = None
+        if only is not None:
+            # an attention hook still runs, but the last layer's call then holds only these query rows
+            if cache is not None:
+                raise ValueError("hidden(only=...) computes some positions only; it cannot fill a cache")
+            if only.shape != input_ids.shape:
+                raise ValueError(f"only has shape {tuple(only.shape)}, input_ids {tuple(input_ids.shape)}")
+            counts = only.sum(1)
+            # each row's kept positions first, in order (a stable sort); rows with fewer are padded with
+            # position 0's copy, dropped again by ``valid``
+            queries = torch.argsort((~only).to(torch.uint8), dim=1, stable=True)[:, :max(1, int(counts.max()))]
+            valid = torch.arange(queries.shape[1], device=only.device) < counts[:, None]
+            queries = torch.where(valid, queries, 0)
         if pixels is not None:
             tokens = self.encode_image(pixels)  # (B, N, d)
             b, n, d = tokens.shape
@@ -454,10 +487,12 @@ class TinyVLM(nn.Module):
         first_call = cache is None or cache[0].get("k") is None
         if attn_mask is None and self.cfg.lm_attention == "prefix" and first_call:
             attn_mask = prefix_lm_mask(input_ids)
+        last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             x = block(x, self.lm_pe, rot, causal=True, cache=None if cache is None else cache[i],
-                      attention_fn=attention_fn, layer=i, token_kind=kind_keys, attn_mask=attn_mask)
-        return self.ln_f(x)
+                      attention_fn=attention_fn, layer=i, token_kind=kind_keys, attn_mask=attn_mask,
+                      queries=queries if i == last else None)
+        return self.ln_f(x) if valid is None else self.ln_f(x[valid])
 
     def new_cache(self) -> list[dict]:
         return [dict() for _ in self.blocks]
