@@ -214,3 +214,20 @@ def test_verdict_line_lists_each_models_verdict_kind():
     from spatialkit.present.claims import verdict_line
 
     assert verdict_line(c) == "- *shuffle hurts where* — llava: reproduced, healthy: inconclusive"
+
+
+def test_near_threshold_lists_judged_verdicts_whose_ci_ends_at_a_threshold():
+    from spatialkit.present.claims import Claim, Control, Every, Rule, near_threshold
+
+    rule = Rule(">", 0.0, min_effect=0.03)
+    measured = {"edge": est(-0.01, -0.02, 0.004),  # inconclusive, 0.4 points from contradicted
+                "clear": est(0.10, 0.08, 0.12),  # reproduced, 5 points from the threshold
+                "gated": est(0.0, -0.001, 0.001)}  # at the edge, but a control fails
+    c = Claim("x", "s", "p", measured, rule,
+              controls={"gated": [Control("room", False, "no room")]})
+    every = Claim("y", "s", "p", [est(0.0, -0.001, 0.001)], Every(rule))  # no single threshold: skipped
+    assert near_threshold([c, every]) == [(c, "edge")]
+    assert near_threshold([c], within=0.0) == []
+    assert [m for _, m in near_threshold([c], within=0.06)] == ["edge", "clear"]
+    with pytest.raises(ValueError, match="within"):
+        near_threshold([c], within=-1)

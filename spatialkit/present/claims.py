@@ -406,6 +406,26 @@ class Claim:
         return self.shown_for(self.models()[0])
 
 
+def near_threshold(claims: Sequence[Claim], within: float = 0.01) -> list[tuple[Claim, Any]]:
+    """(claim, model) of every judged verdict (not "not testable") whose CI ends within ``within`` of a
+    threshold its rule compares it with (``Rule.edge_distance``): the verdicts that another training run or
+    another sample of items could move. Rules without such a threshold (``Within``, ``Every``, ...) are skipped."""
+    if not within >= 0:
+        raise ValueError(f"within must be >= 0, got {within}")
+    out = []
+    for c in claims:
+        edge = getattr(c.rule, "edge_distance", None)
+        if edge is None:
+            continue
+        for m in c.models():
+            if c.verdict_for(m).startswith("not testable"):
+                continue
+            distance = edge(c.measured[m] if isinstance(c.measured, dict) else c.measured)
+            if not math.isnan(distance) and distance < within:
+                out.append((c, m))
+    return out
+
+
 def claims_table(claims: Sequence[Claim], *, rules: bool = False) -> pd.DataFrame:
     """A DataFrame with one row per claim, the verdicts computed by ``verdict``.
 
