@@ -124,6 +124,33 @@ def test_scorecard_page_is_generated_and_follows_the_chapters(root, folders):  #
     assert files[-1] == "book/bibliography"
 
 
+def test_verdicts_near_their_threshold_are_recorded_and_marked_on_the_page(tmp_path):
+    from spatialkit.present import claims as C
+
+    rule = C.Rule(">", 0.0, min_effect=0.03)
+    est = lambda m, lo, hi: (m, lo, hi)  # noqa: E731
+    c = C.Claim("fix helps", "paper", "+3 pp",
+                {"edge": est(-0.01, -0.02, 0.004), "clear": est(0.10, 0.08, 0.12), "gated": est(0, -0.001, 0.001)},
+                rule, controls={"gated": [C.Control("room", False, "no room")]})
+    models = C.claim_record(c)["models"]
+    assert models["edge"]["edge_distance"] == pytest.approx(0.004)  # 0.4 points from contradicted
+    assert models["clear"]["edge_distance"] == pytest.approx(0.05)
+    assert models["gated"]["edge_distance"] is None  # not judged: no threshold to be near
+    assert C.claim_record(C.Claim("w", "s", "p", 0.5, C.Within(0.4, 0.6)))["models"][""]["edge_distance"] is None
+    rows = [C.claim_record(c), claim("older record", "1", organism="reproduced")]  # no edge_distance field
+    (tmp_path / "02_semantic_loudness.results.json").write_text(json.dumps(
+        results_file("02", "02_semantic_loudness", rows)))
+    page = scorecard.markdown(tmp_path, ["02_semantic_loudness"])
+    assert "**inconclusive**† -0.010 [-0.020, 0.004]" in page  # only the near one is marked
+    assert "**reproduced** 0.100 [0.080, 0.120]" in page and "**not testable** " in page
+    assert "- edge: 1 inconclusive (1 †)" in page and "- clear: 1 reproduced" in page
+    assert "† The verdict's CI ends within 1 point of the threshold" in page
+    rows[0]["models"]["edge"]["edge_distance"] = 0.02  # nothing near: no mark, no footnote
+    (tmp_path / "02_semantic_loudness.results.json").write_text(json.dumps(
+        results_file("02", "02_semantic_loudness", rows)))
+    assert "†" not in scorecard.markdown(tmp_path, ["02_semantic_loudness"])
+
+
 def test_build_info_names_version_commit_and_install_spec():
     info = scorecard.build_info(Path(__file__).resolve().parents[1])
     assert info["spatialkit"] and info["install"].startswith("spatialkit @ git+https://")

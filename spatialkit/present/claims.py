@@ -414,16 +414,25 @@ def near_threshold(claims: Sequence[Claim], within: float = 0.01) -> list[tuple[
         raise ValueError(f"within must be >= 0, got {within}")
     out = []
     for c in claims:
-        edge = getattr(c.rule, "edge_distance", None)
-        if edge is None:
-            continue
         for m in c.models():
-            if c.verdict_for(m).startswith("not testable"):
-                continue
-            distance = edge(c.measured[m] if isinstance(c.measured, dict) else c.measured)
-            if not math.isnan(distance) and distance < within:
+            distance = edge_distance(c, m)
+            if distance is not None and distance < within:
                 out.append((c, m))
     return out
+
+
+def edge_distance(c: Claim, model: Any = None) -> float | None:
+    """``Rule.edge_distance`` of the claim's verdict on ``model``: how far its CI ends from a threshold the
+    rule compares it with. None when the verdict is not judged ("not testable"), the rule has no such
+    threshold (``Within``, ``Every``, ...) or the value has no CI."""
+    edge = getattr(c.rule, "edge_distance", None)
+    if edge is None or c.verdict_for(model).startswith("not testable"):
+        return None
+    try:
+        distance = float(edge(c.measured[model] if isinstance(c.measured, dict) else c.measured))
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(distance) else distance
 
 
 def claims_table(claims: Sequence[Claim], *, rules: bool = False) -> pd.DataFrame:
@@ -516,7 +525,7 @@ def claim_record(c: Claim) -> dict:
         text = c.verdict_for(model)
         models[SINGLE_MODEL if model is None else str(model)] = {
             "measured": c.shown_for(model), "value": _plain(measured), "estimate": estimate,
-            "verdict": text, "outcome": outcome_of(text),
+            "verdict": text, "outcome": outcome_of(text), "edge_distance": edge_distance(c, model),
         }
     return {"claim": c.claim, "source": c.source, "paper": c.paper,
             "rule": c.rule if isinstance(c.rule, str) else c.rule.describe(), "models": models}

@@ -114,7 +114,7 @@ def tabulate(loaded: Sequence[Sequence[dict]], labels: Sequence[str | None],
                     if col not in columns_seen:
                         columns_seen.append(col)
                     cells[key][col] = (m.get("outcome") or m.get("verdict", ""), m.get("measured", ""),
-                                       m.get("verdict", ""), label)
+                                       m.get("verdict", ""), label, m.get("edge_distance"))
     verdict_cols = _ordered(columns_seen, labels)
     several = len(labels) > 1
     columns = ["chapter", "claim", "paper's number"] + verdict_cols + (["agree"] if several else [])
@@ -126,7 +126,7 @@ def tabulate(loaded: Sequence[Sequence[dict]], labels: Sequence[str | None],
         for col in verdict_cols:
             got = cells[key].get(col)
             row[col] = got[0] if got else "—"
-            detail[col] = {"measured": got[1], "verdict": got[2]} if got else None
+            detail[col] = {"measured": got[1], "verdict": got[2], "edge_distance": got[4]} if got else None
         if several:
             row["agree"] = _agree(cells[key], labels)
         rows.append(row)
@@ -152,6 +152,16 @@ def _agree(cells: dict, labels: list) -> str:
             return "—"
         per_folder.append(sorted(outcomes))
     return "yes" if all(p == per_folder[0] for p in per_folder) else "no"
+
+
+NEAR = 0.01  # a verdict whose CI ends within this of its rule's threshold is marked on the page
+NEAR_MARK = "†"
+
+
+def is_near(edge_distance: float | None) -> bool:
+    """A recorded ``edge_distance`` (``claims.claim_record``) under ``NEAR``; None (no threshold, not judged,
+    or recorded before the field existed) is not near."""
+    return edge_distance is not None and edge_distance < NEAR
 
 
 def counts(t: Table) -> dict[str, dict[str, int]]:
@@ -261,12 +271,18 @@ def markdown(folder: Path | str, chapters: Sequence[str], info: dict[str, Any] |
             cells = [chapter, _md(row["claim"]), _md(paper)]
             for col in t.columns[3:]:
                 d = detail.get(col)
-                cells.append("—" if d is None else f"**{_md(row[col])}** {_md(d['measured'])}".strip())
+                mark = NEAR_MARK if d is not None and is_near(d.get("edge_distance")) else ""
+                cells.append("—" if d is None else f"**{_md(row[col])}**{mark} {_md(d['measured'])}".strip())
             lines.append("| " + " | ".join(cells) + " |")
         lines += [""]
         for col, n in counts(t).items():
             label = SINGLE_COLUMN if col == "verdict" else col.replace("verdict: ", "")
-            lines.append(f"- {_md(label)}: " + ", ".join(f"{v} {k}" for k, v in n.items() if v))
+            near = sum(is_near((d.get(col) or {}).get("edge_distance")) for d in t.details)
+            lines.append(f"- {_md(label)}: " + ", ".join(f"{v} {k}" for k, v in n.items() if v)
+                         + (f" ({near} {NEAR_MARK})" if near else ""))
+        if any(is_near((d or {}).get("edge_distance")) for row in t.details for d in row.values()):
+            lines += ["", f"{NEAR_MARK} The verdict's CI ends within {100 * NEAR:.0f} point of the threshold its "
+                      "rule compares it with: another training run or another sample of items could move it."]
         lines.append("")
         params = [f"- {_md(titles.get(c, c))}: " + ", ".join(
             f"`{k}={v}`" for k, v in (results[c].get("parameters") or {}).items()) for c in present]
