@@ -9,6 +9,7 @@ benchmarks/bench_reliability.py repeats 20 times.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -181,6 +182,20 @@ def test_concurrent_runs_never_publish_another_runs_file(root, tmp_path, variant
     if variant == "kill-waiting":  # and the next run says "up to date" for A's parameters, truthfully
         proc = cli(root, "run", "--profile", "smoke", "--only", NB00, "-p", "n_scenes", "12")
         assert proc.returncode == 0 and "up to date, skipped" in proc.stdout, proc.stdout + proc.stderr
+        # the killed run's pool workers end too (they used to wait forever as orphans on the pool's queue)
+        wait_for(lambda: not processes_running(root / "child.py"), 30, "the killed run's workers to exit")
+
+
+def processes_running(script: Path) -> list[int]:
+    """Pids of live processes whose command line runs ``script`` (Linux /proc; [] elsewhere)."""
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+            state = next((line for line in (proc / "status").read_text().splitlines() if line.startswith("State:")), "")
+            if str(script).encode() in args and "zombie" not in state:
+                pids.append(int(proc.name))
+    return pids
 
 
 def test_no_wait_refuses_with_one_line_while_another_run_holds_the_notebook(root, tmp_path):

@@ -30,6 +30,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -77,6 +78,20 @@ def _worker_init(parent: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:  # the parent died before the line above
         os._exit(1)
+    # The signal alone does not end the worker: an idle one ignores it, and a busy one, its task stopped, goes
+    # back to waiting on the pool's call queue, whose pipe its sibling workers keep open -- forever, as an
+    # orphan (seen after `kill -9` of a run). So a watcher ends the process once the parent is gone and the
+    # task (if any) has cleaned up.
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True, name="parent-watch").start()
+
+
+def _exit_with_parent(parent: int, poll_s: float = 0.5) -> None:
+    """In a worker: return only by ending the process, once ``parent`` is gone and no task is running."""
+    while os.getppid() == parent:
+        time.sleep(poll_s)
+    while _busy:  # the task got its SIGINT (PR_SET_PDEATHSIG) and is cleaning up (or, without it, finishing)
+        time.sleep(0.1)
+    os._exit(1)
 
 
 _busy = False  # in a worker: running a task (an idle worker waits for the parent's shutdown instead)
