@@ -231,3 +231,18 @@ def test_near_threshold_lists_judged_verdicts_whose_ci_ends_at_a_threshold():
     assert [m for _, m in near_threshold([c], within=0.06)] == ["edge", "clear"]
     with pytest.raises(ValueError, match="within"):
         near_threshold([c], within=-1)
+
+
+def test_near_threshold_note_names_each_near_verdict_and_is_empty_without_one():
+    from spatialkit.present.claims import NEAR, Claim, Rule, near_threshold_note
+    from spatialkit.suite import scorecard
+
+    assert scorecard.NEAR == NEAR  # the page marks what the chapters list
+    rule = Rule(">", 0.0, min_effect=0.03)
+    c = Claim("fix helps", "s", "p", {"edge": est(-0.01, -0.02, 0.004), "clear": est(0.10, 0.08, 0.12)}, rule,
+              text={"edge": "edge text", "clear": "clear text"})
+    note = near_threshold_note([c], sample="test objects")
+    assert note.startswith("Verdicts whose CI ends within 1 point of the threshold")
+    assert "sample of test objects" in note and "*fix helps* on edge (edge text: inconclusive)" in note
+    assert "clear" not in note
+    assert near_threshold_note([c], within=0.001) == ""

@@ -88,8 +88,10 @@ def test_hidden_only_at_the_targets_is_the_full_forward_there(smoke_data, lm_pos
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="cannot fill a cache"):
         model.hidden(None, ids, kind, visual=calls[0]["visual"], only=tgt != -100, cache=model.new_cache())
-    with pytest.raises(ValueError, match="only has shape"):
+    with pytest.raises(ValueError, match="only must be a bool mask shaped like input_ids"):
         model.hidden(None, ids, kind, visual=calls[0]["visual"], only=(tgt != -100)[:, 1:])
+    with pytest.raises(ValueError, match="only must be a bool mask"):  # an index tensor, not a mask
+        model.hidden(None, ids, kind, visual=calls[0]["visual"], only=(tgt != -100).long())
 
 
 def test_packed_training_is_rejected_for_a_prefix_lm():

@@ -406,7 +406,12 @@ class Claim:
         return self.shown_for(self.models()[0])
 
 
-def near_threshold(claims: Sequence[Claim], within: float = 0.01) -> list[tuple[Claim, Any]]:
+#: a judged verdict whose CI ends closer than this to its rule's threshold is "near" it (``near_threshold``; the
+#: Scorecard marks it, ``spatialkit.suite.scorecard.NEAR``): 1 accuracy point
+NEAR = 0.01
+
+
+def near_threshold(claims: Sequence[Claim], within: float = NEAR) -> list[tuple[Claim, Any]]:
     """(claim, model) of every judged verdict (not "not testable") whose CI ends within ``within`` of a
     threshold its rule compares it with (``Rule.edge_distance``): the verdicts that another training run or
     another sample of items could move. Rules without such a threshold (``Within``, ``Every``, ...) are skipped."""
@@ -419,6 +424,18 @@ def near_threshold(claims: Sequence[Claim], within: float = 0.01) -> list[tuple[
             if distance is not None and distance < within:
                 out.append((c, m))
     return out
+
+
+def near_threshold_note(claims: Sequence[Claim], sample: str = "items", within: float = NEAR) -> str:
+    """A Markdown sentence naming each ``near_threshold`` verdict with its measured text, or "" when there is
+    none. ``sample`` names what the CIs resample (e.g. "test objects")."""
+    near = near_threshold(claims, within)
+    if not near:
+        return ""
+    points = f"{100 * within:g} point" + ("" if 100 * within == 1 else "s")
+    return (f"Verdicts whose CI ends within {points} of the threshold their rule compares them with (another "
+            f"training run or sample of {sample} could move them): "
+            + "; ".join(f"*{c.claim}* on {m} ({c.shown_for(m)}: {c.verdict_for(m)})" for c, m in near) + ".")
 
 
 def edge_distance(c: Claim, model: Any = None) -> float | None:

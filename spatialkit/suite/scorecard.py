@@ -154,7 +154,7 @@ def _agree(cells: dict, labels: list) -> str:
     return "yes" if all(p == per_folder[0] for p in per_folder) else "no"
 
 
-NEAR = 0.01  # a verdict whose CI ends within this of its rule's threshold is marked on the page
+NEAR = 0.01  # a verdict whose CI ends within this of its rule's threshold is marked (spatialkit.present.claims.NEAR)
 NEAR_MARK = "†"
 
 

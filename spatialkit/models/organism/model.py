@@ -459,8 +459,9 @@ class TinyVLM(nn.Module):
             # an attention hook still runs, but the last layer's call then holds only these query rows
             if cache is not None:
                 raise ValueError("hidden(only=...) computes some positions only; it cannot fill a cache")
-            if only.shape != input_ids.shape:
-                raise ValueError(f"only has shape {tuple(only.shape)}, input_ids {tuple(input_ids.shape)}")
+            if only.shape != input_ids.shape or only.dtype != torch.bool:
+                raise ValueError(f"only must be a bool mask shaped like input_ids {tuple(input_ids.shape)}; got "
+                                 f"{only.dtype} {tuple(only.shape)}")
             counts = only.sum(1)
             # each row's kept positions first, in order (a stable sort); rows with fewer are padded with
             # position 0's copy, dropped again by ``valid``
