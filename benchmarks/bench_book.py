@@ -3,7 +3,7 @@ the speed-up of ``--jobs 2`` over ``--jobs 1``, and scene-generation throughput.
 
     .venv/bin/python benchmarks/bench_book.py [--profile quick|smoke] [--jobs N] [--speedup-profile smoke]
                                              [--skip-book] [--skip-speedup] [--scenes 300] [-p NAME VALUE ...]
-                                             [--run-only]
+                                             [--run-only] [--log FILE]
 
 Cold = empty execution cache *and* empty checkpoint store (a fresh clone: every model is trained, every
 notebook runs under papermill, then the book is built); warm = the same command again with nothing changed
@@ -54,15 +54,32 @@ def copy_sources(root: Path) -> None:
             shutil.copy(src, dst)
 
 
+def run_streamed(cmd: list[str], env: dict, log: Path) -> subprocess.CompletedProcess:
+    """``cmd`` with its stdout collected *and* appended to ``log`` line by line as it runs (stderr goes to the log
+    only): a build stopped by a time limit still leaves what it trained and ran, with times."""
+    with open(log, "a", buffering=1) as sink:
+        sink.write(f"$ {' '.join(cmd)}\n")
+        with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=sink, text=True, bufsize=1) as proc:
+            lines = []
+            for text in proc.stdout:
+                lines.append(text)
+                sink.write(f"[{time.strftime('%H:%M:%S')}] {text}")
+        return subprocess.CompletedProcess(cmd, proc.returncode, "".join(lines), f"(stderr: see {log})")
+
+
 def timed_book(root: Path, cache: Path, profile: str, jobs: int | None, verbose: bool = True,
-               params: list[tuple[str, str]] = (), verb: str = "book") -> dict:
+               params: list[tuple[str, str]] = (), verb: str = "book", log: Path | None = None) -> dict:
     """One `spatialkit book` (or ``verb`` "run") in ``root``: wall, CPU, load, per-notebook seconds,
-    per-checkpoint training times. ``params``: (NAME, VALUE) pairs passed as ``-p NAME VALUE``."""
+    per-checkpoint training times. ``params``: (NAME, VALUE) pairs passed as ``-p NAME VALUE``; ``log``: a file
+    the build's output is streamed into as it runs."""
     env = dict(os.environ, SPATIALKIT_ROOT=str(root), SPATIALKIT_CACHE=str(cache), HF_HUB_OFFLINE="1")
     cmd = [sys.executable, "-m", "spatialkit", verb, "--profile", profile] + (["--jobs", str(jobs)] if jobs else [])
     cmd += [arg for name, value in params for arg in ("-p", name, value)]
     load0, cpu0, start = os.getloadavg()[0], children_cpu(), time.perf_counter()
-    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True)
+    if log:
+        proc = run_streamed(cmd, env, log)
+    else:
+        proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True)
     wall, cpu = time.perf_counter() - start, children_cpu() - cpu0
     if proc.returncode != 0:  # the training and notebook lines first: what it measured before failing
         lines = [ln for ln in proc.stdout.splitlines() if TRAIN_LINE.match(ln) or NOTEBOOK_LINE.match(ln)]
@@ -90,7 +107,8 @@ def line(label: str, r: dict) -> str:
 
 
 def bench_book(profile: str, jobs: int | None, keep_cache: Path | None = None,
-               keep_executed: Path | None = None, params: list[tuple[str, str]] = (), verb: str = "book") -> None:
+               keep_executed: Path | None = None, params: list[tuple[str, str]] = (), verb: str = "book",
+               log: Path | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="spatialkit-bench-") as tmp:
         root, cache = Path(tmp) / "root", keep_cache or Path(tmp) / "cache"
         if keep_cache and keep_cache.exists() and not keep_cache.is_dir():
@@ -102,13 +120,13 @@ def bench_book(profile: str, jobs: int | None, keep_cache: Path | None = None,
         extra = "".join(f" -p {name} {value}" for name, value in params)
         print(f"spatialkit {verb} --profile {profile} --jobs {jobs or 'cores'}{extra} ({n} notebook file(s), "
               "empty caches)")
-        cold = timed_book(root, cache, profile, jobs, params=params, verb=verb)
+        cold = timed_book(root, cache, profile, jobs, params=params, verb=verb, log=log)
         print(line("cold (fresh clone):", cold))
         train_wall = sum(w for _, w, _ in cold["training"])
         train_cpu = sum(c for _, _, c in cold["training"])
         print(f"  training: {len(cold['training'])} checkpoint(s), {train_wall:.1f} s of worker wall time, "
               f"{train_cpu:.1f} s CPU; notebooks: {sum(cold['notebooks'].values()):.1f} s of kernel wall time")
-        warm = timed_book(root, cache, profile, jobs, verbose=False, params=params, verb=verb)
+        warm = timed_book(root, cache, profile, jobs, verbose=False, params=params, verb=verb, log=log)
         print(line("warm (nothing changed):", warm))
         print(f"  warm / cold:               {warm['wall'] / cold['wall']:8.3f}")
         if keep_executed:  # the cold build's executed notebooks and results files, to read what this run found
@@ -163,13 +181,15 @@ def main() -> None:
                         help="a parameter for the cold and warm builds' `spatialkit book` (e.g. -p device cuda)")
     parser.add_argument("--run-only", action="store_true",
                         help="time `spatialkit run` (train + execute) instead of `spatialkit book` (no HTML build)")
+    parser.add_argument("--log", type=Path, default=None,
+                        help="append the cold and warm builds' output to this file as they run (timestamped)")
     args = parser.parse_args()
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPU(s), python {platform.python_version()}, "
           f"load average {os.getloadavg()[0]:.1f} (shared machines inflate every wall time; CPU times do not)")
     if not args.skip_book:
         bench_book(args.profile, args.jobs, args.keep_cache.resolve() if args.keep_cache else None,
                    args.keep_executed.resolve() if args.keep_executed else None, [tuple(p) for p in args.param],
-                   "run" if args.run_only else "book")
+                   "run" if args.run_only else "book", args.log.resolve() if args.log else None)
     if not args.skip_speedup:
         bench_speedup(args.speedup_profile)
     bench_scenes(args.scenes)

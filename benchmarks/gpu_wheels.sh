@@ -7,7 +7,8 @@
 #
 # Which wheels: the dependency closure of papermill, ipykernel, nbformat, ipywidgets and jupytext as installed in
 # this venv (the versions the tests pass with), minus the packages the GPU image already holds
-# (benchmarks/gpu_image_packages.txt). jupyter-book is not carried: the GPU check times `spatialkit run`.
+# (benchmarks/gpu_image_packages.txt), plus this venv's transformers (the image's is older). jupyter-book is not
+# carried: the GPU check times `spatialkit run`.
 #
 #   bash benchmarks/gpu_wheels.sh [--list]    # --list prints the name==version list and downloads nothing
 #   env: PY (default .venv/bin/python), PYV (target Python, default 3.12), OUT (default .whl)
@@ -37,10 +38,13 @@ def norm(name):
 
 image = {norm(line.strip()) for line in open(sys.argv[1]) if line.strip() and not line.startswith("#")}
 roots = ["papermill", "ipykernel", "nbformat", "ipywidgets", "jupytext"]
-found, stack = {}, list(roots)
+# carried although the image has it: its transformers is older (5.17) than the one the tests pass with, and
+# the real-VLM adapter reads transformers' internals; its needs (hub, tokenizers, safetensors) the image meets
+replace = {"transformers"}
+found, stack = {}, list(roots) + sorted(replace)
 while stack:
     name = norm(stack.pop())
-    if name in found or name in image:
+    if name in found or (name in image and name not in replace):
         continue
     try:
         dist = md.distribution(name)
