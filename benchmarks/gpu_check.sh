@@ -28,7 +28,9 @@
 #
 #   bash benchmarks/gpu_check.sh [--dry-run] [--book | --all]
 #   env: PY (python; default .venv/bin/python, else python3), BATCH (256), DEVICE (cuda; cpu rehearses the steps
-#        on a machine without a GPU and measures nothing), and for --all TOTAL_S, PRE_S, PRE_STOP, VLM_S, LOGDIR
+#        on a machine without a GPU and measures nothing), BOOK_DEVICE (the book's device, default DEVICE: cpu
+#        times the book on the GPU machine's cores alone), and for --all TOTAL_S, PRE_S, PRE_STOP, VLM_S, LOGDIR,
+#        SKIP_VLM (1: no parts 1 and 2, the book gets their time)
 set -euo pipefail
 START=$(date +%s)
 cd "$(dirname "$0")/.."
@@ -37,6 +39,7 @@ if [[ -z "${PY:-}" ]]; then
 fi
 BATCH=${BATCH:-256}
 DEVICE=${DEVICE:-cuda}
+BOOK_DEVICE=${BOOK_DEVICE:-$DEVICE}
 DRY=0
 BOOK=0
 ALL=0
@@ -100,10 +103,23 @@ book_copy() {  # a copy of what `spatialkit run` reads, for a run that must not 
   rm -rf "$1/book/executed"
 }
 
+all_book() {  # --all's part 3: the cold quick book with the time left of TOTAL_S
+  book_s=$(( TOTAL_S - ($(date +%s) - START) - 15 ))
+  (( book_s >= 60 )) || book_s=60
+  echo "== 3. the quick book cold on $BOOK_DEVICE ($(nproc) cores, limit $book_s s)"
+  executed=/tmp/spatialkit-gpu-exec
+  [[ $DRY == 1 ]] || executed=$(mktemp -d -t spatialkit-gpu-exec-XXXX)
+  start=$(date +%s)
+  logged book.log "$book_s" "$PY" benchmarks/bench_book.py --profile quick --skip-speedup --run-only --scenes 50 \
+    -p device "$BOOK_DEVICE" --log "$LOGDIR/book_stream.log" --keep-executed "$executed/executed" \
+    || echo "gpu_check: the quick book stopped (status $?) after $(( $(date +%s) - start )) s (book_stream.log)"
+  if [[ $DRY == 0 && -d $executed/executed ]]; then tar czf "$LOGDIR/executed.tgz" -C "$executed" executed; fi
+}
+
 if [[ $BOOK == 1 ]]; then
-  echo "== 3. the quick book cold on $DEVICE ($(nproc) cores)"
+  echo "== 3. the quick book cold on $BOOK_DEVICE ($(nproc) cores)"
   [[ $DRY == 1 ]] || nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-  book=(--profile quick --skip-speedup -p device "$DEVICE")
+  book=(--profile quick --skip-speedup -p device "$BOOK_DEVICE")
   # without jupyter-book (not carried) it times `spatialkit run`: training and execution, no HTML build
   "$PY" -c "import jupyter_book" 2>/dev/null || book+=(--run-only)
   run "$PY" benchmarks/bench_book.py "${book[@]}"
@@ -132,6 +148,12 @@ if [[ $ALL == 1 ]]; then
     echo "gpu_check: the preflight failed after $(( $(date +%s) - start )) s (preflight.log); going on (PRE_STOP=0)"
   else
     echo "gpu_check: preflight done in $(( $(date +%s) - start )) s"
+  fi
+  if [[ ${SKIP_VLM:-0} == 1 ]]; then
+    echo "== 1. and 2. skipped (SKIP_VLM=1)"
+    all_book
+    echo "gpu_check: --all done in $(( $(date +%s) - START )) s"
+    exit 0
   fi
 fi
 
@@ -178,16 +200,7 @@ if [[ $ALL == 1 ]]; then  # every model at once, each in its own copy of the boo
     grep -hE "^\[[0-9]+/[0-9]+\]|Error" "$WORK"/vlm-*.log | head -60 || true
   fi
 
-  book_s=$(( TOTAL_S - ($(date +%s) - START) - 15 ))
-  (( book_s >= 60 )) || book_s=60
-  echo "== 3. the quick book cold on $DEVICE ($(nproc) cores, limit $book_s s)"
-  executed=/tmp/spatialkit-gpu-exec
-  [[ $DRY == 1 ]] || executed=$(mktemp -d -t spatialkit-gpu-exec-XXXX)
-  start=$(date +%s)
-  logged book.log "$book_s" "$PY" benchmarks/bench_book.py --profile quick --skip-speedup --run-only --scenes 50 \
-    -p device "$DEVICE" --log "$LOGDIR/book_stream.log" --keep-executed "$executed/executed" \
-    || echo "gpu_check: the quick book stopped (status $?) after $(( $(date +%s) - start )) s (book_stream.log)"
-  if [[ $DRY == 0 && -d $executed/executed ]]; then tar czf "$LOGDIR/executed.tgz" -C "$executed" executed; fi
+  all_book
   echo "gpu_check: --all done in $(( $(date +%s) - START )) s"
   [[ $DRY == 1 ]] && echo "gpu_check: dry run, nothing executed (work folder would be $WORK)"
   exit 0

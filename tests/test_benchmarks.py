@@ -59,6 +59,16 @@ def test_gpu_check_all_plan_runs_the_preflight_first_and_the_book_last_with_the_
     assert both.returncode == 2 and "exclude each other" in both.stderr
 
 
+def test_gpu_check_all_can_time_only_the_book_on_the_machines_cores():
+    done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--dry-run", "--all"], check=False,
+                          capture_output=True, text=True, timeout=120,
+                          env={"PY": sys.executable, "PATH": "/usr/bin:/bin", "SKIP_VLM": "1", "BOOK_DEVICE": "cpu"})
+    assert done.returncode == 0, done.stderr
+    assert "hf_tiny" not in done.stdout and "bench_memory" not in done.stdout
+    assert "--profile smoke -p device cuda" in done.stdout  # the preflight still checks the GPU path
+    assert "bench_book.py --profile quick --skip-speedup --run-only --scenes 50 -p device cpu" in done.stdout
+
+
 def test_gpu_check_with_an_empty_wheel_folder_says_what_to_run(tmp_path):
     import shutil
 
