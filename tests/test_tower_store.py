@@ -9,6 +9,7 @@ import pytest
 
 from spatialkit.analysis import combine
 from spatialkit.common import checkpoints
+from spatialkit.common.params import ParameterError
 from spatialkit.models import clip as C
 from spatialkit.models import tower_store
 from spatialkit.models.organism import preset
@@ -55,6 +56,19 @@ def test_cloc_cells_load_notebook_05s_checkpoints(zoo):
             expected = expected.replace(steps=p05["swap_steps"])
         assert cfg.to_dict() == expected.to_dict()
         assert spec["encoder"]["model"]["region_head"] == "prompter" and spec["encoder"]["data"]["preset"] == name
+    equal = catalog.get("07_putting_it_together").validate({"zoo": zoo, "cloc_budget": "equal"})
+    for cell in ("llava+cloc", "prior+cloc"):  # the plain cell's schedule: 07's own checkpoint, not 05's
+        kind, spec = catalog.grid_cell_checkpoint(equal, cell)
+        organism, over = combine.cell_overrides(cell, equal["posenc_2d"])
+        cfg = preset(spec["organism"]["preset"], **spec["organism"]["overrides"])
+        assert kind == "encoder_swap"
+        # its own checkpoint where 05 shortens the swap (quick); the smoke recipe keeps the preset's schedule
+        assert (spec == catalog.grid_cell_checkpoint(p07, cell)[1]) == (not p05["swap_steps"])
+        assert cell != "llava+cloc" or (json.dumps(spec, sort_keys=True) in declared_05) == (not p05["swap_steps"])
+        assert cfg.to_dict() == preset(combine.preset_name(organism, zoo), seed=0, **over).to_dict()
+        assert spec["encoder"] == catalog.grid_cell_checkpoint(p07, cell)[1]["encoder"]  # the same tower
+    with pytest.raises(ParameterError, match="cloc_budget"):
+        catalog.get("07_putting_it_together").validate({"cloc_budget": "half"})
     for bad in ("llava+local+cloc", "loud+cloc"):
         with pytest.raises(ValueError):
             combine.parse_cell(bad)

@@ -391,6 +391,10 @@ register(NotebookSpec(
         Param("posenc_2d", str, "rope2d", "the LM's 2D position code of the '2d' fix: the axial 2D RoPE (fast "
               "frequencies on both axes) or Qwen2-VL's M-RoPE (at this LM's head size its column axis barely turns)",
               choices=("rope2d", "mrope")),
+        Param("cloc_budget", str, "notebook05", "stage 2 of the 'cloc' cells: notebook 05's recipe and checkpoint "
+              "(trained once for both notebooks; 1000 steps at the quick defaults) or 'equal', the plain cell's own "
+              "schedule (the fixes compared at one budget; ~1.5 min CPU more per cloc cell)",
+              choices=("notebook05", "equal")),
         Param("n_items", int, 900, "held-out test items per world (balanced over its what and where tasks)",
               low=20, high=100_000),
         Param("n_tune", int, 450, "val items per world: tune AdaptVis and pick each organism's best arm",
@@ -550,7 +554,8 @@ def tower_recipe(zoo: str) -> dict:
 def grid_cell_checkpoint(p: dict, cell: str) -> Checkpoint:
     """The checkpoint notebook 07 (parameters ``p``) loads for grid cell ``cell``: an organism, or for a "cloc"
     cell notebook 05's CLOC-tower organism (05's recipe, ``tower_recipe``) on the cell's world, seed p["seed"],
-    with the cell's other fixes. Cell "loud+norm+2d" = preset(loud, seed, visual_norm=rmsclip,
+    with the cell's other fixes; with p["cloc_budget"] "equal" its stage 2 runs the preset's own schedule, as
+    the plain cell's does, instead of 05's swap_steps (then it is 07's own checkpoint). Cell "loud+norm+2d" = preset(loud, seed, visual_norm=rmsclip,
     visual_norm_scale=1.0, lm_posenc=posenc_2d) (spatialkit.analysis.combine; tests/test_combine.py checks both
     agree)."""
     smoke = p["zoo"] == "smoke"
@@ -568,6 +573,8 @@ def grid_cell_checkpoint(p: dict, cell: str) -> Checkpoint:
     if "cloc" in fixes:
         recipe = {**tower_recipe(p["zoo"]), "organism": name, "seed": p["seed"], "threads": p.get("threads", 0),
                   "device": p.get("device", "cpu")}
+        if p["cloc_budget"] == "equal":
+            recipe["swap_steps"] = 0  # _swap: 0 = the preset's own stage-2 schedule, the plain cell's
         return _swap(recipe, CLIP_VARIANTS["CLOC"], p["seed"], **over)
     return _organism(p, name, seed=p["seed"], **over)
 
