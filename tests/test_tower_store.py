@@ -37,7 +37,8 @@ def test_catalog_variants_are_the_models():
 
 @pytest.mark.parametrize("zoo", ["zoo", "smoke"])
 def test_cloc_cells_load_notebook_05s_checkpoints(zoo):
-    p07 = catalog.get("07_putting_it_together").validate({"zoo": zoo, "cells": list(catalog.GRID_CELLS)})
+    p07 = catalog.get("07_putting_it_together").validate({"zoo": zoo, "cells": list(catalog.GRID_CELLS),
+                                                          "cloc_budget": "notebook05"})
     p05 = catalog.tower_recipe(zoo)
     declared_05 = {json.dumps(s, sort_keys=True) for k, s in catalog.checkpoints("05_clip_vs_cloc", p05)}
     llava = catalog.grid_cell_checkpoint(p07, "llava+cloc")
@@ -56,7 +57,7 @@ def test_cloc_cells_load_notebook_05s_checkpoints(zoo):
             expected = expected.replace(steps=p05["swap_steps"])
         assert cfg.to_dict() == expected.to_dict()
         assert spec["encoder"]["model"]["region_head"] == "prompter" and spec["encoder"]["data"]["preset"] == name
-    equal = catalog.get("07_putting_it_together").validate({"zoo": zoo, "cloc_budget": "equal"})
+    equal = catalog.get("07_putting_it_together").validate({"zoo": zoo})  # the default
     for cell in ("llava+cloc", "prior+cloc"):  # the plain cell's schedule: 07's own checkpoint, not 05's
         kind, spec = catalog.grid_cell_checkpoint(equal, cell)
         organism, over = combine.cell_overrides(cell, equal["posenc_2d"])

@@ -391,10 +391,10 @@ register(NotebookSpec(
         Param("posenc_2d", str, "rope2d", "the LM's 2D position code of the '2d' fix: the axial 2D RoPE (fast "
               "frequencies on both axes) or Qwen2-VL's M-RoPE (at this LM's head size its column axis barely turns)",
               choices=("rope2d", "mrope")),
-        Param("cloc_budget", str, "notebook05", "stage 2 of the 'cloc' cells: notebook 05's recipe and checkpoint "
-              "(trained once for both notebooks; 1000 steps at the quick defaults) or 'equal', the plain cell's own "
-              "schedule (the fixes compared at one budget; ~1.5 min CPU more per cloc cell)",
-              choices=("notebook05", "equal")),
+        Param("cloc_budget", str, "equal", "stage 2 of the 'cloc' cells on notebook 05's CLOC tower: 'equal', the "
+              "plain cell's own schedule (every fix compared at one budget), or 'notebook05', 05's swap recipe and "
+              "checkpoint (shared with 05, so trained once; 1000 steps at the quick defaults, a quarter of the plain "
+              "cell's: a budget confound)", choices=("equal", "notebook05")),
         Param("n_items", int, 900, "held-out test items per world (balanced over its what and where tasks)",
               low=20, high=100_000),
         Param("n_tune", int, 450, "val items per world: tune AdaptVis and pick each organism's best arm",
