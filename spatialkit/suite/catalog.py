@@ -217,7 +217,8 @@ register(NotebookSpec(
         Param("probe_train", int, 1000, "training scenes the linear where-probe is fitted on (the first of the "
               "encoders' training scenes); it is tested on the test scenes", low=10, high=1_000_000),
         HF_IMAGE_SIZE,
-        Param("swap_steps", int, 1000, "stage-2 steps of the organism on the CLIP / CLOC tower (0 = the preset's own)",
+        Param("swap_steps", int, 0, "stage-2 steps of the organism on the CLIP / CLOC tower (0 = the preset's own "
+              "schedule, the zoo organisms' budget; fewer is cheaper but leaves both VLMs undertrained)",
               low=0, high=10_000_000),
         N_BOOT,
         THREADS,
@@ -392,9 +393,9 @@ register(NotebookSpec(
               "frequencies on both axes) or Qwen2-VL's M-RoPE (at this LM's head size its column axis barely turns)",
               choices=("rope2d", "mrope")),
         Param("cloc_budget", str, "equal", "stage 2 of the 'cloc' cells on notebook 05's CLOC tower: 'equal', the "
-              "plain cell's own schedule (every fix compared at one budget), or 'notebook05', 05's swap recipe and "
-              "checkpoint (shared with 05, so trained once; 1000 steps at the quick defaults, a quarter of the plain "
-              "cell's: a budget confound)", choices=("equal", "notebook05")),
+              "plain cell's own schedule (every fix compared at one budget; at 05's defaults also 05's own, so "
+              "trained once), or 'notebook05', 05's swap_steps whatever they are (a budget confound when they "
+              "differ)", choices=("equal", "notebook05")),
         Param("n_items", int, 900, "held-out test items per world (balanced over its what and where tasks)",
               low=20, high=100_000),
         Param("n_tune", int, 450, "val items per world: tune AdaptVis and pick each organism's best arm",
@@ -555,9 +556,9 @@ def grid_cell_checkpoint(p: dict, cell: str) -> Checkpoint:
     """The checkpoint notebook 07 (parameters ``p``) loads for grid cell ``cell``: an organism, or for a "cloc"
     cell notebook 05's CLOC-tower organism (05's recipe, ``tower_recipe``) on the cell's world, seed p["seed"],
     with the cell's other fixes; with p["cloc_budget"] "equal" its stage 2 runs the preset's own schedule, as
-    the plain cell's does, instead of 05's swap_steps (then it is 07's own checkpoint). Cell "loud+norm+2d" = preset(loud, seed, visual_norm=rmsclip,
-    visual_norm_scale=1.0, lm_posenc=posenc_2d) (spatialkit.analysis.combine; tests/test_combine.py checks both
-    agree)."""
+    the plain cell's does, instead of 05's swap_steps (07's own checkpoint where those differ).
+    Cell "loud+norm+2d" = preset(loud, seed, visual_norm=rmsclip, visual_norm_scale=1.0, lm_posenc=posenc_2d)
+    (spatialkit.analysis.combine; tests/test_combine.py checks both agree)."""
     smoke = p["zoo"] == "smoke"
     organism, *fixes = cell.split("+")
     name = (("smoke" if organism == "healthy" else f"smoke_{organism}") if smoke else organism)
