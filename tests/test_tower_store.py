@@ -58,22 +58,41 @@ def test_cloc_cells_load_notebook_05s_checkpoints(zoo):
         assert cfg.to_dict() == expected.to_dict()
         assert spec["encoder"]["model"]["region_head"] == "prompter" and spec["encoder"]["data"]["preset"] == name
     equal = catalog.get("07_putting_it_together").validate({"zoo": zoo})  # the default
-    for cell in ("llava+cloc", "prior+cloc"):  # the plain cell's schedule: 07's own checkpoint, not 05's
+    for cell in ("llava+cloc", "prior+cloc"):  # the plain cell's schedule on 05's tower
         kind, spec = catalog.grid_cell_checkpoint(equal, cell)
         organism, over = combine.cell_overrides(cell, equal["posenc_2d"])
         cfg = preset(spec["organism"]["preset"], **spec["organism"]["overrides"])
         assert kind == "encoder_swap"
-        # its own checkpoint where 05 shortens the swap (quick); the smoke recipe keeps the preset's schedule
-        assert (spec == catalog.grid_cell_checkpoint(p07, cell)[1]) == (not p05["swap_steps"])
-        assert cell != "llava+cloc" or (json.dumps(spec, sort_keys=True) in declared_05) == (not p05["swap_steps"])
         assert cfg.to_dict() == preset(combine.preset_name(organism, zoo), seed=0, **over).to_dict()
         assert spec["encoder"] == catalog.grid_cell_checkpoint(p07, cell)[1]["encoder"]  # the same tower
+    # 05's defaults run the preset's schedule too: llava+cloc at seed 0 is 05's own checkpoint (trained once);
+    # prior+cloc (05 trains llava only), a seed 05 does not train and a plain cell are not
+    assert not p05["swap_steps"]
+    assert catalog.trained_by_notebook05(equal, "llava+cloc")
+    assert not catalog.trained_by_notebook05(equal, "prior+cloc")
+    assert not catalog.trained_by_notebook05({**equal, "seed": p05["seed"] + p05["n_seeds"]}, "llava+cloc")
+    assert not catalog.trained_by_notebook05(equal, "llava")
     with pytest.raises(ParameterError, match="cloc_budget"):
         catalog.get("07_putting_it_together").validate({"cloc_budget": "half"})
     for bad in ("llava+local+cloc", "loud+cloc"):
         with pytest.raises(ValueError):
             combine.parse_cell(bad)
     assert "llava+local+cloc" not in catalog.GRID_CELLS and "loud+cloc" not in catalog.GRID_CELLS
+
+
+def test_cloc_budget_equal_keeps_the_plain_cells_schedule_where_notebook05_shortens_its_swap(monkeypatch):
+    recipe = catalog.tower_recipe("zoo")
+    monkeypatch.setattr(catalog, "tower_recipe", lambda zoo: {**recipe, "swap_steps": 1000})
+    spec07 = catalog.get("07_putting_it_together")
+    equal, short = spec07.validate({}), spec07.validate({"cloc_budget": "notebook05"})
+    plain = preset("llava", seed=0).optim.steps
+    for cell in ("llava+cloc", "prior+cloc"):
+        steps = {name: preset(s["organism"]["preset"], **s["organism"]["overrides"]).optim.steps
+                 for name, (_, s) in {"equal": catalog.grid_cell_checkpoint(equal, cell),
+                                      "short": catalog.grid_cell_checkpoint(short, cell)}.items()}
+        assert steps == {"equal": plain, "short": 1000}, (cell, steps)
+    assert plain != 1000
+    assert catalog.trained_by_notebook05(short, "llava+cloc") and not catalog.trained_by_notebook05(equal, "llava+cloc")
 
 
 def test_swap_tasks_come_after_their_encoder_and_plan_once(tmp_path, monkeypatch):

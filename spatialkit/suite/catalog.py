@@ -580,6 +580,16 @@ def grid_cell_checkpoint(p: dict, cell: str) -> Checkpoint:
     return _organism(p, name, seed=p["seed"], **over)
 
 
+def trained_by_notebook05(p: dict, cell: str) -> bool:
+    """Whether notebook 05, at its defaults for p["zoo"] (``tower_recipe``), declares the very checkpoint 07
+    (parameters ``p``) loads for ``cell``: only a "cloc" cell on 05's own organism, at a seed 05 trains, whose
+    stage 2 matches 05's swap_steps. False for every other cell."""
+    kind, spec = grid_cell_checkpoint(p, cell)
+    if kind != "encoder_swap":
+        return False
+    return any(k == kind and s == spec for k, s in checkpoints("05_clip_vs_cloc", tower_recipe(p["zoo"])))
+
+
 # notebook 06's PIN variants: name -> PinConfig flags beyond the shared training settings (the notebook builds its
 # VARIANTS from this, so the pool trains exactly the inserts it loads)
 PIN_VARIANTS = {"PIN (insert + loc rows)": {}, "loc rows only (no insert)": {"use_insert": False},
