@@ -95,12 +95,10 @@ logged() {  # logged LOG SECONDS CMD...: CMD under a time limit (SIGINT, which s
   return "$status"
 }
 
-book_copy() {  # a copy of what `spatialkit run` reads, for a run that must not share book/executed with another
-  mkdir -p "$1"
-  for rel in notebooks book _vendor _config.yml _toc.yml; do
-    if [[ -e $rel ]]; then cp -r "$rel" "$1/"; fi
-  done
-  rm -rf "$1/book/executed"
+book_copy() {  # a copy of what `spatialkit run` reads (bench_book's list), for a run that must not share
+  # book/executed with another
+  "$PY" -c "import sys; from pathlib import Path; sys.path.insert(0, 'benchmarks'); import bench_book; \
+bench_book.copy_sources(Path(sys.argv[1]))" "$1"
 }
 
 all_book() {  # --all's part 3: the cold quick book with the time left of TOTAL_S
