@@ -205,3 +205,25 @@ def test_plane_and_heatmap_draw():
     ax = plot_gain_heatmap(pd.DataFrame({"llava · where_two": [0.2, -0.1]}, index=["2D", "AdaptVis"]))
     assert ax.get_title() == ""
     matplotlib.pyplot.close("all")
+
+
+def test_training_noise_measures_the_spread_between_seeds_of_one_recipe():
+    items = np.arange(100)
+    # recipe A: seeds right on the first 40 / 60 / 50 items; recipe B: three identical runs
+    correct = {("A", s): {"where_two": (items < n).astype(float), "what": np.ones(100)}
+               for s, n in ((0, 40), (1, 60), (2, 50))}
+    correct |= {("B", s): {"where_two": (items % 2).astype(float), "what": (items < 90).astype(float)}
+                for s in (3, 4, 5)}
+    t = combine.training_noise(correct, ("where_two", "what"), seed=0, n_boot=500).set_index(["recipe", "metric"])
+    a, b = t.loc[("A", "where_two")], t.loc[("B", "where_two")]
+    assert a.per_seed == [0.4, 0.6, 0.5] and a["range"] == pytest.approx(0.2) and a.seeds == 3
+    assert a.first_mean == pytest.approx(0.4) and a.all_mean == pytest.approx(0.5) and a.n_items == 100
+    # the seeds disagree, so the CI over seeds and items is wider than one run's item-only CI
+    assert a.width_ratio > 1.2 and a.all_low < 0.45 and a.all_high > 0.55
+    # identical runs: no spread, and resampling seeds adds nothing to the item CI's width
+    assert b["range"] == 0.0 and b.first_mean == b.all_mean == pytest.approx(0.5)
+    assert b.width_ratio == pytest.approx(1.0, abs=0.25)
+    # every run right on every item: no width to compare
+    assert t.loc[("A", "what"), "range"] == 0.0 and np.isnan(t.loc[("A", "what"), "width_ratio"])
+    with pytest.raises(ValueError, match="at least 2"):
+        combine.training_noise({("C", 0): {"what": np.ones(5)}}, ("what",), seed=0, n_boot=50)

@@ -123,3 +123,37 @@ def test_notebook_05_trains_exactly_what_the_catalog_declares(tmp_path, monkeypa
     assert result.status == "ok", result.error
     trained = {f.name for f in (cache / "checkpoints").iterdir() if (f / checkpoints.MANIFEST).exists()}
     assert trained == expected
+
+
+@pytest.mark.parametrize("zoo", ["zoo", "smoke"])
+def test_noise_runs_are_notebook_05s_seeds_and_include_the_llava_cloc_cell(zoo):
+    spec07 = catalog.get("07_putting_it_together")
+    p07 = spec07.validate({"zoo": zoo, "noise_seeds": 3})
+    p05 = {**catalog.tower_recipe(zoo), "n_seeds": 3}
+    runs = catalog.noise_checkpoints(p07)
+    assert [(t, s) for t, s, _ in runs] == [(t, s) for t in ("CLIP", "CLOC") for s in (0, 1, 2)]
+    # the LLaVA recipe on 05's towers: at 05's recipe with three seeds, exactly 05's six swaps
+    declared_05 = [c for c in catalog.checkpoints("05_clip_vs_cloc", p05) if c[0] == "encoder_swap"]
+    assert sorted(json.dumps(c, sort_keys=True) for _, _, c in runs) == sorted(
+        json.dumps(c, sort_keys=True) for c in declared_05)
+    for tower, s, (kind, spec) in runs:
+        assert kind == "encoder_swap" and spec["encoder"]["seed"] == s
+        assert spec["encoder"]["model"]["region_head"] == catalog.CLIP_VARIANTS[tower]
+        assert spec["organism"]["overrides"]["seed"] == s
+    # the CLOC run of 07's seed is the grid's llava+cloc cell; 07 declares every run, and none when skipped
+    assert runs[3][2] == catalog.grid_cell_checkpoint(p07, "llava+cloc")
+    declared_07 = catalog.checkpoints("07_putting_it_together", p07)
+    assert all(c in declared_07 for _, _, c in runs)
+    off = spec07.validate({"zoo": zoo, "noise_seeds": 0})
+    assert catalog.noise_checkpoints(off) == []
+    assert len(catalog.checkpoints("07_putting_it_together", p07)) - len(
+        catalog.checkpoints("07_putting_it_together", off)) == len(runs) - 1  # llava+cloc is a cell already
+    with pytest.raises(ParameterError, match="noise_seeds"):
+        spec07.validate({"noise_seeds": 1})  # one run has no spread
+
+
+def test_noise_runs_at_the_defaults_train_nothing_notebook_05_does_not():
+    p07 = catalog.get("07_putting_it_together").validate({})
+    declared_05 = catalog.checkpoints("05_clip_vs_cloc", catalog.tower_recipe("zoo"))
+    assert p07["noise_seeds"] == catalog.tower_recipe("zoo")["n_seeds"] == 3
+    assert all(c in declared_05 for _, _, c in catalog.noise_checkpoints(p07))

@@ -28,7 +28,7 @@ any (α1, α2, β) is a per-item choice among them (the gate reads the unscaled 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -38,7 +38,7 @@ from spatialkit import world as scenes
 from spatialkit.models.organism import scene_config, tasks_for
 from spatialkit.analysis.interventions.adaptvis import scaling_vis
 from spatialkit.common.stats import bootstrap_ci
-from spatialkit.common.stats import bootstrap_diff_ci
+from spatialkit.common.stats import bootstrap_diff_ci, seed_item_bootstrap
 
 #: the failing organisms a cell starts from, and the healthy control (the ceiling)
 FAILING = ("llava", "loud", "prior")
@@ -457,3 +457,39 @@ def best_arm(results: pd.DataFrame, organism: str, metric: str, n_fixes: Iterabl
         return None
     acc = sub.groupby(["cell", "method"], sort=False).correct.mean()
     return tuple(acc.idxmax())
+
+
+# ------------------------------------------------------------------------------------- training noise
+
+def training_noise(correct: Mapping[tuple[str, int], Mapping[str, np.ndarray]], metrics: Sequence[str], *,
+                   seed: int, n_boot: int) -> pd.DataFrame:
+    """How far one draw of training moves a cell: replicate runs of one recipe that differ only in their training
+    seed, scored on the same test items. ``correct[(recipe, training_seed)][metric]`` is a 0/1 array per item
+    (the same items, in the same order, for every seed of a recipe).
+
+    One row per (recipe, metric): ``seeds`` (how many), ``per_seed`` (each seed's accuracy, in seed order),
+    ``range`` (the largest minus the smallest), the first seed's accuracy with the usual item-only CI
+    (``first_*``, ``bootstrap_ci``: what a single-run cell reports), the mean over seeds with a CI that resamples
+    seeds and items (``all_*``, ``seed_item_bootstrap``) and ``width_ratio``, the second CI's width over the
+    first's. With fewer than two seeds there is no spread to measure: ValueError."""
+    recipes: dict[str, list[int]] = {}
+    for recipe, s in correct:
+        recipes.setdefault(recipe, []).append(s)
+    rows = []
+    for recipe, seeds in recipes.items():
+        seeds = sorted(seeds)
+        if len(seeds) < 2:
+            raise ValueError(f"recipe {recipe!r} has {len(seeds)} training seed(s); a spread needs at least 2")
+        for metric in metrics:
+            stacked = np.stack([np.asarray(correct[recipe, s][metric], dtype=float) for s in seeds])
+            per_seed = stacked.mean(axis=1)
+            first = bootstrap_ci(stacked[0], seed=seed, n_boot=n_boot)
+            both = seed_item_bootstrap(stacked, seed=seed, n_boot=n_boot)
+            first_width = first.high - first.low
+            rows.append({"recipe": recipe, "metric": metric, "seeds": len(seeds),
+                         "per_seed": [float(x) for x in per_seed], "range": float(per_seed.max() - per_seed.min()),
+                         "first_mean": first.mean, "first_low": first.low, "first_high": first.high,
+                         "all_mean": both.mean, "all_low": both.low, "all_high": both.high,
+                         "width_ratio": (both.high - both.low) / first_width if first_width > 0 else float("nan"),
+                         "n_items": stacked.shape[1]})
+    return pd.DataFrame(rows)

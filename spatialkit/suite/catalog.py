@@ -396,6 +396,10 @@ register(NotebookSpec(
               "plain cell's own schedule (every fix compared at one budget; at 05's defaults also 05's own, so "
               "trained once), or 'notebook05', 05's swap_steps whatever they are (a budget confound when they "
               "differ)", choices=("equal", "notebook05")),
+        Param("noise_seeds", int, 3, "training seeds of the LLaVA recipe on notebook 05's CLIP and CLOC towers "
+              "scored to measure how far one draw of training moves a cell (at the defaults notebook 05's own "
+              "three seeds, so nothing more trains in a book run); 0 skips the measurement, 1 cannot measure it",
+              choices=(0, 2, 3, 4, 5)),
         Param("n_items", int, 900, "held-out test items per world (balanced over its what and where tasks)",
               low=20, high=100_000),
         Param("n_tune", int, 450, "val items per world: tune AdaptVis and pick each organism's best arm",
@@ -572,12 +576,31 @@ def grid_cell_checkpoint(p: dict, cell: str) -> Checkpoint:
         # combine.cell_config: no early stop on such a world; a "cloc" cell keeps notebook 05's swap recipe
         over["target"] = None
     if "cloc" in fixes:
-        recipe = {**tower_recipe(p["zoo"]), "organism": name, "seed": p["seed"], "threads": p.get("threads", 0),
-                  "device": p.get("device", "cpu")}
-        if p["cloc_budget"] == "equal":
-            recipe["swap_steps"] = 0  # _swap: 0 = the preset's own stage-2 schedule, the plain cell's
-        return _swap(recipe, CLIP_VARIANTS["CLOC"], p["seed"], **over)
+        return _swap(_tower_recipe_07(p, name), CLIP_VARIANTS["CLOC"], p["seed"], **over)
     return _organism(p, name, seed=p["seed"], **over)
+
+
+def _tower_recipe_07(p: dict, name: str) -> dict:
+    """Notebook 05's tower recipe (``tower_recipe``) as notebook 07 (parameters ``p``) runs it on organism preset
+    ``name``: 07's seed, threads and device, and with p["cloc_budget"] "equal" the preset's own stage-2 schedule
+    (``_swap``: swap_steps 0), the plain cell's."""
+    recipe = {**tower_recipe(p["zoo"]), "organism": name, "seed": p["seed"], "threads": p.get("threads", 0),
+              "device": p.get("device", "cpu")}
+    if p["cloc_budget"] == "equal":
+        recipe["swap_steps"] = 0
+    return recipe
+
+
+def noise_checkpoints(p: dict) -> list[tuple[str, int, Checkpoint]]:
+    """(tower, training seed, checkpoint) of the replicate runs notebook 07 (parameters ``p``) scores to measure
+    how far one draw of training moves a cell: the LLaVA recipe on notebook 05's CLIP and on its CLOC tower, at
+    the training seeds p["seed"] .. p["seed"] + p["noise_seeds"] - 1 (tower and stage 2 both of that seed, the
+    scenes of p["seed"]), at 07's budget for its "cloc" cells. The CLOC runs of seed p["seed"] is the grid's
+    llava+cloc cell; at the defaults every one of them is a checkpoint notebook 05 trains (tests check it)."""
+    smoke = p["zoo"] == "smoke"
+    recipe = _tower_recipe_07(p, "smoke_llava" if smoke else "llava")
+    seeds = [p["seed"] + k for k in range(p.get("noise_seeds", 0))]
+    return [(tower, s, _swap(recipe, CLIP_VARIANTS[tower], s)) for tower in ("CLIP", "CLOC") for s in seeds]
 
 
 def trained_by_notebook05(p: dict, cell: str) -> bool:
@@ -632,4 +655,5 @@ def _checkpoints_07(p: dict) -> list[Checkpoint]:
     out += [_organism(p, healthy, seed=p["seed"], scene_preset=world,
                       **({"target": None} if _prior_answers_val(world) else {}))
             for world in sorted(worlds - {preset_world(healthy)})]
-    return out + [grid_cell_checkpoint(p, cell) for cell in p["cells"]]
+    out += [grid_cell_checkpoint(p, cell) for cell in p["cells"]]
+    return out + [ckpt for _, _, ckpt in noise_checkpoints(p)]
