@@ -595,7 +595,7 @@ def noise_checkpoints(p: dict) -> list[tuple[str, int, Checkpoint]]:
     """(tower, training seed, checkpoint) of the replicate runs notebook 07 (parameters ``p``) scores to measure
     how far one draw of training moves a cell: the LLaVA recipe on notebook 05's CLIP and on its CLOC tower, at
     the training seeds p["seed"] .. p["seed"] + p["noise_seeds"] - 1 (tower and stage 2 both of that seed, the
-    scenes of p["seed"]), at 07's budget for its "cloc" cells. The CLOC runs of seed p["seed"] is the grid's
+    scenes of p["seed"]), at 07's budget for its "cloc" cells. The CLOC run of seed p["seed"] is the grid's
     llava+cloc cell; at the defaults every one of them is a checkpoint notebook 05 trains (tests check it)."""
     smoke = p["zoo"] == "smoke"
     recipe = _tower_recipe_07(p, "smoke_llava" if smoke else "llava")
