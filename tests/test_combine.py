@@ -38,6 +38,8 @@ def test_cells_parse_in_canonical_order_and_reject_what_does_not_apply():
 @pytest.mark.parametrize("zoo", ["zoo", "smoke"])
 def test_catalog_declares_exactly_the_organisms_the_notebook_loads(zoo):
     assert catalog.preset_steps("llava") == preset("llava").optim.steps
+    for organism in (*combine.FAILING, combine.HEALTHY):  # the catalog's plain-data copy of the preset names
+        assert catalog.zoo_preset(organism, zoo) == combine.preset_name(organism, zoo)
     with pytest.raises(ValueError, match="unknown organism preset"):
         catalog.preset_steps("no_such_organism")
     assert set(catalog.GRID_CELLS) == {c for c in catalog.GRID_CELLS if combine.parse_cell(c)}

@@ -556,6 +556,15 @@ def tower_recipe(zoo: str) -> dict:
     return spec.validate(profiles.get("smoke", {}).get("05_clip_vs_cloc", {}))
 
 
+def zoo_preset(organism: str, zoo: str) -> str:
+    """Notebook 07's preset name of zoo organism ``organism`` for p["zoo"] ``zoo``: itself, or its smoke-sized twin
+    ("smoke" for healthy, "smoke_<organism>" otherwise; spatialkit.analysis.combine.preset_name, tests check both
+    agree)."""
+    if zoo != "smoke":
+        return organism
+    return "smoke" if organism == "healthy" else f"smoke_{organism}"
+
+
 def grid_cell_checkpoint(p: dict, cell: str) -> Checkpoint:
     """The checkpoint notebook 07 (parameters ``p``) loads for grid cell ``cell``: an organism, or for a "cloc"
     cell notebook 05's CLOC-tower organism (05's recipe, ``tower_recipe``) on the cell's world, seed p["seed"],
@@ -563,9 +572,8 @@ def grid_cell_checkpoint(p: dict, cell: str) -> Checkpoint:
     the plain cell's does, instead of 05's swap_steps (07's own checkpoint where those differ).
     Cell "loud+norm+2d" = preset(loud, seed, visual_norm=rmsclip, visual_norm_scale=1.0, lm_posenc=posenc_2d)
     (spatialkit.analysis.combine; tests/test_combine.py checks both agree)."""
-    smoke = p["zoo"] == "smoke"
     organism, *fixes = cell.split("+")
-    name = (("smoke" if organism == "healthy" else f"smoke_{organism}") if smoke else organism)
+    name = zoo_preset(organism, p["zoo"])
     fix = {"local": {"vision_pretrain_pool": "max"}, "norm": {"visual_norm": "rmsclip", "visual_norm_scale": 1.0},
            "normtext": {"visual_norm": "rmsclip", "visual_norm_scale": 8.0}, "2d": {"lm_posenc": p["posenc_2d"]},
            "cloc": {}}
@@ -597,8 +605,7 @@ def noise_checkpoints(p: dict) -> list[tuple[str, int, Checkpoint]]:
     the training seeds p["seed"] .. p["seed"] + p["noise_seeds"] - 1 (tower and stage 2 both of that seed, the
     scenes of p["seed"]), at 07's budget for its "cloc" cells. The CLOC run of seed p["seed"] is the grid's
     llava+cloc cell; at the defaults every one of them is a checkpoint notebook 05 trains (tests check it)."""
-    smoke = p["zoo"] == "smoke"
-    recipe = _tower_recipe_07(p, "smoke_llava" if smoke else "llava")
+    recipe = _tower_recipe_07(p, zoo_preset("llava", p["zoo"]))
     seeds = [p["seed"] + k for k in range(p.get("noise_seeds", 0))]
     return [(tower, s, _swap(recipe, CLIP_VARIANTS[tower], s)) for tower in ("CLIP", "CLOC") for s in seeds]
 
@@ -647,11 +654,10 @@ def _checkpoints_07(p: dict) -> list[Checkpoint]:
     # healthy (the ceiling) and healthy never asked where (spatial_fraction 0, target None, llava's steps:
     # combine.never_config); healthy's recipe on each failing organism's world that is not healthy's (the
     # same-world ceiling, combine.ceiling_config: prior's); then every cell
-    smoke = p["zoo"] == "smoke"
-    healthy, llava = ("smoke", "smoke_llava") if smoke else ("healthy", "llava")
+    healthy, llava = zoo_preset("healthy", p["zoo"]), zoo_preset("llava", p["zoo"])
     out = [_organism(p, healthy, seed=p["seed"]),
            _organism(p, healthy, seed=p["seed"], target=None, spatial_fraction=0.0, steps=preset_steps(llava))]
-    worlds = {preset_world(f"smoke_{o}" if smoke else o) for o in ("llava", "loud", "prior")}
+    worlds = {preset_world(zoo_preset(o, p["zoo"])) for o in ("llava", "loud", "prior")}
     out += [_organism(p, healthy, seed=p["seed"], scene_preset=world,
                       **({"target": None} if _prior_answers_val(world) else {}))
             for world in sorted(worlds - {preset_world(healthy)})]
