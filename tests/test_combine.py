@@ -21,10 +21,14 @@ def test_cells_parse_in_canonical_order_and_reject_what_does_not_apply():
     assert combine.cell_overrides("loud+norm+2d", "rope2d") == (
         "loud", {"visual_norm": "rmsclip", "visual_norm_scale": 1.0, "lm_posenc": "rope2d"})
     # LLaVA's recipe with a localized stage 1 is healthy's recipe at the failing organisms' budget (healthy, the
-    # ceiling, trains until it has learned where); loud with +Normalize is loud_norm
+    # ceiling, trains until it has learned where, its early stop reading a larger val split); loud with
+    # +Normalize is loud_norm
     local, healthy = combine.cell_config("llava+local"), preset("healthy")
     assert local.optim.steps == preset("llava").optim.steps < healthy.optim.steps
-    assert local.replace(steps=healthy.optim.steps).to_dict() == healthy.to_dict()
+    assert local.data.n_val < healthy.data.n_val
+    assert local.replace(steps=healthy.optim.steps, n_val=healthy.data.n_val).to_dict() == healthy.to_dict()
+    # on the WhatsUp-B mirror the LLaVA recipe with a localized stage 1 is the zoo's whatsup_b (one checkpoint)
+    assert combine.cell_config("llava_b+local").to_dict() == preset("whatsup_b").to_dict()
     assert combine.cell_config("loud+norm").to_dict() == preset("loud_norm").to_dict()
     assert combine.cell_config("loud+norm", zoo="smoke").to_dict() == preset("smoke_loud_norm").to_dict()
     # +Normalize at the text norm on loud is notebook 02's loud_norm_text (the same checkpoint); it never goes
@@ -38,6 +42,9 @@ def test_cells_parse_in_canonical_order_and_reject_what_does_not_apply():
 @pytest.mark.parametrize("zoo", ["zoo", "smoke"])
 def test_catalog_declares_exactly_the_organisms_the_notebook_loads(zoo):
     assert catalog.preset_steps("llava") == preset("llava").optim.steps
+    assert catalog.GRID_ORGANISMS == combine.FAILING
+    assert catalog.preset_pretrain_world("llava_a") == preset("llava_a").optim.vision_pretrain_world
+    assert catalog.preset_pretrain_world("llava") is None
     for organism in (*combine.FAILING, combine.HEALTHY):  # the catalog's plain-data copy of the preset names
         assert catalog.zoo_preset(organism, zoo) == combine.preset_name(organism, zoo)
     with pytest.raises(ValueError, match="unknown organism preset"):
@@ -64,12 +71,18 @@ def test_the_ceiling_is_healthys_recipe_on_the_organisms_own_world(zoo):
         # answers the val items
         stop = None if combine.prior_answers_val(world) else healthy.optim.target
         assert ceiling.optim.target == stop
-        back = ceiling.replace(scene_preset=healthy.data.scene_preset, target=healthy.optim.target)
+        # its stage 1 trains where the organism's does (llava_a's on the B mirror)
+        own_stage1 = preset(combine.preset_name(organism, zoo)).optim.vision_pretrain_world
+        assert ceiling.optim.vision_pretrain_world == (None if own_stage1 == world else own_stage1)
+        back = ceiling.replace(scene_preset=healthy.data.scene_preset, target=healthy.optim.target,
+                               vision_pretrain_world=None)
         assert back.to_dict() == healthy.to_dict()
         same_world = world == healthy.data.scene_preset
         assert combine.ceiling_cell(organism, zoo) == (combine.HEALTHY if same_world else f"healthy_{organism}")
         assert combine.ceiling_cell(organism, zoo) in combine.CONTROLS
     assert combine.ceiling_cell("prior", zoo) == "healthy_prior"  # prior's world is its own
+    if zoo == "zoo":  # on the WhatsUp-A mirror the ceiling is the zoo's whatsup_a (one checkpoint)
+        assert combine.ceiling_config("llava_a").to_dict() == preset("whatsup_a").to_dict()
     from spatialkit import world as scenes
 
     assert set(catalog.PRIOR_WORLDS) == {w for w in scenes.PRESETS if combine.prior_answers_val(w)}
@@ -184,6 +197,16 @@ def test_plane_and_heatmap_draw():
     axes = plot_tradeoff_plane(pts, ceiling={"where": Estimate(0.9, 0.85, 0.95, 10), "what": Estimate(0.9, 0.8, 1, 10)},
                                chance={"x": 0.25})
     assert len(axes) == 2 and len(axes[0].texts) == 1  # one arrow per non-base arm
+    # panels wrap into rows of ncols; a chance level per panel (two options on one, four on the other)
+    wide = pd.concat([pts[pts.organism == "llava"].assign(organism="a 0"), pts], ignore_index=True)
+    axes = plot_tradeoff_plane(wide, chance={"x": {"llava": 0.25, "loud": 0.5}, "y": 0.3}, ncols=2)
+    panels = [ax.get_title() for ax in axes]
+    assert panels == ["a 0", "llava", "loud"] and len(axes[0].figure.axes) == 4  # 2 x 2, the spare hidden
+    assert not axes[0].figure.axes[3].get_visible()
+    dotted = {ax.get_title(): [(tuple(ln.get_xdata()), tuple(ln.get_ydata())) for ln in ax.lines
+                               if ln.get_linestyle() == ":"] for ax in axes}
+    assert ((0.25, 0.25), (0, 1)) in dotted["llava"] and ((0.5, 0.5), (0, 1)) in dotted["loud"]
+    assert dotted["a 0"] == [((0, 1), (0.3, 0.3))]  # no x level for that panel, the y level everywhere
     # more arms than tab10 has colours: every arm keeps a colour of its own in the legend
     many = pd.concat([pts.assign(arm="none" if k == 0 else f"arm {k}") for k in range(13)], ignore_index=True)
     legend = plot_tradeoff_plane(many)[-1].get_legend()

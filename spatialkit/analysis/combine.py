@@ -40,12 +40,13 @@ from spatialkit.analysis.interventions.adaptvis import scaling_vis
 from spatialkit.common.stats import bootstrap_ci
 from spatialkit.common.stats import bootstrap_diff_ci, seed_item_bootstrap
 
-#: the failing organisms a cell starts from, and the healthy control (the ceiling)
-FAILING = ("llava", "loud", "prior")
+#: the failing organisms a cell starts from, and the healthy control (the ceiling): llava_a / llava_b are the
+#: LLaVA recipe on the WhatsUp Controlled-A / -B mirrors, judged on on/under and on front/behind
+FAILING = ("llava", "loud", "prior", "llava_a", "llava_b")
 HEALTHY = "healthy"
 NEVER = "never"  # healthy's recipe never asked where (never_config)
 #: the same-world ceiling of a failing organism that trains on another world than healthy's is healthy's recipe on
-#: that world (ceiling_config), named "healthy_<organism>" (ceiling_cell); today only prior's world differs
+#: that world (ceiling_config), named "healthy_<organism>" (ceiling_cell): prior's, llava_a's and llava_b's
 CONTROLS = (HEALTHY, NEVER, *(f"{HEALTHY}_{o}" for o in FAILING))  # cells that are not a failing organism + fixes
 #: training-time fixes in their canonical order inside a cell name
 FIX_ORDER = ("local", "cloc", "norm", "normtext", "2d")
@@ -62,8 +63,11 @@ NOT_APPLICABLE = {("loud", "local"): "loud's stage 1 is already the localized (m
                                     "failure is its loud projected tokens"}
 #: fixes that cannot go together, and why
 EXCLUSIVE = {("local", "cloc"): "both replace the stage-1 encoder", ("norm", "normtext"): "both set the visual norm"}
-METRICS = ("what", "where_one", "where_two", "counter")
+METRICS = ("what", "where_one", "where_two", "counter", "on_under", "depth")
 WHERE_TASKS = ("where_one", "where_two")
+#: the WhatsUp mirrors' own relations (on/under; front/behind by occlusion), each a metric of its own; their
+#: four-way mixed questions ("whatsup_a" / "whatsup_b") repeat left/right and are not scored here
+MIRROR_TASKS = ("on_under", "depth")
 
 
 def fix_overrides(fix: str, posenc_2d: str = "mrope") -> dict:
@@ -167,6 +171,13 @@ def prior_answers_val(world: str) -> bool:
     return bool(scenes.PRESETS[world].prior_relations)
 
 
+def where_metrics(world: str) -> tuple[str, ...]:
+    """The where-measurements of ``world``'s items: one- and two-object relations, and a WhatsUp mirror's own
+    relation (``MIRROR_TASKS``)."""
+    tasks = tasks_for(scenes.PRESETS[world])
+    return WHERE_TASKS + tuple(t for t in MIRROR_TASKS if t in tasks)
+
+
 def ceiling_cell(organism: str, zoo: str = "zoo") -> str:
     """The control whose accuracy is ``organism``'s ceiling: healthy when the organism lives in healthy's world,
     else ``healthy_<organism>``, healthy's recipe on the organism's own world (``ceiling_config``)."""
@@ -184,7 +195,11 @@ def ceiling_config(organism: str, seed: int = 0, zoo: str = "zoo"):
     world, healthy = world_of(organism, zoo), healthy_config(seed, zoo)
     if world == healthy.data.scene_preset:
         return healthy
-    return healthy.replace(scene_preset=world, **({"target": None} if prior_answers_val(world) else {}))
+    over = {"target": None} if prior_answers_val(world) else {}
+    pretrain_world = preset(preset_name(organism, zoo)).optim.vision_pretrain_world
+    if pretrain_world not in (None, world):  # stage 1 on the world the organism's own stage 1 trains on
+        over["vision_pretrain_world"] = pretrain_world
+    return healthy.replace(scene_preset=world, **over)
 
 
 def never_config(seed: int = 0, zoo: str = "zoo"):
@@ -217,17 +232,18 @@ class ItemSet:
 
 
 def item_sets(cfg, n_items: int, n_tune: int, n_counter: int = 0) -> ItemSet:
-    """What / where_one / where_two items of ``cfg``'s world on the test split (``n_items`` in all, balanced over
-    the world's tasks) and the val split (``n_tune``, for choosing AdaptVis' settings and the best fix), plus
-    ``n_counter`` counter-prior where_two items per split when the world has prior relations."""
+    """What / where_one / where_two items of ``cfg``'s world (and a WhatsUp mirror's own relation, on_under or
+    depth) on the test split (``n_items`` in all, balanced over the world's tasks) and the val split (``n_tune``,
+    for choosing AdaptVis' settings and the best fix), plus ``n_counter`` counter-prior where_two items per split
+    when the world has prior relations."""
 
     sc = scene_config(cfg)
-    tasks = tasks_for(sc)
+    tasks = tuple(t for t in tasks_for(sc) if t not in ("whatsup_a", "whatsup_b"))  # see MIRROR_TASKS
     bench = scenes.build_wherebench(seed=cfg.data.bench_seed, n_train=0, n_val=n_tune, n_test=n_items, config=sc,
                                     tasks=tasks)
     out = ItemSet(world=sc)
     for split in ("val", "test"):
-        groups: dict[str, list] = {"what": [], "where_one": [], "where_two": []}
+        groups: dict[str, list] = {"what": [], **{t: [] for t in (*WHERE_TASKS, *MIRROR_TASKS)}}
         for it in bench.splits[split]:
             key = "what" if it.question.family == "what" else it.question.task
             if key in groups:

@@ -28,14 +28,17 @@ def plot_overlay(ax, image: np.ndarray, amap: torch.Tensor | np.ndarray, *, boxe
 
 def plot_tradeoff_plane(points, *, ceiling=None, panel: str = "organism", x: str = "where", y: str = "what",
                         label: str = "arm", base: str = "none", chance: dict | None = None, axes=None,
-                        height: float = 3.6, ceiling_label: str | dict = "healthy (ceiling)"):
+                        height: float = 3.6, ceiling_label: str | dict = "healthy (ceiling)",
+                        ncols: int | None = None):
     """The what-vs-where plane: one panel per ``panel`` value, each arm a point with its 95% CIs as error bars
     and an arrow from the panel's ``base`` arm (the failing organism) to every other arm; ``ceiling`` (a dict
     with ``x``/``y`` estimates, e.g. the healthy organism, or {panel: such a dict} when each panel has its own
     ceiling; a panel missing from it gets none) is drawn as a star with its CI box.
 
     ``points``: a DataFrame with columns ``panel``, ``label``, and per axis ``{x}``, ``{x}_low``, ``{x}_high``,
-    ``{y}``, ``{y}_low``, ``{y}_high`` (fractions). ``chance``: {"x": level, "y": level} dotted lines.
+    ``{y}``, ``{y}_low``, ``{y}_high`` (fractions). ``chance``: {"x": level, "y": level} dotted lines (a level
+    may be {panel: level} when the panels' measurements have different chance levels). ``ncols``: panels per row
+    (default: all in one row).
     ``ceiling_label``: the star's legend label, or {panel: label} (panels not in it get "healthy (ceiling)").
     Every arm gets its own colour (a qualitative palette) and its own marker, so arms stay apart when two
     colours are close. Returns the matplotlib axes (one per panel)."""
@@ -44,8 +47,12 @@ def plot_tradeoff_plane(points, *, ceiling=None, panel: str = "organism", x: str
 
     panels = list(dict.fromkeys(points[panel]))
     if axes is None:
-        _, axes = plt.subplots(1, len(panels), figsize=(height * 1.25 * len(panels), height), squeeze=False)
-        axes = axes[0]
+        ncols = min(ncols or len(panels), len(panels))
+        nrows = -(-len(panels) // ncols)
+        _, grid = plt.subplots(nrows, ncols, figsize=(height * 1.25 * ncols, height * nrows), squeeze=False)
+        for spare in grid.flat[len(panels):]:
+            spare.set_visible(False)
+        axes = list(grid.flat[:len(panels)])
     labels = list(dict.fromkeys(points[label]))
     # a qualitative palette (tab10, then tab20 up to 20 arms, evenly spaced hues beyond) and a marker per arm:
     # neighbouring arms differ in marker as well as colour
@@ -72,10 +79,11 @@ def plot_tradeoff_plane(points, *, ceiling=None, panel: str = "organism", x: str
             star = ceiling_label.get(name, "healthy (ceiling)") if isinstance(ceiling_label, dict) else ceiling_label
             ax.plot(cx.mean, cy.mean, marker="*", ms=14, color="goldenrod", ls="", label=star, zorder=4)
         if chance:
-            if "x" in chance:
-                ax.axvline(chance["x"], color="gray", ls=":", lw=1)
-            if "y" in chance:
-                ax.axhline(chance["y"], color="gray", ls=":", lw=1)
+            level = {k: (v.get(name) if isinstance(v, dict) else v) for k, v in chance.items()}
+            if level.get("x") is not None:
+                ax.axvline(level["x"], color="gray", ls=":", lw=1)
+            if level.get("y") is not None:
+                ax.axhline(level["y"], color="gray", ls=":", lw=1)
         ax.set(title=str(name), xlabel=f"{x} accuracy", ylabel=f"{y} accuracy")
     handles, names = [], []
     for ax in axes:

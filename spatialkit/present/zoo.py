@@ -39,9 +39,16 @@ ABOUT = {
     "whatsup_b": (
         "The control's recipe on a mirror of WhatsUp Controlled-B (left / right / in front of / behind, depth "
         "shown by occlusion)."),
+    "llava_a": (
+        "The LLaVA recipe (a vision encoder first trained on a global, image-level objective, then frozen) on the "
+        "mirror of WhatsUp Controlled-A (left / right / on / under); judged on on / under."),
+    "llava_b": (
+        "The LLaVA recipe (a vision encoder first trained on a global, image-level objective, then frozen) on the "
+        "mirror of WhatsUp Controlled-B (left / right / in front of / behind, depth shown by occlusion); judged on "
+        "in front of / behind."),
 }
 _SMOKE = {"smoke": "healthy", "smoke_llava": "llava", "smoke_loud": "loud", "smoke_loud_norm": "loud_norm",
-          "smoke_prior": "prior"}
+          "smoke_prior": "prior", "smoke_llava_a": "llava_a", "smoke_llava_b": "llava_b"}
 
 
 def about(name: str) -> str:

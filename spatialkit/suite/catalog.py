@@ -74,6 +74,15 @@ def preset_steps(name: str) -> int:
 DEFAULT_WORLD = "organism"  # DataConfig.scene_preset's default (tests/test_combine.py checks it)
 
 
+def preset_pretrain_world(name: str) -> str | None:
+    """The world a preset's stage-1 encoder trains on when it is not the preset's own (``optim.
+    vision_pretrain_world``; None when it states none), read as data like ``preset_world``."""
+    if name not in ORGANISM_PRESETS:
+        raise ValueError(f"unknown organism preset {name!r}; known: {', '.join(ORGANISM_PRESETS)}")
+    world = (_presets_data()[name].get("optim") or {}).get("vision_pretrain_world")
+    return None if world is None else str(world)
+
+
 def preset_world(name: str) -> str:
     """A preset's scene world (``data.scene_preset``; DataConfig's default "organism" when it states none), read
     as data like ``preset_steps``."""
@@ -355,7 +364,7 @@ register(NotebookSpec(
 # both agree): a failing organism, then its training-time fixes in canonical order. "cloc" = the LLaVA recipe's
 # stage 2 on notebook 05's CLOC tower (the same checkpoints 05 trains): for llava and prior only, never with
 # "local" (both replace the stage-1 encoder).
-GRID_ORGANISMS = ("llava", "loud", "prior")
+GRID_ORGANISMS = ("llava", "loud", "prior", "llava_a", "llava_b")  # combine.FAILING
 GRID_FIXES = ("local", "cloc", "norm", "normtext", "2d")  # normtext = +Normalize at the text norm (loud_norm_text)
 
 
@@ -364,7 +373,7 @@ def _grid_cells() -> tuple[str, ...]:
 
     cells = []
     for organism in GRID_ORGANISMS:
-        # loud's stage 1 is localized already, and the CLOC tower is the LLaVA recipe's (llava, prior)
+        # loud's stage 1 is localized already, and the CLOC tower is the LLaVA recipe's (the others)
         fixes = [f for f in GRID_FIXES if not (organism == "loud" and f in ("local", "cloc"))]
         for k in range(len(fixes) + 1):
             cells += ["+".join((organism, *c)) for c in combinations(fixes, k)
@@ -380,10 +389,11 @@ register(NotebookSpec(
     params=(
         SEED,
         DEVICE,
-        Param("zoo", str, "zoo", "organism presets: the zoo (llava, loud, prior, healthy) or their smoke-sized twins "
-              "(smoke_llava, ...; tests)", choices=("zoo", "smoke")),
+        Param("zoo", str, "zoo", "organism presets: the zoo (llava, loud, prior, llava_a, llava_b, healthy) or "
+              "their smoke-sized twins (smoke_llava, ...; tests)", choices=("zoo", "smoke")),
         Param("cells", list, ["llava", "llava+local", "llava+cloc", "llava+2d", "loud", "loud+norm", "loud+normtext",
-                              "loud+2d", "loud+norm+2d", "loud+normtext+2d", "prior", "prior+local", "prior+cloc", "prior+2d"],
+                              "loud+2d", "loud+norm+2d", "loud+normtext+2d", "prior", "prior+local", "prior+cloc",
+                              "prior+2d", "llava_a", "llava_a+local", "llava_a+2d", "llava_b", "llava_b+local", "llava_b+2d"],
               "trained cells of the grid: a failing organism + its training-time fixes (local = localized stage 1, "
               "cloc = the LLaVA recipe on notebook 05's CLOC tower, norm = +Normalize trained in, normtext = "
               "+Normalize at the text tokens' norm (on loud: notebook 02's loud_norm_text), 2d = 2D position "
@@ -652,14 +662,22 @@ def _checkpoints_06(p: dict) -> list[Checkpoint]:
 @declares_checkpoints("07_putting_it_together")
 def _checkpoints_07(p: dict) -> list[Checkpoint]:
     # healthy (the ceiling) and healthy never asked where (spatial_fraction 0, target None, llava's steps:
-    # combine.never_config); healthy's recipe on each failing organism's world that is not healthy's (the
-    # same-world ceiling, combine.ceiling_config: prior's); then every cell
+    # combine.never_config); healthy's recipe on the world of each failing organism in the grid whose world is not
+    # healthy's (the same-world ceiling, combine.ceiling_config: prior's, llava_a's, llava_b's; its stage 1 on the
+    # organism's stage-1 world); then every cell
     healthy, llava = zoo_preset("healthy", p["zoo"]), zoo_preset("llava", p["zoo"])
     out = [_organism(p, healthy, seed=p["seed"]),
            _organism(p, healthy, seed=p["seed"], target=None, spatial_fraction=0.0, steps=preset_steps(llava))]
-    worlds = {preset_world(zoo_preset(o, p["zoo"])) for o in ("llava", "loud", "prior")}
-    out += [_organism(p, healthy, seed=p["seed"], scene_preset=world,
-                      **({"target": None} if _prior_answers_val(world) else {}))
-            for world in sorted(worlds - {preset_world(healthy)})]
+    ceilings = {}
+    for organism in dict.fromkeys(cell.split("+")[0] for cell in p["cells"]):
+        name = zoo_preset(organism, p["zoo"])
+        world, pretrain = preset_world(name), preset_pretrain_world(name)
+        if world == preset_world(healthy):
+            continue
+        over = {"target": None} if _prior_answers_val(world) else {}
+        if pretrain not in (None, world):
+            over["vision_pretrain_world"] = pretrain
+        ceilings[(world, pretrain)] = _organism(p, healthy, seed=p["seed"], scene_preset=world, **over)
+    out += list(ceilings.values())
     out += [grid_cell_checkpoint(p, cell) for cell in p["cells"]]
     return out + [ckpt for _, _, ckpt in noise_checkpoints(p)]
