@@ -201,8 +201,9 @@ def test_plane_and_heatmap_draw():
     wide = pd.concat([pts[pts.organism == "llava"].assign(organism="a 0"), pts], ignore_index=True)
     axes = plot_tradeoff_plane(wide, chance={"x": {"llava": 0.25, "loud": 0.5}, "y": 0.3}, ncols=2)
     panels = [ax.get_title() for ax in axes]
-    assert panels == ["a 0", "llava", "loud"] and len(axes[0].figure.axes) == 4  # 2 x 2, the spare hidden
-    assert not axes[0].figure.axes[3].get_visible()
+    assert panels == ["a 0", "llava", "loud"] and len(axes[0].figure.axes) == 4  # 2 x 2
+    spare = axes[0].figure.axes[3]  # the grid cell without a panel holds the legend, no axis
+    assert not spare.axison and spare.get_legend() is not None and axes[-1].get_legend() is None
     dotted = {ax.get_title(): [(tuple(ln.get_xdata()), tuple(ln.get_ydata())) for ln in ax.lines
                                if ln.get_linestyle() == ":"] for ax in axes}
     assert ((0.25, 0.25), (0, 1)) in dotted["llava"] and ((0.5, 0.5), (0, 1)) in dotted["loud"]

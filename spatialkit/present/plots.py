@@ -46,12 +46,14 @@ def plot_tradeoff_plane(points, *, ceiling=None, panel: str = "organism", x: str
     import seaborn as sns  # plotting only when drawing
 
     panels = list(dict.fromkeys(points[panel]))
+    spares = []  # grid cells without a panel: the legend goes into the first one
     if axes is None:
         ncols = min(ncols or len(panels), len(panels))
         nrows = -(-len(panels) // ncols)
         _, grid = plt.subplots(nrows, ncols, figsize=(height * 1.25 * ncols, height * nrows), squeeze=False)
-        for spare in grid.flat[len(panels):]:
-            spare.set_visible(False)
+        spares = list(grid.flat[len(panels):])
+        for spare in spares:
+            spare.axis("off")
         axes = list(grid.flat[:len(panels)])
     labels = list(dict.fromkeys(points[label]))
     # a qualitative palette (tab10, then tab20 up to 20 arms, evenly spaced hues beyond) and a marker per arm:
@@ -91,7 +93,10 @@ def plot_tradeoff_plane(points, *, ceiling=None, panel: str = "organism", x: str
             if n not in names:
                 handles.append(h)
                 names.append(n)
-    axes[-1].legend(handles, names, fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    if spares:
+        spares[0].legend(handles, names, fontsize=7, loc="center")
+    else:
+        axes[-1].legend(handles, names, fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     return axes
 
 
