@@ -144,8 +144,9 @@ register(NotebookSpec(
         DEVICE,
         Param("image_size", int, 128, "rendered scene size in pixels", low=32, high=1024),
         Param("n_scenes", int, 200, "scenes for the statistics section", low=1, high=100_000),
-        Param("organisms", list, ["healthy", "llava", "loud", "prior"], "organism presets whose what and where "
-              "accuracy open the notebook (the first is the control), loaded from the checkpoint store or trained",
+        Param("organisms", list, ["healthy", "llava", "loud", "prior", "llava_a", "llava_b"], "organism presets "
+              "whose what and where accuracy open the notebook (the first is the control), loaded from the "
+              "checkpoint store or trained",
               item_kind=str, choices=ORGANISM_PRESETS, min_len=1, max_len=8),
         Param("n_items", int, 400, "held-out test items per organism (what and where questions)", low=20, high=100_000),
         Param("n_blind", int, 7000, "test items of the blind answerers' per-task chance check (a WhereBench of "
