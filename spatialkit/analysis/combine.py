@@ -293,8 +293,8 @@ def answer_row_scores_per_alpha(vlm, images, items, alphas: Sequence[float],
                                 batch_size: int = 256) -> tuple[dict[float, np.ndarray], np.ndarray]:
     """``answer_row_scores`` for several α at once: ({α: scores (N, K)}, confidence (N,)). Per batch the plain
     forward (the confidence, α = 1 and the longer options' plain score) runs once and each other α one scaled
-    forward -- the same numbers as one ``answer_row_scores`` call per α, which re-ran the plain forward every
-    time."""
+    LM pass on the same visual tokens (the images are encoded once) -- the same numbers as one
+    ``answer_row_scores`` call per α, which re-ran the whole plain forward every time."""
 
     alphas = tuple(dict.fromkeys(float(a) for a in alphas))
     if not alphas or not len(items) or len(images) != len(items):
@@ -308,7 +308,15 @@ def answer_row_scores_per_alpha(vlm, images, items, alphas: Sequence[float],
         imgs = images[start: start + batch_size]
         batch = vlm.prepare(imgs, [it.question.text for it in chunk])
         rows = torch.arange(len(chunk))
-        plain = vlm.logits(batch)[rows, batch.last_index()].float().log_softmax(-1).cpu()
+        # ScalingVis changes only the LM's attention: the vision encoder's tokens are the same for every α, so
+        # they are computed once per batch (vlm.logits(batch) would re-encode the images for each α)
+        visual = vlm.visual_tokens(batch).tokens
+
+        def answer_row():
+            logits = vlm.output_embeddings()(vlm.lm_hidden(batch, visual))
+            return logits[rows, batch.last_index()].float().log_softmax(-1).cpu()
+
+        plain = answer_row()
         cid = ids[start: start + batch_size]
         full = None
         if not single:
@@ -319,7 +327,7 @@ def answer_row_scores_per_alpha(vlm, images, items, alphas: Sequence[float],
                 last = plain
             else:
                 with scaling_vis(vlm, a):
-                    last = vlm.logits(batch)[rows, batch.last_index()].float().log_softmax(-1).cpu()
+                    last = answer_row()
             s = last.gather(1, cid.clamp(min=0))
             if full is not None:
                 s = full - plain.gather(1, cid.clamp(min=0)) + s
