@@ -59,6 +59,11 @@ def test_catalog_declares_exactly_the_organisms_the_notebook_loads(zoo):
     loaded = {str(c.to_dict()) for c in [combine.healthy_config(0, zoo), combine.never_config(0, zoo), *ceilings]
               + [combine.cell_config(c, "rope2d", 0, zoo) for c in catalog.GRID_CELLS if not combine.is_tower_cell(c)]}
     assert declared == loaded  # the tower ("cloc") cells: tests/test_tower_store.py
+    # a grid without the mirror organisms declares none of their ceilings (nothing trains for them)
+    small = catalog.get("07_putting_it_together").validate({"zoo": zoo, "cells": ["llava", "llava+2d"]})
+    worlds = {preset(spec["preset"], **spec["overrides"]).data.scene_preset
+              for kind, spec in catalog.checkpoints("07_putting_it_together", small) if kind == "organism"}
+    assert worlds == {combine.healthy_config(0, zoo).data.scene_preset}
 
 
 @pytest.mark.parametrize("zoo", ["zoo", "smoke"])
