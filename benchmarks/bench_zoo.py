@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 ITEMS_PER_TASK = 400
-ZOO = ("healthy", "llava", "loud", "loud_norm", "loud_norm_text", "prior", "whatsup_a", "whatsup_b", "llava_a", "llava_b")
+ZOO = ("healthy", "llava", "loud", "loud_norm", "loud_norm_text", "prior", "whatsup_a", "whatsup_b", "llava_a",
+       "llava_b")
 
 
 def times_file() -> Path:

@@ -265,3 +265,29 @@ def test_training_noise_measures_the_spread_between_seeds_of_one_recipe():
     assert t.loc[("A", "what"), "range"] == 0.0 and np.isnan(t.loc[("A", "what"), "width_ratio"])
     with pytest.raises(ValueError, match="at least 2"):
         combine.training_noise({("C", 0): {"what": np.ones(5)}}, ("what",), seed=0, n_boot=50)
+
+
+@pytest.mark.parametrize("zoo", ["zoo", "smoke"])
+def test_each_organism_is_judged_on_its_worlds_relation_and_bad_grids_are_refused(zoo):
+    judged = {o: combine.judged_metric(o, zoo) for o in combine.FAILING}
+    assert judged == {"llava": "where_two", "loud": "where_two", "prior": "counter", "llava_a": "on_under",
+                      "llava_b": "depth"}
+    assert set(combine.METRIC_WORDS) <= set(combine.METRICS)
+    assert combine.where_metrics("organism_whatsup_b") == ("where_one", "where_two", "depth")
+    assert combine.check_grid(["llava_b", "llava_b+2d", "llava", "llava+local"]) == ["llava", "llava_b"]
+    with pytest.raises(ValueError, match="plain cell of every failing organism.*'llava_a'"):
+        combine.check_grid(["llava", "llava+2d", "llava_a+2d"])
+    with pytest.raises(ValueError, match="at least one fix cell.*'prior'"):
+        combine.check_grid(["llava", "llava+2d", "prior"])
+    with pytest.raises(ValueError, match="organism must be one of"):
+        combine.check_grid(["whatsup_b", "whatsup_b+2d"])
+
+
+def test_plane_refuses_a_bad_ncols():
+    from spatialkit.present.plots import plot_tradeoff_plane
+
+    pts = pd.DataFrame([{"organism": "llava", "arm": "none", "where": 0.4, "where_low": 0.3, "where_high": 0.5,
+                         "what": 0.9, "what_low": 0.85, "what_high": 0.95}])
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="ncols must be a positive int"):
+            plot_tradeoff_plane(pts, ncols=bad)

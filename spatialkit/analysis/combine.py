@@ -178,6 +178,38 @@ def where_metrics(world: str) -> tuple[str, ...]:
     return WHERE_TASKS + tuple(t for t in MIRROR_TASKS if t in tasks)
 
 
+#: how the book names each judged metric to a reader
+METRIC_WORDS = {"counter": "counter-prior where_two", "on_under": "on/under", "depth": "front/behind"}
+
+
+def judged_metric(organism: str, zoo: str = "zoo") -> str:
+    """The where-measurement a failing organism is judged on, from its world: counter-prior where_two where the
+    relations follow the kinds (the as-drawn items are mostly answered by the prior), a WhatsUp mirror's own
+    relation (on_under, depth), else two-object relations (where_two)."""
+    world = world_of(organism, zoo)
+    if prior_answers_val(world):
+        return "counter"
+    mirror = [t for t in where_metrics(world) if t in MIRROR_TASKS]
+    return mirror[0] if mirror else "where_two"
+
+
+def check_grid(cells: Sequence[str]) -> list[str]:
+    """The failing organisms of a grid (in ``FAILING`` order), after checking ``cells``: every cell parses, and
+    every organism in it has its plain cell and at least one fix cell (AdaptVis alone can be tuned to plain
+    attention, leaving no fix to rank). A one-line ValueError naming the parameter otherwise."""
+    parsed = [parse_cell(c) for c in cells]
+    organisms = [o for o in FAILING if any(p[0] == o for p in parsed)]
+    missing = [o for o in organisms if (o, ()) not in parsed]
+    if missing:
+        raise ValueError(f"parameter 'cells' must hold the plain cell of every failing organism it fixes; missing: "
+                         f"{missing}")
+    unfixed = [o for o in organisms if not any(p[0] == o and p[1] for p in parsed)]
+    if unfixed:
+        raise ValueError(f"parameter 'cells' must hold at least one fix cell beside the plain cell of every organism "
+                         f"in it (e.g. '{unfixed[0]}+2d'); only a plain cell: {unfixed}")
+    return organisms
+
+
 def ceiling_cell(organism: str, zoo: str = "zoo") -> str:
     """The control whose accuracy is ``organism``'s ceiling: healthy when the organism lives in healthy's world,
     else ``healthy_<organism>``, healthy's recipe on the organism's own world (``ceiling_config``)."""

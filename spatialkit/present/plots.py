@@ -45,6 +45,8 @@ def plot_tradeoff_plane(points, *, ceiling=None, panel: str = "organism", x: str
     import matplotlib.pyplot as plt  # plotting only when drawing
     import seaborn as sns  # plotting only when drawing
 
+    if ncols is not None and (not isinstance(ncols, int) or ncols < 1):
+        raise ValueError(f"ncols must be a positive int (panels per row), got {ncols!r}")
     panels = list(dict.fromkeys(points[panel]))
     spares = []  # grid cells without a panel: the legend goes into the first one
     if axes is None:
