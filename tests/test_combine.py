@@ -105,6 +105,29 @@ def test_the_ceiling_is_healthys_recipe_on_the_organisms_own_world(zoo):
         combine.ceiling_cell("healthy")
 
 
+@pytest.mark.parametrize("zoo", ["zoo", "smoke"])
+def test_same_recipe_tells_the_ceilings_own_recipe_from_a_fix_of_another_kind(zoo):
+    """07's gap claim is not testable when the best single fix is the ceiling's recipe on a shorter schedule."""
+    for organism in combine.FAILING:
+        ceiling = combine.ceiling_config(organism, 0, zoo)
+        local = combine.cell_config(f"{organism}+local", zoo=zoo) if organism != "loud" else None
+        if local is not None:  # the localized stage 1 differs from its ceiling in the schedule alone
+            assert combine.same_recipe(local, ceiling)
+            assert set(combine.recipe_differences(local, ceiling)) <= set(combine.SCHEDULE_FIELDS)
+        for cell in (organism, f"{organism}+2d"):
+            other = combine.cell_config(cell, zoo=zoo)
+            assert not combine.same_recipe(other, ceiling)
+            assert set(combine.recipe_differences(other, ceiling)) - set(combine.SCHEDULE_FIELDS)
+    healthy = combine.healthy_config(0, zoo)
+    assert combine.recipe_differences(healthy, healthy) == {}
+    # the schedule's fields only: another length or early stop is the same recipe, another seed is not
+    assert combine.same_recipe(healthy.replace(steps=123, target=None, n_val=50), healthy)
+    assert combine.recipe_differences(healthy.replace(steps=123), healthy) == {
+        "optim.steps": (123, healthy.optim.steps)}
+    assert not combine.same_recipe(healthy.replace(seed=1), healthy)
+    assert not combine.same_recipe(combine.never_config(0, zoo), healthy)  # never asked where
+
+
 @pytest.fixture(scope="module")
 def smoke_vlm():
     cfg = preset("smoke", steps=3, eval_every=3, vision_pretrain_steps=2, scene_preset="organism_easy")

@@ -234,6 +234,32 @@ def ceiling_config(organism: str, seed: int = 0, zoo: str = "zoo"):
     return healthy.replace(scene_preset=world, **over)
 
 
+# the fields that set how long an organism trains and what its early stop reads, not what it learns or from what
+SCHEDULE_FIELDS = ("optim.steps", "optim.target", "optim.eval_every", "optim.warmup_frac", "optim.lr_schedule",
+                   "data.n_val", "data.n_test")
+
+
+def recipe_differences(cfg, other) -> dict[str, tuple]:
+    """The fields ("section.field") in which two organism configs differ: {field: (cfg's value, other's)}."""
+
+    def flat(d: Mapping, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, Mapping) else {f"{prefix}{k}": v})
+        return out
+
+    a, b = flat(cfg.to_dict()), flat(other.to_dict())
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def same_recipe(cfg, other) -> bool:
+    """Whether two organism configs differ at most in their schedule (``SCHEDULE_FIELDS``): the same model, world,
+    objectives and seed, trained for another number of steps or stopped by another rule. Why: a fix cell that is
+    its ceiling's own recipe on a shorter schedule (``llava+local`` and healthy) is not a fix of another kind, so
+    its gap to the ceiling measures the schedule, not a limit of the fix."""
+    return set(recipe_differences(cfg, other)) <= set(SCHEDULE_FIELDS)
+
+
 def never_config(seed: int = 0, zoo: str = "zoo"):
     """The healthy recipe never asked a where-question (``spatial_fraction`` 0, ``target`` None: no early stop):
     an organism that never learned a relation, for AdaptVis to steer. It trains the failing organisms' budget
