@@ -161,6 +161,15 @@ def test_failed_control_names_its_reason_and_passing_controls_do_not_interfere()
     assert not fires(1.0).ok and not fires(NAN).ok and not above_chance((NAN, NAN, NAN), 0.25).ok
 
 
+def test_headroom_reads_the_point_estimate_and_its_reason_says_so():
+    # 02's healthy where: 96.25 % with a CI straddling the 96 % bound fails on its point estimate
+    c = headroom(est(0.9625, 0.931, 0.988), 0.0, 0.96, "healthy where-accuracy")
+    assert not c.ok
+    assert c.reason == "healthy where-accuracy 96.2% [93.1, 98.8]: its point estimate 96.2% is outside [0%, 96%]"
+    assert headroom(est(0.95, 0.93, 0.97), 0.0, 0.96).ok  # the CI may cross the bound: the point estimate decides
+    assert not headroom(None, 0.0, 0.96).ok
+
+
 def test_notes_explain_but_never_change_a_verdict():
     rule = Rule(">", 0.0, note={"contradicted": "it hurts"})
     assert verdict(est(-0.1, -0.2, -0.05), rule) == "contradicted (it hurts)"

@@ -324,7 +324,10 @@ def headroom(accuracy: Any, low: float, high: float, what: str = "baseline") -> 
     """An intervention can only show a gain where the baseline leaves room (point estimate in [low, high])."""
     e = _as_estimate(accuracy)
     ok = e is not None and not _is_nan(e) and low <= e.mean <= high
-    return Control("headroom", ok, f"{what} {format_estimate(e, '%')} is outside [{low:.0%}, {high:.0%}]")
+    # the rule reads the point estimate, so the reason names it (its CI may straddle the bound)
+    return Control("headroom", ok, f"{what} {format_estimate(e, '%')}: its point estimate {e.mean:.1%} is outside "
+                                   f"[{low:.0%}, {high:.0%}]" if e is not None else f"{what}: no estimate")
+
 
 
 def enough(count: int, minimum: int, what: str) -> Control:
