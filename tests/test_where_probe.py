@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from spatialkit import world as S
-from spatialkit.analysis.where_probe import patch_labels, probe_where
+from spatialkit.analysis.where_probe import overlap_depth, patch_labels, probe_where
 
 CFG = S.PRESETS["organism_easy"]  # 48 px, two objects, 5 kinds
 KINDS = list(CFG.kinds)
@@ -52,6 +52,35 @@ def test_probe_checks_its_inputs(scenes):
         probe_where(feats[:5], scenes, KINDS, train=[0], test=[1])
     with pytest.raises(ValueError):
         probe_where(feats, scenes, KINDS, train=[0, 1], test=[1, 2])
+
+
+def test_overlap_depth_reads_front_behind_from_what_the_shared_patches_show():
+    cfg = S.PRESETS["organism_whatsup_b"]  # half its scenes: one object hides part of the other
+    kinds = list(cfg.kinds)
+    scenes = [S.render_scene(seed, cfg) for seed in range(200)]
+    index = list(range(len(scenes)))
+    # the true visible label of every pixel (a 48 x 48 grid): the occluder is what the overlap shows
+    fine = patch_labels(scenes, kinds, 48)
+    right = overlap_depth(fine, scenes, kinds, index)
+    assert len(right) > 50 and right.mean() > 0.95
+    # the same labels as one-hot probabilities give the same reading
+    assert np.array_equal(overlap_depth(np.eye(1 + len(kinds))[fine], scenes, kinds, index), right)
+    # coarse patches blur the overlap: the 6 x 6 grid of the organisms carries less
+    coarse = overlap_depth(patch_labels(scenes, kinds, 6), scenes, kinds, index)
+    assert 0.5 < coarse.mean() < right.mean()
+    # a map that shows nothing tells nothing: every pair is a tie, scored as a coin's expected 0.5
+    flat = np.full((len(scenes), 36, 1 + len(kinds)), 1.0 / (1 + len(kinds)))
+    assert set(overlap_depth(flat, scenes, kinds, index).tolist()) == {0.5}
+    # a map that shows the farther object in the overlap calls every pair wrong
+    far_shown = fine.copy()
+    for row, scene in enumerate(scenes):
+        a, b = scene.objects
+        if a.kind != b.kind and S.relation_depth(scene, 0, 1) is not None:
+            near, far = (a, b) if a.depth < b.depth else (b, a)
+            far_shown[row][fine[row] == 1 + kinds.index(near.kind)] = 1 + kinds.index(far.kind)
+    assert overlap_depth(far_shown, scenes, kinds, index).max() <= 0.5
+    with pytest.raises(ValueError, match="len\\(index\\)"):
+        overlap_depth(fine[:3], scenes, kinds, index)
 
 
 def test_a_clip_tower_under_the_organism_trains_and_loads(tmp_path, monkeypatch):

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from spatialkit.models.vlm import VLM
-from spatialkit.world import relation_2d
+from spatialkit.world import relation_2d, relation_depth
 
 RELATIONS = ("left of", "right of", "above", "below")
 
@@ -268,3 +268,59 @@ def probe_where(features: torch.Tensor | np.ndarray, scenes: Sequence, kinds: Se
     return {"patch_correct": patch_correct, "patch_majority": patch_majority, "point_hit": np.array(hits),
             "point_chance": np.array(chance), "relation_correct": np.array(relations),
             "train_patch_accuracy": train_acc, "probs": probs, "grid": grid}
+
+
+def overlap_depth(maps: torch.Tensor | np.ndarray, scenes: Sequence, kinds: Sequence[str],
+                  index: Sequence[int]) -> np.ndarray:
+    """Front/behind read off a patch map, per pair: 1 right, 0 wrong, 0.5 a tie (a coin's expected score).
+
+    ``maps`` holds one row per scene of ``index`` (``scenes[index[r]]`` is row r): either class probabilities
+    (n, P, 1 + n_kinds), such as :func:`probe_where`'s ``probs``, or class labels (n, P), such as
+    :func:`patch_labels` (the true majority-visible label of each patch: what the patch grid itself can carry).
+    Each pair of objects of distinct kinds whose front/behind the world states (``relation_depth``) and whose
+    boxes share at least one patch centre is read on those shared patches: the object whose kind has more
+    probability (or more patches) there is called the nearer one, since an occluder is what such a patch
+    shows. Pairs without a shared patch centre are left out.
+
+    Why: when a frozen encoder's patches are coarse next to the objects, the overlap of an occluding pair
+    covers a patch or two, and whatever reads front/behind downstream (a probe, an LM) can only use what those
+    patches show. Reading the true labels the same way gives the grid's own limit.
+    """
+    maps = torch.as_tensor(np.asarray(maps) if not isinstance(maps, torch.Tensor) else maps)
+    index = list(index)
+    if maps.shape[0] != len(index) or maps.dim() not in (2, 3):
+        raise ValueError(f"maps must be (len(index)={len(index)}, P[, C]), got {tuple(maps.shape)}")
+    kinds = list(kinds)
+    grid = int(round(maps.shape[1] ** 0.5))
+    if grid * grid != maps.shape[1]:
+        raise ValueError(f"{maps.shape[1]} patches are not a square grid")
+    size = np.asarray(scenes[index[0]].instance).shape[0]
+    centres = (np.arange(grid) + 0.5) * size / grid
+    cy, cx = np.meshgrid(centres, centres, indexing="ij")
+    cx, cy = cx.reshape(-1), cy.reshape(-1)
+
+    def inside(o):
+        x0, y0, x1, y1 = o.box
+        return (cx >= x0) & (cx < x1) & (cy >= y0) & (cy < y1)
+
+    out = []
+    for row, s in enumerate(index):
+        scene = scenes[s]
+        for i in range(len(scene.objects)):
+            for j in range(i + 1, len(scene.objects)):
+                a, b = scene.objects[i], scene.objects[j]
+                gold = relation_depth(scene, i, j)
+                shared = inside(a) & inside(b)
+                if a.kind == b.kind or gold is None or not shared.any():
+                    continue
+                ka, kb = 1 + kinds.index(a.kind), 1 + kinds.index(b.kind)
+                m = maps[row].double().numpy()
+                if maps.dim() == 3:
+                    mass_a, mass_b = m[shared, ka].sum(), m[shared, kb].sum()
+                else:
+                    mass_a, mass_b = (m[shared] == ka).sum(), (m[shared] == kb).sum()
+                if mass_a == mass_b:
+                    out.append(0.5)
+                else:
+                    out.append(float((mass_a > mass_b) == (gold == "in front of")))
+    return np.array(out, dtype=float)
