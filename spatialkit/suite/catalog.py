@@ -148,7 +148,7 @@ register(NotebookSpec(
               "whose what and where accuracy open the notebook (the first is the control), loaded from the "
               "checkpoint store or trained",
               item_kind=str, choices=ORGANISM_PRESETS, min_len=1, max_len=8),
-        Param("n_items", int, 400, "held-out test items per organism (what and where questions)", low=20, high=100_000),
+        Param("n_items", int, 400, "held-out test items per task of each organism's world (what and where)", low=20, high=100_000),
         Param("n_blind", int, 7000, "test items of the blind answerers' per-task chance check (a WhereBench of "
               "its own; about n_blind / 7 per task)",
               low=20, high=100_000),
