@@ -305,7 +305,7 @@ def overlap_depth(maps: torch.Tensor | np.ndarray, scenes: Sequence, kinds: Sequ
 
     out = []
     for row, s in enumerate(index):
-        scene = scenes[s]
+        scene, m = scenes[s], maps[row].double().numpy()
         for i in range(len(scene.objects)):
             for j in range(i + 1, len(scene.objects)):
                 a, b = scene.objects[i], scene.objects[j]
@@ -314,7 +314,6 @@ def overlap_depth(maps: torch.Tensor | np.ndarray, scenes: Sequence, kinds: Sequ
                 if a.kind == b.kind or gold is None or not shared.any():
                     continue
                 ka, kb = 1 + kinds.index(a.kind), 1 + kinds.index(b.kind)
-                m = maps[row].double().numpy()
                 if maps.dim() == 3:
                     mass_a, mass_b = m[shared, ka].sum(), m[shared, kb].sum()
                 else:

@@ -329,7 +329,6 @@ def headroom(accuracy: Any, low: float, high: float, what: str = "baseline") -> 
                                    f"[{low:.0%}, {high:.0%}]" if e is not None else f"{what}: no estimate")
 
 
-
 def enough(count: int, minimum: int, what: str) -> Control:
     """At least ``minimum`` cases of ``what`` (e.g. wrong answers) to estimate a difference."""
     return Control("enough cases", int(count) >= minimum, f"only {int(count)} {what} (needs >= {minimum})")
