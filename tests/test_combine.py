@@ -126,6 +126,13 @@ def test_same_recipe_tells_the_ceilings_own_recipe_from_a_fix_of_another_kind(zo
         "optim.steps": (123, healthy.optim.steps)}
     assert not combine.same_recipe(healthy.replace(seed=1), healthy)
     assert not combine.same_recipe(combine.never_config(0, zoo), healthy)  # never asked where
+    # the arms 07 leaves out of "a fix of another kind": llava+local only (not the plain cell, its 2D fix, or
+    # another organism's cells); the controls in the configs are skipped, not parsed
+    configs = {c: combine.cell_config(c, zoo=zoo) for c in ("llava", "llava+local", "llava+2d", "prior+local")}
+    configs[combine.HEALTHY], configs[combine.NEVER] = healthy, combine.never_config(0, zoo)
+    assert combine.ceiling_recipe_arms(configs, "llava", zoo) == {("llava+local", "plain")}
+    del configs["llava+local"]
+    assert combine.ceiling_recipe_arms(configs, "llava", zoo) == set()
 
 
 @pytest.fixture(scope="module")

@@ -81,6 +81,12 @@ def test_overlap_depth_reads_front_behind_from_what_the_shared_patches_show():
     assert overlap_depth(far_shown, scenes, kinds, index).max() <= 0.5
     with pytest.raises(ValueError, match="len\\(index\\)"):
         overlap_depth(fine[:3], scenes, kinds, index)
+    with pytest.raises(ValueError, match="classes per patch"):
+        overlap_depth(flat[..., :3], scenes, kinds, index)
+    with pytest.raises(ValueError, match="scene indices"):
+        overlap_depth(fine[:1], scenes, kinds, [len(scenes)])
+    with pytest.raises(ValueError, match="at least one"):
+        overlap_depth(fine[:0], scenes, kinds, [])
 
 
 def test_a_clip_tower_under_the_organism_trains_and_loads(tmp_path, monkeypatch):

@@ -260,6 +260,15 @@ def same_recipe(cfg, other) -> bool:
     return set(recipe_differences(cfg, other)) <= set(SCHEDULE_FIELDS)
 
 
+def ceiling_recipe_arms(configs: Mapping[str, object], organism: str, zoo: str = "zoo") -> set[tuple[str, str]]:
+    """The plain (cell, "plain") arms of ``organism`` that are its ceiling's own recipe (``same_recipe``; tower
+    cells never are: they swap the encoder). ``configs``: each trained cell's OrganismConfig, the ceiling's
+    (``ceiling_cell``) among them. Notebook 07 leaves these arms out of "a fix of another kind"."""
+    ceiling = configs[ceiling_cell(organism, zoo)]
+    return {(cell, "plain") for cell, cfg in configs.items()
+            if cell.split("+")[0] == organism and not is_tower_cell(cell) and same_recipe(cfg, ceiling)}
+
+
 def never_config(seed: int = 0, zoo: str = "zoo"):
     """The healthy recipe never asked a where-question (``spatial_fraction`` 0, ``target`` None: no early stop):
     an organism that never learned a relation, for AdaptVis to steer. It trains the failing organisms' budget

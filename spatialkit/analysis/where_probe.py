@@ -287,10 +287,16 @@ def overlap_depth(maps: torch.Tensor | np.ndarray, scenes: Sequence, kinds: Sequ
     patches show. Reading the true labels the same way gives the grid's own limit.
     """
     maps = torch.as_tensor(np.asarray(maps) if not isinstance(maps, torch.Tensor) else maps)
-    index = list(index)
-    if maps.shape[0] != len(index) or maps.dim() not in (2, 3):
+    index, kinds = list(index), list(kinds)
+    if not index:
+        raise ValueError("index must hold at least one scene index")
+    if maps.dim() not in (2, 3) or maps.shape[0] != len(index):
         raise ValueError(f"maps must be (len(index)={len(index)}, P[, C]), got {tuple(maps.shape)}")
-    kinds = list(kinds)
+    if maps.dim() == 3 and maps.shape[2] != 1 + len(kinds):
+        raise ValueError(f"maps holds {maps.shape[2]} classes per patch; background + {len(kinds)} kinds are "
+                         f"{1 + len(kinds)}")
+    if not all(0 <= int(i) < len(scenes) for i in index):
+        raise ValueError(f"index must hold scene indices in [0, {len(scenes)})")
     grid = int(round(maps.shape[1] ** 0.5))
     if grid * grid != maps.shape[1]:
         raise ValueError(f"{maps.shape[1]} patches are not a square grid")
