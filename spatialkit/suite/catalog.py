@@ -275,7 +275,8 @@ register(NotebookSpec(
               "dose-response)", choices=ORGANISM_PRESETS),
         Param("loud_norm_arms", list, ["loud_norm", "loud_norm_text"], "the loud organism retrained with +Normalize "
               "(the trained-in arms)", item_kind=str, choices=ORGANISM_PRESETS, min_len=1, max_len=4),
-        Param("n_items", int, 400, "WhereBench test items per evaluation (what and where questions)", low=20, high=100_000),
+        Param("n_items", int, 400, "WhereBench test items per task of each organism's world (what and where "
+              "questions)", low=5, high=100_000),
         Param("fractions", list, [0.0, 0.25, 0.5, 0.75, 1.0], "shuffled fractions of the visual tokens (PSI curve)",
               item_kind=float, low=0.0, high=1.0, min_len=2, max_len=21),
         Param("shuffle_seeds", int, 2, "random permutations averaged per shuffled evaluation", low=1, high=50),
