@@ -78,13 +78,13 @@ def score_options(vlm: VLM, images, prompts: Sequence[str], options: Sequence[Se
     positions = torch.arange(ids.shape[1])
     only = (positions >= (ends.cpu() - span)[:, None]) & (positions < ends.cpu()[:, None])
     hidden = vlm.model.hidden(None, ids, kind, visual=visual_rows, only=only.to(vlm.device))
-    logp = vlm.model.lm_head(hidden).float().log_softmax(-1)  # (read positions in row order, V)
+    logp = vlm.model.lm_head(hidden).float().log_softmax(-1).cpu()  # (read positions in row order, V)
     first = torch.cumsum(span, 0) - span  # each row's first read position in ``logp``
     scores = torch.full((len(prompts), max(len(o) for o in options)), float("-inf"))
-    for b, opts in enumerate(words):
-        for k, option_ids in enumerate(opts):
-            if len(option_ids) == 1:
-                scores[b, k] = logp[first[b], option_ids[0]]
+    one_word = [(b, k, ids[0]) for b, opts in enumerate(words) for k, ids in enumerate(opts) if len(ids) == 1]
+    if one_word:  # item b's row is row b: its first read position is first[b]
+        item, option, word = (torch.tensor(column) for column in zip(*one_word))
+        scores[item, option] = logp[first[item], word]
     for row, b, k, option_ids in reads:
         at = first[row] + torch.arange(len(option_ids))
         scores[b, k] = logp[at, torch.tensor(option_ids)].sum()
