@@ -230,6 +230,8 @@ register(NotebookSpec(
         Param("swap_steps", int, 0, "stage-2 steps of the organism on the CLIP / CLOC tower (0 = the preset's own "
               "schedule, the zoo organisms' budget; fewer is cheaper but leaves both VLMs undertrained)",
               low=0, high=10_000_000),
+        Param("n_items", int, 400, "test items per task of the organisms' world on which the LLaVA recipe on each "
+              "tower and the two own-stage-1 organisms are scored (what and where)", low=5, high=100_000),
         N_BOOT,
         THREADS,
     ),
