@@ -310,8 +310,9 @@ register(NotebookSpec(
         failing_param(["llava", "prior", "whatsup_a", "whatsup_b", "llava_a", "llava_b"]),
         Param("organism_seeds", list, [0], "training seeds of the organisms evaluated (each its own checkpoint); "
               "CIs pool items over seeds", item_kind=int, low=0, high=2**31 - 1, min_len=1, max_len=10),
-        Param("n_items", int, 400, "held-out questions per organism, on the relations it fails at (WhereBench "
-              "test-split scenes exported as a WhatsUp-style set)", low=20, high=100_000),
+        Param("n_items", int, 2000, "held-out questions per organism, on the relations it fails at (WhereBench "
+              "test-split scenes exported as a WhatsUp-style set); enough for >= 100 wrong answers on the "
+              "controls too (about 6-7 % wrong)", low=20, high=100_000),
         Param("alphas", list, [0.5, 0.8, 1.2, 1.5, 2.0], "ScalingVis grid: α on the last row's image logits "
               "(1 = baseline)", item_kind=float, low=0.0, high=100.0, min_len=1, max_len=30),
         Param("alpha1s", list, [0.5, 0.8], "AdaptVis α1 grid (used when the confidence is below β)",
