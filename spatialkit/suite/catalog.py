@@ -356,6 +356,8 @@ register(NotebookSpec(
         Param("table_dim", int, 64, "width of the fixed sinusoidal grid table (a multiple of 4)",
               choices=(16, 32, 64, 128, 256, 512)),
         Param("n_what", int, 400, "WhereBench test 'what' items for the forget-free check", low=10, high=100_000),
+        Param("n_items", int, 400, "test items per task of each frozen organism's world for its accuracy table "
+              "(what and where)", low=5, high=100_000),
         HF_IMAGE_SIZE,
         Param("hf_batch_size", int, 8, "an HF model's examples per PIN step and per decoding / scoring batch "
               "(checked against the device's free memory)", low=1, high=4096),
