@@ -3,11 +3,11 @@
     SPATIALKIT_CACHE=<store> .venv/bin/python benchmarks/bench_answer_row.py [--presets llava llava_b]
         [--per-task 400] [--repeats 3]
 
-``spatialkit.models.evaluate.evaluate`` scores a K-option question with K LM rows (``OrganismVLM.score_options``);
-``spatialkit.models.answer_row.evaluate`` reads every one-word option at the item's ``<ans>`` row, with the LM's
-last block at the read rows only (tests/test_answer_row.py pins the scores to the first within 1e-5). The
-notebooks' evaluations (00, 02's permutation tests, 03's gaze vs correctness, 05, 06) run the second, the
-trainer's validation the first. This prints, from one run and per organism, the CPU time (process time, one torch
+``spatialkit.models.evaluate.evaluate`` scores a K-option question with K LM rows
+(``OrganismVLM.score_options``); ``spatialkit.models.organism.answer_row.evaluate`` reads every one-word option at
+the item's ``<ans>`` row, with the LM's last block at the read rows only (tests/test_answer_row.py pins the scores
+to the first within 1e-5). The notebooks' evaluations (00, 02's permutation tests, 03's gaze vs correctness, 05,
+06) run the second, the trainer's validation the first. This prints, from one run and per organism, the CPU time (process time, one torch
 thread) of each on the organism's test items (``--per-task`` per task, notebook 00's and 02's split), interleaved
 over ``--repeats`` rounds, the ratio of their medians, and how many predicted answers differ. Organisms come
 from the store (trained when missing: ``load_or_train``); scenes are rendered before timing.
@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 
 def main() -> None:
-    from spatialkit.models import answer_row
+    from spatialkit.models.organism import answer_row
     from spatialkit.models import evaluate as plain
     from spatialkit.models.organism import load_or_train, scene_config, tasks_for, wherebench
 

@@ -1,4 +1,4 @@
-"""Answer-row scoring (spatialkit.models.answer_row) gives score_options' scores from one LM row per item."""
+"""Answer-row scoring (spatialkit.models.organism.answer_row) gives score_options' scores from one LM row per item."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ import torch
 from spatialkit.analysis.interventions.adaptvis import scaling_vis
 from spatialkit.analysis.interventions.shuffle import blank_visual_tokens, shuffle_visual_tokens
 from spatialkit.common.fingerprint import closure
-from spatialkit.models import answer_row
+from spatialkit.models.organism import answer_row
 from spatialkit.models import evaluate as plain
 from spatialkit.models.organism import preset, wherebench
 from spatialkit.models.organism.adapter import OrganismVLM
@@ -98,4 +98,4 @@ def test_bad_input_is_refused_with_a_clear_error():
 
 
 def test_the_trainer_does_not_import_it_so_no_checkpoint_key_depends_on_it():
-    assert "spatialkit.models.answer_row" not in closure("spatialkit.models.organism.store")
+    assert "spatialkit.models.organism.answer_row" not in closure("spatialkit.models.organism.store")

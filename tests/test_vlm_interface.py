@@ -21,7 +21,9 @@ import spatialkit
 from spatialkit.models.vlm import TokenKind
 
 ROOT = Path(spatialkit.__file__).parent
-ALLOWED = ("models/hf/", "models/organism/adapter.py", "testing/")
+# the adapters; answer_row.py is the organism adapter's scoring that the trainer must not import (the checkpoint
+# keys hold the trainer's code), so it cannot live in adapter.py
+ALLOWED = ("models/hf/", "models/organism/adapter.py", "models/organism/answer_row.py", "testing/")
 FAMILIES = {"organism", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava"}
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 from spatialkit.common.stats import bootstrap_gap, percentile_interval, resample
-from spatialkit.models import answer_row
+from spatialkit.models.organism import answer_row
 from spatialkit.models.vlm import VLM, AttnCall, Batch, TokenKind
 from tqdm.auto import tqdm
 import inspect
@@ -277,8 +277,8 @@ def gaze_vs_correctness(vlm: VLM, bench, split: str = "test", *, limit: int | No
         images = [s.image for s in chunk_scenes]
         prompts = [it.question.text for _, it in chunk]
         kwargs = {"system_prompt": system_prompt} if system_prompt else {}
-        scores = answer_row.score_options(vlm, np.stack(images), prompts, [list(it.question.options) for _, it in chunk],
-                                          **kwargs)
+        options = [list(it.question.options) for _, it in chunk]
+        scores = answer_row.score_options(vlm, np.stack(images), prompts, options, **kwargs)
         correct = (scores.argmax(-1).cpu() == torch.tensor([it.question.answer for _, it in chunk])).tolist()
         maps = image_maps(measure(vlm, vlm.prepare(images, prompts, system_prompt=system_prompt)))
         for (k, it), scene, amap, ok in zip(chunk, chunk_scenes, maps, correct):

@@ -28,7 +28,7 @@ import torch
 
 from spatialkit.common.params import check_number
 from spatialkit.models.vlm import VLM, VisualTokens
-from spatialkit.models.answer_row import evaluate
+from spatialkit.models.organism.answer_row import evaluate
 import pandas as pd
 from tqdm.auto import tqdm
 from spatialkit.common.stats import bootstrap_ci, bootstrap_diff_ci, psi_ci
@@ -226,8 +226,8 @@ def blank_visual_tokens(vlm: VLM) -> Iterator[None]:
 
 # -- the permutation test on a benchmark ---------------------------------------------------------------
 def _evaluate(vlm: VLM, bench, split: str, *, batch_size: int, limit: int | None):
-    """``spatialkit.models.answer_row.evaluate``: ``spatialkit.models.evaluate.evaluate``'s rows, an organism's
-    options scored at the answer row (every ``score_options`` takes items with differing option counts)."""
+    """``spatialkit.models.organism.answer_row.evaluate``: ``spatialkit.models.evaluate.evaluate``'s rows, an
+    organism's options scored at the answer row (every ``score_options`` takes items with differing option counts)."""
 
     return evaluate(vlm, bench, split, batch_size=batch_size, limit=limit)
 

@@ -6,6 +6,8 @@
 - ``train``    the seeded two-stage trainer
 - ``store``    ``load_or_train``: the checkpoint store keyed by config and code fingerprint
 - ``adapter``  ``OrganismVLM``: the organism behind the one ``VLM`` interface
+- ``answer_row`` its WhereBench scoring with one LM row per item instead of one per option (the notebooks';
+                the trainer's validation keeps ``spatialkit.models.evaluate``, and nothing here imports it)
 
     vlm = load_or_train(preset("quick"))
     df = evaluate(vlm, wherebench(vlm.config), "test")
