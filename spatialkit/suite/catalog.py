@@ -370,8 +370,8 @@ register(NotebookSpec(
 # --- 07 -----------------------------------------------------------------------------------------
 # The grid's cells as plain data (spatialkit.analysis.combine holds their meaning; tests/test_combine.py checks that
 # both agree): a failing organism, then its training-time fixes in canonical order. "cloc" = the LLaVA recipe's
-# stage 2 on notebook 05's CLOC tower (the same checkpoints 05 trains): for llava and prior only, never with
-# "local" (both replace the stage-1 encoder).
+# stage 2 on notebook 05's CLOC tower (the same checkpoints 05 trains): for every organism of the LLaVA recipe
+# (all but loud, whose stage 1 is localized already), never with "local" (both replace the stage-1 encoder).
 GRID_ORGANISMS = ("llava", "loud", "prior", "llava_a", "llava_b")  # combine.FAILING
 GRID_FIXES = ("local", "cloc", "norm", "normtext", "2d")  # normtext = +Normalize at the text norm (loud_norm_text)
 
