@@ -141,8 +141,8 @@ def reference_table(image_size: int = 224) -> None:
           f"hf.estimate_memory on the published configs):")
     print(f"{'model':<24} {'nb':<3} {'step':<24} {'batch':>5} {'total GiB':>10} {'KV':>6} {'act':>6} {'logits':>7} "
           f"{'vision':>7} {'fits at (80 GiB)':>16}")
-    for name in hf.REFERENCE_MODELS:
-        config = hf.reference_config(name)
+    for name in hf.PUBLISHED_MODELS:
+        config = hf.published_config(name)
         params = hf.parameter_count(config)
         for nb, step, bs in FULL_PROFILE_STEPS:
             est = hf.estimate_memory(config, bs, step=step, image_size=image_size, params=params)

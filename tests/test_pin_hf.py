@@ -123,7 +123,7 @@ def test_deterministic_checkpoint_round_trip_and_data_required(vlm, data):
 
 
 def test_pin_train_memory_and_time_estimate():
-    config = hf.reference_config("llava-1.5-7b-hf")
+    config = hf.published_config("llava-1.5-7b-hf")
     small, big = (hf.estimate_memory(config, b, step="pin_train", image_size=224) for b in (4, 8))
     assert big.lm_activations == 2 * small.lm_activations > 0 and big.kv_cache == 0
     inference = hf.estimate_memory(config, 8, step="forward", image_size=224)
@@ -132,6 +132,6 @@ def test_pin_train_memory_and_time_estimate():
     cost = hf.estimate_pin_cost(config, steps=10, batch_size=8, n_train_images=100, n_test_examples=50)
     assert cost["tokens_per_example"] == 576 + 40 + 4  # LLaVA-1.5: 576 image tokens at any image size
     assert cost["total_s"] > cost["train_s"] > 0 and cost["memory"].weights > 12 * 2**30
-    qwen = hf.estimate_pin_cost(hf.reference_config("Qwen2-VL-7B-Instruct"), steps=10, batch_size=8,
+    qwen = hf.estimate_pin_cost(hf.published_config("Qwen2-VL-7B-Instruct"), steps=10, batch_size=8,
                                 n_train_images=100, n_test_examples=50, image_size=224)
     assert qwen["tokens_per_example"] == 64 + 40 + 4  # 224 px: 8 x 8 merged tokens

@@ -122,9 +122,9 @@ def test_bounded_features_keep_the_probe_and_bound_the_stored_size():
 def test_the_where_probe_estimate_of_a_7b_llava_fits_the_full_profile():
     """2,000 probe scenes of LLaVA-1.5-7B (576 x 4096 tokens each): tens of GiB at full width, bounded at 1024
     components; the estimate scales with the kept dimensions."""
-    from spatialkit.models.hf.memory import GiB, estimate_where_probe, reference_config
+    from spatialkit.models.hf.memory import GiB, estimate_where_probe, published_config
 
-    config = reference_config("llava-1.5-7b-hf")
+    config = published_config("llava-1.5-7b-hf")
     full = estimate_where_probe(config, 2000, 1000, dims=None, dtype="float16")
     bounded = estimate_where_probe(config, 2000, 1000, dims=1024, dtype="float16")
     assert (full["image_tokens"], full["width"], full["dims"], bounded["dims"]) == (576, 4096, 4096, 1024)

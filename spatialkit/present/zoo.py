@@ -14,15 +14,17 @@ ABOUT = {
     "healthy": (
         "Control. Its vision encoder was first trained to name the objects in an image from each object's "
         "strongest patch (a max over patches), which keeps every object's content in its own patches; frozen, "
-        "then a projector and a language model learn the questions on top. Knows what and where."),
+        "then a projector and a language model learn the questions on top. Built to know what and where (its "
+        "accuracy is measured beside the others)."),
     "llava": (
         "The LLaVA recipe: the vision encoder was first trained on a global objective (the image's caption words "
         "predicted from the average of all its patches, an image-level target like CLIP's), then frozen; a "
-        "projector and a language model learn the questions on top. Knows what, answers where poorly."),
+        "projector and a language model learn the questions on top. Built to know what but not where (how "
+        "far it fails is measured)."),
     "loud": (
         "Loud visual tokens: position reaches the visual tokens only as a small added code (a learned position "
         "table of std 0.02 in the encoder, another in the language model), and the projector makes the visual "
-        "tokens about 10 times the norm of text tokens, so their position is drowned by their content."),
+        "tokens about 10 times the norm of text tokens, built so that their content drowns their position."),
     "loud_norm": (
         "The loud organism with +Normalize trained in: every visual token is RMS-normalised and clipped to norm "
         "about 1 before the language model (Qi et al. 2025); same first-stage encoder as loud."),

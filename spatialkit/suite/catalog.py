@@ -249,7 +249,7 @@ register(NotebookSpec(
         organism_param("the healthy control organism", default="healthy"),
         failing_param(["llava", "loud", "prior"]),
         Param("n_items", int, 2000, "held-out where-questions per organism (one- and two-object, test-split scenes); "
-              "enough for >= 100 wrong answers on the failing ones and on the control (about 7 % wrong)",
+              "enough for >= 100 wrong answers on the failing ones and on the control, which errs rarely",
               low=10, high=100_000),
         Param("layer", int, -1, "LM layer fixed for the heatmap and the gaze tests; -1 = num_layers // 2 (the last "
               "of a 2-layer LM; checked against the model)",
@@ -312,7 +312,7 @@ register(NotebookSpec(
               "CIs pool items over seeds", item_kind=int, low=0, high=2**31 - 1, min_len=1, max_len=10),
         Param("n_items", int, 2000, "held-out questions per organism, on the relations it fails at (WhereBench "
               "test-split scenes exported as a WhatsUp-style set); enough for >= 100 wrong answers on the "
-              "controls too (about 6-7 % wrong)", low=20, high=100_000),
+              "controls too, which err rarely", low=20, high=100_000),
         Param("alphas", list, [0.5, 0.8, 1.2, 1.5, 2.0], "ScalingVis grid: α on the last row's image logits "
               "(1 = baseline)", item_kind=float, low=0.0, high=100.0, min_len=1, max_len=30),
         Param("alpha1s", list, [0.5, 0.8], "AdaptVis α1 grid (used when the confidence is below β)",

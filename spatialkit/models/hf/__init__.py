@@ -10,5 +10,5 @@ from spatialkit.models.hf.memory import (  # noqa: F401
     MemoryEstimate, check_against, estimate_memory, estimate_pin_cost, estimate_where_probe, free_memory, image_tokens,
     largest_batch,
     parameter_count,
-    reference_config, REFERENCE_MODELS,
+    published_config, PUBLISHED_MODELS,
 )

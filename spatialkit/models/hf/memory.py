@@ -425,7 +425,7 @@ def check_against(vlm, *, layer: int | None = None, batch_size: int | None = Non
 
 
 # -- reference configs (no weights here: the published config.json values) ----------------------
-def reference_config(name: str):
+def published_config(name: str):
     """The config of a published checkpoint, written out from its hub config.json (for estimates offline):
     "Qwen2-VL-7B-Instruct", "Qwen2.5-VL-7B-Instruct", "Qwen3-VL-8B-Instruct", "llava-1.5-7b-hf"."""
     from transformers import LlavaConfig, Qwen2_5_VLConfig, Qwen2VLConfig, Qwen3VLConfig  # optional heavy dependency: only HF-model paths load transformers
@@ -460,8 +460,8 @@ def reference_config(name: str):
                       num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768)
         return LlavaConfig(text_config=text, vision_config=vision, image_token_id=32000, projector_hidden_act="gelu",
                            vision_feature_layer=-2, vision_feature_select_strategy="default", image_seq_length=576)
-    raise ValueError(f"no reference config {name!r}; known: Qwen2-VL-7B-Instruct, Qwen2.5-VL-7B-Instruct, "
+    raise ValueError(f"no published config {name!r}; known: Qwen2-VL-7B-Instruct, Qwen2.5-VL-7B-Instruct, "
                      "Qwen3-VL-8B-Instruct, llava-1.5-7b-hf")
 
 
-REFERENCE_MODELS = ("Qwen2-VL-7B-Instruct", "Qwen2.5-VL-7B-Instruct", "Qwen3-VL-8B-Instruct", "llava-1.5-7b-hf")
+PUBLISHED_MODELS = ("Qwen2-VL-7B-Instruct", "Qwen2.5-VL-7B-Instruct", "Qwen3-VL-8B-Instruct", "llava-1.5-7b-hf")
