@@ -248,8 +248,8 @@ register(NotebookSpec(
         *HF_MODEL_PARAMS,
         organism_param("the healthy control organism", default="healthy"),
         failing_param(["llava", "loud", "prior"]),
-        Param("n_items", int, 2000, "held-out where-questions per organism (one- and two-object, test-split scenes); "
-              "enough for >= 100 wrong answers on the failing ones and on the control, which errs rarely",
+        Param("n_items", int, 3000, "held-out where-questions per organism (one- and two-object, test-split scenes); "
+              "sized for >= 100 wrong answers on the failing ones and on a control that errs on 4-5 % of them",
               low=10, high=100_000),
         Param("layer", int, -1, "LM layer fixed for the heatmap and the gaze tests; -1 = num_layers // 2 (the last "
               "of a 2-layer LM; checked against the model)",
