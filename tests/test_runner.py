@@ -152,6 +152,22 @@ def test_book_refuses_executed_notebook_with_error_output(root):
     assert not (root / "_build" / "html").exists(), "jupyter-book must not have run"
 
 
+def test_a_kernel_gets_minutes_to_start_on_a_loaded_machine(root, monkeypatch):
+    """papermill's 60-second default once failed a fine notebook while the suite's workers loaded both cores."""
+    import papermill
+
+    seen = {}
+
+    def fake_execute(source, output, **kw):
+        seen.update(kw)
+        shutil.copy(source, output)
+
+    monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
+    [job] = plan(root, "smoke")
+    runner.execute(job, root / "book" / "executed")
+    assert seen["start_timeout"] == runner.KERNEL_START_TIMEOUT >= 300
+
+
 @pytest.mark.slow
 def test_book_build_renders_executed_notebook_with_its_figure(root):
     runner.run(plan(root, "smoke"), root / "book" / "executed", echo=lambda _: None)

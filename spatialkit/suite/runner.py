@@ -48,6 +48,9 @@ KERNEL = "python3"
 # ipykernel only picks its inline (PNG) backend when MPLBACKEND is unset; a caller's MPLBACKEND=Agg
 # (tests, CI) would otherwise leave every executed notebook without figures.
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+# papermill waits 60 s for a kernel to start by default; on a loaded 2-core machine (the test suite's two workers,
+# each starting kernels while others import torch) a start took longer once and failed a notebook that was fine
+KERNEL_START_TIMEOUT = 600
 RUN_TMP_ENV = "SPATIALKIT_RUN_TMP"  # the kernel's scratch folder (spatialkit.suite.notebook.run_tempdir)
 PATH_ENV = ("SPATIALKIT_ROOT", "SPATIALKIT_CACHE")  # made absolute (caller's cwd) before a kernel starts
 # "org/name" on the Hugging Face hub (a value that is no existing path is taken as one when it looks like it)
@@ -397,6 +400,7 @@ def _execute_locked(job: Job, out_dir: Path, key: str, force: bool) -> Result:
                 papermill.execute_notebook(
                     str(job.path), str(running), parameters=job.params, kernel_name=KERNEL,
                     cwd=str(job.path.parent), progress_bar=False, log_output=False,
+                    start_timeout=KERNEL_START_TIMEOUT,
                 )
         except Exception as err:  # PapermillExecutionError, dead kernel, missing kernel ...
             seconds = time.perf_counter() - start
