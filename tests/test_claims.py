@@ -255,3 +255,20 @@ def test_near_threshold_note_names_each_near_verdict_and_is_empty_without_one():
     assert "sample of test objects" in note and "*fix helps* on edge (edge text: inconclusive)" in note
     assert "clear" not in note
     assert near_threshold_note([c], within=0.001) == ""
+
+
+@pytest.mark.parametrize("low, high, null, side", [
+    (0.01, 0.05, 0.0, 1), (-0.05, -0.01, 0.0, -1), (-0.01, 0.02, 0.0, 0), (0.0, 0.03, 0.0, 0),
+    (0.6, 0.7, 0.5, 1), (0.4, 0.55, 0.5, 0),
+])
+def test_ci_side_reads_which_side_of_the_null_a_ci_lies(low, high, null, side):
+    from spatialkit.present.claims import ci_side
+
+    assert ci_side(Estimate((low + high) / 2, low, high, 10), null) == side
+
+
+def test_ci_side_refuses_a_number_without_a_ci():
+    from spatialkit.present.claims import ci_side
+
+    with pytest.raises(ValueError, match="needs an estimate with a CI"):
+        ci_side(None)

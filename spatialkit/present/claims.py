@@ -296,6 +296,15 @@ class Holds(RuleBase):
 HOLDS = Holds()
 
 
+def ci_side(est: Estimate, null: float = 0.0) -> int:
+    """Which side of ``null`` a CI lies on: +1 wholly above, -1 wholly below, 0 when it touches or straddles it
+    (no direction shown). The one reading behind the notebooks' "rises / falls / does not move detectably"."""
+    e = _as_estimate(est)
+    if e is None or _is_nan(e):
+        raise ValueError(f"ci_side needs an estimate with a CI, got {est!r}")
+    return 1 if e.low > null else -1 if e.high < null else 0
+
+
 def covers(value: float, tolerance: float, **kw) -> Within:
     """The claim "the value is ``value`` within ± ``tolerance``" (e.g. chance level ± 5 points)."""
     return Within(value - tolerance, value + tolerance, **kw)

@@ -424,7 +424,7 @@ def check_against(vlm, *, layer: int | None = None, batch_size: int | None = Non
     return out
 
 
-# -- reference configs (no weights here: the published config.json values) ----------------------
+# -- published configs (no weights here: the config.json values as published) ----------------------
 def published_config(name: str):
     """The config of a published checkpoint, written out from its hub config.json (for estimates offline):
     "Qwen2-VL-7B-Instruct", "Qwen2.5-VL-7B-Instruct", "Qwen3-VL-8B-Instruct", "llava-1.5-7b-hf"."""
