@@ -57,7 +57,7 @@ def test_the_package_and_readme_cite_papers_not_internal_notes_or_machine_paths(
 
     internal = re.compile(r"REFERENCE(\.md| ?§)|STYLE\.md|/work/|\b[Ii]ssue [0-9]|\b[Pp]rototype\b")
     paths = sorted((REPO / "spatialkit").rglob("*.py")) + sorted((REPO / "spatialkit").rglob("*.yml"))
-    paths += [REPO / "README.md", *sorted((REPO / "benchmarks").glob("*.py"))]
+    paths += [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted((REPO / "benchmarks").glob("*.py"))]
     found = [f"{p.relative_to(REPO)}:{n}: {line.strip()[:100]}" for p in paths
              for n, line in enumerate(p.read_text().splitlines(), 1) if internal.search(line)]
     assert not found, "\n".join(found)
