@@ -19,7 +19,6 @@ task of the world, drawn as `benchmarks/bench_zoo.py` draws them).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 
 import numpy as np
@@ -48,7 +47,7 @@ def scored(cfg, allow_train: bool, threads: int):
     vlm = load_or_train(cfg, allow_train=allow_train, progress=False)
     cpu = time.process_time() - c0
     n_tasks = len(tasks_for(scene_config(cfg)))
-    bench = wherebench(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, n_test=ITEMS_PER_TASK * n_tasks)))
+    bench = wherebench(cfg.replace(n_test=ITEMS_PER_TASK * n_tasks))
     with torch.inference_mode():
         df = evaluate(vlm, bench, "test")
     trained_here = cpu > 0.5 * vlm.metrics["timing"]["total_s"]
@@ -93,4 +92,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from spatialkit.common.checkpoints import CheckpointError
+    from spatialkit.common.params import ParameterError
+
+    try:
+        main()
+    except (ParameterError, CheckpointError) as err:  # a bad --seeds value, or --no-train with a checkpoint missing
+        raise SystemExit(f"bench_finer_grid: {err}") from None
