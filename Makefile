@@ -13,7 +13,8 @@ TORCH := torch==2.13.0
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
 # Tests run in 2 processes (pytest-xdist): most of the suite's time is notebooks and tiny models on one torch
-# thread each, so 2 workers use both cores of a 2-core machine (TEST_JOBS=0: one process).
+# thread each, so 2 workers use both cores of a 2-core machine (TEST_JOBS=0: one process). --maxschedchunk 1: a
+# worker takes the next test when it is free (tests/conftest.py deals the costliest first).
 TEST_JOBS ?= 2
 # Re-running pip is skipped until pyproject.toml changes.
 STAMP := $(VENV)/.spatialkit-installed
@@ -26,8 +27,12 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install $(TORCH_PIP_ARGS) "$(TORCH)"
-	$(PY) -m pip install -e ".[test,cluster]"  # cluster: Dask (tests/test_sweep.py starts a LocalCluster)
+	$(PY) -m pip install --no-compile $(TORCH_PIP_ARGS) "$(TORCH)"
+	$(PY) -m pip install --no-compile -e ".[test,cluster]"  # cluster: Dask (tests/test_sweep.py starts a LocalCluster)
+	# Bytecode once, on every core (pip compiles one file at a time): no process then compiles an import itself,
+	# which matters where PYTHONDONTWRITEBYTECODE is set. A file that does not compile (a package's Python-2
+	# example) is skipped, as pip skips it.
+	$(PY) -m compileall -q -j 0 $$($(PY) -c "import sysconfig; print(sysconfig.get_path('purelib'))") > /dev/null || true
 	# papermill runs kernel "python3": register this venv's one, inside the venv (works in CI too)
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (spatialkit)"
 	touch $(STAMP)
@@ -39,7 +44,7 @@ run: $(STAMP)
 	$(VENV)/bin/spatialkit run
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -n $(TEST_JOBS) $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -n $(TEST_JOBS) $(if $(filter 0,$(TEST_JOBS)),,--maxschedchunk 1) $(PYTEST_ARGS)
 
 clean:
 	rm -rf _build book/executed

@@ -1,8 +1,9 @@
 """Figures shared by notebooks: attention heat maps over an image with the named objects' boxes; the what-vs-where
-plane and gain heatmaps of notebook 07."""
+plane and gain heatmaps of notebook 07; heatmaps without tick labels (notebook 01's similarity grids)."""
 
 from __future__ import annotations
 from typing import Sequence
+from unittest import mock
 import numpy as np
 import torch
 
@@ -24,6 +25,22 @@ def plot_overlay(ax, image: np.ndarray, amap: torch.Tensor | np.ndarray, *, boxe
     ax.set_title(title, fontsize=9)
     ax.axis("off")
     return handle
+
+
+def unlabelled_heatmap(data, *, ax, **kwargs):
+    """``seaborn.heatmap(data, ax=ax, xticklabels=False, yticklabels=False, **kwargs)``, the same drawing.
+
+    After every heatmap seaborn draws the whole figure to see whether its tick labels overlap (and rotates them if
+    so). Without tick labels there is nothing to check, and a figure of many small heatmaps (notebook 01 draws
+    dozens) would redraw itself once per panel: most of that notebook's figure time. That draw is skipped here."""
+    import seaborn as sns  # plotting only when drawing
+    import seaborn.matrix  # plotting only when drawing
+
+    kwargs.update(xticklabels=False, yticklabels=False)
+    if not hasattr(seaborn.matrix, "_draw_figure"):  # another seaborn: draw as it does
+        return sns.heatmap(data, ax=ax, **kwargs)
+    with mock.patch.object(seaborn.matrix, "_draw_figure", lambda figure: None):
+        return sns.heatmap(data, ax=ax, **kwargs)
 
 
 def plot_tradeoff_plane(points, *, ceiling=None, panel: str = "organism", x: str = "where", y: str = "what",
