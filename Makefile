@@ -13,8 +13,7 @@ TORCH := torch==2.13.0
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
 # Tests run in 2 processes (pytest-xdist): most of the suite's time is notebooks and tiny models on one torch
-# thread each, so 2 workers use both cores of a 2-core machine (TEST_JOBS=0: one process). --maxschedchunk 1: a
-# worker takes the next test when it is free (tests/conftest.py deals the costliest first).
+# thread each, so 2 workers use both cores of a 2-core machine (TEST_JOBS=0: one process).
 TEST_JOBS ?= 2
 # Re-running pip is skipped until pyproject.toml changes.
 STAMP := $(VENV)/.spatialkit-installed
@@ -44,7 +43,7 @@ run: $(STAMP)
 	$(VENV)/bin/spatialkit run
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -n $(TEST_JOBS) $(if $(filter 0,$(TEST_JOBS)),,--maxschedchunk 1) $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -n $(TEST_JOBS) $(PYTEST_ARGS)
 
 clean:
 	rm -rf _build book/executed

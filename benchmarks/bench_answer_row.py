@@ -28,7 +28,8 @@ import torch  # noqa: E402
 def main() -> None:
     from spatialkit.models.organism import answer_row
     from spatialkit.models import evaluate as plain
-    from spatialkit.models.organism import load_or_train, scene_config, tasks_for, wherebench
+    from spatialkit.models.organism import load_or_train, wherebench
+    from spatialkit.models.organism.benches import items_per_task
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--presets", nargs="+", default=["llava", "llava_b"],
@@ -41,7 +42,7 @@ def main() -> None:
           f"{'answers differing':>18}")
     for name in args.presets:
         vlm = load_or_train(name, progress=False)
-        bench = wherebench(vlm.config.replace(n_test=args.per_task * len(tasks_for(scene_config(vlm.config)))))
+        bench = wherebench(items_per_task(vlm.config, args.per_task))
         items = bench.splits["test"]
         for it in items:  # rendered once, outside the timing (evaluate caches scenes)
             plain._render(it.scene_seed, bench.config)

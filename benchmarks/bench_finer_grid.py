@@ -40,14 +40,14 @@ def config(schedule: str, patch: int, seed: int):
 def scored(cfg, allow_train: bool, threads: int):
     """(the organism's per-item results on the test split, its training record)."""
     from spatialkit.models.organism import evaluate, load_or_train
-    from spatialkit.models.organism.data import scene_config, tasks_for, wherebench
+    from spatialkit.models.organism.benches import items_per_task
+    from spatialkit.models.organism.data import wherebench
 
     torch.set_num_threads(threads)
     c0 = time.process_time()
     vlm = load_or_train(cfg, allow_train=allow_train, progress=False)
     cpu = time.process_time() - c0
-    n_tasks = len(tasks_for(scene_config(cfg)))
-    bench = wherebench(cfg.replace(n_test=ITEMS_PER_TASK * n_tasks))
+    bench = wherebench(items_per_task(cfg, ITEMS_PER_TASK))
     with torch.inference_mode():
         df = evaluate(vlm, bench, "test")
     trained_here = cpu > 0.5 * vlm.metrics["timing"]["total_s"]

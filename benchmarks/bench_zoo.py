@@ -20,7 +20,6 @@ store, keyed by preset and weights digest, so a later run that loads it still re
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import time
@@ -43,7 +42,8 @@ def times_file() -> Path:
 def measure(name: str, threads: int, allow_train: bool, times: dict) -> dict:
     from spatialkit import world
     from spatialkit.models.organism import accuracy_by_task, evaluate, load_or_train, preset
-    from spatialkit.models.organism.data import prior_benches, scene_config, tasks_for
+    from spatialkit.models.organism.benches import items_per_task
+    from spatialkit.models.organism.data import prior_benches
 
     cfg = preset(name)
     old = torch.get_num_threads()
@@ -66,9 +66,7 @@ def measure(name: str, threads: int, allow_train: bool, times: dict) -> dict:
            "steps_run": vlm.metrics["steps_run"]}
     # 400 test items per task of the world (the preset's own n_test is smaller, for the notebooks' speed), so every
     # accuracy and the blind answerer's check rest on >= 400 items per question family
-    n_tasks = len(tasks_for(scene_config(cfg)))
-    scored = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, n_test=ITEMS_PER_TASK * n_tasks))
-    benches = prior_benches(scored, n_train=2000)
+    benches = prior_benches(items_per_task(cfg, ITEMS_PER_TASK), n_train=2000)
     with torch.inference_mode():
         df = evaluate(vlm, benches["natural"], "test")
         acc = accuracy_by_task(df).set_index("task")["accuracy"]

@@ -20,17 +20,6 @@ if "SPATIALKIT_CACHE" not in os.environ:
 import pytest  # noqa: E402
 
 
-def pytest_collection_modifyitems(config, items):
-    """Costliest first (``@pytest.mark.cost(seconds)``; unmarked tests keep their order after them). `make test` runs
-    ``pytest -n 2 --maxschedchunk 1``: each worker takes the next test when it is free, so with the long tests
-    dealt first the two workers end together instead of one running a two-minute test alone at the end."""
-    def cost(item):
-        marker = item.get_closest_marker("cost")
-        return marker.args[0] if marker else 0
-
-    items.sort(key=cost, reverse=True)  # stable: equal costs keep the collection's order
-
-
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():
     """Tiny models gain nothing from intra-op threads; on a shared 2-core machine extra threads only add

@@ -237,7 +237,6 @@ def test_real_notebook_student_version(path, tmp_path):
 SOLUTION = A.SOLUTION_TAG
 
 
-@pytest.mark.cost(40)
 @pytest.mark.slow
 @pytest.mark.skipif(not REAL, reason="no notebook in notebooks/ has exercises yet")
 def test_real_notebook_instructor_full_marks_student_zero(tmp_path):
@@ -272,7 +271,6 @@ def test_profile_values_are_written_into_the_parameters_cell():
         A.with_parameters(new_notebook(cells=[code("x = 1")]), {"offset": 5})
 
 
-@pytest.mark.cost(15)
 @pytest.mark.slow  # nbgrader's CLI: two application starts and two kernels, about 30 s
 def test_nbgrader_accepts_the_course_and_grades_it(source, tmp_path):
     import os

@@ -58,7 +58,6 @@ def hub_checkpoints(tmp_path_factory):
             for family, tok in CASES}
 
 
-@pytest.mark.cost(90)
 @pytest.mark.slow
 @pytest.mark.parametrize("family, tokenizer", CASES, ids=[f"{f}-{t}" for f, t in CASES])
 def test_model_notebooks_run_on_the_hub_checkpoint(family, tokenizer, hub_checkpoints, tmp_path):

@@ -219,7 +219,6 @@ def test_load_or_train_round_trip_and_interrupted_training(tmp_path, monkeypatch
     assert state_dict_sha256(again.model) == state_dict_sha256(trained.model)
 
 
-@pytest.mark.cost(120)
 @pytest.mark.slow
 def test_small_organism_learns_what_and_where():
     """Learning threshold on the "quick" recipe at 1200 VQA steps (about 100 s of one CPU core, both stages; its

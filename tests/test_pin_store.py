@@ -104,7 +104,6 @@ def test_built_insert_is_the_one_the_notebook_loads(tmp_path, monkeypatch):
         assert (pinlib.pin_folder(vlm, cfg, data, model_sha256=sha) / checkpoints.MANIFEST).exists()
 
 
-@pytest.mark.cost(20)
 @pytest.mark.slow
 def test_notebook_06_trains_no_insert_after_the_pool(tmp_path, monkeypatch):
     """``spatialkit run --jobs 2`` on notebook 06 (smoke) in an empty store: the pool trains the organisms and the

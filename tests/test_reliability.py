@@ -175,7 +175,6 @@ def concurrency_round(root: Path, variant: str, work: Path, timeout: float = 120
 
 # --- 1. concurrent runs of one notebook -----------------------------------------------------------
 
-@pytest.mark.cost(10)
 @pytest.mark.parametrize("variant", ["kill-waiting", "b-after-a"])
 def test_concurrent_runs_never_publish_another_runs_file(root, tmp_path, variant):
     result = concurrency_round(root, variant, tmp_path / "round")
@@ -199,7 +198,6 @@ def processes_running(script: Path) -> list[int]:
     return pids
 
 
-@pytest.mark.cost(10)
 def test_no_wait_refuses_with_one_line_while_another_run_holds_the_notebook(root, tmp_path):
     flag, go = tmp_path / "paused", tmp_path / "go"
     a = spawn(root, "run", "--profile", "smoke", "--only", NB00, env={"PAUSE_FLAG": str(flag), "PAUSE_GO": str(go)},
@@ -250,14 +248,12 @@ def _ckpt_processes(tmp_path: Path, n: int, loops: int) -> tuple[list[list[int]]
     return [json.loads(o[0]) for o in outs], log.read_text().split() if log.exists() else []
 
 
-@pytest.mark.cost(10)
 def test_three_processes_asking_for_one_key_train_it_once(tmp_path):
     seen, trainers = _ckpt_processes(tmp_path, 3, loops=1)
     assert len(trainers) == 1, f"trained {len(trainers)} times"
     assert seen == [[int(trainers[0])]] * 3  # the other two waited, then loaded the trainer's checkpoint
 
 
-@pytest.mark.cost(10)
 def test_loaders_racing_a_retrain_never_delete_a_good_checkpoint_nor_train_twice(tmp_path):
     import torch
 
@@ -343,7 +339,6 @@ print(store.load_or_train(preset("smoke"), progress=False).metrics["state_sha256
 '''
 
 
-@pytest.mark.cost(10)
 def test_organism_smoke_trained_once_by_three_processes(tmp_path):
     script, start, log = tmp_path / "organism_child.py", tmp_path / "start", tmp_path / "trained.log"
     script.write_text(ORGANISM_CHILD)
@@ -360,7 +355,6 @@ def test_organism_smoke_trained_once_by_three_processes(tmp_path):
 
 # --- 3. paths resolve against the caller's directory, checked before any kernel ------------------------
 
-@pytest.mark.cost(10)
 def test_relative_model_cache_and_root_resolve_against_the_callers_directory(root, tmp_path):
     work = tmp_path / "work"
     (work / "my_model").mkdir(parents=True)
@@ -435,7 +429,6 @@ def test_nothing_to_run_exits_non_zero_with_one_line(root, case):
 
 # --- 5. the failing cell, as the user finds it --------------------------------------------------------
 
-@pytest.mark.cost(10)
 def test_failing_cell_is_named_by_its_source_index_and_id(root):
     proc = cli(root, "run", "--profile", "smoke", "--only", NB00, "-p", "n_scenes", "66")
     source = json.loads((root / "notebooks" / f"{NB00}.ipynb").read_text())["cells"]
@@ -451,7 +444,6 @@ def test_failing_cell_is_named_by_its_source_index_and_id(root):
 
 # --- 6. one line, not a traceback ------------------------------------------------------------------
 
-@pytest.mark.cost(10)
 def test_sigint_is_one_line_and_publishes_nothing(root, tmp_path):
     marker = tmp_path / "started"
     proc = spawn(root, "run", "--profile", "smoke", "--only", NB00, "-p", "n_scenes", "99",

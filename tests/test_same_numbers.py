@@ -34,7 +34,6 @@ def _execute(job, out):
     return result.status, result.error
 
 
-@pytest.mark.cost(60)
 @pytest.mark.slow
 def test_a_second_run_from_an_empty_store_gives_identical_claims(smoke_book, tmp_path, monkeypatch):
     first_root, first = smoke_book

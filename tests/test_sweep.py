@@ -259,7 +259,6 @@ def test_a_worker_without_the_shared_folder_ships_the_files_back(root, tmp_path_
     assert code["status"] == "failed" and "its spatialkit code (fingerprint" in code["error"]
 
 
-@pytest.mark.cost(18)
 @pytest.mark.slow
 def test_real_notebook_point_on_the_smoke_profile(tmp_path):
     s = sweep.plan_sweep("00_wheres_the_chicken", {"seed": [1]}, profile="smoke", out=tmp_path, name="real")

@@ -110,7 +110,6 @@ def test_swap_tasks_come_after_their_encoder_and_plan_once(tmp_path, monkeypatch
     assert not any(t["done"] for t in tasks)
 
 
-@pytest.mark.cost(15)
 @pytest.mark.slow
 def test_notebook_05_trains_exactly_what_the_catalog_declares(tmp_path, monkeypatch):
     """Notebook 05 run in the smoke profile, alone (no pre-training), in an empty store: the checkpoints it

@@ -341,7 +341,6 @@ def test_end_to_end_official_protocol_with_a_tiny_llava(tmp_path, checkout):
     assert vg["gold"].tolist() == ["front", "above"] and len(vg) == 2
 
 
-@pytest.mark.cost(20)
 @pytest.mark.slow
 def test_notebook_04_runs_a_real_layout_folder_with_a_local_model_from_the_cli(tmp_path, checkout):
     """`spatialkit run --only 04_adaptvis -p data <folder> -p model <local model>`, end to end."""

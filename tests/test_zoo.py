@@ -3,6 +3,7 @@ prior-consistent / counter-prior benches), WhatsUp captions. Fast: no full train
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 from spatialkit import world
 from spatialkit.models.organism import preset, train
+from spatialkit.models.organism.benches import items_per_task
 from spatialkit.models.organism.model import ANS, UNK
 from spatialkit.models.organism.config import PRESET_WHY, PRESETS, SECTIONS
 from spatialkit.models.organism.data import (PRIOR_SPLITS, build_pool, build_vocab, prior_benches, scene_config,
@@ -124,3 +126,17 @@ def test_whatsup_captions_for_the_new_tasks():
                 assert len(set(caps)) == len(caps) and all(c.startswith("the ") for c in caps)
                 found = True
         assert found, task
+
+
+@pytest.mark.parametrize("name", ["smoke", "smoke_llava_b", "smoke_prior"])
+def test_items_per_task_gives_each_task_of_the_world_that_many_test_items(name):
+    cfg = preset(name)
+    sized = items_per_task(cfg, 7)
+    tasks = tasks_for(scene_config(cfg))
+    assert sized.data.n_test == 7 * len(tasks)
+    assert dataclasses.replace(sized.data, n_test=cfg.data.n_test) == cfg.data and sized.model == cfg.model
+    counts = collections.Counter(item.question.task for item in wherebench(sized).splits["test"])
+    assert counts == dict.fromkeys(tasks, 7)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="per_task"):
+            items_per_task(cfg, bad)
