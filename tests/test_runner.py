@@ -5,6 +5,7 @@ notebooks (those are smoke-run in test_notebooks.py).
 """
 
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -166,6 +167,37 @@ def test_a_kernel_gets_minutes_to_start_on_a_loaded_machine(root, monkeypatch):
     [job] = plan(root, "smoke")
     runner.execute(job, root / "book" / "executed")
     assert seen["start_timeout"] == runner.KERNEL_START_TIMEOUT >= 300
+
+
+@pytest.mark.parametrize("kernel_says, deaths, runs, ok", [
+    ("zmq.error.ZMQError: Address already in use (addr='tcp://127.0.0.1:34817')", 1, 2, True),
+    ("zmq.error.ZMQError: Address already in use (addr='tcp://127.0.0.1:34817')", 5, 3, False),
+    ("Segmentation fault", 1, 1, False),  # any other death at start is reported at once
+])
+def test_a_kernel_that_lost_its_port_at_start_is_started_again(root, monkeypatch, kernel_says, deaths, runs, ok):
+    """Parallel kernel starts race for free TCP ports (a CI run once failed so: the kernel's bind found its port
+    taken and it died before answering); nothing ran yet, so the run starts again, at most KERNEL_START_ATTEMPTS
+    times."""
+    import papermill
+
+    calls = []
+
+    def fake_execute(source, output, **kw):
+        calls.append(output)
+        if len(calls) <= deaths:  # the kernel's stderr is the run's kernel.log (runner.output_to)
+            os.write(2, f"Traceback (most recent call last):\n{kernel_says}\n".encode())
+            raise RuntimeError("Kernel died before replying to kernel_info")
+        shutil.copy(source, output)
+
+    monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
+    [job] = plan(root, "smoke")
+    out = root / "book" / "executed"
+    result = runner.execute(job, out)
+    assert len(calls) == runs and len(set(calls)) == 1  # the same run folder each time
+    assert (result.status == "ok") == ok, result.error
+    if not ok:
+        assert "Kernel died before replying to kernel_info" in result.error
+        assert kernel_says in (out / "failed" / "tiny.kernel.log").read_text()
 
 
 @pytest.mark.slow

@@ -51,6 +51,11 @@ INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 # papermill waits 60 s for a kernel to start by default; on a loaded 2-core machine (the test suite's two workers,
 # each starting kernels while others import torch) a start took longer once and failed a notebook that was fine
 KERNEL_START_TIMEOUT = 600
+# Starting a kernel, jupyter_client picks free TCP ports and hands them to the kernel, which binds them a moment
+# later; a kernel started meanwhile by another process (parallel runs, the test suite's workers) can take one
+# first, and the new kernel dies before it answers ("Address already in use"). Nothing has run yet then, so the
+# run starts again with fresh ports, up to this many times in all.
+KERNEL_START_ATTEMPTS = 3
 RUN_TMP_ENV = "SPATIALKIT_RUN_TMP"  # the kernel's scratch folder (spatialkit.suite.notebook.run_tempdir)
 PATH_ENV = ("SPATIALKIT_ROOT", "SPATIALKIT_CACHE")  # made absolute (caller's cwd) before a kernel starts
 # "org/name" on the Hugging Face hub (a value that is no existing path is taken as one when it looks like it)
@@ -372,12 +377,32 @@ def execute(job: Job, out_dir: Path, *, force: bool = False, pkg_hash: str | Non
                        "SPATIALKIT_ROOT to a writable checkout") from None
 
 
+def _papermill(job: Job, running: Path, work: Path) -> None:
+    """Execute ``job`` under papermill into ``running``, with a fresh kernel whose output goes to the run's
+    kernel.log; start again when the kernel died at start on a port taken in between (KERNEL_START_ATTEMPTS)."""
+    import papermill  # heavy: imported only when something really runs
+
+    log = work / "kernel.log"
+    for attempt in range(1, KERNEL_START_ATTEMPTS + 1):
+        log_start = log.stat().st_size if log.exists() else 0
+        try:
+            with kernel_environment(INLINE_BACKEND, run_tmp=work / "tmp"), results_environment(work), \
+                    output_to(log):
+                papermill.execute_notebook(
+                    str(job.path), str(running), parameters=job.params, kernel_name=KERNEL,
+                    cwd=str(job.path.parent), progress_bar=False, log_output=False,
+                    start_timeout=KERNEL_START_TIMEOUT,
+                )
+            return
+        except Exception as err:
+            if attempt == KERNEL_START_ATTEMPTS or not kernel_port_was_taken(err, log, log_start):
+                raise
+
+
 def _execute_locked(job: Job, out_dir: Path, key: str, force: bool) -> Result:
     final = out_dir / f"{job.name}.ipynb"
     if not force and is_fresh(job, out_dir, key):  # a run we waited for produced exactly this
         return Result(job.name, "cached", 0.0, output=final)
-
-    import papermill  # heavy: imported only when something really runs
 
     failed_dir = out_dir / "failed"
     running_root = out_dir / ".running"
@@ -395,13 +420,7 @@ def _execute_locked(job: Job, out_dir: Path, key: str, force: bool) -> Result:
     start = time.perf_counter()
     try:
         try:
-            with kernel_environment(INLINE_BACKEND, run_tmp=work / "tmp"), results_environment(work), \
-                    output_to(work / "kernel.log"):
-                papermill.execute_notebook(
-                    str(job.path), str(running), parameters=job.params, kernel_name=KERNEL,
-                    cwd=str(job.path.parent), progress_bar=False, log_output=False,
-                    start_timeout=KERNEL_START_TIMEOUT,
-                )
+            _papermill(job, running, work)
         except Exception as err:  # PapermillExecutionError, dead kernel, missing kernel ...
             seconds = time.perf_counter() - start
             failed_dir.mkdir(parents=True, exist_ok=True)
@@ -501,6 +520,17 @@ def output_to(log: Path):
         os.dup2(saved[1], 2)
         for f in (fd, *saved):
             os.close(f)
+
+
+def kernel_port_was_taken(err: BaseException, log: Path, log_start: int = 0) -> bool:
+    """Whether a run failed because its kernel died at start on a port taken in between (see
+    KERNEL_START_ATTEMPTS): the kernel never answered, and what it wrote to ``log`` after byte ``log_start``
+    says the address was in use."""
+    if "Kernel died before replying to kernel_info" not in str(err) or not log.exists():
+        return False
+    with open(log, "rb") as handle:
+        handle.seek(log_start)
+        return b"Address already in use" in handle.read()
 
 
 @contextlib.contextmanager

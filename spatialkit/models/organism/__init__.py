@@ -8,6 +8,7 @@
 - ``adapter``  ``OrganismVLM``: the organism behind the one ``VLM`` interface
 - ``answer_row`` its WhereBench scoring with one LM row per item instead of one per option (the notebooks';
                 the trainer's validation keeps ``spatialkit.models.evaluate``, and nothing here imports it)
+- ``benches``  ``items_per_task``: a config whose WhereBench test split holds k items per task of its world
 
     vlm = load_or_train(preset("quick"))
     df = evaluate(vlm, wherebench(vlm.config), "test")
