@@ -64,6 +64,8 @@ def main() -> None:
     ap.add_argument("--no-train", action="store_true", help="load from the checkpoint store only")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1; part of the checkpoint key)")
     args = ap.parse_args()
+    if args.threads < 1:  # torch would stop with a traceback
+        ap.error(f"--threads must be >= 1, got {args.threads}")
 
     runs = {}
     for seed in args.seeds:

@@ -127,6 +127,8 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="merge the rows (by organism) into this JSON file")
     ap.add_argument("--table", default=None, help="print the table of the rows saved in this JSON file, measure nothing")
     args = ap.parse_args()
+    if args.threads < 1:  # torch would stop with a traceback
+        ap.error(f"--threads must be >= 1, got {args.threads}")
 
     names = args.only or [n for n in ZOO if n in PRESETS]
     if args.table:
