@@ -17,6 +17,11 @@ if "SPATIALKIT_CACHE" not in os.environ:
     os.environ["SPATIALKIT_CACHE"] = tempfile.mkdtemp(prefix="spatialkit-test-cache-")
 
 
+# nbformat and papermill without jsonschema's IRI grammars (1.2 s CPU per process; spatialkit.suite.nbimport)
+from spatialkit.suite.nbimport import skip_iri_grammars  # noqa: E402
+
+skip_iri_grammars()
+
 import pytest  # noqa: E402
 
 

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from spatialkit.common.params import ParameterError
+from spatialkit.suite import nbimport
 
 SOLUTION_TAG = "solution"
 TESTS_TAG = "tests"
@@ -136,7 +137,7 @@ def student_version(nb, name: str = "notebook"):
 
 def _write_notebook(nb, path: Path) -> None:
     """Atomic write: a half-written release notebook never replaces a good one."""
-    import nbformat  # lazy: the CLI starts without it
+    nbformat = nbimport.nbformat()  # lazy: the CLI starts without it
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -151,7 +152,7 @@ def _write_notebook(nb, path: Path) -> None:
 
 def with_exercises(sources: Sequence[Path], echo):
     """(path, notebook) for each source notebook that has exercise cells; the others are named and skipped."""
-    import nbformat  # lazy: the CLI starts without it
+    nbformat = nbimport.nbformat()  # lazy: the CLI starts without it
 
     for source in sources:
         source = Path(source)
@@ -164,7 +165,7 @@ def with_exercises(sources: Sequence[Path], echo):
 
 def build(sources: Sequence[Path], out_dir: Path, *, echo=print) -> list[Path]:
     """Write the student version of every source notebook that has exercises into ``out_dir``."""
-    import nbformat  # lazy: the CLI starts without it
+    nbformat = nbimport.nbformat()  # lazy: the CLI starts without it
 
     written = []
     for source, nb in with_exercises(sources, echo):
@@ -210,7 +211,7 @@ def build_course(sources: Sequence[Path], course_dir: Path, *, course_id: str = 
     """Write an nbgrader course: ``source/NAME/NAME.ipynb`` (one assignment per notebook with exercises, its
     cells carrying nbgrader metadata, the ``profile``'s parameter values written in) and
     ``nbgrader_config.py``. nbgrader's ``generate_assignment`` makes the student versions from it."""
-    import nbformat  # lazy: the CLI starts without it
+    nbformat = nbimport.nbformat()  # lazy: the CLI starts without it
 
     course_dir = Path(course_dir)
     written = []
@@ -354,7 +355,7 @@ def grade(
 ) -> GradeReport:
     """Execute a submission with the full tests and score it. Writes NAME.grade.json, NAME.grade.txt
     and the executed NAME.graded.ipynb into ``report_dir`` (default: beside the submission)."""
-    import nbformat  # lazy: the CLI starts without it
+    nbformat = nbimport.nbformat()  # lazy: the CLI starts without it
     from nbgrader.utils import determine_grade  # lazy: the CLI starts without it
 
     submission_path, source_path = Path(submission_path), Path(source_path)

@@ -37,7 +37,7 @@ import yaml
 
 import spatialkit
 from spatialkit.common.results import RESULTS_ENV  # one name for the runner, setup() and claims tables
-from spatialkit.suite import catalog
+from spatialkit.suite import catalog, nbimport
 from spatialkit.common.locks import LockBusy, file_lock
 from spatialkit.common.params import NotebookSpec, Param, ParameterError
 
@@ -380,7 +380,7 @@ def execute(job: Job, out_dir: Path, *, force: bool = False, pkg_hash: str | Non
 def _papermill(job: Job, running: Path, work: Path) -> None:
     """Execute ``job`` under papermill into ``running``, with a fresh kernel whose output goes to the run's
     kernel.log; start again when the kernel died at start on a port taken in between (KERNEL_START_ATTEMPTS)."""
-    import papermill  # heavy: imported only when something really runs
+    papermill = nbimport.papermill()  # heavy: imported only when something really runs
 
     log = work / "kernel.log"
     for attempt in range(1, KERNEL_START_ATTEMPTS + 1):
