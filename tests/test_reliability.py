@@ -31,11 +31,11 @@ NB03 = "03_attention_allocation"
 # rightly, change the cache key) and, with PAUSE_FLAG/PAUSE_GO set, pauses after papermill returns.
 CHILD = r'''
 import os, sys, time, pathlib
-from spatialkit.suite import cli, runner
+from spatialkit.suite import cli, nbimport, runner
 runner.package_hash = lambda notebook=None: "pinned"
 flag, go = os.environ.get("PAUSE_FLAG"), os.environ.get("PAUSE_GO")
 if flag:
-    import papermill
+    papermill = nbimport.papermill()  # as the runner imports it
     real = papermill.execute_notebook
     def paused(*args, **kwargs):
         out = real(*args, **kwargs)
