@@ -7,6 +7,7 @@
     spatialkit results [--format table|csv|json] [--plot DIR] [FOLDER ...]  # scorecard; two folders: compared;
                                                                            # runs/SWEEP: the sweep's points
     spatialkit sweep NAME -p NAME '[v1, v2]' ... [--file sweep.yml] [--executor local|dask]  # a parameter grid
+    spatialkit store list | pack FILE | unpack FILE  # share trained checkpoints (spatialkit/suite/store.py)
 
 This module imports neither torch nor papermill at import time, so a bad parameter is reported in
 well under a second. To add a subcommand, call :func:`command` (see ``run`` and ``book`` below).
@@ -207,6 +208,41 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                               gpus_per_point=args.gpus_per_point, force=args.force, progress=args.progress,
                               echo=lambda line: print(line, flush=True))
     return 1 if any(r.status == "failed" for r in results) else 0
+
+
+def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=("list", "pack", "unpack"),
+                        help="list: the store's checkpoints, checked against their manifests; pack FILE: every "
+                             "finished checkpoint into one tar file; unpack FILE: add a packed file's checkpoints")
+    parser.add_argument("file", nargs="?", metavar="FILE", help="the tar file (pack, unpack)")
+
+
+@command("store", "list, pack or unpack the checkpoint store ($SPATIALKIT_CACHE): train once, share the file",
+         _add_store_arguments)
+def cmd_store(args: argparse.Namespace) -> int:
+    from spatialkit.suite import store  # lazy: the CLI starts without it
+
+    if args.action != "list" and not args.file:
+        raise ParameterError(f"store {args.action}: FILE is required (the tar file to "
+                             f"{'write' if args.action == 'pack' else 'read'})")
+    try:
+        if args.action == "list":
+            found = store.entries()
+            for e in found:
+                print(f"{e.name:40s} {e.bytes / 2**20:7.2f} MiB  {e.problem or 'ok'}")
+            print(f"{len(found)} checkpoint(s) in {store.root()}, {sum(e.problem is None for e in found)} intact")
+            return 0
+        if args.action == "pack":
+            packed = store.pack(args.file)
+            print(f"packed {len(packed)} checkpoint(s) into {args.file}")
+            return 0
+        done = store.unpack(args.file)
+        print(f"unpacked {args.file} into {store.root()}: {len(done['added'])} added, "
+              f"{len(done['present'])} already there, {len(done['refused'])} refused")
+        return 1 if done["refused"] else 0
+    except store.StoreError as err:
+        print(f"spatialkit: error: {err}", file=sys.stderr)
+        return 1
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
