@@ -70,11 +70,11 @@ def check_folder(folder: Path, name: str | None = None) -> str | None:
     files = manifest.get("files") if isinstance(manifest, dict) else None
     if not isinstance(files, dict) or manifest.get("key") != name.rsplit("-", 1)[-1]:
         return "malformed manifest (its key must be the folder's and it must list the files' sha256)"
-    for name in ck.FILES:
-        if not (folder / name).is_file():
-            return f"{name} is missing"
-        if ck.sha256_file(folder / name) != files.get(name):
-            return f"{name} does not match its sha256 in the manifest"
+    for file_name in ck.FILES:
+        if not (folder / file_name).is_file():
+            return f"{file_name} is missing"
+        if ck.sha256_file(folder / file_name) != files.get(file_name):
+            return f"{file_name} does not match its sha256 in the manifest"
     return None
 
 
@@ -83,12 +83,16 @@ def root() -> Path:
     return Path(_checkpoints().cache_dir())
 
 
+def _folders(root: Path | None) -> list[Path]:
+    """The checkpoint folders (KIND-KEY) of the store at ``root`` (default: ``$SPATIALKIT_CACHE``), by name."""
+    base = Path(root or _checkpoints().cache_dir()) / "checkpoints"
+    return sorted(p for p in base.iterdir() if p.is_dir() and FOLDER.match(p.name)) if base.is_dir() else []
+
+
 def entries(root: Path | None = None) -> list[Entry]:
     """Every checkpoint folder of the store at ``root`` (default: ``$SPATIALKIT_CACHE``), checked."""
-    base = Path(root or _checkpoints().cache_dir()) / "checkpoints"
-    folders = sorted(p for p in base.iterdir() if p.is_dir() and FOLDER.match(p.name)) if base.is_dir() else []
     return [Entry(p.name, sum(f.stat().st_size for f in p.iterdir() if f.is_file()), check_folder(p))
-            for p in folders]
+            for p in _folders(root)]
 
 
 def pack(out: Path, root: Path | None = None, echo=print) -> list[str]:
@@ -104,16 +108,15 @@ def pack(out: Path, root: Path | None = None, echo=print) -> list[str]:
     os.close(fd)
     try:
         with tarfile.open(tmp, "w") as tar:
-            for entry in entries(root):
-                folder = root / "checkpoints" / entry.name
+            for folder in _folders(root):
                 with file_lock(ck.lock_file(folder), shared=True):  # a retrain of this key waits
                     problem = check_folder(folder)
                     if problem:
-                        echo(f"  left out {entry.name}: {problem}")
+                        echo(f"  left out {folder.name}: {problem}")
                         continue
                     for name in (*ck.FILES, ck.MANIFEST):
-                        tar.add(folder / name, arcname=f"checkpoints/{entry.name}/{name}", recursive=False)
-                packed.append(entry.name)
+                        tar.add(folder / name, arcname=f"checkpoints/{folder.name}/{name}", recursive=False)
+                packed.append(folder.name)
             info = json.dumps({"spatialkit": spatialkit.__version__, "torch": _torch_version(),
                                "checkpoints": packed}, indent=1).encode()
             member = tarfile.TarInfo(INFO)
