@@ -18,7 +18,7 @@ TEST_JOBS ?= 2
 # Re-running pip is skipped until pyproject.toml changes.
 # Left out of the set-up's bytecode: the test suites packages ship (never imported) and transformers' model
 # families other than those spatialkit loads (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA with its CLIP and Llama,
-# and the auto classes): 5,900 of the venv's 17,700 files, 11 s of a cold set-up's 33 s of compiling. A module
+# and the auto classes): 5,900 of the venv's 17,700 files, 10 s of a cold set-up's 30 s of compiling. A module
 # left out still imports (Python compiles it in memory).
 PYC_SKIP := /tests/|/transformers/models/(?!(auto|clip|encoder_decoder|llama|llava|qwen2_5_vl|qwen2_vl|qwen3_vl)/)
 STAMP := $(VENV)/.spatialkit-installed
