@@ -5,6 +5,8 @@
 # torch is installed FIRST and pinned, so pip never resolves a CUDA build for it. On a machine whose
 # pip cannot see a local CPU wheel, pass the CPU index:
 #   make book TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+# With models trained elsewhere (`spatialkit store pack models.tar` there), the first build only executes:
+#   make book STORE=models.tar
 
 PYTHON ?= python3
 VENV := .venv
@@ -41,7 +43,11 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (spatialkit)"
 	touch $(STAMP)
 
+# STORE: a file of `spatialkit store pack`, unpacked into the checkpoint store first (a refused checkpoint stops here)
+STORE ?=
+
 book: $(STAMP)
+	$(if $(STORE),$(VENV)/bin/spatialkit store unpack "$(STORE)")
 	$(VENV)/bin/spatialkit book
 
 run: $(STAMP)

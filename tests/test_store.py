@@ -132,3 +132,7 @@ def test_cli(tmp_path, monkeypatch, capsys):
     assert "1 added, 0 already there, 0 refused" in capsys.readouterr().out
     assert cli.main(["store", "unpack", str(tmp_path / "missing.tar")]) == 1
     assert "not a readable tar file" in capsys.readouterr().err
+    (tmp_path / "garbage.tar").write_text("not a tar file")
+    assert cli.main(["store", "unpack", str(tmp_path / "garbage.tar")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("spatialkit: error: ") and "not a readable tar file" in err and err.count("\n") == 1, err

@@ -160,7 +160,8 @@ def unpack(source: Path, root: Path | None = None, echo=print) -> dict[str, list
     try:
         tar = tarfile.open(source, "r")
     except (OSError, tarfile.TarError) as err:
-        raise StoreError(f"{source}: not a readable tar file ({err})") from None
+        first = str(err).splitlines()[0].rstrip(":")  # tarfile lists every compression it tried, a line each
+        raise StoreError(f"{source}: not a readable tar file ({first})") from None
     done: dict[str, list[str]] = {"added": [], "present": [], "refused": []}
     with tar:
         folders = _members(tar, source)
