@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 import tarfile
 
 import pytest
@@ -59,10 +60,19 @@ def test_a_tampered_checkpoint_is_refused_and_the_others_added(tmp_path):
     said = []
     done = store.unpack(tmp_path / "bad.tar", root=tmp_path / "b", echo=said.append)
     assert done == {"added": ["organism-00000000000000aa"], "present": [], "refused": ["organism-00000000000000bb"]}
-    assert "model.safetensors does not match its sha256" in said[0], said
+    corrupt = r"  refused organism-0+bb: model.safetensors sha256 \w+ != manifest \w+ \(corrupt\)"
+    assert re.fullmatch(corrupt, said[0]), said
     left = sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir())
     assert left == [".locks", "organism-00000000000000aa"], left  # no staging folder, no refused checkpoint
     assert store.check_folder(tmp_path / "b" / "checkpoints" / "organism-00000000000000aa") is None
+    # one checkpoint's files filed under another key: its manifest names its own key, so it is refused
+    renamed = {name.replace("00000000000000aa", "00000000000000cc"): data for name, data in members.items()
+               if "00000000000000aa" in name}
+    _write_tar(tmp_path / "renamed.tar", renamed)
+    said.clear()
+    assert store.unpack(tmp_path / "renamed.tar", root=tmp_path / "b", echo=said.append)["refused"] == [
+        "organism-00000000000000cc"]
+    assert "manifest key 00000000000000aa != requested 00000000000000cc" in said[0], said
 
 
 @pytest.mark.parametrize("bad", ["../evil/model.safetensors", "checkpoints/organism-00000000000000aa/run.sh",
@@ -111,9 +121,12 @@ def test_pack_leaves_out_a_corrupt_checkpoint_and_an_empty_store_writes_nothing(
     (broken / "config.json").write_text("{}")
     said = []
     assert store.pack(tmp_path / "m.tar", root=tmp_path / "a", echo=said.append) == ["organism-00000000000000aa"]
-    assert said == ["  left out organism-00000000000000bb: config.json does not match its sha256 in the manifest"]
+    corrupt = r"  left out organism-0+bb: config.json sha256 \w+ != manifest \w+ \(corrupt\)"
+    assert len(said) == 1 and re.fullmatch(corrupt, said[0]), said
     info = json.loads(_members(tmp_path / "m.tar")[store.INFO])
     assert info["checkpoints"] == ["organism-00000000000000aa"] and info["torch"] == torch.__version__
+    with pytest.raises(store.StoreError, match="it is a folder; give a file name"):
+        store.pack(tmp_path / "a", root=tmp_path / "a")
     with pytest.raises(store.StoreError, match="nothing to pack"):
         store.pack(tmp_path / "empty.tar", root=tmp_path / "nothing")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "m.tar"]  # no file, no temporary left

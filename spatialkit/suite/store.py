@@ -56,25 +56,22 @@ def _checkpoints():
 
 
 def check_folder(folder: Path, name: str | None = None) -> str | None:
-    """Why ``folder`` is not a finished, intact checkpoint (None when it is): its manifest names the key of
-    its name (``name``, default the folder's: KIND-KEY) and a sha256 for each of the checkpoint's files, and
-    every file matches."""
+    """Why ``folder`` is not a finished, intact checkpoint (None when it is), by the store's own check
+    (``checkpoints.load``: a manifest for the key of its name -- ``name``, default the folder's, KIND-KEY --,
+    every file's sha256, readable weights), with the folder's own config as the one requested."""
     ck = _checkpoints()
-    name = name or folder.name
-    try:
-        manifest = json.loads((folder / ck.MANIFEST).read_text())
-    except FileNotFoundError:
+    if not (folder / ck.MANIFEST).exists():
         return "unfinished (no manifest)"
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except FileNotFoundError:
+        return "config.json is missing"
     except (OSError, ValueError) as err:
-        return f"unreadable manifest ({err})"
-    files = manifest.get("files") if isinstance(manifest, dict) else None
-    if not isinstance(files, dict) or manifest.get("key") != name.rsplit("-", 1)[-1]:
-        return "malformed manifest (its key must be the folder's and it must list the files' sha256)"
-    for file_name in ck.FILES:
-        if not (folder / file_name).is_file():
-            return f"{file_name} is missing"
-        if ck.sha256_file(folder / file_name) != files.get(file_name):
-            return f"{file_name} does not match its sha256 in the manifest"
+        return f"unreadable config.json ({err})"
+    try:
+        ck.load(folder, config, (name or folder.name).rsplit("-", 1)[-1])
+    except ck.CheckpointError as err:
+        return str(err).split(": ", 1)[-1]  # without "checkpoint FOLDER: " (a staging folder, when unpacking)
     return None
 
 
@@ -103,6 +100,8 @@ def pack(out: Path, root: Path | None = None, echo=print) -> list[str]:
     out = Path(out).absolute()
     if not out.parent.is_dir():
         raise StoreError(f"cannot write {out}: {out.parent} is not a folder")
+    if out.is_dir():
+        raise StoreError(f"cannot write {out}: it is a folder; give a file name, e.g. {out / 'models.tar'}")
     packed: list[str] = []
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     os.close(fd)
