@@ -37,6 +37,27 @@ def one_torch_thread():
     torch.set_num_threads(previous)
 
 
+# Notebook kernels fork from two zygotes per test process (spatialkit/suite/zygote.py: one with torch & co.
+# imported, one with transformers too), started once for the session when it runs notebooks, and inherited by the
+# `spatialkit run` subprocesses the tests start (which then start none of their own): each notebook's kernel skips
+# those imports (about 4 s of CPU, 6 s with transformers).
+NOTEBOOK_TESTS = {"test_notebooks.py", "test_hf_notebooks.py", "test_same_numbers.py", "test_reliability.py",
+                  "test_browser.py", "test_runner.py", "test_parallel.py", "test_sweep.py", "test_scorecard.py"}
+_zygotes: list = []
+
+
+def pytest_collection_modifyitems(session, config, items):
+    from spatialkit.suite import zygote
+
+    if not _zygotes and any(Path(str(item.fspath)).name in NOTEBOOK_TESTS for item in items):
+        _zygotes.extend(z for hf in (False, True) if not zygote.address(hf) for z in [zygote.start(hf=hf)] if z)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    while _zygotes:
+        _zygotes.pop().close()
+
+
 @pytest.fixture
 def adamw_params_seen(monkeypatch):
     """The parameters handed to every ``torch.optim.AdamW`` built during the test, as sets of ids (one per

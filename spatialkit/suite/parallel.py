@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from spatialkit.suite import catalog, runner
+from spatialkit.suite import catalog, runner, zygote
 
 # kind -> the module (model layer) that plans and builds it: checkpoint_tasks(specs) -> [task], build_checkpoint(task);
 # "module:prefix" names a module serving several kinds: prefix_checkpoint_tasks, prefix_build_checkpoint
@@ -219,6 +219,11 @@ def run(
     # fork: the workers start from this light process (no torch, no threads yet; they import the model code
     # they are handed) with its environment, and never re-run the caller's __main__ script as spawn would
     context = multiprocessing.get_context("fork")
+    # The notebooks' kernels fork from a zygote that imports torch & co. once (spatialkit/suite/zygote.py; one with
+    # transformers too for notebooks run on a Hugging Face model), unless the caller gave one; started before the
+    # workers so that they inherit its address.
+    own_zygotes = [z for hf in sorted({runner.runs_hf(job) for job in stale}) if not zygote.address(hf)
+                   for z in [zygote.start(hf=hf)] if z is not None]
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     executor = ProcessPoolExecutor(max_workers=n_jobs, mp_context=context, initializer=_worker_init,
@@ -244,6 +249,8 @@ def run(
         raise
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
+        for own in own_zygotes:
+            own.close()
     for i, job in enumerate(jobs, 1):
         if job not in stale:
             echo(f"[{i}/{len(jobs)}] {job.name} up to date, skipped")

@@ -37,7 +37,7 @@ import yaml
 
 import spatialkit
 from spatialkit.common.results import RESULTS_ENV  # one name for the runner, setup() and claims tables
-from spatialkit.suite import catalog, nbimport
+from spatialkit.suite import catalog, nbimport, zygote
 from spatialkit.common.locks import LockBusy, file_lock
 from spatialkit.common.params import NotebookSpec, Param, ParameterError
 
@@ -378,9 +378,11 @@ def execute(job: Job, out_dir: Path, *, force: bool = False, pkg_hash: str | Non
 
 
 def _papermill(job: Job, running: Path, work: Path) -> None:
-    """Execute ``job`` under papermill into ``running``, with a fresh kernel whose output goes to the run's
-    kernel.log; start again when the kernel died at start on a port taken in between (KERNEL_START_ATTEMPTS)."""
+    """Execute ``job`` under papermill into ``running``, with a new kernel (forked from a zygote when the run has
+    one: spatialkit/suite/zygote.py) whose output goes to the run's kernel.log; start again when the kernel died at
+    start on a port taken in between (KERNEL_START_ATTEMPTS)."""
     papermill = nbimport.papermill()  # heavy: imported only when something really runs
+    forked = zygote.kernel_manager_class(runs_hf(job))  # forked from a zygote that imported torch & co. (None: fresh)
 
     log = work / "kernel.log"
     for attempt in range(1, KERNEL_START_ATTEMPTS + 1):
@@ -391,12 +393,17 @@ def _papermill(job: Job, running: Path, work: Path) -> None:
                 papermill.execute_notebook(
                     str(job.path), str(running), parameters=job.params, kernel_name=KERNEL,
                     cwd=str(job.path.parent), progress_bar=False, log_output=False,
-                    start_timeout=KERNEL_START_TIMEOUT,
+                    start_timeout=KERNEL_START_TIMEOUT, **({"kernel_manager_class": forked} if forked else {}),
                 )
             return
         except Exception as err:
             if attempt == KERNEL_START_ATTEMPTS or not kernel_port_was_taken(err, log, log_start):
                 raise
+
+
+def runs_hf(job: Job) -> bool:
+    """Whether ``job`` runs a Hugging Face model (its ``model`` names a folder or hub id, not the tiny organism)."""
+    return job.params.get("model", "tiny") not in ("tiny", None, "")
 
 
 def _execute_locked(job: Job, out_dir: Path, key: str, force: bool) -> Result:
