@@ -24,6 +24,7 @@ pytestmark = pytest.mark.skipif(not zygote.enabled(), reason="kernels are forked
 PROBE = r'''
 import json, os, signal, sys
 preloaded = "torch" in sys.modules
+spatialkit_modules = sorted(m for m in sys.modules if m.split(".")[0] == "spatialkit")
 import matplotlib, pandas, torch
 from tqdm.auto import tqdm
 import ipykernel.kernelapp
@@ -35,7 +36,7 @@ report = {
     "tqdm": tqdm.__mro__[1].__module__, "pandas max_columns": pandas.get_option("display.max_columns"),
     "threads": torch.get_num_threads(), "shell": type(get_ipython()).__name__,
     "parent_handle is parent": app.parent_handle == os.getppid(), "own session": os.getsid(0) == os.getpid(),
-    "stdin": stdin, "main": sys.modules["__main__"].__name__,
+    "stdin": stdin, "main": sys.modules["__main__"].__name__, "spatialkit modules": spatialkit_modules,
     "signals": {name: str(signal.getsignal(getattr(signal, name))) for name in ("SIGINT", "SIGTERM", "SIGCHLD")},
 }
 print(json.dumps({"preloaded": preloaded, "report": report}))

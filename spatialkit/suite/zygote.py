@@ -22,8 +22,8 @@ What could tell a forked kernel from a fresh one, and how each is kept the same:
   backend from its own environment, and the zygote never draws (a resolved backend refuses the fork);
 * a Python warning raised while importing is printed once, in the zygote, not in the notebook's first cell
   (the notebook outputs hold no such warning today either);
-* ``spatialkit`` itself is never preloaded: a run's code fingerprints are of the files on disk when the kernel
-  starts, and the kernel imports them then.
+* ``spatialkit`` itself is never preloaded (the packages that running this module imported are removed in the
+  kernel): a run's code fingerprints are of the files on disk when the kernel starts, and it imports them then.
 
 Use: ``start(hf=...)`` spawns one (``python -m spatialkit.suite.zygote``) and exports its address as
 ``$SPATIALKIT_KERNEL_ZYGOTE``; the runner then starts kernels through ``ForkedKernelManager`` (papermill's
@@ -344,7 +344,10 @@ def _become_kernel(request: dict, fds: list[int], client: int | None, sockets: l
             matplotlib.rcParams["backend"] = os.environ.get("MPLBACKEND") or "module://matplotlib_inline.backend_inline"
         if client is not None:
             _exit_with(client)
-        # ipykernel.kernelapp reads JPY_PARENT_PID (the parent to exit with) when it is imported: import it here
+        # ipykernel.kernelapp reads JPY_PARENT_PID (the parent to exit with) when it is imported: import it here;
+        # and spatialkit's own packages (imported to run this module) are the kernel's to import from disk
+        for name in [m for m in sys.modules if m == "spatialkit" or m.startswith("spatialkit.")]:
+            del sys.modules[name]
         sys.modules.pop("ipykernel.kernelapp", None)
         import importlib  # lazy: the child only
         import ipykernel_launcher  # lazy: the module a fresh kernel runs as __main__ (its path for sys.argv)
