@@ -42,7 +42,8 @@ def one_torch_thread():
 # `spatialkit run` subprocesses the tests start (which then start none of their own): each notebook's kernel skips
 # those imports (about 4 s of CPU, 6 s with transformers).
 NOTEBOOK_TESTS = {"test_notebooks.py", "test_hf_notebooks.py", "test_same_numbers.py", "test_reliability.py",
-                  "test_browser.py", "test_runner.py", "test_parallel.py", "test_sweep.py", "test_scorecard.py"}
+                  "test_browser.py", "test_runner.py", "test_parallel.py", "test_sweep.py", "test_scorecard.py",
+                  "test_assignments.py"}
 _zygotes: list = []
 
 

@@ -303,7 +303,13 @@ def test_nbgrader_accepts_the_course_and_grades_it(source, tmp_path):
     assert scores == {"solution": 3, "blank": 0}
 
 
-def test_many_submissions_one_gradebook(source, tmp_path, capsys):
+def test_many_submissions_one_gradebook(source, tmp_path, capsys, monkeypatch):
+    from spatialkit.suite import zygote
+
+    for variable in zygote.ADDRESS_ENV.values():  # no session zygote: grading several starts (and ends) its own
+        monkeypatch.delenv(variable, raising=False)
+    started, real_start = [], zygote.start
+    monkeypatch.setattr(zygote, "start", lambda **kw: started.append(real_start(**kw)) or started[-1])
     submitted = tmp_path / "submitted"
     for student, nb in (("alice", make_notebook()), ("bob", A.student_version(make_notebook(), "hw"))):
         write(nb, submitted / student / "hw" / "hw.ipynb")                  # nbgrader's layout
@@ -318,6 +324,8 @@ def test_many_submissions_one_gradebook(source, tmp_path, capsys):
     assert rows[1].startswith("alice,hw,3,3,2,1,") and rows[2].startswith("bob,hw,0,3,0,0,")
     assert (tmp_path / "reports" / "alice" / "hw.grade.json").exists()
     assert f"gradebook: {tmp_path / 'reports' / 'gradebook.csv'} (2 submission(s))" in captured.out
+    if zygote.enabled():
+        assert len(started) == 1 and started[0].process.poll() is not None and not started[0].folder.exists()
 
 
 def test_student_ids_from_the_usual_layouts(tmp_path):

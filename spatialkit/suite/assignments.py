@@ -45,7 +45,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from spatialkit.common.params import ParameterError
-from spatialkit.suite import nbimport
+from spatialkit.suite import nbimport, zygote
+from spatialkit.suite.runner import runs_hf
 
 SOLUTION_TAG = "solution"
 TESTS_TAG = "tests"
@@ -328,14 +329,17 @@ def resolve_parameters(name: str, profile: str, overrides: Mapping[str, Any]) ->
     return catalog.NOTEBOOKS[name].validate(values)
 
 
-def _execute(nb, cwd: Path, timeout: float):
-    """Run ``nb`` with nbgrader's Execute (errors and timeouts recorded per cell); a dead kernel or a
-    failure to start one is returned as a problem string, never raised."""
+def _execute(nb, cwd: Path, timeout: float, hf: bool = False):
+    """Run ``nb`` with nbgrader's Execute (errors and timeouts recorded per cell) in a kernel forked from a zygote
+    when there is one (``hf``: a notebook run on a Hugging Face model; spatialkit/suite/zygote.py); a dead kernel
+    or a failure to start one is returned as a problem string, never raised."""
     from nbgrader.preprocessors import Execute  # lazy: the CLI starts without it
 
     from spatialkit.suite.runner import kernel_environment  # lazy: the CLI starts without it
 
-    executor = Execute(timeout=int(timeout), kernel_name=KERNEL, allow_errors=True, interrupt_on_timeout=True)
+    forked = zygote.kernel_manager_class(hf)
+    executor = Execute(timeout=int(timeout), kernel_name=KERNEL, allow_errors=True, interrupt_on_timeout=True,
+                       **({"kernel_manager_class": forked} if forked else {}))
     try:
         with kernel_environment("Agg"):  # figures are irrelevant for grading
             nb, _ = executor.preprocess(nb, {"metadata": {"path": str(cwd)}})
@@ -396,7 +400,7 @@ def grade(
                 cell.metadata.setdefault("tags", [])
             merged = parameterize_notebook(merged, params, kernel_name=KERNEL, language="python")
         if merged.cells:
-            merged, problem = _execute(merged, source_path.parent.resolve(), timeout)
+            merged, problem = _execute(merged, source_path.parent.resolve(), timeout, hf=runs_hf(params))
             if problem:
                 problems.append(problem)
 
@@ -511,17 +515,24 @@ def grade_many(
                                                                                         for p in paths]))
         gradebook = base / "gradebook.csv"
     reports: list[GradeReport] = []
-    bar = tqdm(plan, desc="grading", unit="submission", file=sys.stderr, disable=not progress)
-    for path, src, student in bar:
-        bar.set_postfix_str(student)
-        where = None
-        if report_dir is not None:
-            where = Path(report_dir) / student if students.count(student) == 1 else Path(report_dir) / student / str(
-                len(reports))
-        report = grade(path, src, timeout=timeout, profile=profile, overrides=overrides, report_dir=where)
-        reports.append(report)
-        if progress:
-            bar.write(f"{student}: {report.score:g} / {report.max_score:g}")
+    # several submissions: their kernels fork from one zygote that imports torch & co. once (spatialkit/suite/zygote.py)
+    hf = runs_hf(overrides or {})
+    own_zygote = zygote.start(hf=hf) if len(plan) > 1 and zygote.address(hf) is None else None
+    try:
+        bar = tqdm(plan, desc="grading", unit="submission", file=sys.stderr, disable=not progress)
+        for path, src, student in bar:
+            bar.set_postfix_str(student)
+            where = None
+            if report_dir is not None:
+                where = Path(report_dir) / student if students.count(student) == 1 else \
+                    Path(report_dir) / student / str(len(reports))
+            report = grade(path, src, timeout=timeout, profile=profile, overrides=overrides, report_dir=where)
+            reports.append(report)
+            if progress:
+                bar.write(f"{student}: {report.score:g} / {report.max_score:g}")
+    finally:
+        if own_zygote is not None:
+            own_zygote.close()
     test_ids: list[str] = []
     for report in reports:
         test_ids += [t.grade_id for t in report.tests if t.grade_id not in test_ids]

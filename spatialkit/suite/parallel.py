@@ -222,7 +222,7 @@ def run(
     # The notebooks' kernels fork from a zygote that imports torch & co. once (spatialkit/suite/zygote.py; one with
     # transformers too for notebooks run on a Hugging Face model), unless the caller gave one; started before the
     # workers so that they inherit its address.
-    own_zygotes = [z for hf in sorted({runner.runs_hf(job) for job in stale}) if not zygote.address(hf)
+    own_zygotes = [z for hf in sorted({runner.runs_hf(job.params) for job in stale}) if not zygote.address(hf)
                    for z in [zygote.start(hf=hf)] if z is not None]
     for stream in (sys.stdout, sys.stderr):
         stream.flush()

@@ -382,7 +382,7 @@ def _papermill(job: Job, running: Path, work: Path) -> None:
     one: spatialkit/suite/zygote.py) whose output goes to the run's kernel.log; start again when the kernel died at
     start on a port taken in between (KERNEL_START_ATTEMPTS)."""
     papermill = nbimport.papermill()  # heavy: imported only when something really runs
-    forked = zygote.kernel_manager_class(runs_hf(job))  # forked from a zygote that imported torch & co. (None: fresh)
+    forked = zygote.kernel_manager_class(runs_hf(job.params))  # forked from a zygote that imported torch & co. (None: fresh)
 
     log = work / "kernel.log"
     for attempt in range(1, KERNEL_START_ATTEMPTS + 1):
@@ -401,9 +401,10 @@ def _papermill(job: Job, running: Path, work: Path) -> None:
                 raise
 
 
-def runs_hf(job: Job) -> bool:
-    """Whether ``job`` runs a Hugging Face model (its ``model`` names a folder or hub id, not the tiny organism)."""
-    return job.params.get("model", "tiny") not in ("tiny", None, "")
+def runs_hf(params: Mapping[str, Any]) -> bool:
+    """Whether a notebook with ``params`` runs a Hugging Face model (``model`` names a folder or hub id, not the
+    tiny organism)."""
+    return params.get("model", "tiny") not in ("tiny", None, "")
 
 
 def _execute_locked(job: Job, out_dir: Path, key: str, force: bool) -> Result:
