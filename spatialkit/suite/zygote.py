@@ -11,7 +11,9 @@ kernel's is a pipe nobody writes to (a read waits forever); notebooks read input
 
 Why a separate process and not a fork of the runner: GNU OpenMP is not fork-safe -- a child forked after its
 parent ran a multi-threaded torch operation hangs at its first one (tried: it hangs) -- and the runner's workers
-train models. The zygote only imports; it never runs a tensor operation and never starts a thread.
+train models. The zygote only imports; it never runs a tensor operation, never starts a thread and never
+initializes CUDA (no preloaded library queries the GPU when imported, checked; a kernel on a GPU initializes it
+itself, as a fresh one does).
 
 What could tell a forked kernel from a fresh one, and how each is kept the same:
 
@@ -315,6 +317,9 @@ def _forkable() -> str | None:
         return "matplotlib's backend was resolved in the zygote"
     if "matplotlib_inline.backend_inline" in sys.modules:
         return "the inline backend was imported outside a kernel"
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():  # CUDA cannot be used in a child forked after that
+        return "CUDA was initialized in the zygote"
     return None
 
 
