@@ -126,8 +126,9 @@ def test_the_kernel_ends_with_the_process_that_asked_for_it(own_zygote, tmp_path
     asker = subprocess.Popen(
         [sys.executable, "-c",
          "import os, sys, time\nfrom spatialkit.suite import zygote\n"
-         f"print(zygote.spawn({own_zygote.address!r}, zygote._kernel_interpreter(), ['-f', {_connection_file(tmp_path)!r}],"
-         f" {str(tmp_path)!r}, dict(os.environ)), flush=True)\ntime.sleep(600)"],
+         f"print(zygote.spawn({own_zygote.address!r}, zygote._kernel_interpreter(),"
+         f" ['-f', {_connection_file(tmp_path)!r}], {str(tmp_path)!r}, dict(os.environ)), flush=True)\n"
+         "time.sleep(600)"],
         stdout=subprocess.PIPE, text=True, env=dict(os.environ))  # not the C-level one (see zygote.start)
     pid = int(asker.stdout.readline())
     kernel = zygote.ForkedKernel(pid)

@@ -15,23 +15,31 @@ train models. The zygote only imports; it never runs a tensor operation, never s
 initializes CUDA (no preloaded library queries the GPU when imported, checked; a kernel on a GPU initializes it
 itself, as a fresh one does).
 
-What could tell a forked kernel from a fresh one, and how each is kept the same:
+What could tell a forked kernel from a fresh one, and how each is kept the same (tests/test_zygote.py runs a probe
+notebook both ways and compares what it sees):
 
-* ``tqdm.auto`` picks widget progress bars only when imported inside a kernel, and transformers imports it at its
-  own import: the zygote imports it as a kernel would (``_import_tqdm_as_in_a_kernel``), since every process it
-  forks is a kernel;
+* libraries that decide at import whether they run in a kernel: ``tqdm.auto`` (widget bars when
+  ``ipykernel.zmqshell`` is imported) and pandas (``display.max_columns`` 20 in a kernel, 0 in a terminal) -- the
+  zygote imports everything with ``ipykernel.zmqshell`` imported and a stand-in ``get_ipython()`` (``_preload``),
+  as a kernel's first cell would, since every process it forks is a kernel;
+* ipykernel reads ``JPY_PARENT_PID`` when ``ipykernel.kernelapp`` is imported: that module is imported again in
+  the kernel;
 * matplotlib reads ``MPLBACKEND`` when imported and resolves the backend at the first figure: the kernel sets the
   backend from its own environment, and the zygote never draws (a resolved backend refuses the fork);
+* the environment: a kernel whose environment differs from the zygote's outside Jupyter's and the runner's own
+  variables (``KERNEL_ONLY_ENV``), or whose interpreter or its options differ, is refused and starts fresh; the
+  zygote is given ``os.environ`` (what kernels are given), not the C-level environment a subprocess inherits;
 * a Python warning raised while importing is printed once, in the zygote, not in the notebook's first cell
   (the notebook outputs hold no such warning today either);
 * ``spatialkit`` itself is never preloaded (the packages that running this module imported are removed in the
   kernel): a run's code fingerprints are of the files on disk when the kernel starts, and it imports them then.
 
 Use: ``start(hf=...)`` spawns one (``python -m spatialkit.suite.zygote``) and exports its address as
-``$SPATIALKIT_KERNEL_ZYGOTE``; the runner then starts kernels through ``ForkedKernelManager`` (papermill's
-``kernel_manager_class``). Without the variable, on another OS, or when the zygote cannot fork (it died, a
-thread appeared), kernels start the usual way; ``SPATIALKIT_FORK_KERNELS=0`` turns it off. Linux only
-(``os.pidfd_open``: the runner watches and signals a kernel that is the zygote's child, not its own).
+``ADDRESS_ENV[hf]`` (``$SPATIALKIT_KERNEL_ZYGOTE``, ``..._HF`` for one with transformers); the runner then starts
+kernels through ``kernel_manager_class(hf)`` (papermill's and nbgrader's ``kernel_manager_class``). Without the
+variable, off Linux, or when the zygote refuses or cannot be reached, kernels start the usual way;
+``SPATIALKIT_FORK_KERNELS=0`` turns it off. The runner watches and signals a forked kernel (the zygote's child,
+not its own) through a pidfd (Linux 5.3+).
 
 The runner does not learn a forked kernel's exit status (it is the zygote's child, reaped there): a kernel that
 exits reads as exit status 0, and one that dies mid-run is reported by nbclient as a dead kernel all the same.
@@ -41,6 +49,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import json
 import os
 import select
@@ -58,7 +67,7 @@ from pathlib import Path
 # imports anyway, no more (transformers only for a notebook run on a Hugging Face model).
 ADDRESS_ENV = {False: "SPATIALKIT_KERNEL_ZYGOTE", True: "SPATIALKIT_KERNEL_ZYGOTE_HF"}
 SWITCH_ENV = "SPATIALKIT_FORK_KERNELS"  # "0": never fork kernels
-# Imported by every notebook's kernel (directly or through spatialkit), with nothing that depends on the kernel.
+# Imported by every notebook's kernel (directly or through spatialkit); ``_preload`` imports them as a kernel would.
 PRELOAD = ("numpy", "torch", "pandas", "scipy.stats", "matplotlib.pyplot", "seaborn", "ipykernel.kernelapp")
 # What spatialkit.models.hf adds for a notebook run on a Hugging Face model.
 PRELOAD_HF = ("transformers", "transformers.modeling_utils", "transformers.masking_utils",
@@ -72,9 +81,19 @@ class ZygoteError(RuntimeError):
 
 
 def enabled() -> bool:
-    """Whether kernels may be forked here at all (Linux with pidfd, not switched off)."""
-    return (os.environ.get(SWITCH_ENV, "1") != "0" and sys.platform.startswith("linux")
-            and hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal"))
+    """Whether kernels may be forked here at all (Linux with pidfds, not switched off)."""
+    return os.environ.get(SWITCH_ENV, "1") != "0" and _pidfds_work()
+
+
+@functools.cache
+def _pidfds_work() -> bool:
+    if not (sys.platform.startswith("linux") and hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal")):
+        return False
+    try:
+        os.close(os.pidfd_open(os.getpid()))  # the kernel may be older than pidfds (Linux 5.3)
+    except OSError:
+        return False
+    return True
 
 
 def address(hf: bool = False) -> str | None:
@@ -120,8 +139,9 @@ class Zygote:
 
 def start(*, hf: bool = False) -> Zygote | None:
     """Spawn a zygote (preloading ``PRELOAD``, and ``PRELOAD_HF`` when ``hf``) and export its address as
-    ``ADDRESS_ENV[hf]`` in this process's environment (worker processes forked afterwards and subprocesses use it). It imports in the
-    background; a kernel asked for meanwhile waits for its imports. None when forking is not enabled."""
+    ``ADDRESS_ENV[hf]`` in this process's environment (worker processes forked afterwards and subprocesses use
+    it). It imports in the background; a kernel asked for meanwhile waits for its imports. None when forking is
+    not enabled."""
     if not enabled():
         return None
     folder = Path(tempfile.mkdtemp(prefix="spatialkit-zygote-"))
