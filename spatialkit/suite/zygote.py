@@ -43,6 +43,7 @@ not its own) through a pidfd (Linux 5.3+).
 
 The runner does not learn a forked kernel's exit status (it is the zygote's child, reaped there): a kernel that
 exits reads as exit status 0, and one that dies mid-run is reported by nbclient as a dead kernel all the same.
+Its CPU time is counted where a fresh kernel's was: in the runner's children's (``_reap``), once the zygote ends.
 """
 
 from __future__ import annotations
@@ -350,7 +351,7 @@ def _become_kernel(request: dict, fds: list[int], client: int | None, sockets: l
         for sock in sockets:
             sock.close()
         os.setsid()  # as jupyter_client's launcher does: interrupts go to the kernel's own group
-        for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
+        for signum in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         null = os.open(os.devnull, os.O_RDONLY)
@@ -440,13 +441,24 @@ def serve(path: str, owner: int, preload: list[str]) -> None:
         _serve(path, owner, preload)
     except SystemExit:
         pass
-    finally:  # the socket, its log and folder (start() made the folder for it alone)
+    finally:  # exited kernels, then the socket, its log and folder (start() made the folder for it alone)
+        _reap()
         folder = Path(path).parent
         for leftover in (Path(path), Path(path + ".tmp"), folder / "zygote.log"):
             with contextlib.suppress(OSError):
                 leftover.unlink()
         with contextlib.suppress(OSError):
             folder.rmdir()
+
+
+def _reap() -> None:
+    """Collect the kernels that exited (each within a second: the runner watches them through pidfds, which report
+    the exit at once). With waitpid, not an ignored SIGCHLD: a child reaped that way adds its CPU time to this
+    process's children's, and so to the runner's once it has waited for the zygote (benchmarks/bench_book.py reads
+    it); an auto-reaped one's would be lost."""
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
 
 
 def _terminated(signum, frame):
@@ -461,10 +473,8 @@ def _serve(path: str, owner: int, preload: list[str]) -> None:
     listener.listen(64)
     os.replace(path + ".tmp", path)  # appears only once it accepts
     _preload(preload)
-    # after the imports (which may wait on subprocesses of their own): kernels are reaped as they exit; the runner
-    # watches them through pidfds
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     while os.getppid() == owner:
+        _reap()
         if not select.select([listener], [], [], 1.0)[0]:
             continue
         conn, _ = listener.accept()
