@@ -8,6 +8,7 @@ run: the kernel starts with them in memory (shared copy-on-write) and is otherwi
 group, the working folder, environment, ``sys.argv`` and ``sys.path`` of that command, stdout/stderr wherever the
 runner's own go (the run's kernel.log). One difference: its stdin is /dev/null (a read ends at once), where a fresh
 kernel's is a pipe nobody writes to (a read waits forever); notebooks read input through the kernel's own channel.
+And ``ps`` shows a forked kernel with the zygote's command line (``python -m spatialkit.suite.zygote ...``).
 
 Why a separate process and not a fork of the runner: GNU OpenMP is not fork-safe -- a child forked after its
 parent ran a multi-threaded torch operation hangs at its first one (tried: it hangs) -- and the runner's workers
