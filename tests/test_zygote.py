@@ -216,3 +216,13 @@ def test_a_forked_kernels_cpu_is_counted_like_a_fresh_ones(own_zygote, tmp_path)
     while _children_cpu_s(own_zygote.process.pid) < 1.0 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _children_cpu_s(own_zygote.process.pid) >= 1.0
+
+
+def test_a_zygote_that_cannot_listen_leaves_fresh_kernels_and_no_folder(monkeypatch, tmp_path):
+    long_tmp = tmp_path / ("x" * 120)  # a unix socket path must fit in 107 bytes
+    long_tmp.mkdir()
+    monkeypatch.setattr(zygote.tempfile, "tempdir", str(long_tmp))
+    for variable in zygote.ADDRESS_ENV.values():
+        monkeypatch.delenv(variable, raising=False)
+    assert zygote.start() is None
+    assert list(long_tmp.iterdir()) == [] and zygote.kernel_manager_class() is None

@@ -55,6 +55,7 @@ import functools
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -159,10 +160,12 @@ def start(*, hf: bool = False) -> Zygote | None:
             env=dict(os.environ))
     deadline = time.monotonic() + READY_TIMEOUT_S
     while not sock.exists():  # it listens before importing anything
-        if process.poll() is not None or time.monotonic() > deadline:
+        if process.poll() is not None or time.monotonic() > deadline:  # e.g. a socket path over 107 bytes
             with contextlib.suppress(OSError):
                 process.kill()
-            return None
+            process.wait()
+            shutil.rmtree(folder, ignore_errors=True)
+            return None  # fresh kernels, as without a zygote
         time.sleep(0.01)
     variable = ADDRESS_ENV[hf]
     saved = os.environ.get(variable)
