@@ -141,7 +141,8 @@ def test_bench_step_float32_attention_matches_plain_sdpa_and_keeps_the_dtype():
     torch.testing.assert_close(out.float(), expected, atol=1e-2, rtol=1e-2)
 
 
-@pytest.mark.parametrize("script", ["bench_step", "bench_book", "bench_plan", "bench_finer_grid", "bench_kernel_start"])
+@pytest.mark.parametrize("script", ["bench_step", "bench_book", "bench_plan", "bench_finer_grid",
+                                    "bench_kernel_start"])
 def test_benchmark_help_runs(script):
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / f"{script}.py"), "--help"],
                           check=False, capture_output=True, text=True, timeout=120)

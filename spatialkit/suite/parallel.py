@@ -72,10 +72,7 @@ def _worker_init(parent: int) -> None:
     signal.signal(signal.SIGINT, _interrupted)
     # A worker must not outlive its run: killed with it (even SIGKILL), it gets a SIGINT from the kernel and stops
     # its task as on Ctrl-C (a notebook waiting for a lock must not run after its CLI is gone). Linux only.
-    with contextlib.suppress(Exception):
-        import ctypes  # lazy: the CLI starts without it
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
+    zygote.signal_when_parent_dies(signal.SIGINT)
     if os.getppid() != parent:  # the parent died before the line above
         os._exit(1)
     # The signal alone does not end the worker: an idle one ignores it, and a busy one, its task stopped, goes

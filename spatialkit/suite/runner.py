@@ -382,7 +382,7 @@ def _papermill(job: Job, running: Path, work: Path) -> None:
     one: spatialkit/suite/zygote.py) whose output goes to the run's kernel.log; start again when the kernel died at
     start on a port taken in between (KERNEL_START_ATTEMPTS)."""
     papermill = nbimport.papermill()  # heavy: imported only when something really runs
-    forked = zygote.kernel_manager_class(runs_hf(job.params))  # forked from a zygote that imported torch & co. (None: fresh)
+    forked = zygote.kernel_manager_class(runs_hf(job.params))  # None: a fresh kernel (no zygote to fork from)
 
     log = work / "kernel.log"
     for attempt in range(1, KERNEL_START_ATTEMPTS + 1):

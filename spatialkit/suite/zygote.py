@@ -433,10 +433,7 @@ def serve(path: str, owner: int, preload: list[str]) -> None:
     """Listen on ``path``, import ``preload``, then fork a kernel per request until ``owner`` exits."""
     if sys.path and sys.path[0] in ("", os.getcwd()):
         del sys.path[0]  # as ipykernel_launcher does; the kernel's shell puts '' back
-    with contextlib.suppress(Exception):
-        import ctypes  # lazy: Linux only
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: end with the owner
+    signal_when_parent_dies(signal.SIGTERM)  # end with the owner
     if os.getppid() != owner:
         return
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the runner's to handle
@@ -463,6 +460,16 @@ def _reap() -> None:
     with contextlib.suppress(ChildProcessError):
         while os.waitpid(-1, os.WNOHANG)[0]:
             pass
+
+
+def signal_when_parent_dies(signum: int) -> None:
+    """Have the kernel send this process ``signum`` when its parent dies, even by SIGKILL (Linux's
+    PR_SET_PDEATHSIG; elsewhere nothing). The caller checks ``os.getppid()`` afterwards: the parent may have died
+    before this call."""
+    with contextlib.suppress(Exception):
+        import ctypes  # lazy: only processes that must end with their parent need it
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signum)  # 1 = PR_SET_PDEATHSIG
 
 
 def _terminated(signum, frame):
