@@ -15,7 +15,8 @@ TORCH := torch==2.13.0
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
 # Tests run in 2 processes (pytest-xdist): most of the suite's time is notebooks and tiny models on one torch
-# thread each, so 2 workers use both cores of a 2-core machine (TEST_JOBS=0: one process).
+# thread each, so 2 workers use both cores of a 2-core machine (TEST_JOBS=0: one process). `--dist worksteal`: a
+# worker that runs out of tests takes half of the other's queue (tests/conftest.py puts the long ones first).
 TEST_JOBS ?= 2
 # Re-running pip is skipped until pyproject.toml changes.
 # Left out of the set-up's bytecode: the test suites packages ship (never imported) and transformers' model
@@ -54,7 +55,7 @@ run: $(STAMP)
 	$(VENV)/bin/spatialkit run
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -n $(TEST_JOBS) $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -n $(TEST_JOBS) --dist worksteal $(PYTEST_ARGS)
 
 clean:
 	rm -rf _build book/executed

@@ -219,7 +219,7 @@ def test_load_or_train_round_trip_and_interrupted_training(tmp_path, monkeypatch
     assert state_dict_sha256(again.model) == state_dict_sha256(trained.model)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=150)  # the suite's longest test: started first (conftest)
 def test_small_organism_learns_what_and_where():
     """Learning threshold on the "quick" recipe at 1200 VQA steps (about 100 s of one CPU core, both stages; its
     2000-step stage 1 is 60 s of it): on the held-out test split (80 items per task, balanced per question text)
