@@ -50,19 +50,41 @@ _zygotes: list = []
 def pytest_collection_modifyitems(session, config, items):
     from spatialkit.suite import zygote
 
-    # Longest first, with `make test`'s `--dist worksteal`: tests marked slow go to the front, the longest (the
-    # mark's `seconds` hint, 60 by default) first, the rest keep their order. Each worker starts on its share of the
-    # queue and an idle one takes half of the other's remainder, so the many short tests fill the end; in file
-    # order a test of minutes that starts late leaves the other worker idle (measured: 507 s in file order, 487 s
-    # sorted with worksteal, 583-587 s with either change alone). A sort on marks is the same on every worker,
-    # which xdist requires.
-    def expected_seconds(item) -> float:
-        slow = item.get_closest_marker("slow")
-        return slow.kwargs.get("seconds", 60) if slow else 0
-
-    items.sort(key=expected_seconds, reverse=True)
+    items[:] = longest_first(items, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
     if not _zygotes and any(Path(str(item.fspath)).name in NOTEBOOK_TESTS for item in items):
         _zygotes.extend(z for hf in (False, True) if not zygote.address(hf) for z in [zygote.start(hf=hf)] if z)
+
+
+def expected_seconds(item) -> float:
+    """A test's rough duration, for ordering the run: its `slow` mark's `seconds` (60 unless given), else 0."""
+    slow = item.get_closest_marker("slow")
+    return slow.kwargs.get("seconds", 60) if slow else 0
+
+
+def longest_first(items: list, workers: int) -> list:
+    """The collection laid out for `make test`'s `pytest -n N --dist worksteal`, which hands worker i the i-th of N
+    contiguous blocks and lets a worker that runs dry take the back half of another's queue: the slow tests are
+    shared out longest first (each to the block with the least expected time) at the front of their blocks, the
+    short ones follow in file order. So every worker starts on long tests and short ones fill the end, when workers
+    steal; in file order a test of minutes that started late left the other worker idle at the end (with xdist's
+    default `load` scheduling too). The layout depends only on the collection and N, so every worker computes the
+    same one, which xdist requires."""
+    workers = max(workers, 1)
+    slow = sorted((item for item in items if expected_seconds(item)), key=expected_seconds, reverse=True)
+    fast = [item for item in items if not expected_seconds(item)]
+    sizes, left = [], len(items)
+    for i in range(workers):  # xdist's first split: each idle worker gets len(pending) // workers_remaining
+        sizes.append(left // (workers - i))
+        left -= sizes[-1]
+    blocks: list[list] = [[] for _ in sizes]
+    for item in slow:
+        room = [b for b in range(workers) if len(blocks[b]) < sizes[b]]
+        blocks[min(room, key=lambda b: sum(map(expected_seconds, blocks[b])))].append(item)
+    for block, size in zip(blocks, sizes):
+        take = size - len(block)
+        block += fast[:take]
+        fast = fast[take:]
+    return [item for block in blocks for item in block]
 
 
 def pytest_sessionfinish(session, exitstatus):
