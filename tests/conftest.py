@@ -47,6 +47,7 @@ NOTEBOOK_TESTS = {"test_notebooks.py", "test_hf_notebooks.py", "test_same_number
 _zygotes: list = []
 
 
+@pytest.hookimpl(trylast=True)  # after -k / -m deselection: the blocks and the zygotes are for what runs
 def pytest_collection_modifyitems(session, config, items):
     from spatialkit.suite import zygote
 
