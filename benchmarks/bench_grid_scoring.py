@@ -1,14 +1,16 @@
-"""Benchmark: notebook 07's scoring of one cell under every AdaptVis α, images encoded once vs once per α.
+"""Benchmark: notebook 07's scoring of one cell under every AdaptVis α, three ways, from one run.
 
     SPATIALKIT_CACHE=<store> .venv/bin/python benchmarks/bench_grid_scoring.py [--preset llava] [--items 900]
         [--repeats 3]
 
-``spatialkit.analysis.combine.answer_row_scores_per_alpha`` runs the plain forward once per batch and each other α
-(ScalingVis on the answer row) as one more LM pass on the *same* visual tokens: ScalingVis changes only the LM's
-attention, so the vision encoder's output does not depend on α. The reference re-runs the whole forward
-(``vlm.logits``: encoder + LM) for every α, as the function did before. Both give the same numbers
-(tests/test_combine.py); this prints, from one run, the CPU time (process time, one torch thread) of each,
-interleaved over ``--repeats`` rounds, and the ratio of their medians. The organism is loaded from the store
+ScalingVis changes only the answer row's attention: the vision encoder's output does not depend on α, and no row
+before the answer row attends to it (causal attention), so everything before it is the same for every α.
+``spatialkit.analysis.combine.answer_row_scores_per_alpha`` runs one plain prefill per batch and, per other α,
+only the answer row again over a copy of its cache (``scaled_answer_logits``). The references: the whole forward
+(encoder + LM, ``vlm.logits``) per α, as the function did first, and the whole LM pass per α on visual tokens
+encoded once, as it did until 2026-12-01. All three give the same numbers up to the order of float sums
+(tests/test_combine.py, tests/test_adaptvis.py); this prints the CPU time (process time, one torch thread) of
+each, interleaved over ``--repeats`` rounds, and the ratios of their medians. The organism is loaded from the store
 (trained when missing: ``load_or_train``); its test what-items of notebook 07's world are scored under notebook
 07's six α (1, 0.5, 0.8, 1.5, 2, 3).
 """
@@ -29,7 +31,7 @@ ALPHAS = (1.0, 0.5, 0.8, 1.5, 2.0, 3.0)  # notebook 07's defaults: 1 plus alpha1
 
 def main() -> None:
     from spatialkit.analysis import combine
-    from spatialkit.analysis.interventions.adaptvis import scaling_vis
+    from spatialkit.analysis.interventions.adaptvis import scaling_vis, scaling_vis_generations
     from spatialkit.models.organism import load_or_train
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -44,7 +46,7 @@ def main() -> None:
     items, images = sets.items["test"]["what"], sets.images["test"]["what"]
 
     @torch.no_grad()
-    def once_per_alpha():  # the reference: the whole forward (encoder + LM) for every α
+    def whole_forward_per_alpha():  # the first reference: encoder + LM for every α
         for start in range(0, len(items), args.batch):
             chunk = items[start: start + args.batch]
             batch = vlm.prepare(images[start: start + args.batch], [it.question.text for it in chunk])
@@ -52,22 +54,63 @@ def main() -> None:
                 with scaling_vis(vlm, a):
                     vlm.logits(batch)
 
-    def encoded_once():
+    @torch.no_grad()
+    def lm_pass_per_alpha():  # the second: the images encoded once per batch, the whole LM pass for every α
+        for start in range(0, len(items), args.batch):
+            chunk = items[start: start + args.batch]
+            batch = vlm.prepare(images[start: start + args.batch], [it.question.text for it in chunk])
+            visual = vlm.visual_tokens(batch).tokens
+            for a in ALPHAS:
+                with scaling_vis(vlm, a):
+                    vlm.output_embeddings()(vlm.lm_hidden(batch, visual))
+
+    def answer_row_per_alpha():
         combine.answer_row_scores_per_alpha(vlm, images, items, ALPHAS, args.batch)
 
-    times = {"whole forward per α": [], "images encoded once": []}
+    ways = {"whole forward per α": whole_forward_per_alpha, "LM pass per α": lm_pass_per_alpha,
+            "answer row per α": answer_row_per_alpha}
+    times = {name: [] for name in ways}
     for r in range(args.repeats):
-        order = list(times) if r % 2 == 0 else list(reversed(times))  # interleaved: load spikes hit both
+        order = list(ways) if r % 2 == 0 else list(reversed(ways))  # interleaved: load spikes hit every way
         for name in order:
             c0 = time.process_time()
-            (once_per_alpha if name.startswith("whole") else encoded_once)()
+            ways[name]()
             times[name].append(time.process_time() - c0)
     print(f"{args.preset}: {len(items)} what-items x {len(ALPHAS)} α, batch {args.batch}, one thread, CPU s "
           f"(median of {args.repeats})")
     for name, ts in times.items():
         print(f"  {name:22s} {statistics.median(ts):7.2f} s   ({', '.join(f'{t:.2f}' for t in ts)})")
-    ratio = statistics.median(times["whole forward per α"]) / statistics.median(times["images encoded once"])
-    print(f"  speed-up of encoding once: {ratio:.2f}x")
+    now = statistics.median(times["answer row per α"])
+    for name in ("whole forward per α", "LM pass per α"):
+        print(f"  answer row per α vs {name}: {statistics.median(times[name]) / now:.2f}x faster")
+
+    # notebook 04's way: greedy generation under every α (scaling_table), one generate per α vs one prefill
+    prompts = [it.question.text for it in items]
+
+    @torch.no_grad()
+    def generate_per_alpha():
+        for start in range(0, len(items), args.batch):
+            for a in ALPHAS:
+                with scaling_vis(vlm, a):
+                    vlm.generate(images[start: start + args.batch], prompts[start: start + args.batch], 3)
+
+    def one_prefill():
+        for start in range(0, len(items), args.batch):
+            scaling_vis_generations(vlm, images[start: start + args.batch], prompts[start: start + args.batch],
+                                    ALPHAS, 3)
+
+    gen = {"generate per α": generate_per_alpha, "one prefill, rerun per α": one_prefill}
+    gtimes = {name: [] for name in gen}
+    for r in range(args.repeats):
+        for name in (list(gen) if r % 2 == 0 else list(reversed(gen))):
+            c0 = time.process_time()
+            gen[name]()
+            gtimes[name].append(time.process_time() - c0)
+    print("generation, up to 3 new tokens, same items and α (notebook 04's scaling_table), CPU s")
+    for name, ts in gtimes.items():
+        print(f"  {name:26s} {statistics.median(ts):7.2f} s   ({', '.join(f'{t:.2f}' for t in ts)})")
+    ratio = statistics.median(gtimes["generate per α"]) / statistics.median(gtimes["one prefill, rerun per α"])
+    print(f"  one prefill vs generate per α: {ratio:.2f}x faster")
 
 
 if __name__ == "__main__":

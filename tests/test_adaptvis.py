@@ -142,6 +142,30 @@ def test_rows_and_key_factor_are_computed_once_per_pass_and_follow_the_batch(voc
         assert (got - ref)[real].abs().max() <= TOL
 
 
+def test_every_alpha_from_one_prefill_equals_scaling_vis_per_alpha(model_and_inputs):
+    vlm, (images, prompts) = model_and_inputs
+    prefill = vlm.prefill(images, prompts)
+    swept = av.scaling_vis_generations(vlm, images, prompts, (1.0, *ALPHAS), max_new_tokens=5)
+    assert tokens(swept[1.0]) == tokens(vlm.generate(images, prompts, max_new_tokens=5))
+    for alpha in ALPHAS:
+        with scaling_vis(vlm, alpha):
+            whole = vlm.prefill(images, prompts).first_logits  # the whole prompt run scaled
+            gens = vlm.generate(images, prompts, max_new_tokens=5)
+        rerun = av.scaled_answer_logits(vlm, prefill, alpha)
+        assert rerun.shape == whole.shape and (rerun - whole).abs().max() <= TOL
+        assert (rerun - prefill.first_logits).abs().max() > 1e-3  # α moved the answer row
+        assert tokens(swept[alpha]) == tokens(gens)
+        assert [g.first_token_prob for g in swept[alpha]] == pytest.approx([g.first_token_prob for g in gens],
+                                                                           abs=TOL)
+    # α = 1 reruns the row unscaled; the prefill itself was never decoded, so it still decodes to the plain answers
+    assert (av.scaled_answer_logits(vlm, prefill, 1.0) - prefill.first_logits).abs().max() <= TOL
+    assert tokens(vlm.decode(prefill, 5)) == tokens(swept[1.0])
+    with pytest.raises(ValueError, match="already decoded"):
+        av.fork_prefill(prefill)
+    with pytest.raises(ValueError, match="alpha"):
+        av.scaled_answer_logits(vlm, vlm.prefill(images, prompts), -1.0)
+
+
 def sharpen_head(vlm, std):
     """Random weights answer with ~1/V confidence; a sharper LM head (weights of this std) spreads the
     confidences over [0, 1]."""

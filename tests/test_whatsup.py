@@ -200,6 +200,13 @@ def test_lookup_equals_running_adaptvis(tmp_path):
     vlm = OrganismVLM(model, vocab, cfg)
     table = whatsup_eval.scaling_table(vlm, qa, [0.5, 2.0], prompt_style="native", batch_size=7, max_new_tokens=2)
     assert set(table.alpha) == {0.5, 1.0, 2.0} and len(table) == 72
+    # one prefill per batch, the last row rerun per α: the answers of a whole ScalingVis generation per α
+    for alpha in (1.0, 0.5, 2.0):
+        method = whatsup_eval.Method.baseline() if alpha == 1.0 else whatsup_eval.Method.scalingvis(alpha)
+        whole = whatsup_eval.evaluate(vlm, qa, method, prompt_style="native", batch_size=7, max_new_tokens=2)
+        mine = table[table.alpha == alpha].reset_index(drop=True)
+        assert mine["output"].tolist() == whole["output"].tolist()
+        assert mine["method"].tolist() == whole["method"].tolist()
     beta = float(np.median(table.confidence))
     looked_up = whatsup.adaptvis_correct(table, 0.5, 2.0, beta)
     ran = whatsup_eval.evaluate(vlm, qa, whatsup_eval.Method.adaptvis(0.5, 2.0, beta), prompt_style="native", batch_size=7,

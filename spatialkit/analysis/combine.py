@@ -21,8 +21,9 @@ cell is also measured with AdaptVis (inference-time, free) on top. The fixes:
 
 Scoring: every option of the organism's WhereBench questions is one word, so an option's log-likelihood is the
 answer row's (the ``<ans>`` token's) log-probability of that word, exactly ``evaluate``'s ``score_options``; under
-``scaling_vis`` that row is the row AdaptVis scales. One forward per α gives every α's scores, and AdaptVis with
-any (α1, α2, β) is a per-item choice among them (the gate reads the unscaled pass's confidence).
+``scaling_vis`` that row is the row AdaptVis scales. One plain prefill plus that one row per α gives every α's
+scores, and AdaptVis with any (α1, α2, β) is a per-item choice among them (the gate reads the unscaled pass's
+confidence).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import torch
 from spatialkit.models.organism import preset
 from spatialkit import world as scenes
 from spatialkit.models.organism import scene_config, tasks_for
-from spatialkit.analysis.interventions.adaptvis import scaling_vis
+from spatialkit.analysis.interventions.adaptvis import scaled_answer_logits
 from spatialkit.common.stats import bootstrap_ci
 from spatialkit.common.stats import bootstrap_diff_ci, seed_item_bootstrap
 
@@ -358,10 +359,13 @@ def answer_row_scores(vlm, images, items, alpha: float = 1.0, batch_size: int = 
 @torch.no_grad()
 def answer_row_scores_per_alpha(vlm, images, items, alphas: Sequence[float],
                                 batch_size: int = 256) -> tuple[dict[float, np.ndarray], np.ndarray]:
-    """``answer_row_scores`` for several α at once: ({α: scores (N, K)}, confidence (N,)). Per batch the plain
-    forward (the confidence, α = 1 and the longer options' plain score) runs once and each other α one scaled
-    LM pass on the same visual tokens (the images are encoded once) -- the same numbers as one
-    ``answer_row_scores`` call per α, which re-ran the whole plain forward every time."""
+    """``answer_row_scores`` for several α at once: ({α: scores (N, K)}, confidence (N,)). Per batch one plain
+    prefill (vision tower and whole prompt: the confidence, α = 1 and the longer options' plain score), then
+    per other α only the answer row, rerun alone over a copy of its cache with the image logits scaled
+    (``scaled_answer_logits``): no earlier row attends to the answer row, so ScalingVis changes nothing
+    before it. The same numbers as a whole scaled forward per α, up to the order of float sums (the padded
+    batch's attention against one row's; tests/test_combine.py); ``benchmarks/bench_grid_scoring.py`` times
+    both."""
 
     alphas = tuple(dict.fromkeys(float(a) for a in alphas))
     if not alphas or not len(items) or len(images) != len(items):
@@ -373,17 +377,8 @@ def answer_row_scores_per_alpha(vlm, images, items, alphas: Sequence[float],
     for start in range(0, len(items), batch_size):
         chunk = items[start: start + batch_size]
         imgs = images[start: start + batch_size]
-        batch = vlm.prepare(imgs, [it.question.text for it in chunk])
-        rows = torch.arange(len(chunk))
-        # ScalingVis changes only the LM's attention: the vision encoder's tokens are the same for every α, so
-        # they are computed once per batch (vlm.logits(batch) would re-encode the images for each α)
-        visual = vlm.visual_tokens(batch).tokens
-
-        def answer_row():
-            logits = vlm.output_embeddings()(vlm.lm_hidden(batch, visual))
-            return logits[rows, batch.last_index()].float().log_softmax(-1).cpu()
-
-        plain = answer_row()
+        prefill = vlm.prefill(imgs, [it.question.text for it in chunk])
+        plain = prefill.first_logits.float().log_softmax(-1).cpu()
         cid = ids[start: start + batch_size]
         full = None
         if not single:
@@ -393,8 +388,7 @@ def answer_row_scores_per_alpha(vlm, images, items, alphas: Sequence[float],
             if a == 1.0:
                 last = plain
             else:
-                with scaling_vis(vlm, a):
-                    last = answer_row()
+                last = scaled_answer_logits(vlm, prefill, a).float().log_softmax(-1).cpu()
             s = last.gather(1, cid.clamp(min=0))
             if full is not None:
                 s = full - plain.gather(1, cid.clamp(min=0)) + s

@@ -26,7 +26,7 @@ from spatialkit.data.whatsup import load_image as read_image
 from tqdm.auto import tqdm
 from spatialkit.analysis.interventions.adaptvis import check_alpha
 from spatialkit.analysis.interventions.adaptvis import check_alpha, check_beta
-from spatialkit.analysis.interventions.adaptvis import adapt_vis, scaling_vis
+from spatialkit.analysis.interventions.adaptvis import adapt_vis, scaling_vis, scaling_vis_generations
 
 OFFICIAL_MAX_NEW_TOKENS = 100  # model_zoo/llava15.py: generate(..., max_new_tokens=100), greedy, stops at EOS
 
@@ -128,8 +128,7 @@ def evaluate(vlm, items: Sequence[QAItem], method: Method = Method.baseline(), *
     text, for models such as the organism that only read their training templates; falls back to "paper").
     """
 
-    if scoring not in SCORING:
-        raise ValueError(f"parameter 'scoring' = {scoring!r} is invalid; allowed: one of {list(SCORING)}")
+    _check(items, images, prompt_style, scoring)
     with use_prompt_format(vlm, prompt_format):
         return _evaluate(vlm, items, method, images, prompt_style, batch_size, max_new_tokens, load_image, progress,
                          scoring)
@@ -137,45 +136,72 @@ def evaluate(vlm, items: Sequence[QAItem], method: Method = Method.baseline(), *
 
 def _evaluate(vlm, items, method, images, prompt_style, batch_size, max_new_tokens, load_image, progress,
               scoring) -> pd.DataFrame:
+    if load_image is None:
+        load_image = read_image
+    rows = []
+    for start, chunk, imgs, prompts in _batches(items, images, prompt_style, batch_size, load_image, progress,
+                                                method.label()):
+        rows += _rows(start, chunk, method.generate(vlm, imgs, prompts, max_new_tokens), method, scoring)
+    return pd.DataFrame(rows)
 
+
+def _check(items, images, prompt_style: str, scoring: str) -> None:
+    """The arguments of ``evaluate`` and ``scaling_table`` checked before any work."""
+    if scoring not in SCORING:
+        raise ValueError(f"parameter 'scoring' = {scoring!r} is invalid; allowed: one of {list(SCORING)}")
     if prompt_style not in ("paper", "native"):
         raise ValueError(f"parameter 'prompt_style' = {prompt_style!r} is invalid; allowed: 'paper' or 'native'")
     if images is not None and len(images) != len(items):
         raise ValueError(f"got {len(images)} images for {len(items)} items")
-    if load_image is None:
-        load_image = read_image
-    rows = []
-    for start in tqdm(range(0, len(items), batch_size), desc=method.label(), disable=not progress):
+
+
+def _batches(items, images, prompt_style, batch_size, load_image, progress, desc):
+    """(start, items, images, prompts) per batch, the images read when not given."""
+    for start in tqdm(range(0, len(items), batch_size), desc=desc, disable=not progress):
         chunk = items[start: start + batch_size]
         imgs = images[start: start + batch_size] if images is not None else [load_image(it.image_path) for it in chunk]
         prompts = [it.native_prompt if prompt_style == "native" and it.native_prompt else it.prompt for it in chunk]
-        gens = method.generate(vlm, imgs, prompts, max_new_tokens)
-        for k, (it, g) in enumerate(zip(chunk, gens)):
-            confidence = getattr(g, "confidence", None)
-            if confidence is None:  # the AdaptVis rounding (spatialkit.models.vlm.softmax_confidence)
-                confidence = float(np.floor(g.first_token_prob * 100 + 0.5) / 100)
-            rows.append({"item": start + k, "index": it.index, "subset": it.subset, "set": "|".join(map(str, it.set_key)),
-                         "subject": it.subject, "object": it.object,
-                         "gold": it.gold, "output": g.text, "correct": is_correct(g.text, it.gold, scoring),
-                         "confidence": confidence, "alpha": getattr(g, "alpha", method.alpha),
-                         "method": method.label()})
-    return pd.DataFrame(rows)
+        yield start, chunk, imgs, prompts
+
+
+def _rows(start: int, chunk, gens, method: Method, scoring: str) -> list[dict]:
+    """One result row per item of a batch."""
+    rows = []
+    for k, (it, g) in enumerate(zip(chunk, gens)):
+        confidence = getattr(g, "confidence", None)
+        if confidence is None:  # the AdaptVis rounding (spatialkit.models.vlm.softmax_confidence)
+            confidence = float(np.floor(g.first_token_prob * 100 + 0.5) / 100)
+        rows.append({"item": start + k, "index": it.index, "subset": it.subset, "set": "|".join(map(str, it.set_key)),
+                     "subject": it.subject, "object": it.object,
+                     "gold": it.gold, "output": g.text, "correct": is_correct(g.text, it.gold, scoring),
+                     "confidence": confidence, "alpha": getattr(g, "alpha", method.alpha),
+                     "method": method.label()})
+    return rows
 
 
 def scaling_table(vlm, items: Sequence[QAItem], alphas: Sequence[float], *, images: Sequence | None = None,
                   prompt_style: str = "paper", batch_size: int = 32, max_new_tokens: int = OFFICIAL_MAX_NEW_TOKENS,
                   progress: bool = False, scoring: str = "official", prompt_format: str = "official") -> pd.DataFrame:
     """Baseline (α = 1) and ScalingVis(α) for every α: one row per (item, alpha) with ``correct``, ``output``,
-    the group, and ``confidence`` = the *unscaled* pass's rounded first-token probability (the AdaptVis gate)."""
+    the group, and ``confidence`` = the *unscaled* pass's rounded first-token probability (the AdaptVis gate).
+
+    Per batch the images and prompts run once, unscaled, and each α ≠ 1 reruns only the last prompt position
+    over a copy of that cache before decoding (``scaling_vis_generations``): the answers of ``evaluate`` with
+    ``Method.scalingvis(α)`` for each α (tests/test_whatsup.py), without the vision tower and the whole prompt
+    again per α."""
 
     alphas = sorted({1.0, *(check_alpha(a, "alphas") for a in alphas)})
-    frames = []
-    for alpha in alphas:
-        method = Method.baseline() if alpha == 1.0 else Method.scalingvis(alpha)
-        df = evaluate(vlm, items, method, images=images, prompt_style=prompt_style, batch_size=batch_size,
-                      max_new_tokens=max_new_tokens, progress=progress, scoring=scoring, prompt_format=prompt_format)
-        frames.append(df.assign(alpha=alpha))
-    table = pd.concat(frames, ignore_index=True)
+    _check(items, images, prompt_style, scoring)
+    methods = {a: Method.baseline() if a == 1.0 else Method.scalingvis(a) for a in alphas}
+    rows: dict[float, list[dict]] = {a: [] for a in alphas}
+    desc = f"ScalingVis, {len(alphas)} α"
+    with use_prompt_format(vlm, prompt_format):
+        for start, chunk, imgs, prompts in _batches(items, images, prompt_style, batch_size, read_image, progress,
+                                                    desc):
+            gens = scaling_vis_generations(vlm, imgs, prompts, alphas, max_new_tokens)
+            for a in alphas:
+                rows[a] += _rows(start, chunk, gens[a], methods[a], scoring)
+    table = pd.concat([pd.DataFrame(rows[a]).assign(alpha=a) for a in alphas], ignore_index=True)
     unscaled = table[table.alpha == 1.0].set_index("item")["confidence"]
     table["confidence"] = table["item"].map(unscaled)
     table["group"] = table["item"].map({i: group_of(it) for i, it in enumerate(items)})

@@ -29,20 +29,22 @@ benchmark times both. Never use it for experiments: it materialises (B, H, L, L)
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
 from spatialkit.common.params import check_number
-from spatialkit.models.vlm import VLM, AttnCall, Generation, TokenKind, softmax_confidence
+from spatialkit.models.vlm import VLM, AttnCall, Generation, Prefill, TokenKind, softmax_confidence
 from spatialkit.analysis.attention import AttentionRecord
 from dataclasses import replace
 from spatialkit.analysis.attention import row_probs
 
 __all__ = ["scaling_vis", "adapt_vis", "AdaptVis", "AdaptVisGeneration", "LastRowScaling", "check_alpha",
-           "check_beta", "gate", "measure_scaled", "reference_attention", "reference_scaling_vis", "reference_adapt_vis"]
+           "check_beta", "fork_prefill", "gate", "measure_scaled", "reference_attention", "reference_scaling_vis",
+           "reference_adapt_vis", "scaled_answer_logits", "scaling_vis_generations"]
 
 MAX_ALPHA = 100.0  # beyond this the softmax is a one-hot on the image either way; catches unit mistakes
 
@@ -210,6 +212,78 @@ def scaling_vis(vlm: VLM, alpha: float) -> Iterator[LastRowScaling]:
     hook = LastRowScaling(alpha)
     with vlm.attention_hook(hook):
         yield hook
+
+
+# --------------------------------------------------------------------------------------------------
+# ScalingVis at several α from one prompt pass
+
+
+def fork_prefill(prefill: Prefill) -> Prefill:
+    """A copy of an undecoded ``prefill`` with a cache of its own: decoding the copy leaves the original (and
+    every other copy) as it was, so one prompt pass can be decoded several ways."""
+    if prefill.decoded:
+        raise ValueError("fork_prefill: this Prefill was already decoded (its cache holds generated tokens)")
+    return replace(prefill, state=copy.deepcopy(prefill.state))  # the batch and first logits are only read
+
+
+def _rerun_scaled(alpha: float, num_layers: int, seen: list) -> Callable[[list[int]], LastRowScaling]:
+    """``decode``'s ``attention_fn_for``: α on the rerun of the last prompt row, decode steps unscaled."""
+
+    def fn_for(items: list[int]) -> LastRowScaling:
+        seen.append(list(items))
+        return LastRowScaling(alpha, num_layers=num_layers, armed_passes=1)
+
+    return fn_for
+
+
+@torch.no_grad()
+def scaled_answer_logits(vlm: VLM, prefill: Prefill, alpha: float) -> torch.Tensor:
+    """(B, V) next-token logits at each item's last prompt position with that row's image logits × ``alpha``:
+    what a prefill under ``scaling_vis(vlm, alpha)`` gives as ``first_logits``, from an unscaled ``prefill``
+    (left as it was) at the cost of one single-token step. No row before the last attends to it (causal
+    attention), so their keys and values are the unscaled pass's; the last position is rerun alone over a copy
+    of the cache (``VLM.decode(rerun_last=True)``, one new token), and its logits are read where the LM computes
+    them, the unembedding (``output_embeddings``): ``decode`` returns tokens, not distributions."""
+    alpha = check_alpha(alpha)
+    groups: list[list[int]] = []
+    logits: list[torch.Tensor] = []
+
+    def keep(_module, _inputs, output):  # one call per group: its rerun row (no decode step follows one token)
+        logits.append(output.reshape(len(groups[-1]), -1, output.shape[-1])[:, -1])
+
+    handle = vlm.output_embeddings().register_forward_hook(keep)
+    try:
+        vlm.decode(fork_prefill(prefill), 1, attention_fn_for=_rerun_scaled(alpha, vlm.num_layers, groups),
+                   rerun_last=True)
+    finally:
+        handle.remove()
+    if len(logits) != len(groups) or sorted(i for g in groups for i in g) != list(range(len(prefill.first_logits))):
+        raise RuntimeError(f"scaled_answer_logits: {len(logits)} unembedding calls for {len(groups)} reruns of "
+                           f"{len(prefill.first_logits)} items; expected one per rerun, every item once")
+    out = torch.empty_like(prefill.first_logits)
+    for items, value in zip(groups, logits):
+        out[items] = value.to(out.dtype)
+    return out
+
+
+@torch.no_grad()
+def scaling_vis_generations(vlm: VLM, images: Sequence, prompts: Sequence[str], alphas: Sequence[float],
+                            max_new_tokens: int = 8) -> dict[float, list[Generation]]:
+    """{α: greedy generations under ``scaling_vis(vlm, α)``} (α = 1: plain ``generate``) from one unscaled
+    prefill: each α ≠ 1 reruns the last prompt position alone over a copy of its cache with the image logits
+    scaled, then decodes unscaled, as ``AdaptVis`` does for its one chosen α. The same answers as one
+    ``vlm.generate`` per α, which ran the vision tower and the whole prompt again for every α."""
+    check_number("max_new_tokens", max_new_tokens, 1, None, int)
+    alphas = list(dict.fromkeys(check_alpha(a, "alphas") for a in alphas))
+    prefill = vlm.prefill(images, prompts)
+    out = {}
+    for alpha in alphas:
+        if alpha == 1.0:
+            out[alpha] = vlm.decode(fork_prefill(prefill), max_new_tokens)
+        else:
+            out[alpha] = vlm.decode(fork_prefill(prefill), max_new_tokens, rerun_last=True,
+                                    attention_fn_for=_rerun_scaled(alpha, vlm.num_layers, []))
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
