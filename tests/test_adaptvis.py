@@ -267,9 +267,16 @@ def test_hooks_removed_after_exceptions(vocab, monkeypatch):
     monkeypatch.setattr(av, "scaled_last_rows", fail)
     with pytest.raises(ValueError, match="redo step"):  # fails inside the hook, within generate()
         adapt_vis(hf_vlm, 0.5, 2.0, 0.5).generate(hf_images, hf_prompts, 3)
+    # the α sweep's rerun fails inside decode: the unembedding's forward hook and the attention hook are gone, and
+    # the prefill it was given is still whole (a copy was decoded)
+    prefill = hf_vlm.prefill(hf_images, hf_prompts)
+    with pytest.raises(ValueError, match="redo step"):
+        av.scaled_answer_logits(hf_vlm, prefill, 2.0)
     monkeypatch.undo()
+    assert not hf_vlm.output_embeddings()._forward_hooks
     assert torch.equal(hf_vlm.logits(hf_batch), hf_base)
     assert hf_vlm.lm_config._attn_implementation == "sdpa"
+    assert tokens(hf_vlm.decode(prefill, 3)) == tokens(hf_vlm.generate(hf_images, hf_prompts, 3))
 
 
 class Untouchable:
