@@ -147,3 +147,26 @@ def test_benchmark_help_runs(script):
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / f"{script}.py"), "--help"],
                           check=False, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "usage" in done.stdout, done.stderr
+
+
+def test_training_by_notebook_sums_each_notebooks_tasks_from_a_log(tmp_path, monkeypatch):
+    bench = load_benchmark("training_by_notebook")
+    monkeypatch.setenv("SPATIALKIT_CACHE", str(tmp_path / "empty-store"))
+    tasks, needs = bench.plan("smoke", {})
+    assert tasks and set(needs) >= {"00_wheres_the_chicken", "07_putting_it_together"}
+    log = "\n".join(["[1/8] 00_wheres_the_chicken ..."]
+                    + [f"train [{k + 1}/{len(tasks)}] {t['label']} ok in 9.9s (CPU {k + 1}.0s)"
+                       for k, t in enumerate(tasks)])
+    cpu = bench.task_cpu(log)
+    assert len(cpu) == len(tasks) and sum(cpu.values()) == len(tasks) * (len(tasks) + 1) / 2
+    rows = bench.table(tasks, needs, cpu)
+    assert [r["notebook"] for r in rows] == list(needs)
+    label = {t["id"]: t["label"] for t in tasks}
+    for r in rows:  # what a notebook waits for: its tasks' CPU, dependencies (stage-1 encoders) included
+        assert r["waits_for_s"] == sum(cpu[label[i]] for i in needs[r["notebook"]])
+        assert 0 <= r["own_s"] <= r["waits_for_s"]
+    everything = set().union(*map(set, needs.values()))
+    assert rows[-1]["book_so_far_s"] == sum(cpu[label[i]] for i in everything)
+    assert [r["book_so_far_s"] for r in rows] == sorted(r["book_so_far_s"] for r in rows)
+    with pytest.raises(SystemExit, match="no CPU time"):
+        bench.table(tasks, needs, dict(list(cpu.items())[1:]))
