@@ -69,7 +69,6 @@ def peak_of(fn, device: torch.device) -> tuple[int, float]:
 def steps(vlm, images, prompts, options):
     from spatialkit.analysis import attention
     from spatialkit.analysis.interventions import normalize_visual_norms, shuffle_visual_tokens
-    from spatialkit.analysis.interventions.adaptvis import scaling_vis_generations
 
     batch = vlm.prepare(images, prompts)
 
@@ -85,7 +84,6 @@ def steps(vlm, images, prompts, options):
         "score_options": lambda: vlm.score_options(images, prompts, options),
         "score_options_reference": lambda: vlm.score_options_reference(images, prompts, options),
         "generate": lambda: vlm.generate(images, prompts, max_new_tokens=3),
-        "scaling_sweep": lambda: scaling_vis_generations(vlm, images, prompts, (1.0, 0.5, 2.0), 3),
         "attention_probe": lambda: attention.measure(vlm, batch),
         "shuffle_hook": shuffled,
         "normalize_hook": normalized,
@@ -93,8 +91,7 @@ def steps(vlm, images, prompts, options):
 
 
 ESTIMATED_AS = {"score_options": "score_options", "score_options_reference": "score_options_reference",
-                "generate": "generate", "scaling_sweep": "scaling_sweep", "attention_probe": "forward",
-                "shuffle_hook": "forward", "normalize_hook": "forward"}
+                "generate": "generate", "attention_probe": "forward", "shuffle_hook": "forward", "normalize_hook": "forward"}
 
 
 def bench(vlm, label: str, batch_size: int, device: torch.device, image_px: int) -> list[dict]:
@@ -133,8 +130,7 @@ def print_rows(rows: list[dict]) -> None:
 # The full profile's HF-model steps: (notebook, step, batch size) at image_size 224.
 FULL_PROFILE_STEPS = [
     ("03", "score_options", 256), ("03", "forward", 256),  # gaze_vs_correctness: scoring, attention probe
-    ("04", "generate", 256),  # AdaptVis generation
-    ("04", "scaling_sweep", 256),  # the ScalingVis α grid from one prefill (scaling_table)
+    ("04", "generate", 256),  # AdaptVis / ScalingVis generation
     ("02", "score_options", 8), ("02", "forward", 256),  # permutation_test (batch_size=8), n_norm_images norms
     ("03", "score_options_reference", 256),  # the old scoring, for comparison
 ]

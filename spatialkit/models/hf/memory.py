@@ -16,8 +16,7 @@ MLP width, vocabulary, layers, heads, KV heads, head size):
 * LM activations (one decoder layer alive at a time): B x S x (4 d + (H + 2 Hkv) hd + 3 I), plus with
   ``attn_implementation="eager"`` the B x H x S² scores and probabilities (float32), plus the boolean mask
   B x S² that the spatialkit attention hook and SDPA with padding build.
-* KV cache (steps that keep one): 2 x L x B x S x Hkv x hd; ``scaling_sweep`` (ScalingVis at several α from
-  one prefill, notebook 04's α grid) holds two: the prompt's, kept for every α, and the copy one α decodes.
+* KV cache (steps that keep one): 2 x L x B x S x Hkv x hd.
 * ``pin_train`` (one PIN optimizer step, notebook 06: weights frozen, gradients flow back through every LM layer
   to the insert): the LM activations autograd keeps for the backward pass, for all L layers at once,
   B x S x L x (8 d + 3 (H + Hkv) hd + 4 I) (norm inputs and outputs, pre- and post-rotary q/k, v, attention
@@ -27,7 +26,7 @@ MLP width, vocabulary, layers, heads, KV heads, head size):
   ``cached_images`` training images (image tokens x d each), held for the whole run.
 * logits: ``forward`` (``vlm.logits``: the attention probe, the shuffle and normalize hooks) returns
   B x S x V; ``score_options`` computes only the last position's B x V plus float32 chunks of 64 x V;
-  ``generate`` and ``scaling_sweep`` keep float32 B x V per new token; ``score_options_reference`` (the plain per-option
+  ``generate`` keeps float32 B x V per new token; ``score_options_reference`` (the plain per-option
   implementation) B·K x S x V plus two float32 copies.
 
 The total is weights + max(vision tower, LM activations + KV cache + logits) times ``overhead`` (default 1.15:
@@ -53,7 +52,7 @@ from spatialkit.models.hf.adapter import DEFAULT_MAX_PIXELS
 import os
 
 GiB = 1024**3
-STEPS = ("forward", "score_options", "generate", "scaling_sweep", "score_options_reference", "pin_train")
+STEPS = ("forward", "score_options", "generate", "score_options_reference", "pin_train")
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 OVERHEAD = 1.15
 
@@ -213,7 +212,7 @@ def estimate_memory(model_config, batch_size: int, *, image_size: int | tuple[in
     B = batch_size
     rows = B * options if step == "score_options_reference" else B
     S = tokens + text_tokens + (option_tokens if step == "score_options_reference" else 0)
-    if step in ("generate", "scaling_sweep"):
+    if step == "generate":
         S += max_new_tokens
     if step == "pin_train":
         S += 4  # the four coordinate tokens of the answer
@@ -236,15 +235,14 @@ def estimate_memory(model_config, batch_size: int, *, image_size: int | tuple[in
     act += rows * S * S  # boolean mask
 
     keeps_cache = step == "generate" or (step == "score_options" and option_tokens > 1)
-    caches = 2 if step == "scaling_sweep" else int(keeps_cache)
-    kv = caches * 2 * lm["L"] * rows * S * lm["Hkv"] * lm["hd"] * nbytes
+    kv = 2 * lm["L"] * rows * S * lm["Hkv"] * lm["hd"] * nbytes if keeps_cache else 0
 
     V = lm["V"]
     if step == "forward":
         logits = rows * S * V * nbytes
     elif step == "score_options":
         logits = B * V * nbytes + 64 * V * 4 + (B * option_tokens * V * nbytes if option_tokens > 1 else 0)
-    elif step in ("generate", "scaling_sweep"):
+    elif step == "generate":
         logits = B * V * 4 * (max_new_tokens + 1)
     elif step == "pin_train":  # the 4 coordinate positions: logits, float32 copy, gradient
         logits = 4 * B * V * (nbytes + 8)
