@@ -185,20 +185,27 @@ def scaling_table(vlm, items: Sequence[QAItem], alphas: Sequence[float], *, imag
     """Baseline (α = 1) and ScalingVis(α) for every α: one row per (item, alpha) with ``correct``, ``output``,
     the group, and ``confidence`` = the *unscaled* pass's rounded first-token probability (the AdaptVis gate).
 
-    Per batch the images and prompts run once, unscaled, and each α ≠ 1 reruns only the last prompt position
-    over a copy of that cache before decoding (``scaling_vis_generations``): the answers of ``evaluate`` with
-    ``Method.scalingvis(α)`` for each α (tests/test_whatsup.py), without the vision tower and the whole prompt
-    again per α."""
+    Each half of a batch runs its images and prompts once, unscaled, and each α ≠ 1 reruns only the last prompt
+    position over a copy of that cache before decoding (``scaling_vis_generations``): the answers of ``evaluate``
+    with ``Method.scalingvis(α)`` for each α (tests/test_whatsup.py), without the vision tower and the whole
+    prompt again per α. Half a batch at a time because the prompt's KV cache is kept while a copy of it decodes:
+    two caches of half a batch hold what one ``generate`` of the whole batch holds, so a ``batch_size`` that
+    fits ``generate`` (``hf.check_against(steps=("generate",))``) fits here."""
 
     alphas = sorted({1.0, *(check_alpha(a, "alphas") for a in alphas)})
     _check(items, images, prompt_style, scoring)
     methods = {a: Method.baseline() if a == 1.0 else Method.scalingvis(a) for a in alphas}
     rows: dict[float, list[dict]] = {a: [] for a in alphas}
     desc = f"ScalingVis, {len(alphas)} α"
+    half = max(1, (batch_size + 1) // 2)  # the sweep's two KV caches (kept + decoding) of half a batch each
     with use_prompt_format(vlm, prompt_format):
         for start, chunk, imgs, prompts in _batches(items, images, prompt_style, batch_size, read_image, progress,
                                                     desc):
-            gens = scaling_vis_generations(vlm, imgs, prompts, alphas, max_new_tokens)
+            gens = {a: [] for a in alphas}
+            for at in range(0, len(chunk), half):
+                for a, g in scaling_vis_generations(vlm, imgs[at: at + half], prompts[at: at + half], alphas,
+                                                    max_new_tokens).items():
+                    gens[a] += g
             for a in alphas:
                 rows[a] += _rows(start, chunk, gens[a], methods[a], scoring)
     table = pd.concat([pd.DataFrame(rows[a]).assign(alpha=a) for a in alphas], ignore_index=True)
