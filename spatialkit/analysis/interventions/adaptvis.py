@@ -3,6 +3,8 @@
     with scaling_vis(vlm, alpha=0.8):                  # ScalingVis: every prefill's last row, image keys only
         gens = vlm.generate(images, prompts)
     gens = adapt_vis(vlm, alpha1=0.5, alpha2=1.5, beta=0.4).generate(images, prompts)   # AdaptVis
+    by_alpha = scaling_vis_generations(vlm, images, prompts, alphas=(1.0, 0.5, 2.0))    # an α grid, one prefill
+    logits = scaled_answer_logits(vlm, vlm.prefill(images, prompts), alpha=2.0)        # the answer row at one α
 
 The official semantics (Chen et al., ICML 2025, and their code): multiply the pre-softmax logits q·k/√d of the *last prompt row*,
 *image-key columns only*, by α, in every layer and head, during prefill only (decode steps are unscaled and
@@ -19,7 +21,9 @@ Why AdaptVis costs little more than one greedy generation. The official code run
 But rows 0..L-2 never see the last row (causal attention), so their keys and values are the same with or
 without scaling. One unscaled prefill gives the confidence *and* the cache of rows 0..L-2; the gate picks
 α; the cache is cropped by one position, the last prompt token is re-run as a single-row step with its
-image logits scaled, and greedy decoding continues from there. Extra cost: one single-token step.
+image logits scaled, and greedy decoding continues from there. Extra cost: one single-token step. The same
+step serves an α grid: one unscaled prefill, and per α a copy of its cache with the last row rerun
+(``scaling_vis_generations``; ``scaled_answer_logits`` stops at that row's logits).
 
 The module also holds the *reference* implementation that mirrors the official code (eager attention,
 the logits matrix multiplied in place, two full generations). Tests check the fast path against it; the
