@@ -1,5 +1,6 @@
-"""Benchmark: cold and warm `spatialkit book`, per notebook and in total, the training time of every checkpoint,
-the speed-up of ``--jobs 2`` over ``--jobs 1``, and scene-generation throughput.
+"""Benchmark: cold and warm `spatialkit book`, per notebook and in total, the training time of every checkpoint
+and the training each notebook waits for (``training_by_notebook.py``), the speed-up of ``--jobs 2`` over
+``--jobs 1``, and scene-generation throughput.
 
     .venv/bin/python benchmarks/bench_book.py [--profile quick|smoke] [--jobs N] [--speedup-profile smoke]
                                              [--skip-book] [--skip-speedup] [--scenes 300] [-p NAME VALUE ...]
@@ -22,6 +23,7 @@ the warm rebuild's time). A benchmark, not a test.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 import re
@@ -101,6 +103,30 @@ def timed_book(root: Path, cache: Path, profile: str, jobs: int | None, verbose:
     return out
 
 
+def by_notebook(profile: str, params, cpu: dict[str, float]) -> None:
+    """Print the training CPU each notebook waited for in this cold build (benchmarks/training_by_notebook.py)."""
+    path = REPO / "benchmarks" / "training_by_notebook.py"
+    spec = importlib.util.spec_from_file_location("training_by_notebook", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    before = os.environ.get("SPATIALKIT_CACHE")
+    with tempfile.TemporaryDirectory(prefix="spatialkit-plan-") as empty:
+        os.environ["SPATIALKIT_CACHE"] = empty  # planned against an empty store: every task, as the cold build had
+        try:
+            from spatialkit.suite.runner import parse_value  # here: the benchmark's builds run in subprocesses
+
+            tasks, needs = module.plan(profile, {name: parse_value(value) for name, value in params})
+            print("  training each notebook waited for:\n    "
+                  + module.report(module.table(tasks, needs, cpu)).replace("\n", "\n    "))
+        except SystemExit as gap:  # the build trained fewer tasks than a cold one (a store that was not empty)
+            print(f"  training per notebook: not computed ({gap})")
+        finally:
+            if before is None:
+                os.environ.pop("SPATIALKIT_CACHE", None)
+            else:
+                os.environ["SPATIALKIT_CACHE"] = before
+
+
 def line(label: str, r: dict) -> str:
     return (f"  {label:26s} {r['wall']:8.1f} s wall, {r['cpu']:8.1f} s CPU (load average {r['load'][0]:.1f} -> "
             f"{r['load'][1]:.1f})")
@@ -126,6 +152,7 @@ def bench_book(profile: str, jobs: int | None, keep_cache: Path | None = None,
         train_cpu = sum(c for _, _, c in cold["training"])
         print(f"  training: {len(cold['training'])} checkpoint(s), {train_wall:.1f} s of worker wall time, "
               f"{train_cpu:.1f} s CPU; notebooks: {sum(cold['notebooks'].values()):.1f} s of kernel wall time")
+        by_notebook(profile, params, {label: c for label, _, c in cold["training"]})
         warm = timed_book(root, cache, profile, jobs, verbose=False, params=params, verb=verb, log=log)
         print(line("warm (nothing changed):", warm))
         print(f"  warm / cold:               {warm['wall'] / cold['wall']:8.3f}")

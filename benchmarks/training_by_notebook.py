@@ -85,13 +85,17 @@ def main(argv: list[str] | None = None) -> None:
 
     tasks, needs = plan(args.profile, {name: parse_value(value) for name, value in args.param})
     print(f"{len(tasks)} training tasks in a cold {args.profile} build, {len(cpu)} timed in {args.log.name}")
-    print(f"{'notebook':28s} {'tasks':>5s} {'waits for':>10s} {'its own':>9s} {'book so far':>12s}  (CPU s)")
-    for r in table(tasks, needs, cpu):
-        print(f"{r['notebook']:28s} {r['tasks']:5d} {r['waits_for_s']:10.0f} {r['own_s']:9.0f} "
-              f"{r['book_so_far_s']:8.0f} ({r['book_tasks']})")
-    budget = args.bar_minutes * 60 * args.cores
-    print(f"a {args.bar_minutes:g}-minute cold build on {args.cores} cores holds at most {budget:.0f} CPU s, "
-          "training and notebooks together")
+    print(report(table(tasks, needs, cpu), args.cores, args.bar_minutes))
+
+
+def report(rows: list[dict], cores: int = 2, bar_minutes: float = 12.0) -> str:
+    """``table``'s rows as text, and the CPU seconds a ``bar_minutes`` cold build holds on ``cores`` cores."""
+    lines = [f"{'notebook':28s} {'tasks':>5s} {'waits for':>10s} {'its own':>9s} {'book so far':>12s}  (CPU s)"]
+    lines += [f"{r['notebook']:28s} {r['tasks']:5d} {r['waits_for_s']:10.0f} {r['own_s']:9.0f} "
+              f"{r['book_so_far_s']:8.0f} ({r['book_tasks']})" for r in rows]
+    lines.append(f"a {bar_minutes:g}-minute cold build on {cores} cores holds at most {bar_minutes * 60 * cores:.0f} "
+                 "CPU s, training and notebooks together")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -168,5 +168,8 @@ def test_training_by_notebook_sums_each_notebooks_tasks_from_a_log(tmp_path, mon
     everything = set().union(*map(set, needs.values()))
     assert rows[-1]["book_so_far_s"] == sum(cpu[label[i]] for i in everything)
     assert [r["book_so_far_s"] for r in rows] == sorted(r["book_so_far_s"] for r in rows)
+    text = bench.report(rows, cores=2, bar_minutes=12)
+    assert text.splitlines()[1].split()[:2] == [rows[0]["notebook"], str(rows[0]["tasks"])]
+    assert text.endswith("holds at most 1440 CPU s, training and notebooks together")
     with pytest.raises(SystemExit, match="no CPU time"):
         bench.table(tasks, needs, dict(list(cpu.items())[1:]))
