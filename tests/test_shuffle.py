@@ -246,3 +246,39 @@ def test_move_arguments_are_checked():
     with pytest.raises(TypeError, match="VLM"):
         with shuffle_visual_tokens(None, 1.0, 0, move="content"):
             pass
+
+
+def test_permutation_runs_share_one_encoding_per_batch_unless_the_shuffle_is_in_the_tower(monkeypatch):
+    """The runs of a permutation test score the same images: the organism's encoder runs once per batch and its
+    output is reused (the same frame as encoding every run anew); a shuffle inside the tower encodes every run."""
+    import contextlib
+
+    import pandas as pd
+
+    from spatialkit.analysis.interventions import shuffle
+    from spatialkit.models.organism import wherebench
+    from spatialkit.models.organism.answer_row import reuse_encoder_outputs
+
+    vlm = _organism()
+    bench = wherebench(vlm.config)
+    calls = []
+    handle = vlm.model.vision.register_forward_hook(lambda *args: calls.append(1))
+    kwargs = dict(fractions=[0.5, 1.0], seeds=[0, 1], limit=20, batch_size=8, blind=True)
+    try:
+        frames, counts = {}, {}
+        for way in ("reused", "encoded every run"):
+            if way != "reused":
+                monkeypatch.setattr(shuffle, "reuse_encoder_outputs", lambda vlm: contextlib.nullcontext())
+            frames[way] = shuffle.permutation_test(vlm, bench, **kwargs)
+            counts[way], calls[:] = len(calls), []
+        monkeypatch.undo()
+        shuffle.permutation_test(vlm, bench, move="content", **kwargs)  # in the tower: no reuse
+        counts["in the tower"] = len(calls)
+        with pytest.raises(RuntimeError, match="inside"), reuse_encoder_outputs(vlm):
+            raise RuntimeError("inside")
+    finally:
+        handle.remove()
+    pd.testing.assert_frame_equal(frames["reused"], frames["encoded every run"])
+    # 6 evaluations (plain, 2 fractions x 2 seeds, blind) of the same batches
+    assert counts["reused"] >= 1 and counts["encoded every run"] == 6 * counts["reused"] == counts["in the tower"]
+    assert "encode_image" not in vars(vlm.model)  # the method is the model's own again

@@ -28,7 +28,7 @@ import torch
 
 from spatialkit.common.params import check_number
 from spatialkit.models.vlm import VLM, VisualTokens
-from spatialkit.models.organism.answer_row import evaluate
+from spatialkit.models.organism.answer_row import evaluate, reuse_encoder_outputs
 import pandas as pd
 from tqdm.auto import tqdm
 from spatialkit.common.stats import bootstrap_ci, bootstrap_diff_ci, psi_ci
@@ -100,6 +100,12 @@ class ShuffleRecord:
         return slot_permutation(h, w, self.fraction, self.seed)
 
 
+def acts_in_tower(move: str, position_code: torch.Tensor | None) -> bool:
+    """Whether a shuffle with these settings runs inside the vision tower (move "content" or "position" without a
+    ``position_code``: :meth:`VLM.vision_position_hook`) rather than on the visual tokens it outputs."""
+    return move != "all" and position_code is None
+
+
 @contextlib.contextmanager
 def shuffle_visual_tokens(vlm: VLM, fraction: float = 1.0, seed: int = 0, *, move: str = "all",
                           position_code: torch.Tensor | None = None, record: bool = False) -> Iterator[ShuffleRecord]:
@@ -140,7 +146,7 @@ def shuffle_visual_tokens(vlm: VLM, fraction: float = 1.0, seed: int = 0, *, mov
         raise ValueError(f"position_code must be (h*w, d), got shape {tuple(position_code.shape)}")
     if not isinstance(vlm, VLM):
         raise TypeError(f"vlm must be a spatialkit.models.vlm.VLM, got {type(vlm).__name__}")
-    in_tower = move != "all" and position_code is None
+    in_tower = acts_in_tower(move, position_code)
     if in_tower and vlm.vision_position_signal is None:
         raise ValueError(f"{vlm.name} has no tower-level position hook: move={move!r} needs a position_code (h*w, d) "
                          "estimated at the LM input (slot_position_code)")
@@ -247,6 +253,16 @@ def permutation_test(vlm: VLM, bench, split: str = "test", *, fractions=(1.0,), 
     seeds = [_check_seed(s) for s in seeds]
     if not fractions or not seeds:
         raise ValueError("permutation_test needs at least one fraction and one seed")
+    # Every run scores the same images: when the shuffles act on the encoder's output (whole tokens, or a given
+    # position code), its output is computed once per batch and reused. A shuffle inside the tower (move "content"
+    # or "position" without a position code) changes what the encoder computes: each run encodes again.
+    in_tower = acts_in_tower(move, position_code)
+    with contextlib.nullcontext() if in_tower else reuse_encoder_outputs(vlm):
+        return _permutation_test(vlm, bench, split, fractions, seeds, limit, batch_size, blind, move, position_code,
+                                 progress)
+
+
+def _permutation_test(vlm, bench, split, fractions, seeds, limit, batch_size, blind, move, position_code, progress):
     base = _evaluate(vlm, bench, split, batch_size=batch_size, limit=limit)
     runs = [(f, s) for f in fractions for s in seeds]
     if progress:

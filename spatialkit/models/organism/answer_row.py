@@ -26,7 +26,9 @@ keys every organism by the code the trainer imports: this module is outside that
 
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+import hashlib
+from typing import Iterator, Sequence
 
 import pandas as pd
 import torch
@@ -89,6 +91,34 @@ def score_options(vlm: VLM, images, prompts: Sequence[str], options: Sequence[Se
         at = first[row] + torch.arange(len(option_ids))
         scores[b, k] = logp[at, torch.tensor(option_ids)].sum()
     return scores.to(vlm.device)
+
+
+@contextlib.contextmanager
+def reuse_encoder_outputs(vlm: VLM) -> Iterator[None]:
+    """Context manager: inside it, an organism's vision encoder runs once per distinct batch of pixels and its
+    output is reused when the same pixels come again; the visual hooks still run on every call, on a copy of it.
+    For experiments that score one bench many times under different visual hooks (the permutation test's
+    fractions and seeds): the encoder's output does not depend on the hooks, which act after it, so the numbers
+    are the same. Evaluation only (the reused output carries no gradient). A no-op for any other VLM; the model
+    is restored on exit, also when the body raises."""
+    if not isinstance(vlm, OrganismVLM) or "encode_image" in vars(vlm.model):  # not an organism, or already inside
+        yield
+        return
+    model, seen = vlm.model, {}
+    encode = model.encode_image
+
+    def encode_once(pixels: torch.Tensor) -> torch.Tensor:
+        key = (tuple(pixels.shape), hashlib.sha1(pixels.detach().cpu().numpy().tobytes()).hexdigest())
+        if key not in seen:
+            with torch.no_grad():
+                seen[key] = encode(pixels)
+        return seen[key].clone()  # a hook may write into what it is given
+
+    model.encode_image = encode_once  # an instance attribute: it shadows the method until deleted
+    try:
+        yield
+    finally:
+        del model.encode_image
 
 
 class AnswerRowScorer:
