@@ -120,6 +120,8 @@ def by_notebook(profile: str, params, cpu: dict[str, float]) -> None:
                   + module.report(module.table(tasks, needs, cpu)).replace("\n", "\n    "))
         except SystemExit as gap:  # the build trained fewer tasks than a cold one (a store that was not empty)
             print(f"  training per notebook: not computed ({gap})")
+        except Exception as err:  # noqa: BLE001 -- never lose the warm build's measurement to the table
+            print(f"  training per notebook: not computed ({type(err).__name__}: {err})")
         finally:
             if before is None:
                 os.environ.pop("SPATIALKIT_CACHE", None)

@@ -79,6 +79,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cores", type=int, default=2, help="cores of the cold-build bar (default 2)")
     ap.add_argument("--bar-minutes", type=float, default=12.0, help="the cold-build bar in minutes (default 12)")
     args = ap.parse_args(argv)
+    if not args.log.is_file():
+        ap.error(f"LOG {args.log} is not a file (a cold build's output: bench_book.py --log FILE)")
+    if args.cores < 1 or not args.bar_minutes > 0:
+        ap.error(f"--cores must be >= 1 and --bar-minutes > 0, got {args.cores} and {args.bar_minutes}")
     cpu = task_cpu(args.log.read_text())
     os.environ["SPATIALKIT_CACHE"] = tempfile.mkdtemp(prefix="spatialkit-plan-")  # plan against an empty store
     from spatialkit.suite.runner import parse_value  # after the store is set: planning reads it

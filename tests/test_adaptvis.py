@@ -164,6 +164,8 @@ def test_every_alpha_from_one_prefill_equals_scaling_vis_per_alpha(model_and_inp
         av.fork_prefill(prefill)
     with pytest.raises(ValueError, match="alpha"):
         av.scaled_answer_logits(vlm, vlm.prefill(images, prompts), -1.0)
+    with pytest.raises(ValueError, match="'alphas' is empty"):
+        av.scaling_vis_generations(vlm, images, prompts, ())
 
 
 def sharpen_head(vlm, std):

@@ -173,3 +173,13 @@ def test_training_by_notebook_sums_each_notebooks_tasks_from_a_log(tmp_path, mon
     assert text.endswith("holds at most 1440 CPU s, training and notebooks together")
     with pytest.raises(SystemExit, match="no CPU time"):
         bench.table(tasks, needs, dict(list(cpu.items())[1:]))
+
+
+def test_training_by_notebook_refuses_a_missing_log_and_a_bar_of_no_cores(tmp_path, capsys):
+    bench = load_benchmark("training_by_notebook")
+    log = tmp_path / "cold.log"
+    log.write_text("")
+    for argv, says in (([str(tmp_path / "nowhere.log")], "is not a file"), ([str(log), "--cores", "0"], "--cores")):
+        with pytest.raises(SystemExit) as stop:
+            bench.main(argv)
+        assert stop.value.code == 2 and says in capsys.readouterr().err

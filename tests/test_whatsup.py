@@ -207,6 +207,9 @@ def test_lookup_equals_running_adaptvis(tmp_path):
         mine = table[table.alpha == alpha].reset_index(drop=True)
         assert mine["output"].tolist() == whole["output"].tolist()
         assert mine["method"].tolist() == whole["method"].tolist()
+    for bad in (0, 2.5, "8"):  # before any work: one line naming the parameter
+        with pytest.raises(ValueError, match="parameter 'batch_size'"):
+            whatsup_eval.scaling_table(vlm, qa, [0.5], prompt_style="native", batch_size=bad)
     beta = float(np.median(table.confidence))
     looked_up = whatsup.adaptvis_correct(table, 0.5, 2.0, beta)
     ran = whatsup_eval.evaluate(vlm, qa, whatsup_eval.Method.adaptvis(0.5, 2.0, beta), prompt_style="native", batch_size=7,

@@ -25,6 +25,7 @@ from spatialkit.data.whatsup import SCORING
 from spatialkit.data.whatsup import load_image as read_image
 from tqdm.auto import tqdm
 from spatialkit.analysis.interventions.adaptvis import check_alpha
+from spatialkit.common.params import check_number
 from spatialkit.analysis.interventions.adaptvis import check_alpha, check_beta
 from spatialkit.analysis.interventions.adaptvis import adapt_vis, scaling_vis, scaling_vis_generations
 
@@ -128,7 +129,7 @@ def evaluate(vlm, items: Sequence[QAItem], method: Method = Method.baseline(), *
     text, for models such as the organism that only read their training templates; falls back to "paper").
     """
 
-    _check(items, images, prompt_style, scoring)
+    _check(items, images, prompt_style, scoring, batch_size)
     with use_prompt_format(vlm, prompt_format):
         return _evaluate(vlm, items, method, images, prompt_style, batch_size, max_new_tokens, load_image, progress,
                          scoring)
@@ -145,8 +146,9 @@ def _evaluate(vlm, items, method, images, prompt_style, batch_size, max_new_toke
     return pd.DataFrame(rows)
 
 
-def _check(items, images, prompt_style: str, scoring: str) -> None:
+def _check(items, images, prompt_style: str, scoring: str, batch_size: int) -> None:
     """The arguments of ``evaluate`` and ``scaling_table`` checked before any work."""
+    check_number("batch_size", batch_size, 1, None, int)
     if scoring not in SCORING:
         raise ValueError(f"parameter 'scoring' = {scoring!r} is invalid; allowed: one of {list(SCORING)}")
     if prompt_style not in ("paper", "native"):
@@ -193,7 +195,7 @@ def scaling_table(vlm, items: Sequence[QAItem], alphas: Sequence[float], *, imag
     fits ``generate`` (``hf.check_against(steps=("generate",))``) fits here."""
 
     alphas = sorted({1.0, *(check_alpha(a, "alphas") for a in alphas)})
-    _check(items, images, prompt_style, scoring)
+    _check(items, images, prompt_style, scoring, batch_size)
     methods = {a: Method.baseline() if a == 1.0 else Method.scalingvis(a) for a in alphas}
     rows: dict[float, list[dict]] = {a: [] for a in alphas}
     desc = f"ScalingVis, {len(alphas)} α"

@@ -279,6 +279,8 @@ def scaling_vis_generations(vlm: VLM, images: Sequence, prompts: Sequence[str], 
     ``vlm.generate`` per α, which ran the vision tower and the whole prompt again for every α."""
     check_number("max_new_tokens", max_new_tokens, 1, None, int)
     alphas = list(dict.fromkeys(check_alpha(a, "alphas") for a in alphas))
+    if not alphas:
+        raise ValueError("scaling_vis_generations: parameter 'alphas' is empty; allowed: one or more α in [0, 100]")
     prefill = vlm.prefill(images, prompts)
     out = {}
     for alpha in alphas:
