@@ -235,6 +235,32 @@ def test_best_arm_is_chosen_on_val_and_gains_are_paired():
     assert set(s.arm) == {"none", "2D position code", "localized stage 1", "localized stage 1 + 2D position code"}
 
 
+def test_single_fix_changes_pair_each_fix_with_its_plain_cell():
+    def frame(cell, method, acc, metric="what", n=20):
+        organism, fixes = combine.parse_cell(cell)
+        correct = (np.arange(n) < round(n * acc)).astype(float)
+        return pd.DataFrame({"cell": cell, "organism": organism, "fixes": "+".join(fixes),
+                             "n_fixes": len(fixes) + (method == "adaptvis"), "method": method, "split": "test",
+                             "metric": metric, "item": np.arange(n), "correct": correct, "chance": 0.25})
+
+    results = pd.concat([frame("llava", "plain", 0.9), frame("llava", "adaptvis", 0.8),
+                         frame("llava+2d", "plain", 0.5), frame("llava+2d", "adaptvis", 0.4),
+                         frame("llava+local", "plain", 0.95), frame("loud", "plain", 0.6),
+                         frame("loud+norm", "plain", 0.6), frame("loud", "adaptvis", 0.6),
+                         frame("llava+2d", "plain", 0.1, metric="where_two")], ignore_index=True)
+    changes = combine.single_fix_changes(results, ["llava", "loud"], seed=0, n_boot=200)
+    # FIX_ORDER's labels first, AdaptVis last; combinations (2D + AdaptVis) and other metrics never enter
+    assert list(changes) == ["localized stage 1", "+Normalize", "2D position code", "AdaptVis"]
+    arm, e = changes["2D position code"]["llava"]
+    assert arm == ("llava+2d", "plain") and e.mean == pytest.approx(-0.4) and e.high < 0
+    assert changes["localized stage 1"]["llava"][1].mean == pytest.approx(0.05)
+    assert list(changes["AdaptVis"]) == ["llava", "loud"] and changes["+Normalize"]["loud"][1].mean == 0
+    # an AdaptVis arm tuned to plain attention is no fix: left out
+    kept = combine.single_fix_changes(results, ["llava", "loud"], seed=0, n_boot=200, exclude=[("loud", "adaptvis")])
+    assert list(kept["AdaptVis"]) == ["llava"]
+    assert combine.single_fix_changes(results, ["prior"], seed=0, n_boot=200) == {}
+
+
 def test_plane_and_heatmap_draw():
     import matplotlib
 

@@ -526,6 +526,29 @@ def gains(results: pd.DataFrame, *, seed: int, n_boot: int, split: str = "test")
     return pd.DataFrame(rows)
 
 
+def single_fix_changes(results: pd.DataFrame, organisms: Sequence[str], metric: str = "what", *, seed: int,
+                       n_boot: int, split: str = "test", exclude: Iterable[tuple[str, str]] = ()) -> dict:
+    """Each single fix's ``metric`` change against its organism's plain cell, paired on ``split``'s items:
+    ``{arm label: {organism: ((cell, method), Estimate)}}``. A single fix is one training-time fix (its cell,
+    plain) or AdaptVis alone (the plain cell with AdaptVis); arms in ``exclude`` (AdaptVis tuned to plain
+    attention, ``adaptvis_is_plain``: the cell unchanged, so no fix) are left out. Labels follow ``FIX_ORDER``,
+    AdaptVis last; organisms keep the order given."""
+    left_out = set(map(tuple, exclude))
+    sub = results[(results.split == split) & (results.metric == metric) & (results.n_fixes == 1)
+                  & results.organism.isin(list(organisms))]
+    arms = sub[["organism", "cell", "method", "fixes"]].drop_duplicates()
+    order = {label: i for i, label in enumerate(FIX_LABELS[f] for f in FIX_ORDER)}
+    changes: dict[str, dict] = {}
+    for r in sorted(arms.itertuples(), key=lambda r: (order.get(arm_label(r.fixes, r.method), len(order)),
+                                                      list(organisms).index(r.organism))):
+        if (r.cell, r.method) in left_out:
+            continue
+        a, b = paired(results, (r.cell, r.method), (r.organism, "plain"), metric, split)
+        changes.setdefault(arm_label(r.fixes, r.method), {})[r.organism] = (
+            (r.cell, r.method), bootstrap_diff_ci(a, b, seed=seed, n_boot=n_boot))
+    return changes
+
+
 def best_arm(results: pd.DataFrame, organism: str, metric: str, n_fixes: Iterable[int], split: str = "val",
              exclude: Iterable[tuple[str, str]] = ()):
     """The (cell, method) of ``organism`` with the highest ``metric`` accuracy on ``split`` among arms with a
