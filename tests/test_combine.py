@@ -17,7 +17,8 @@ from spatialkit.suite import catalog
 def test_cells_parse_in_canonical_order_and_reject_what_does_not_apply():
     assert combine.parse_cell("loud+2d+norm") == ("loud", ("norm", "2d"))
     assert combine.cell_name("prior", ["2d", "local"]) == "prior+local+2d"
-    for bad in ("healthy+2d", "loud+local", "llava+2d+2d", "llava+pin", "loud+cloc", "prior+cloc+local"):
+    for bad in ("healthy+2d", "loud+local", "llava+2d+2d", "llava+2d+pin", "llava+foo", "loud+cloc",
+                "prior+cloc+local"):
         with pytest.raises(ValueError):
             combine.parse_cell(bad)
     assert combine.cell_overrides("loud+norm+2d", "rope2d") == (
@@ -39,6 +40,13 @@ def test_cells_parse_in_canonical_order_and_reject_what_does_not_apply():
     with pytest.raises(ValueError, match="visual norm"):
         combine.parse_cell("loud+norm+normtext")
     assert combine.fix_label(("norm", "2d"), adaptvis=True) == "+Normalize + 2D position code + AdaptVis"
+    # PIN's insert goes on the frozen plain organism, alone: the cell has no config of its own to train
+    assert combine.parse_cell("llava+pin") == ("llava", ("pin",)) and combine.is_insert_cell("llava+pin")
+    assert not combine.is_insert_cell("llava+2d") and not combine.is_tower_cell("llava+pin")
+    with pytest.raises(ValueError, match="pin_store.load_insert"):
+        combine.cell_config("llava+pin")
+    with pytest.raises(ValueError, match="no training-time fix"):
+        combine.parse_cell("loud+norm+pin")
 
 
 @pytest.mark.parametrize("zoo", ["zoo", "smoke"])
@@ -58,8 +66,12 @@ def test_catalog_declares_exactly_the_organisms_the_notebook_loads(zoo):
                 for kind, spec in catalog.checkpoints("07_putting_it_together", params) if kind == "organism"}
     ceilings = [combine.ceiling_config(o, 0, zoo) for o in combine.FAILING]
     loaded = {str(c.to_dict()) for c in [combine.healthy_config(0, zoo), combine.never_config(0, zoo), *ceilings]
-              + [combine.cell_config(c, "rope2d", 0, zoo) for c in catalog.GRID_CELLS if not combine.is_tower_cell(c)]}
-    assert declared == loaded  # the tower ("cloc") cells: tests/test_tower_store.py
+              + [combine.cell_config(c, "rope2d", 0, zoo) for c in catalog.GRID_CELLS
+                 if not (combine.is_tower_cell(c) or combine.is_insert_cell(c))]}
+    # the tower ("cloc") cells: tests/test_tower_store.py; the insert ("pin") cells: tests/test_pin_store.py; each
+    # organism a pin cell freezes is declared (as a plain cell, and by its pin task)
+    assert declared == loaded
+    assert {c for c in catalog.GRID_CELLS if combine.is_insert_cell(c)} == {f"{o}+pin" for o in combine.FAILING}
     # a grid without the mirror organisms declares none of their ceilings (nothing trains for them)
     small = catalog.get("07_putting_it_together").validate({"zoo": zoo, "cells": ["llava", "llava+2d"]})
     worlds = {preset(spec["preset"], **spec["overrides"]).data.scene_preset

@@ -6,6 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from spatialkit.analysis.interventions import pin as pinlib
@@ -102,6 +103,41 @@ def test_built_insert_is_the_one_the_notebook_loads(tmp_path, monkeypatch):
         pin, metrics = pinlib.load_or_train_pin(vlm, cfg, data=data, model_sha256=sha, allow_train=False)
         assert (pin.insert is None) == (not cfg.use_insert) and len(metrics["history"]) >= 1
         assert (pinlib.pin_folder(vlm, cfg, data, model_sha256=sha) / checkpoints.MANIFEST).exists()
+
+
+def test_load_insert_is_the_pools_insert_and_07s_pin_cell_is_06s(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPATIALKIT_CACHE", str(tmp_path))
+    spec = tiny_spec()
+    with pytest.raises(checkpoints.CheckpointError):  # nothing stored, training not allowed: a clear error
+        pin_store.load_insert(spec, allow_train=False)
+    for task in pin_store.checkpoint_tasks([spec]):
+        (organism_store if task["kind"] == "organism" else pin_store).build_checkpoint(task)
+    vlm, pin, metrics = pin_store.load_insert(spec, allow_train=False)  # the stored one: no training here
+    assert vlm.config.to_dict() == preset("smoke", seed=0).to_dict() and len(metrics["history"]) >= 1
+    # a pin cell answers with the insert on its visual tokens; leaving the context gives the model back whole
+    from spatialkit.analysis import combine  # here: only this test scores a grid cell
+
+    sets = combine.item_sets(vlm.config, n_items=24, n_tune=12)
+    plain = combine.score_cell(vlm, sets, (1.0, 2.0), batch_size=16)
+    with pin.applied(vlm):
+        inserted = combine.score_cell(vlm, sets, (1.0, 2.0), batch_size=16)
+    again = combine.score_cell(vlm, sets, (1.0, 2.0), batch_size=16)
+    assert plain.scores.keys() == inserted.scores.keys()
+    assert any(not np.array_equal(plain.scores[k], inserted.scores[k]) for k in plain.scores)
+    assert all(np.array_equal(plain.scores[k], again.scores[k]) for k in plain.scores)
+    # notebook 07's pin cells load notebook 06's main insert, at 06's recipe for the zoo and 07's seed
+    for zoo in ("zoo", "smoke"):
+        p07 = catalog.get("07_putting_it_together").validate({"zoo": zoo})
+        assert "llava+pin" in p07["cells"] and catalog.trained_by_notebook06(p07, "llava+pin")
+        kind, pin07 = catalog.grid_cell_checkpoint(p07, "llava+pin")
+        assert kind == "pin" and pin07["variant"] == next(iter(catalog.PIN_VARIANTS))
+        assert pin07["organism"]["preset"] == catalog.zoo_preset("llava", zoo)
+        assert (kind, pin07) in catalog.checkpoints("07_putting_it_together", p07)
+        # another seed is 07's own insert (06 trains seed 0 at its defaults); another organism's too
+        other = catalog.get("07_putting_it_together").validate({"zoo": zoo, "seed": 1})
+        assert not catalog.trained_by_notebook06(other, "llava+pin")
+        assert catalog.grid_cell_checkpoint(other, "llava+pin")[1]["config"]["seed"] == 1
+        assert not catalog.trained_by_notebook06(p07, "prior+pin") and not catalog.trained_by_notebook06(p07, "llava")
 
 
 @pytest.mark.slow

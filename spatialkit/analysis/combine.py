@@ -12,6 +12,9 @@ cell is also measured with AdaptVis (inference-time, free) on top. The fixes:
              al. 2025), frozen, under the organism's stage 2 (``spatialkit.models.encoder_swap``): the same
              checkpoints notebook 05 trains, with 05's stage-2 steps (``spatialkit.models.tower_store``); llava and
              prior only, never with ``local`` (both replace the stage-1 encoder)
+* ``pin``    notebook 06's PIN insert (Dorkenwald et al. 2024), trained on the frozen plain organism for box outputs,
+             applied to its visual tokens while it answers (``pin_store``; what an insert does to the rest of a
+             model's answers when it is left on); alone (AdaptVis on top is measured anyway), never retrained
 * AdaptVis   (Chen et al. 2025) the answer row's image-attention temperature, α1/α2/β tuned on the val split
 
     cfg = cell_config("loud+norm+2d")                     # preset("loud", visual_norm="rmsclip", ..., lm_posenc="mrope")
@@ -49,15 +52,19 @@ NEVER = "never"  # healthy's recipe never asked where (never_config)
 #: the same-world ceiling of a failing organism that trains on another world than healthy's is healthy's recipe on
 #: that world (ceiling_config), named "healthy_<organism>" (ceiling_cell): prior's, llava_a's and llava_b's
 CONTROLS = (HEALTHY, NEVER, *(f"{HEALTHY}_{o}" for o in FAILING))  # cells that are not a failing organism + fixes
-#: training-time fixes in their canonical order inside a cell name
-FIX_ORDER = ("local", "cloc", "norm", "normtext", "2d")
+#: fixes in their canonical order inside a cell name: training-time fixes, then PIN (an insert trained on the frozen
+#: organism, applied while it answers)
+FIX_ORDER = ("local", "cloc", "norm", "normtext", "2d", "pin")
 #: +Normalize's scale at this LM's text-token norm (the ``loud_norm_text`` preset's ``visual_norm_scale``)
 TEXT_NORM_SCALE = 8.0
 TOWER_FIXES = ("cloc",)  # fixes that swap the vision tower: the cell loads a tower_store checkpoint, not a preset
+#: fixes added to the frozen plain organism, not trained into it: the cell loads notebook 06's PIN insert for the
+#: organism (a pin_store checkpoint) and applies it to the visual tokens while the cell answers
+INSERT_FIXES = ("pin",)
 POSENC_2D = ("mrope", "rope2d")
 FIX_LABELS = {"local": "localized stage 1", "cloc": "CLOC tower", "norm": "+Normalize",
               "normtext": "+Normalize (text norm)", "2d": "2D position code",
-              "adaptvis": "AdaptVis"}
+              "pin": "PIN insert", "adaptvis": "AdaptVis"}
 # a fix that is already part of an organism's recipe is not a fix there
 NOT_APPLICABLE = {("loud", "local"): "loud's stage 1 is already the localized (max-pooled) one",
                   ("loud", "cloc"): "the CLOC tower replaces the LLaVA recipe's frozen encoder (llava, prior); loud's "
@@ -83,7 +90,7 @@ def fix_overrides(fix: str, posenc_2d: str = "mrope") -> dict:
         return {"visual_norm": "rmsclip", "visual_norm_scale": TEXT_NORM_SCALE}
     if fix == "local":
         return {"vision_pretrain_pool": "max"}
-    if fix == "cloc":  # a tower swap, not a preset change: see tower_store / the catalog's grid_cell_checkpoint
+    if fix in ("cloc", "pin"):  # a tower swap / an insert, not a preset change: the catalog's grid_cell_checkpoint
         return {}
     raise ValueError(f"unknown training fix {fix!r}; known: {', '.join(FIX_ORDER)}")
 
@@ -102,12 +109,20 @@ def parse_cell(cell: str) -> tuple[str, tuple[str, ...]]:
     for pair, why in EXCLUSIVE.items():
         if set(pair) <= set(fixes):
             raise ValueError(f"cell {cell!r}: {' and '.join(pair)}: {why}")
+    if set(fixes) & set(INSERT_FIXES) and len(fixes) > 1:
+        raise ValueError(f"cell {cell!r}: PIN's insert trains on the frozen failing organism (notebook 06's recipe), "
+                         "so it goes with no training-time fix (AdaptVis on top is measured anyway)")
     return organism, tuple(f for f in FIX_ORDER if f in fixes)
 
 
 def is_tower_cell(cell: str) -> bool:
     """Whether ``cell`` swaps the vision tower (loads notebook 05's swapped organism, not a preset)."""
     return cell not in CONTROLS and any(f in TOWER_FIXES for f in parse_cell(cell)[1])
+
+
+def is_insert_cell(cell: str) -> bool:
+    """Whether ``cell`` is the frozen plain organism with notebook 06's PIN insert applied (``INSERT_FIXES``)."""
+    return cell not in CONTROLS and any(f in INSERT_FIXES for f in parse_cell(cell)[1])
 
 
 def cell_name(organism: str, fixes: Iterable[str]) -> str:
@@ -143,6 +158,9 @@ def cell_config(cell: str, posenc_2d: str = "mrope", seed: int = 0, zoo: str = "
 
     if is_tower_cell(cell):
         raise ValueError(f"cell {cell!r} swaps the vision tower: load it with tower_store.load_swapped(spec)")
+    if is_insert_cell(cell):
+        raise ValueError(f"cell {cell!r} is the frozen organism with PIN's insert: load it with "
+                         "pin_store.load_insert(spec)")
     organism, over = cell_overrides(cell, posenc_2d)
     if over and prior_answers_val(world_of(organism, zoo)):
         # a fix cell on a world whose val the prior answers trains its whole schedule (no early stop on that val);

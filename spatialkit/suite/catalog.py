@@ -371,7 +371,8 @@ register(NotebookSpec(
 # The grid's cells as plain data (spatialkit.analysis.combine holds their meaning; tests/test_combine.py checks that
 # both agree): a failing organism, then its training-time fixes in canonical order. "cloc" = the LLaVA recipe's
 # stage 2 on notebook 05's CLOC tower (the same checkpoints 05 trains): for every organism of the LLaVA recipe
-# (all but loud, whose stage 1 is localized already), never with "local" (both replace the stage-1 encoder).
+# (all but loud, whose stage 1 is localized already), never with "local" (both replace the stage-1 encoder). "pin" =
+# notebook 06's PIN insert on the frozen plain organism (the same insert 06 trains, for llava), alone.
 GRID_ORGANISMS = ("llava", "loud", "prior", "llava_a", "llava_b")  # combine.FAILING
 GRID_FIXES = ("local", "cloc", "norm", "normtext", "2d")  # normtext = +Normalize at the text norm (loud_norm_text)
 
@@ -386,6 +387,7 @@ def _grid_cells() -> tuple[str, ...]:
         for k in range(len(fixes) + 1):
             cells += ["+".join((organism, *c)) for c in combinations(fixes, k)
                       if not ({"local", "cloc"} <= set(c) or {"norm", "normtext"} <= set(c))]
+        cells.append(f"{organism}+pin")
     return tuple(cells)
 
 
@@ -399,14 +401,16 @@ register(NotebookSpec(
         DEVICE,
         Param("zoo", str, "zoo", "organism presets: the zoo (llava, loud, prior, llava_a, llava_b, healthy) or "
               "their smoke-sized twins (smoke_llava, ...; tests)", choices=("zoo", "smoke")),
-        Param("cells", list, ["llava", "llava+local", "llava+cloc", "llava+2d", "loud", "loud+norm", "loud+normtext",
-                              "loud+2d", "loud+norm+2d", "loud+normtext+2d", "prior", "prior+local", "prior+cloc",
-                              "prior+2d", "llava_a", "llava_a+local", "llava_a+2d", "llava_b", "llava_b+local", "llava_b+2d"],
+        Param("cells", list, ["llava", "llava+local", "llava+cloc", "llava+2d", "llava+pin", "loud", "loud+norm",
+                              "loud+normtext", "loud+2d", "loud+norm+2d", "loud+normtext+2d", "prior", "prior+local",
+                              "prior+cloc", "prior+2d", "llava_a", "llava_a+local", "llava_a+2d", "llava_b",
+                              "llava_b+local", "llava_b+2d"],
               "trained cells of the grid: a failing organism + its training-time fixes (local = localized stage 1, "
               "cloc = the LLaVA recipe on notebook 05's CLOC tower, norm = +Normalize trained in, normtext = "
               "+Normalize at the text tokens' norm (on loud: notebook 02's loud_norm_text), 2d = 2D position "
-              "code in the LM); each new one trains an organism (~2 min CPU); every cell is also measured with "
-              "AdaptVis on top", item_kind=str, choices=GRID_CELLS, min_len=1, max_len=len(GRID_CELLS)),
+              "code in the LM; pin = notebook 06's PIN insert on the frozen organism, alone); each new one trains "
+              "an organism (~2 min CPU; a pin cell an insert, ~30 s); every cell is also measured with AdaptVis on "
+              "top", item_kind=str, choices=GRID_CELLS, min_len=1, max_len=len(GRID_CELLS)),
         Param("posenc_2d", str, "rope2d", "the LM's 2D position code of the '2d' fix: the axial 2D RoPE (fast "
               "frequencies on both axes) or Qwen2-VL's M-RoPE (at this LM's head size its column axis barely turns)",
               choices=("rope2d", "mrope")),
@@ -562,6 +566,18 @@ def _checkpoints_05(p: dict) -> list[Checkpoint]:
     return out + [_organism(p, name, seed=p["seed"]) for name in (p["organism"], p["control"])]
 
 
+def pin_recipe(zoo: str) -> dict:
+    """Notebook 06's parameters whose PIN insert 07's "pin" cells load: its defaults for the zoo, its smoke profile
+    for the smoke zoo (so a book run trains each insert once, for both notebooks)."""
+    import yaml  # lazy: the CLI starts without it
+
+    spec = get("06_pin")
+    if zoo != "smoke":
+        return spec.validate({})
+    profiles = yaml.safe_load((Path(__file__).resolve().parent / "profiles.yml").read_text())
+    return spec.validate(profiles.get("smoke", {}).get("06_pin", {}))
+
+
 def tower_recipe(zoo: str) -> dict:
     """Notebook 05's parameters whose CLOC tower 07's "cloc" cells load: its defaults for the zoo, its smoke
     profile for the smoke zoo (so a book run trains each tower once, for both notebooks)."""
@@ -587,11 +603,17 @@ def grid_cell_checkpoint(p: dict, cell: str) -> Checkpoint:
     """The checkpoint notebook 07 (parameters ``p``) loads for grid cell ``cell``: an organism, or for a "cloc"
     cell notebook 05's CLOC-tower organism (05's recipe, ``tower_recipe``) on the cell's world, seed p["seed"],
     with the cell's other fixes; with p["cloc_budget"] "equal" its stage 2 runs the preset's own schedule, as
-    the plain cell's does, instead of 05's swap_steps (07's own checkpoint where those differ).
+    the plain cell's does, instead of 05's swap_steps (07's own checkpoint where those differ). A "pin" cell loads
+    notebook 06's PIN insert on the frozen plain organism (06's recipe, ``pin_recipe``, at p["seed"]): for llava at
+    the defaults the very insert 06 trains.
     Cell "loud+norm+2d" = preset(loud, seed, visual_norm=rmsclip, visual_norm_scale=1.0, lm_posenc=posenc_2d)
     (spatialkit.analysis.combine; tests/test_combine.py checks both agree)."""
     organism, *fixes = cell.split("+")
     name = zoo_preset(organism, p["zoo"])
+    if "pin" in fixes:  # notebook 06's PIN on the frozen plain organism, 06's recipe at 07's seed and runtime
+        recipe = {**pin_recipe(p["zoo"]), "seed": p["seed"], "threads": p.get("threads", 0),
+                  "device": p.get("device", "cpu")}
+        return _pin(recipe, name, next(iter(PIN_VARIANTS)))
     fix = {"local": {"vision_pretrain_pool": "max"}, "norm": {"visual_norm": "rmsclip", "visual_norm_scale": 1.0},
            "normtext": {"visual_norm": "rmsclip", "visual_norm_scale": 8.0}, "2d": {"lm_posenc": p["posenc_2d"]},
            "cloc": {}}
@@ -638,6 +660,13 @@ def trained_by_notebook05(p: dict, cell: str) -> bool:
     return any(k == kind and s == spec for k, s in checkpoints("05_clip_vs_cloc", tower_recipe(p["zoo"])))
 
 
+def trained_by_notebook06(p: dict, cell: str) -> bool:
+    """Whether notebook 06, at its defaults for p["zoo"] (``pin_recipe``), declares the very PIN insert 07
+    (parameters ``p``) loads for ``cell``: only a "pin" cell on one of 06's organisms at 06's seed."""
+    kind, spec = grid_cell_checkpoint(p, cell)
+    return kind == "pin" and any(k == kind and s == spec for k, s in checkpoints("06_pin", pin_recipe(p["zoo"])))
+
+
 # notebook 06's PIN variants: name -> PinConfig flags beyond the shared training settings (the notebook builds its
 # VARIANTS from this, so the pool trains exactly the inserts it loads)
 PIN_VARIANTS = {"PIN (insert + loc rows)": {}, "loc rows only (no insert)": {"use_insert": False},
@@ -660,11 +689,16 @@ def _checkpoints_06(p: dict) -> list[Checkpoint]:
     organisms = (p["organism"], p["control"])
     out = [_organism(p, name, seed=p["seed"]) for name in organisms]
     for name in organisms:
-        out += [("pin", {"organism": {"preset": name, "overrides": {"seed": p["seed"]}}, "variant": variant,
-                         "config": config, "n_bins_from": p["organism"],
-                         "threads": p.get("threads", 0), "device": p.get("device", "cpu")})
-                for variant, config in pin_configs(p).items()]
+        out += [_pin(p, name, variant) for variant in pin_configs(p)]
     return out
+
+
+def _pin(p: dict, name: str, variant: str) -> Checkpoint:
+    """Notebook 06's insert ``variant`` (parameters ``p``) on the frozen organism preset ``name`` at p["seed"], its
+    location tokens counted on 06's failing organism p["organism"] (both 06's organisms use that count)."""
+    return ("pin", {"organism": {"preset": name, "overrides": {"seed": p["seed"]}}, "variant": variant,
+                    "config": pin_configs(p)[variant], "n_bins_from": p["organism"],
+                    "threads": p.get("threads", 0), "device": p.get("device", "cpu")})
 
 
 @declares_checkpoints("07_putting_it_together")

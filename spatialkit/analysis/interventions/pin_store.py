@@ -66,6 +66,16 @@ def load_organism(spec: dict, *, allow_train: bool = True):
     return vlm, state_dict_sha256(vlm.model)
 
 
+def load_insert(spec: dict, *, allow_train: bool = True) -> tuple:
+    """(the frozen organism, its PIN, PIN's training record) of a pin spec, as the pool builds them: loaded from the
+    store, trained when missing and ``allow_train`` (notebook 07's "pin" cells; notebook 06 builds its own)."""
+    vlm, sha = load_organism(spec, allow_train=allow_train)
+    with torch_threads(spec.get("threads") or None):
+        pin, metrics = pinlib.load_or_train_pin(vlm, pin_config(spec), data=training_data(vlm, spec),
+                                                allow_train=allow_train, progress=False, model_sha256=sha)
+    return vlm, pin, metrics
+
+
 def training_data(vlm, spec: dict) -> pinlib.LocationSet:
     """The notebook's training location set for the organism ``vlm``."""
     return pinlib.location_set(scene_config(vlm.config),
