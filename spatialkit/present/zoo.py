@@ -48,6 +48,9 @@ ABOUT = {
         "The LLaVA recipe (a vision encoder first trained on a global, image-level objective, then frozen) on the "
         "mirror of WhatsUp Controlled-B (left / right / in front of / behind, depth shown by occlusion); judged on "
         "in front of / behind."),
+    "whatsup_a_partial": (
+        "The control's recipe on the mirror of WhatsUp Controlled-A, stopped partway through its training: it "
+        "has half-learned on / under (how far is measured), leaving room for an intervention to help."),
 }
 _SMOKE = {"smoke": "healthy", "smoke_llava": "llava", "smoke_loud": "loud", "smoke_loud_norm": "loud_norm",
           "smoke_prior": "prior", "smoke_llava_a": "llava_a", "smoke_llava_b": "llava_b"}

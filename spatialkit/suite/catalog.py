@@ -307,7 +307,7 @@ register(NotebookSpec(
               "layout at notebook setup (spatialkit.data.whatsup.detect_layout)", choices=("",), allow_other=True,
               path=True),
         organism_param("the healthy control organism", default="healthy"),
-        failing_param(["llava", "prior", "whatsup_a", "whatsup_b", "llava_a", "llava_b"]),
+        failing_param(["llava", "prior", "whatsup_a", "whatsup_a_partial", "whatsup_b", "llava_a", "llava_b"]),
         Param("organism_seeds", list, [0], "training seeds of the organisms evaluated (each its own checkpoint); "
               "CIs pool items over seeds", item_kind=int, low=0, high=2**31 - 1, min_len=1, max_len=10),
         Param("n_items", int, 2000, "held-out questions per organism, on the relations it fails at (WhereBench "
