@@ -30,7 +30,7 @@ import torch
 
 ITEMS_PER_TASK = 400
 ZOO = ("healthy", "llava", "loud", "loud_norm", "loud_norm_text", "prior", "whatsup_a", "whatsup_b", "llava_a",
-       "llava_b")
+       "llava_b", "whatsup_a_partial")
 
 
 def times_file() -> Path:
