@@ -401,10 +401,10 @@ register(NotebookSpec(
         DEVICE,
         Param("zoo", str, "zoo", "organism presets: the zoo (llava, loud, prior, llava_a, llava_b, healthy) or "
               "their smoke-sized twins (smoke_llava, ...; tests)", choices=("zoo", "smoke")),
-        Param("cells", list, ["llava", "llava+local", "llava+cloc", "llava+2d", "llava+pin", "loud", "loud+norm",
-                              "loud+normtext", "loud+2d", "loud+norm+2d", "loud+normtext+2d", "prior", "prior+local",
-                              "prior+cloc", "prior+2d", "llava_a", "llava_a+local", "llava_a+2d", "llava_b",
-                              "llava_b+local", "llava_b+2d"],
+        Param("cells", list, ["llava", "llava+local", "llava+cloc", "llava+norm", "llava+2d", "llava+pin", "loud",
+                              "loud+norm", "loud+normtext", "loud+2d", "loud+pin", "loud+norm+2d", "loud+normtext+2d",
+                              "prior", "prior+local", "prior+cloc", "prior+norm", "prior+2d", "prior+pin", "llava_a",
+                              "llava_a+local", "llava_a+2d", "llava_b", "llava_b+local", "llava_b+2d"],
               "trained cells of the grid: a failing organism + its training-time fixes (local = localized stage 1, "
               "cloc = the LLaVA recipe on notebook 05's CLOC tower, norm = +Normalize trained in, normtext = "
               "+Normalize at the text tokens' norm (on loud: notebook 02's loud_norm_text), 2d = 2D position "
