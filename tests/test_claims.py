@@ -272,3 +272,30 @@ def test_ci_side_refuses_a_number_without_a_ci():
 
     with pytest.raises(ValueError, match="needs an estimate with a CI"):
         ci_side(None)
+
+
+def test_disagreement_lines_name_every_contradicted_cell_with_its_numbers():
+    from spatialkit.present.claims import contradicted_on, disagreement_lines
+
+    gap = Claim("where lags what", "blog", "large gap", {"llava": est(0.3, 0.2, 0.4), "loud": est(-0.2, -0.3, -0.1),
+                                                          "prior": est(-0.1, -0.2, -0.05)},
+                Rule(">", 0.0), text={"llava": "+30 pts", "loud": "-20 pts", "prior": "-10 pts"})
+    same = Claim("gaze misses the objects", "Chen et al. 2025", "—", {"llava": est(-0.2, -0.3, -0.1)}, Rule(">", 0.0))
+    blocked = Claim("untestable", "blog", "x", {"loud": est(-0.2, -0.3, -0.1)}, Rule(">", 0.0),
+                    controls={"loud": [Control("headroom", False, "no room")]})
+    single = Claim("one model", "paper", "1.0", est(-0.5, -0.6, -0.4), Rule(">", 0.0))
+    held = Claim("holds", "paper", "2", est(0.5, 0.4, 0.6), Rule(">", 0.0))
+    claims = [gap, same, blocked, single, held]
+    assert contradicted_on(gap) == ["loud", "prior"] and contradicted_on(gap, ["prior", "llava"]) == ["prior"]
+    assert contradicted_on(blocked) == [] and contradicted_on(held) == [] and contradicted_on(single) == [None]
+    # one reading for both models: said once at the end; a different one per model: said beside each
+    lines = disagreement_lines(claims, reading={"where lags what": lambda m: "where leads"})
+    assert lines == ["- *where lags what* (blog; paper's number: large gap) — **loud** -20 pts; **prior** -10 pts: "
+                     "where leads.",
+                     "- *gaze misses the objects* (Chen et al. 2025) — **llava** -0.200 [-0.300, -0.100].",
+                     "- *one model* (paper; paper's number: 1.0) — -0.500 [-0.600, -0.400]."]
+    per_model = disagreement_lines([gap], reading={"where lags what": lambda m: f"{m} reads backwards"})
+    assert per_model == ["- *where lags what* (blog; paper's number: large gap) — **loud** -20 pts: loud reads "
+                         "backwards; **prior** -10 pts: prior reads backwards."]
+    assert disagreement_lines(claims, models=["llava"]) == [lines[1]]
+    assert disagreement_lines([held, blocked]) == []

@@ -368,3 +368,24 @@ def test_plane_refuses_a_bad_ncols():
     for bad in (0, -1, 1.5):
         with pytest.raises(ValueError, match="ncols must be a positive int"):
             plot_tradeoff_plane(pts, ncols=bad)
+
+
+@pytest.mark.parametrize("cells", [["llava", "llava+2d"], ["loud+pin"], ["llava", "llava+2d", "prior"],
+                                   ["llava_a", "llava_a+local", "llava+2d"], ["llava", "llava+pin", "loud", "loud+norm"]])
+def test_the_runner_checks_07s_grid_as_the_notebook_does_before_any_training(cells):
+    from spatialkit.common.params import ParameterError
+    from spatialkit.suite import runner
+
+    try:
+        combine.check_grid(cells)
+        notebook_error = None
+    except ValueError as err:
+        notebook_error = str(err)
+    if notebook_error is None:
+        catalog.check_grid_cells(cells)
+        return
+    with pytest.raises(ParameterError) as caught:
+        catalog.check_grid_cells(cells)
+    assert str(caught.value) == notebook_error  # the same one line, before the pool trains anything
+    with pytest.raises(ParameterError, match="parameter 'cells'"):
+        runner.plan("quick", ["07_putting_it_together"], {"cells": cells})

@@ -417,6 +417,10 @@ class Claim:
         return self.shown_for(self.models()[0])
 
 
+#: the smallest what-vs-where gap worth calling a gap (5 points of accuracy above chance, or of PSI): notebook 00's
+#: what-vs-where claims and notebook 02's "far more shuffle-sensitive" use one value
+MIN_GAP = 0.05
+
 #: a judged verdict whose CI ends closer than this to its rule's threshold is "near" it (``near_threshold``; the
 #: Scorecard marks it, ``spatialkit.suite.scorecard.NEAR``): 1 accuracy point
 NEAR = 0.01
@@ -532,6 +536,34 @@ def _plain(value: Any) -> Any:
 def outcome_of(verdict_text: str) -> str:
     """The verdict's kind (one of ``VERDICTS``) without its note or reason."""
     return next((v for v in VERDICTS if verdict_text.startswith(v)), verdict_text)
+
+
+def contradicted_on(c: Claim, models: Sequence[Any] | None = None) -> list:
+    """The models (of ``models``; all when None) on which claim ``c`` reads *contradicted*, in column order."""
+    return [m for m in c.models()
+            if (models is None or m in models) and outcome_of(c.verdict_for(m)) == "contradicted"]
+
+
+def disagreement_lines(claims: Sequence[Claim], models: Sequence[Any] | None = None,
+                       reading: dict[str, Any] | None = None) -> list[str]:
+    """One Markdown bullet per claim that reads *contradicted* on some model (of ``models``): the claim, its
+    source and paper's number, each such model's measured text, and what it says in words: ``reading`` maps a
+    claim's text to a function of the model giving that sentence, said once when it is the same for every
+    model. What a notebook prints under "where this run disagrees with the blog"."""
+    lines = []
+    for c in claims:
+        ms = contradicted_on(c, models)
+        if not ms:
+            continue
+        say = (reading or {}).get(c.claim)
+        said = [say(m) if say else "" for m in ms]
+        once = len(set(said)) == 1
+        cells = "; ".join((f"**{m}** " if m is not None else "") + c.shown_for(m)
+                          + ("" if once or not s else f": {s}") for m, s in zip(ms, said))
+        paper = "" if not c.paper or c.paper.startswith("—") else f"; paper's number: {c.paper}"
+        lines.append(f"- *{c.claim}* ({c.source}{paper}) — {cells}" + (f": {said[0]}" if once and said[0] else "")
+                     + ".")
+    return lines
 
 
 def verdict_line(c: Claim) -> str:

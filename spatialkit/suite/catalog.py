@@ -393,6 +393,21 @@ def _grid_cells() -> tuple[str, ...]:
 
 GRID_CELLS = _grid_cells()
 
+
+def check_grid_cells(cells: list[str]) -> None:
+    """Notebook 07's ``cells`` as a whole, before any training: every organism in it has its plain cell and at
+    least one fix cell. The same rule as ``spatialkit.analysis.combine.check_grid`` (which the notebook calls
+    too; tests/test_combine.py checks both agree), kept as plain data so the runner checks it without torch."""
+    organisms = list(dict.fromkeys(cell.split("+")[0] for cell in cells))
+    missing = [o for o in GRID_ORGANISMS if o in organisms and o not in cells]
+    if missing:
+        raise ParameterError(f"parameter 'cells' must hold the plain cell of every failing organism it fixes; "
+                             f"missing: {missing}")
+    unfixed = [o for o in GRID_ORGANISMS if o in organisms and not any(c.startswith(f"{o}+") for c in cells)]
+    if unfixed:
+        raise ParameterError(f"parameter 'cells' must hold at least one fix cell beside the plain cell of every "
+                             f"organism in it (e.g. '{unfixed[0]}+2d'); only a plain cell: {unfixed}")
+
 register(NotebookSpec(
     name="07_putting_it_together",
     title="Putting it together: every fix alone and combined, and the what-vs-where trade-off",
@@ -466,6 +481,18 @@ def declares_checkpoints(name: str):
         CHECKPOINTS[name] = fn
         return fn
     return register_fn
+
+
+#: checks across a notebook's parameters (its parameters one by one are its NotebookSpec's), made by the runner
+#: before any training or execution: a one-line ParameterError instead of an error after the pool has trained
+PARAM_CHECKS: dict[str, Callable[[dict], None]] = {"07_putting_it_together": lambda p: check_grid_cells(p["cells"])}
+
+
+def check_params(name: str, params: dict) -> None:
+    """Notebook ``name``'s checks across its (validated) parameters, if it has any (``PARAM_CHECKS``)."""
+    check = PARAM_CHECKS.get(name)
+    if check is not None:
+        check(params)
 
 
 def checkpoints(name: str, params: dict, warn: Callable[[str], None] | None = None) -> list[Checkpoint]:
@@ -566,28 +593,28 @@ def _checkpoints_05(p: dict) -> list[Checkpoint]:
     return out + [_organism(p, name, seed=p["seed"]) for name in (p["organism"], p["control"])]
 
 
-def pin_recipe(zoo: str) -> dict:
-    """Notebook 06's parameters whose PIN insert 07's "pin" cells load: its defaults for the zoo, its smoke profile
-    for the smoke zoo (so a book run trains each insert once, for both notebooks)."""
+def _recipe_for_zoo(notebook: str, zoo: str) -> dict:
+    """Notebook ``notebook``'s parameters as a book run executes them for 07's ``zoo``: its defaults for the zoo,
+    its smoke profile for the smoke zoo."""
     import yaml  # lazy: the CLI starts without it
 
-    spec = get("06_pin")
+    spec = get(notebook)
     if zoo != "smoke":
         return spec.validate({})
     profiles = yaml.safe_load((Path(__file__).resolve().parent / "profiles.yml").read_text())
-    return spec.validate(profiles.get("smoke", {}).get("06_pin", {}))
+    return spec.validate(profiles.get("smoke", {}).get(notebook, {}))
+
+
+def pin_recipe(zoo: str) -> dict:
+    """Notebook 06's parameters whose PIN insert 07's "pin" cells load (so a book run trains each insert once, for
+    both notebooks)."""
+    return _recipe_for_zoo("06_pin", zoo)
 
 
 def tower_recipe(zoo: str) -> dict:
-    """Notebook 05's parameters whose CLOC tower 07's "cloc" cells load: its defaults for the zoo, its smoke
-    profile for the smoke zoo (so a book run trains each tower once, for both notebooks)."""
-    import yaml  # lazy: the CLI starts without it
-
-    spec = get("05_clip_vs_cloc")
-    if zoo != "smoke":
-        return spec.validate({})
-    profiles = yaml.safe_load((Path(__file__).resolve().parent / "profiles.yml").read_text())
-    return spec.validate(profiles.get("smoke", {}).get("05_clip_vs_cloc", {}))
+    """Notebook 05's parameters whose CLOC tower 07's "cloc" cells load (so a book run trains each tower once, for
+    both notebooks)."""
+    return _recipe_for_zoo("05_clip_vs_cloc", zoo)
 
 
 def zoo_preset(organism: str, zoo: str) -> str:

@@ -159,6 +159,7 @@ def plan(
         values = dict(profile_values.get(name, {}))
         values.update({k: v for k, v in overrides.items() if any(p.name == k for p in spec.params)})
         validated[name] = spec.validate(values)
+        catalog.check_params(name, validated[name])  # across parameters, e.g. 07's grid: before any training
     if not (root / "notebooks").is_dir():
         where = f"SPATIALKIT_ROOT={os.environ['SPATIALKIT_ROOT']}" if os.environ.get("SPATIALKIT_ROOT") else "root"
         raise ParameterError(f"{where}: {root / 'notebooks'} is not a folder; nothing to run (point "
